@@ -1,0 +1,60 @@
+"""A rich progress bar with the current round and accuracy, and the final summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.loop import Callback, RunResult
+from fedge.strategies.base import StrategyState
+
+
+class ProgressCallback(Callback):
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        self.progress = Progress(
+            TextColumn("round"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+            console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("run", total=rounds, completed=state.round_num, status="")
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        if self.progress is None:
+            return
+        acc = "" if math.isnan(record.test_accuracy) else f"acc {record.test_accuracy:.3f}"
+        loss = "" if math.isnan(record.train_loss) else f"train loss {record.train_loss:.3f}"
+        self.progress.update(self.task, advance=1, status=f"{acc}  {loss}".strip())
+
+    def on_run_end(self, history: History, state: StrategyState) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_summary(exp: Any, result: RunResult, out: Path) -> None:
+    h = result.history
+    table = Table(title="fedge run", show_header=False)
+    table.add_row("dataset", f"{exp.data.dataset} ({exp.data.num_clients} clients, {exp.data.partition})")
+    table.add_row("model / strategy", f"{exp.model.name} ({exp.model.framework}) / {exp.strategy.name}")
+    table.add_row("rounds", str(len(h)))
+    table.add_row("final test accuracy", f"{h.final_accuracy:.4f}")
+    table.add_row("final test loss", f"{h.last('test_loss'):.4f}")
+    up = sum(r.uplink_bytes for r in h)
+    down = sum(r.downlink_bytes for r in h)
+    table.add_row("bytes up / down", f"{up / 1e6:.2f} MB / {down / 1e6:.2f} MB")
+    table.add_row("wall time", f"{sum(r.wall_s for r in h):.1f} s")
+    if result.stopped_early:
+        table.add_row("stopped early", result.stopped_early)
+    table.add_row("output", str(out))
+    Console().print(table)

@@ -1,0 +1,126 @@
+"""Adapter for any PyTorch ``nn.Module`` classifier.
+
+One module instance is reused for every client: parameters are loaded in, trained with
+``torch.optim.SGD`` (FedProx's proximal term and SCAFFOLD's correction are added to the
+gradients before each step), and read back out. Parameters are the module's
+``parameters()`` in order; buffers are not federated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from fedge.clients.base import TrainResult, batches, step_budget
+from fedge.core.errors import ModelError
+from fedge.core.params import Params, as_params
+from fedge.core.types import TrainConfig
+
+
+def get_params(module: nn.Module) -> Params:
+    return [p.detach().cpu().numpy().astype(np.float32, copy=True) for p in module.parameters()]
+
+
+def set_params(module: nn.Module, params: Params) -> None:
+    with torch.no_grad():
+        plist = list(module.parameters())
+        if len(plist) != len(params):
+            raise ModelError(f"model has {len(plist)} parameter tensors, got {len(params)}")
+        for p, v in zip(plist, params, strict=True):
+            if tuple(p.shape) != tuple(v.shape):
+                raise ModelError(f"parameter shape {tuple(v.shape)} does not fit {tuple(p.shape)}")
+            p.copy_(torch.from_numpy(np.ascontiguousarray(v)))
+
+
+class TorchLearner:
+    """Train and evaluate an ``nn.Module`` classifier with cross-entropy."""
+
+    def __init__(self, module_fn: Callable[[], nn.Module] | nn.Module) -> None:
+        self.module_fn = module_fn if callable(module_fn) and not isinstance(module_fn, nn.Module) else None
+        self._module: nn.Module | None = module_fn if isinstance(module_fn, nn.Module) else None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"module_fn": self.module_fn, "_module": self._module}
+
+    @property
+    def module(self) -> nn.Module:
+        if self._module is None:
+            assert self.module_fn is not None
+            self._module = self.module_fn()
+        return self._module
+
+    def init_params(self, seed: int) -> Params:
+        if self.module_fn is not None:
+            torch.manual_seed(seed)
+            return get_params(self.module_fn())
+        return get_params(self.module)
+
+    def train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: npt.NDArray[np.int64],
+        cfg: TrainConfig,
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        module = self.module
+        set_params(module, params)
+        module.train()
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        plist = list(module.parameters())
+        opt = torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        anchor = [torch.from_numpy(np.ascontiguousarray(p)) for p in params] if cfg.prox_mu else None
+        corr = [torch.from_numpy(np.ascontiguousarray(c)) for c in cfg.grad_correction] \
+            if cfg.grad_correction is not None else None
+        n = len(yt)
+        epochs, max_steps = step_budget(cfg, n)
+        steps, loss_sum, seen = 0, 0.0, 0
+        loss_fn = nn.functional.cross_entropy
+        for _ in range(epochs):
+            if steps >= max_steps:
+                break
+            for idx in batches(n, cfg.batch_size, rng):
+                if steps >= max_steps:
+                    break
+                ib = torch.from_numpy(idx)
+                opt.zero_grad(set_to_none=False)
+                out = module(xt[ib])
+                loss = loss_fn(out, yt[ib])
+                loss.backward()
+                with torch.no_grad():
+                    if anchor is not None:
+                        for p, a in zip(plist, anchor, strict=True):
+                            assert p.grad is not None
+                            p.grad.add_(p - a, alpha=cfg.prox_mu)
+                    if corr is not None:
+                        for p, c in zip(plist, corr, strict=True):
+                            assert p.grad is not None
+                            p.grad.add_(c)
+                opt.step()
+                steps += 1
+                loss_sum += loss.item() * len(idx)
+                seen += len(idx)
+        return TrainResult(params=as_params(get_params(module)), steps=steps,
+                           loss=loss_sum / max(seen, 1), num_examples=n)
+
+    def evaluate(
+        self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]
+    ) -> tuple[float, float]:
+        module = self.module
+        set_params(module, params)
+        module.eval()
+        with torch.no_grad():
+            out = module(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+            yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+            if out.shape[-1] <= int(yt.max()):
+                raise ModelError(
+                    f"model outputs {out.shape[-1]} classes but the labels go up to {int(yt.max())}"
+                )
+            loss = float(nn.functional.cross_entropy(out, yt))
+            acc = float((out.argmax(dim=-1) == yt).float().mean())
+        return loss, acc

@@ -1,0 +1,14 @@
+"""Experiment configuration (TOML)."""
+
+from fedge.config.schema import (
+    SECTIONS,
+    Experiment,
+    from_dict,
+    load,
+    opt,
+    register_section,
+    to_dict,
+    to_toml,
+)
+
+__all__ = ["SECTIONS", "Experiment", "from_dict", "load", "opt", "register_section", "to_dict", "to_toml"]

@@ -1,0 +1,118 @@
+"""A federation's data kept compact: shared arrays plus per-client index ranges.
+
+Nothing per client is materialised up front; :meth:`FederatedDataset.client` slices
+views on demand, so a 100,000-client federation costs a few index arrays, not 100,000
+objects with tensors of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fedge.clients.base import ClientData
+from fedge.core.errors import DataError
+
+Index = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Index lists in CSR form: client ``k`` owns ``values[offsets[k]:offsets[k+1]]``."""
+
+    values: Index
+    offsets: Index
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[npt.ArrayLike]) -> Ragged:
+        arrays = [np.asarray(a, dtype=np.int64).ravel() for a in lists]
+        sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        values = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        return cls(values=values.astype(np.int64), offsets=offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, k: int) -> Index:
+        return self.values[self.offsets[k] : self.offsets[k + 1]]
+
+    def sizes(self) -> Index:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class FederatedDataset:
+    """Features and labels of all clients, plus each client's train/test index lists.
+
+    ``x_central``/``y_central`` is the held-out set for centralised evaluation; when not
+    given it is the union of the clients' test parts.
+    """
+
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    train: Ragged
+    test: Ragged
+    num_classes: int
+    name: str = "custom"
+    x_central: npt.NDArray[np.float32] | None = None
+    y_central: npt.NDArray[np.int64] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"{self.name}: {len(self.x)} feature rows but {len(self.y)} labels")
+        if len(self.train) != len(self.test):
+            raise DataError(f"{self.name}: train and test index lists differ in client count")
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    def client(self, k: int) -> ClientData:
+        if not 0 <= k < self.num_clients:
+            raise DataError(f"unknown client {k}: the federation has clients 0..{self.num_clients - 1}")
+        tr, te = self.train[k], self.test[k]
+        return ClientData(self.x[tr], self.y[tr], self.x[te], self.y[te])
+
+    def num_examples(self) -> Index:
+        return self.train.sizes()
+
+    def central(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        if self.x_central is not None and self.y_central is not None:
+            return self.x_central, self.y_central
+        idx = self.test.values
+        return self.x[idx], self.y[idx]
+
+    def label_histogram(self) -> npt.NDArray[np.int64]:
+        """``(num_clients, num_classes)`` counts of training labels: the partition's skew."""
+        out = np.zeros((self.num_clients, self.num_classes), dtype=np.int64)
+        owner = np.repeat(np.arange(self.num_clients), self.train.sizes())
+        np.add.at(out, (owner, self.y[self.train.values]), 1)
+        return out
+
+
+def split_local(
+    parts: Sequence[npt.NDArray[np.int64]], test_fraction: float, rng: np.random.Generator
+) -> tuple[Ragged, Ragged]:
+    """Shuffle each client's indices and split them into train and test parts.
+
+    A client keeps at least one training example; ``test_fraction = 0`` gives empty test parts.
+    """
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    train, test = [], []
+    for part in parts:
+        p = rng.permutation(np.asarray(part, dtype=np.int64))
+        n_test = min(int(round(len(p) * test_fraction)), max(len(p) - 1, 0))
+        train.append(p[n_test:])
+        test.append(p[:n_test])
+    return Ragged.from_lists(train), Ragged.from_lists(test)

@@ -1,0 +1,73 @@
+"""Built-in models by name, for configs and the CLI: ``logreg``, ``mlp`` and ``cnn``.
+
+Each exists as a PyTorch module and (``logreg``, ``mlp``) as a NumPy-only learner with
+the same parameter layout, so the two can be mixed in one federation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from fedge.clients.base import Learner
+from fedge.clients.numpy_models import NumpyMLP
+from fedge.core.errors import ConfigError, ModelError
+
+MODELS = ("logreg", "mlp", "cnn")
+FRAMEWORKS = ("torch", "numpy")
+
+
+def torch_module(name: str, feature_shape: Sequence[int], num_classes: int,
+                 hidden: Sequence[int] = (64,)) -> Any:
+    """A fresh ``nn.Module`` (call under ``torch.manual_seed`` for a fixed init)."""
+    from torch import nn
+
+    in_features = math.prod(feature_shape)
+    if name == "logreg":
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+    if name == "mlp":
+        layers: list[nn.Module] = [nn.Flatten()]
+        sizes = [in_features, *hidden]
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        return nn.Sequential(*layers)
+    if name == "cnn":
+        side = math.isqrt(in_features)
+        if side * side != in_features:
+            raise ModelError(f"cnn needs square single-channel images; {in_features} features are not")
+        return nn.Sequential(
+            nn.Unflatten(1, (1, side, side)),
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * (side // 4) ** 2, num_classes),
+        )
+    raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def build_learner(name: str, framework: str, feature_shape: Sequence[int], num_classes: int,
+                  hidden: Sequence[int] = (64,)) -> Learner:
+    if framework == "numpy":
+        if name == "cnn":
+            raise ConfigError("model 'cnn' has no NumPy implementation; use framework = 'torch'")
+        if name not in MODELS:
+            raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+        return NumpyMLP(math.prod(feature_shape), num_classes, hidden if name == "mlp" else ())
+    if framework != "torch":
+        raise ConfigError(f"unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
+    from fedge.clients.torch_learner import TorchLearner
+
+    torch_module(name, feature_shape, num_classes, hidden)  # fail early on a bad name or shape
+    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden)))
+
+
+class _ModuleFactory:
+    """A picklable zero-argument builder of a named module (for worker processes)."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], classes: int, hidden: tuple[int, ...]):
+        self.args = (name, shape, classes, hidden)
+
+    def __call__(self) -> Any:
+        name, shape, classes, hidden = self.args
+        return torch_module(name, shape, classes, hidden)

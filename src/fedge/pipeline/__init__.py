@@ -1,0 +1,82 @@
+"""The update pipeline: transforms applied to each update on the client, undone on the server.
+
+A :class:`Transform` has three hooks, each the identity by default:
+
+* ``client(update, ctx)`` — on the client, in pipeline order (clip, add noise,
+  quantise, mask ...). It may replace ``update.delta`` with an encoded
+  ``update.payload`` and must set ``update.uplink_bytes`` when it changes what travels.
+* ``server(update, rctx)`` — on the server, for each arriving update, in reverse order
+  (dequantise, ...).
+* ``aggregate(sums, rctx)`` — on the server, on the round's summed terms, in reverse
+  order (central DP noise, unmasking ...).
+
+Cross-cutting features are transforms, not strategy subclasses: any strategy composes
+with any chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedge.core.params import ParamSpec
+from fedge.core.types import ClientContext, ClientUpdate
+from fedge.strategies.aggregate import Terms
+
+
+@dataclass
+class RoundContext:
+    """Server-side context of one round, handed to transforms."""
+
+    round_num: int
+    rng: np.random.Generator
+    spec: ParamSpec
+    num_sampled: int
+    info: dict[str, Any] = field(default_factory=dict)
+    """Values transforms report for the round's history (e.g. ``epsilon``)."""
+
+
+class Transform:
+    """One step of the update pipeline; subclasses override the hooks they need."""
+
+    name: str = "identity"
+
+    def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
+        return update
+
+    def server(self, update: ClientUpdate, rctx: RoundContext) -> ClientUpdate:
+        return update
+
+    def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
+        return sums
+
+
+class Pipeline:
+    """An ordered chain of transforms: forward on the client, reversed on the server."""
+
+    def __init__(self, transforms: Sequence[Transform] = ()) -> None:
+        self.transforms = list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
+        for t in self.transforms:
+            update = t.client(update, ctx)
+        return update
+
+    def server(self, update: ClientUpdate, rctx: RoundContext) -> ClientUpdate:
+        for t in reversed(self.transforms):
+            update = t.server(update, rctx)
+        return update
+
+    def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
+        for t in reversed(self.transforms):
+            sums = t.aggregate(sums, rctx)
+        return sums
+
+
+__all__ = ["Pipeline", "RoundContext", "Transform"]

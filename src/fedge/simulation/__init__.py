@@ -1,0 +1,17 @@
+"""The round loop, client sampling and the run history."""
+
+from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.loop import Callback, EvalPlan, RunResult, StopRun, run, run_round
+from fedge.simulation.sampling import Sampling
+
+__all__ = [
+    "Callback",
+    "EvalPlan",
+    "History",
+    "RoundRecord",
+    "RunResult",
+    "Sampling",
+    "StopRun",
+    "run",
+    "run_round",
+]

@@ -1,0 +1,219 @@
+"""The round loop, as a free function.
+
+One round: sample → configure → train (through the transport) → undo the pipeline,
+validate, sum contributions as they stream in → pipeline aggregate hooks → strategy
+state transition → evaluate → record → callbacks. Everything random draws from
+generators derived from ``(seed, round)``, so a seed gives a bit-identical history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedge.core.errors import AggregationError, FedgeError
+from fedge.core.params import ParamSpec, nbytes
+from fedge.core.types import ClientUpdate, EvalResult, Metrics, TrainConfig
+from fedge.pipeline import Pipeline, RoundContext
+from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.aggregate import Accumulator
+from fedge.strategies.base import Strategy, StrategyState
+from fedge.transport.base import ClientFailure, PartialSum, Reducer, Transport, Validator
+
+Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+"""Centralised evaluation: parameters -> (loss, accuracy) on a held-out set."""
+
+
+class Callback:
+    """Hooks around a run (progress bars, checkpoints, dashboards); all optional."""
+
+    def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        pass
+
+    def on_run_end(self, history: History, state: StrategyState) -> None:
+        pass
+
+
+class StopRun(FedgeError):
+    """Raised by a callback (or transform) to end a run cleanly after the current round."""
+
+
+@dataclass
+class EvalPlan:
+    """When to evaluate: centrally every ``every`` rounds, and on ``federated_clients``
+    sampled clients' own test data (0 = off, -1 = all clients)."""
+
+    every: int = 1
+    federated_clients: int = 0
+
+
+@dataclass
+class RunResult:
+    history: History
+    state: StrategyState
+    stopped_early: str | None = None
+    client_accuracy: dict[int, float] = field(default_factory=dict)
+
+
+def round_rng(seed: int, round_num: int) -> np.random.Generator:
+    return np.random.default_rng([seed, round_num, 0x5E1EC7])
+
+
+def _weighted(values: Sequence[tuple[float, float]]) -> float:
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total > 0 else math.nan
+
+
+def run_round(
+    *,
+    round_num: int,
+    state: StrategyState,
+    strategy: Strategy,
+    transport: Transport,
+    sampling: Sampling,
+    train: TrainConfig,
+    pipeline: Pipeline,
+    validator: Validator,
+    seed: int,
+    min_updates: int = 1,
+) -> tuple[StrategyState, RoundRecord]:
+    """Train and aggregate one round; evaluation is the caller's."""
+    t0 = time.perf_counter()
+    rng = round_rng(seed, round_num)
+    selected = sampling.sample(transport.available(round_num), rng)
+    ins = strategy.configure(state, round_num, train)
+    rctx = RoundContext(round_num=round_num, rng=rng, spec=validator.spec, num_sampled=len(selected))
+    reducer = Reducer(strategy, pipeline, rctx, validator)
+    acc = Accumulator()
+    updates: list[ClientUpdate] = []
+    dropped: dict[str, list[int]] = {}
+    losses: list[tuple[float, float]] = []
+    uplink = 0
+
+    def drop(cid: int, reason: str) -> None:
+        dropped.setdefault(reason, []).append(cid)
+
+    for item in transport.fit(round_num, selected, state.params, ins,
+                              None if strategy.needs_individual_updates else reducer):
+        if isinstance(item, ClientFailure):
+            drop(item.client_id, f"{item.stage}: {item.reason}")
+        elif isinstance(item, PartialSum):
+            acc.add(item.terms, count=len(item.client_ids))
+            uplink += item.uplink_bytes
+            for f in item.failures:
+                drop(f.client_id, f"{f.stage}: {f.reason}")
+            losses += [(m.get("train_loss", math.nan), m.get("num_examples", 1.0)) for m in item.metrics]
+        else:
+            uplink += item.uplink_bytes
+            try:
+                if strategy.needs_individual_updates:
+                    upd = pipeline.server(item, rctx)
+                    validator.check(upd)
+                    updates.append(upd)
+                else:
+                    acc.add(reducer(item))
+            except FedgeError as exc:
+                drop(item.client_id, f"rejected: {exc}")
+                continue
+            losses.append((item.metrics.get("train_loss", math.nan), float(item.num_examples)))
+
+    n_ok = len(updates) if strategy.needs_individual_updates else acc.count
+    record = RoundRecord(round=round_num, participants=n_ok,
+                         failed=sum(len(v) for v in dropped.values()), dropped=dropped,
+                         uplink_bytes=uplink)
+    record.downlink_bytes = len(selected) * (nbytes(state.params) + sum(
+        nbytes(v) for v in ins.config.values() if isinstance(v, list)))
+    record.train_loss = _weighted([lw for lw in losses if not math.isnan(lw[0])])
+    if n_ok < min_updates:
+        record.extra["skipped"] = f"{n_ok} usable updates, need {min_updates}"
+        record.wall_s = time.perf_counter() - t0
+        return state, record
+    metrics: Metrics
+    if strategy.needs_individual_updates:
+        state, metrics = strategy.aggregate_updates(state, updates)
+    else:
+        state, metrics = strategy.aggregate(state, pipeline.aggregate(acc.sums, rctx))
+    record.extra.update(metrics)
+    record.extra.update(rctx.info)
+    record.wall_s = time.perf_counter() - t0
+    return state, record
+
+
+def run(
+    *,
+    strategy: Strategy,
+    transport: Transport,
+    initial_params: list[np.ndarray],
+    rounds: int,
+    sampling: Sampling | None = None,
+    train: TrainConfig | None = None,
+    pipeline: Pipeline | None = None,
+    evaluator: Evaluator | None = None,
+    eval_plan: EvalPlan | None = None,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    state: StrategyState | None = None,
+    max_update_norm: float | None = None,
+    min_updates: int = 1,
+) -> RunResult:
+    """Run ``rounds`` rounds (continuing from ``state`` when resuming) and return the history."""
+    if rounds < 0:
+        raise AggregationError(f"rounds must be >= 0, got {rounds}")
+    sampling = sampling or Sampling()
+    train = train or TrainConfig()
+    pipeline = pipeline or Pipeline()
+    eval_plan = eval_plan or EvalPlan()
+    if state is None:
+        state = strategy.init([np.asarray(p, dtype=np.float32) for p in initial_params],
+                              num_clients=transport.num_clients())
+    validator = Validator(ParamSpec.of(state.params), max_norm=max_update_norm)
+    history = History()
+    client_acc: dict[int, float] = {}
+    for cb in callbacks:
+        cb.on_run_start(state, rounds)
+    stopped: str | None = None
+    for round_num in range(state.round_num + 1, rounds + 1):
+        t0 = time.perf_counter()
+        state, record = run_round(
+            round_num=round_num, state=state, strategy=strategy, transport=transport,
+            sampling=sampling, train=train, pipeline=pipeline, validator=validator, seed=seed,
+            min_updates=min_updates,
+        )
+        state.round_num = round_num
+        if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):
+            record.test_loss, record.test_accuracy = evaluator(state.params)
+        if eval_plan.federated_clients and (round_num % eval_plan.every == 0 or round_num == rounds):
+            results = federated_evaluate(transport, round_num, state, eval_plan, seed)
+            client_acc.update({r.client_id: r.accuracy for r in results})
+            if results:
+                record.fed_test_loss = _weighted([(r.loss, r.num_examples) for r in results])
+                record.fed_test_accuracy = _weighted([(r.accuracy, r.num_examples) for r in results])
+        record.wall_s = time.perf_counter() - t0
+        history.append(record)
+        try:
+            for cb in callbacks:
+                cb.on_round_end(record, state)
+        except StopRun as exc:
+            stopped = str(exc)
+            break
+    for cb in callbacks:
+        cb.on_run_end(history, state)
+    return RunResult(history=history, state=state, stopped_early=stopped, client_accuracy=client_acc)
+
+
+def federated_evaluate(
+    transport: Transport, round_num: int, state: StrategyState, plan: EvalPlan, seed: int
+) -> list[EvalResult]:
+    ids = transport.available(round_num)
+    if plan.federated_clients > 0 and plan.federated_clients < len(ids):
+        rng = np.random.default_rng([seed, round_num, 0xE7A1])
+        ids = sorted(int(i) for i in rng.choice(ids, size=plan.federated_clients, replace=False))
+    return [r for r in transport.evaluate(round_num, ids, state.params) if isinstance(r, EvalResult)]

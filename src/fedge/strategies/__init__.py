@@ -1,0 +1,63 @@
+"""Federated strategies, one module per paper, looked up by name for configs and the CLI."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from fedge.core.errors import ConfigError
+from fedge.strategies.aggregate import Accumulator, Terms, weighted_mean
+from fedge.strategies.base import Strategy, StrategyState
+from fedge.strategies.fedavg import FedAvg
+from fedge.strategies.fedavgm import FedAvgM
+from fedge.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from fedge.strategies.fedprox import FedProx
+from fedge.strategies.qfedavg import QFedAvg
+from fedge.strategies.scaffold import Scaffold
+
+REGISTRY: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, QFedAvg)
+}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Make a strategy class available by its ``name`` to configs and the CLI."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Instantiate the strategy called ``name`` with its hyperparameters."""
+    cls = REGISTRY.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"unknown strategy {name!r}{hint}; valid: {', '.join(sorted(REGISTRY))}"
+        )
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"strategy {name!r}: {exc}") from None
+
+
+__all__ = [
+    "REGISTRY",
+    "Accumulator",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "QFedAvg",
+    "Scaffold",
+    "Strategy",
+    "StrategyState",
+    "Terms",
+    "build_strategy",
+    "register",
+    "weighted_mean",
+]

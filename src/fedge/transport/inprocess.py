@@ -1,0 +1,166 @@
+"""The in-process transport: clients live in this process (simulation and tests).
+
+Clients are built lazily by ``client_fn(cid)`` and their persistent state (SCAFFOLD
+control variates, error-feedback residuals) is kept here between rounds, keyed by id.
+How the cohort is executed is the :class:`Backend`'s business, chosen by argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from fedge.clients.base import Client, run_fit
+from fedge.core.errors import ClientError
+from fedge.core.params import Params
+from fedge.core.types import ClientContext, EvalResult, FitInstructions, client_rng
+from fedge.pipeline import Pipeline
+from fedge.strategies.base import Strategy
+from fedge.transport.base import ClientFailure, FitResult, Reducer
+
+ClientFn = Callable[[int], Client]
+
+
+class ClientRuntime:
+    """Everything needed to run any client's side of a round: the app, not the data."""
+
+    def __init__(self, client_fn: ClientFn, strategy: Strategy, pipeline: Pipeline, seed: int) -> None:
+        self.client_fn = client_fn
+        self.strategy = strategy
+        self.pipeline = pipeline
+        self.seed = seed
+
+    def context(self, cid: int, round_num: int, state: dict[str, Any]) -> ClientContext:
+        return ClientContext(client_id=cid, round_num=round_num,
+                             rng=client_rng(self.seed, round_num, cid), state=state)
+
+    def fit(self, cid: int, params: Params, ins: FitInstructions, state: dict[str, Any]) -> Any:
+        ctx = self.context(cid, ins.round_num, state)
+        return run_fit(self.client_fn(cid), params, ins, ctx,
+                       strategy=self.strategy, pipeline=self.pipeline)
+
+    def evaluate(self, cid: int, params: Params) -> EvalResult:
+        return self.client_fn(cid).evaluate(params)
+
+
+class Backend(Protocol):
+    """Executes a cohort's local training; chosen by name, never by a global switch."""
+
+    name: str
+
+    def fit(
+        self,
+        runtime: ClientRuntime,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        states: dict[int, dict[str, Any]],
+        reducer: Reducer | None,
+    ) -> Iterator[FitResult]: ...
+
+    def close(self) -> None: ...
+
+
+class DebugBackend:
+    """One client at a time in this process; any error is re-raised naming client, round, stage."""
+
+    name = "debug"
+
+    def fit(
+        self,
+        runtime: ClientRuntime,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        states: dict[int, dict[str, Any]],
+        reducer: Reducer | None,
+    ) -> Iterator[FitResult]:
+        for cid in client_ids:
+            state = states.setdefault(cid, {})
+            try:
+                yield runtime.fit(cid, params, ins, state)
+            except ClientError:
+                raise
+            except Exception as exc:
+                raise ClientError(cid, round_num, "fit", exc) from exc
+
+    def close(self) -> None:
+        pass
+
+
+class SequentialBackend(DebugBackend):
+    """One client at a time; a failing client is reported and the round goes on."""
+
+    name = "sequential"
+
+    def fit(
+        self,
+        runtime: ClientRuntime,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        states: dict[int, dict[str, Any]],
+        reducer: Reducer | None,
+    ) -> Iterator[FitResult]:
+        for cid in client_ids:
+            state = states.setdefault(cid, {})
+            try:
+                yield runtime.fit(cid, params, ins, state)
+            except Exception as exc:
+                yield ClientFailure(cid, "fit", f"{type(exc).__name__}: {exc}")
+
+
+class InProcessTransport:
+    """A :class:`~fedge.transport.base.Transport` over clients built in this process."""
+
+    def __init__(
+        self,
+        client_fn: ClientFn,
+        num_clients: int,
+        *,
+        strategy: Strategy,
+        pipeline: Pipeline | None = None,
+        seed: int = 0,
+        backend: Backend | None = None,
+    ) -> None:
+        self.runtime = ClientRuntime(client_fn, strategy, pipeline or Pipeline(), seed)
+        self._num_clients = num_clients
+        self.backend: Backend = backend or DebugBackend()
+        self.states: dict[int, dict[str, Any]] = {}
+
+    def num_clients(self) -> int:
+        return self._num_clients
+
+    def available(self, round_num: int) -> list[int]:
+        return list(range(self._num_clients))
+
+    def fit(
+        self,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        reducer: Reducer | None = None,
+    ) -> Iterator[FitResult]:
+        return self.backend.fit(self.runtime, round_num, client_ids, params, ins, self.states, reducer)
+
+    def evaluate(
+        self, round_num: int, client_ids: Sequence[int], params: Params
+    ) -> Iterator[EvalResult | ClientFailure]:
+        for cid in client_ids:
+            try:
+                yield self.runtime.evaluate(cid, params)
+            except Exception as exc:
+                yield ClientFailure(cid, "evaluate", f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    "debug": DebugBackend,
+    "sequential": SequentialBackend,
+}
