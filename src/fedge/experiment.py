@@ -31,7 +31,7 @@ from fedge.data.loaders import load_files
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.history import write_csv, write_jsonl
-from fedge.simulation.loop import Callback, EvalPlan, RunResult, run
+from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import REGISTRY, build_strategy
 from fedge.strategies.base import Strategy
@@ -43,6 +43,8 @@ TransformFactory = Callable[[Experiment], Sequence[Transform]]
 CallbackFactory = Callable[[Experiment, "Built"], Sequence[Callback]]
 TRANSFORM_FACTORIES: list[TransformFactory] = []
 CALLBACK_FACTORIES: list[CallbackFactory] = []
+PolicyFactory = Callable[[Experiment, "Built"], "RoundPolicy | None"]
+POLICY_FACTORIES: list[PolicyFactory] = []
 
 
 def load_dataset(exp: Experiment) -> FederatedDataset:
@@ -145,6 +147,9 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
         def evaluator(params: Params) -> tuple[float, float]:
             return built.learner.evaluate(params, x_c, y_c)
     extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
+    policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
+    if len(policies) > 1:
+        raise ConfigError("more than one round policy is configured")
     fed = exp.evaluation.federated_clients
     try:
         return run(
@@ -155,6 +160,7 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
             seed=exp.seed, callbacks=[*extra, *callbacks],
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
+            policy=policies[0] if policies else None,
         )
     finally:
         built.transport.close()

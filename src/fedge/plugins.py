@@ -8,9 +8,20 @@ stays unknown, and using it says which extra to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
-OPTIONAL_MODULES: list[str] = []
-"""Modules imported for their registrations (each part adds its own line)."""
+OPTIONAL_MODULES: list[str] = [
+    "fedge.simulation.backends",
+    "fedge.devices",
+    "fedge.privacy",
+    "fedge.robust",
+    "fedge.compression",
+    "fedge.secagg",
+    "fedge.deploy",
+    "fedge.report",
+    "fedge.llm",
+]
+"""Modules imported for their registrations; one that is not there is skipped."""
 
 _loaded = False
 
@@ -21,6 +32,8 @@ def load_plugins() -> None:
         return
     _loaded = True
     for name in OPTIONAL_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -97,6 +97,29 @@ def strategies_cmd() -> None:
         click.echo(f"{name:14s} {doc[0] if doc else ''}")
 
 
+COMMAND_MODULES = (
+    "fedge.cli.devices",
+    "fedge.cli.deploy",
+    "fedge.cli.privacy",
+    "fedge.cli.compression",
+    "fedge.cli.report",
+    "fedge.cli.llm",
+)
+"""Modules that add subcommands: each defines ``register(cli: click.Group)``."""
+
+
+def _register_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(cli)
+
+
+_register_commands()
+
+
 def main() -> None:
     cli(prog_name="fedge")
 

@@ -8,7 +8,7 @@ used alike by every simulation backend and by the gRPC edge client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -118,6 +118,8 @@ def run_fit(
     from fedge.strategies.base import delta_of
 
     cfg = strategy.client_prepare(ins, ctx)
+    if ctx.client_id in ins.per_client:
+        cfg = replace(cfg, **ins.per_client[ctx.client_id])
     metrics: dict[str, float] = {}
     if ins.config.get("report_initial_loss"):
         metrics["initial_loss"] = float(client.loss(params))

@@ -40,6 +40,8 @@ class FitInstructions:
     train: TrainConfig
     config: dict[str, Any] = field(default_factory=dict)
     """Strategy-specific values (e.g. SCAFFOLD's server control variate under ``"c"``)."""
+    per_client: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Per-client :class:`TrainConfig` overrides (e.g. a straggler's ``max_steps``)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,43 @@ class Callback:
 
     def on_run_end(self, history: History, state: StrategyState) -> None:
         pass
+
+
+@dataclass
+class RoundPlan:
+    """What a :class:`RoundPolicy` decided for one round's selected clients.
+
+    ``train`` are the ids that really train (clients whose result would be discarded are
+    not trained at all); ``dropped`` maps a reason to ids left out; ``overrides`` are
+    per-client :class:`TrainConfig` changes (a straggler's ``max_steps``).
+    """
+
+    train: list[int]
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class RoundPolicy:
+    """Decides who is online, who is selected and who trains how much; then accounts the round.
+
+    The default is the plain simulation: everyone is available, the sampler selects,
+    everyone selected trains fully. The device simulation (cost model, availability,
+    virtual clock, deadlines, over-commitment, Oort) is a policy.
+    """
+
+    def available(self, round_num: int, ids: list[int]) -> list[int]:
+        return ids
+
+    def select(self, round_num: int, available: list[int], sampling: Sampling,
+               rng: np.random.Generator) -> list[int]:
+        return sampling.sample(available, rng)
+
+    def plan(self, round_num: int, selected: list[int], rng: np.random.Generator) -> RoundPlan:
+        return RoundPlan(train=selected)
+
+    def finish(self, round_num: int, record: RoundRecord,
+               client_metrics: dict[int, Metrics]) -> None:
+        """Add the round's accounting (simulated time, energy ...) to ``record.extra``."""
 
 
 class StopRun(FedgeError):
@@ -84,24 +122,30 @@ def run_round(
     validator: Validator,
     seed: int,
     min_updates: int = 1,
+    policy: RoundPolicy | None = None,
 ) -> tuple[StrategyState, RoundRecord]:
     """Train and aggregate one round; evaluation is the caller's."""
     t0 = time.perf_counter()
+    policy = policy or RoundPolicy()
     rng = round_rng(seed, round_num)
-    selected = sampling.sample(transport.available(round_num), rng)
+    available = policy.available(round_num, transport.available(round_num))
+    selected = policy.select(round_num, available, sampling, rng)
+    plan = policy.plan(round_num, selected, rng)
     ins = strategy.configure(state, round_num, train)
+    ins.per_client.update(plan.overrides)
     rctx = RoundContext(round_num=round_num, rng=rng, spec=validator.spec, num_sampled=len(selected))
     reducer = Reducer(strategy, pipeline, rctx, validator)
     acc = Accumulator()
     updates: list[ClientUpdate] = []
-    dropped: dict[str, list[int]] = {}
+    dropped: dict[str, list[int]] = {k: list(v) for k, v in plan.dropped.items()}
     losses: list[tuple[float, float]] = []
+    client_metrics: dict[int, Metrics] = {}
     uplink = 0
 
     def drop(cid: int, reason: str) -> None:
         dropped.setdefault(reason, []).append(cid)
 
-    for item in transport.fit(round_num, selected, state.params, ins,
+    for item in transport.fit(round_num, plan.train, state.params, ins,
                               None if strategy.needs_individual_updates else reducer):
         if isinstance(item, ClientFailure):
             drop(item.client_id, f"{item.stage}: {item.reason}")
@@ -111,6 +155,8 @@ def run_round(
             for f in item.failures:
                 drop(f.client_id, f"{f.stage}: {f.reason}")
             losses += [(m.get("train_loss", math.nan), m.get("num_examples", 1.0)) for m in item.metrics]
+            for cid, m in zip(item.client_ids, item.metrics, strict=False):
+                client_metrics[cid] = m
         else:
             uplink += item.uplink_bytes
             try:
@@ -124,14 +170,18 @@ def run_round(
                 drop(item.client_id, f"rejected: {exc}")
                 continue
             losses.append((item.metrics.get("train_loss", math.nan), float(item.num_examples)))
+            client_metrics[item.client_id] = {**item.metrics, "num_examples": float(item.num_examples),
+                                              "uplink_bytes": float(item.uplink_bytes)}
 
     n_ok = len(updates) if strategy.needs_individual_updates else acc.count
     record = RoundRecord(round=round_num, participants=n_ok,
                          failed=sum(len(v) for v in dropped.values()), dropped=dropped,
                          uplink_bytes=uplink)
-    record.downlink_bytes = len(selected) * (nbytes(state.params) + sum(
+    record.downlink_bytes = len(plan.train) * (nbytes(state.params) + sum(
         nbytes(v) for v in ins.config.values() if isinstance(v, list)))
     record.train_loss = _weighted([lw for lw in losses if not math.isnan(lw[0])])
+    record.extra["selected"] = len(selected)
+    policy.finish(round_num, record, client_metrics)
     if n_ok < min_updates:
         record.extra["skipped"] = f"{n_ok} usable updates, need {min_updates}"
         record.wall_s = time.perf_counter() - t0
@@ -163,6 +213,7 @@ def run(
     state: StrategyState | None = None,
     max_update_norm: float | None = None,
     min_updates: int = 1,
+    policy: RoundPolicy | None = None,
 ) -> RunResult:
     """Run ``rounds`` rounds (continuing from ``state`` when resuming) and return the history."""
     if rounds < 0:
@@ -185,7 +236,7 @@ def run(
         state, record = run_round(
             round_num=round_num, state=state, strategy=strategy, transport=transport,
             sampling=sampling, train=train, pipeline=pipeline, validator=validator, seed=seed,
-            min_updates=min_updates,
+            min_updates=min_updates, policy=policy,
         )
         state.round_num = round_num
         if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):
