@@ -78,6 +78,9 @@ def make_strategy(exp: Experiment) -> Strategy:
         return build_strategy(s.name)  # raises with the list of valid names
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in to_dict(s).items() if k != "name" and k in accepted}
+    section = getattr(cls, "config_section", None)
+    if section:
+        kwargs.update({k: v for k, v in to_dict(exp.section(section)).items() if k in accepted})
     return build_strategy(s.name, **kwargs)
 
 
