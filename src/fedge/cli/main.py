@@ -41,8 +41,10 @@ def cli() -> None:
 @click.option("--backend", help="Execution backend (e.g. debug, sequential).")
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port: [dashboard]).")
+@click.option("--tensorboard", type=click.Path(file_okay=False), help="Write TensorBoard scalars to DIR.")
 def run_cmd(config: Path | None, rounds: int | None, output: Path | None, backend: str | None,
-            seed: int | None, quiet: bool) -> None:
+            seed: int | None, quiet: bool, dashboard: bool = False, tensorboard: str | None = None) -> None:
     """Run a federated experiment in simulation.
 
     With no CONFIG: the embedded default — scikit-learn's handwritten digits over 100
@@ -64,6 +66,10 @@ def run_cmd(config: Path | None, rounds: int | None, output: Path | None, backen
         exp.training.backend = backend
     if seed is not None:
         exp.seed = seed
+    if dashboard:
+        exp.section("dashboard").enabled = True
+    if tensorboard:
+        exp.section("tracking").tensorboard = tensorboard
     callbacks = [] if quiet else [ProgressCallback()]
     result, out = run_experiment(exp, callbacks, output=str(output) if output else None)
     print_summary(exp, result, out)
