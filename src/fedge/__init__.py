@@ -4,7 +4,7 @@ The public surface is small on purpose; everything else lives in its subpackage.
 """
 
 from fedge.api import run
-from fedge.clients import ClientData, LearnerClient, NumpyLogReg, NumpyMLP, run_fit
+from fedge.clients import ClientData, LearnerClient, NumpyLogReg, NumpyMLP
 from fedge.core import (
     ClientUpdate,
     ConfigError,

@@ -119,7 +119,7 @@ def check_model(learner: Learner, params: Params, data: FederatedDataset) -> Non
 def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
     data = dataset or load_dataset(exp)
     learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape,
-                            data.num_classes, exp.model.hidden)
+                            exp.model.num_classes or data.num_classes, exp.model.hidden)
     initial = learner.init_params(exp.seed)
     check_model(learner, initial, data)
     strategy = make_strategy(exp)
@@ -170,7 +170,8 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
 
 
 def save_params_npz(params: Params, path: Path) -> None:
-    np.savez(path, **{f"p{i:03d}": p for i, p in enumerate(params)})
+    arrays: dict[str, Any] = {f"p{i:03d}": p for i, p in enumerate(params)}
+    np.savez(path, **arrays)
 
 
 def load_params_npz(path: Path) -> Params:

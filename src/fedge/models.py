@@ -6,6 +6,7 @@ the same parameter layout, so the two can be mixed in one federation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,7 @@ def torch_module(name: str, feature_shape: Sequence[int], num_classes: int,
     if name == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         sizes = [in_features, *hidden]
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         return nn.Sequential(*layers)

@@ -91,7 +91,7 @@ class TorchLearner:
                 opt.zero_grad(set_to_none=False)
                 out = module(xt[ib])
                 loss = loss_fn(out, yt[ib])
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 with torch.no_grad():
                     if anchor is not None:
                         for p, a in zip(plist, anchor, strict=True):

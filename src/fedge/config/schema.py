@@ -10,7 +10,9 @@ Other parts of fedge add their own sections with :func:`register_section`.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -24,7 +26,7 @@ def opt(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,
     """A documented config field."""
     meta = {"doc": doc, "choices": choices, "min": min, "max": max, "exclusive_min": exclusive_min}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(copy.copy, default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -51,7 +53,8 @@ class DataConfig:
 class ModelConfig:
     name: str = opt("mlp", "built-in model", choices=("logreg", "mlp", "cnn"))
     framework: str = opt("torch", "torch, or numpy for devices without PyTorch", choices=("torch", "numpy"))
-    hidden: list[int] = opt([64], "hidden layer sizes of the mlp")
+    hidden: list[int] = opt([64], "hidden layer sizes of the mlp")  # noqa: RUF009
+    num_classes: int = opt(0, "output size (0 = one per label found in the data)", min=0)
 
 
 @dataclass
@@ -94,7 +97,8 @@ class EvaluationConfig:
 class Experiment:
     seed: int = opt(0, "seed of every random choice: same seed, same history and model")
     rounds: int = opt(100, "federated rounds", min=1)
-    output: str = opt("runs/{dataset}-{strategy}-seed{seed}", "output folder ({dataset}, {strategy}, {seed} are filled in)")
+    output: str = opt("runs/{dataset}-{strategy}-seed{seed}",
+                      "output folder ({dataset}, {strategy}, {seed} are filled in)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -178,8 +182,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) 
 
 def _unknown(key: str, valid: typing.Iterable[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown key {where}{key!r}{hint}")
+    hint = f"; did you mean '{where}{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{where}{key}'{hint}")
 
 
 def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:

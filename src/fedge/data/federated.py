@@ -112,7 +112,7 @@ def split_local(
     train, test = [], []
     for part in parts:
         p = rng.permutation(np.asarray(part, dtype=np.int64))
-        n_test = min(int(round(len(p) * test_fraction)), max(len(p) - 1, 0))
+        n_test = min(round(len(p) * test_fraction), max(len(p) - 1, 0))
         train.append(p[n_test:])
         test.append(p[:n_test])
     return Ragged.from_lists(train), Ragged.from_lists(test)

@@ -45,10 +45,13 @@ def _frame_to_arrays(frame: Any, path: Path, label: str, client: str | None) -> 
     feature_cols = [c for c in frame.columns if c not in (label, client)]
     if not feature_cols:
         raise DataError(f"{path}: no feature columns besides {label!r}")
+    import pandas as pd
+
     for col in [*feature_cols, label]:
         series = frame[col]
-        if not np.issubdtype(series.dtype, np.number):
-            bad = series.index[~series.map(lambda v: isinstance(v, int | float | np.number))]
+        if not pd.api.types.is_numeric_dtype(series):
+            coerced = pd.to_numeric(series, errors="coerce")
+            bad = np.flatnonzero((coerced.isna() & series.notna()).to_numpy())
             row = int(bad[0]) + 2 if len(bad) else "?"
             raise DataError(f"{path}: column {col!r} is not numeric (first bad value at line {row})")
         nan_rows = np.flatnonzero(series.isna().to_numpy())
@@ -105,7 +108,10 @@ def load_files(
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in FORMATS)
         if not files:
             raise DataError(f"{p}: no {', '.join(FORMATS)} files in this folder")
-        xs, ys, parts, start = [], [], [], 0
+        xs: list[npt.NDArray[np.float32]] = []
+        ys: list[npt.NDArray[np.int64]] = []
+        parts: list[npt.NDArray[np.int64]] = []
+        start = 0
         for f in files:
             x, y, _ = read_table(f, label=label)
             if xs and x.shape[1:] != xs[0].shape[1:]:

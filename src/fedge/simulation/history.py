@@ -47,7 +47,9 @@ class RoundRecord:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RoundRecord:
-        fields = {k: (math.nan if v is None else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {
+            k: (math.nan if v is None else v) for k, v in d.items() if k in cls.__dataclass_fields__
+        }
         return cls(**fields)
 
 
