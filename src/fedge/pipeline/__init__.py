@@ -9,6 +9,9 @@ A :class:`Transform` has three hooks, each the identity by default:
   (dequantise, ...).
 * ``aggregate(sums, rctx)`` — on the server, on the round's summed terms, in reverse
   order (central DP noise, unmasking ...).
+* ``downlink(params, client_ids, rctx)`` — on the server, before a round is sent, in
+  pipeline order: may replace the model the clients start from (its compressed form)
+  and count the bytes each client receives; ``None`` keeps the plain float32 broadcast.
 
 Cross-cutting features are transforms, not strategy subclasses: any strategy composes
 with any chain.
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.core.params import ParamSpec
+from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate
 from fedge.strategies.aggregate import Terms
 
@@ -39,6 +42,14 @@ class RoundContext:
     """Values transforms report for the round's history (e.g. ``epsilon``)."""
 
 
+@dataclass
+class Downlink:
+    """What the server sends a round's clients: the model they start from, and its cost."""
+
+    params: Params
+    bytes_per_client: dict[int, int]
+
+
 class Transform:
     """One step of the update pipeline; subclasses override the hooks they need."""
 
@@ -52,6 +63,10 @@ class Transform:
 
     def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
         return sums
+
+    def downlink(self, params: Params, client_ids: Sequence[int],
+                 rctx: RoundContext) -> Downlink | None:
+        return None
 
 
 class Pipeline:
@@ -78,5 +93,14 @@ class Pipeline:
             sums = t.aggregate(sums, rctx)
         return sums
 
+    def downlink(self, params: Params, client_ids: Sequence[int],
+                 rctx: RoundContext) -> Downlink | None:
+        result: Downlink | None = None
+        for t in self.transforms:
+            d = t.downlink(params if result is None else result.params, client_ids, rctx)
+            if d is not None:
+                result = d
+        return result
 
-__all__ = ["Pipeline", "RoundContext", "Transform"]
+
+__all__ = ["Downlink", "Pipeline", "RoundContext", "Transform"]

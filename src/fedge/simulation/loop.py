@@ -145,7 +145,9 @@ def run_round(
     def drop(cid: int, reason: str) -> None:
         dropped.setdefault(reason, []).append(cid)
 
-    for item in transport.fit(round_num, plan.train, state.params, ins,
+    down = pipeline.downlink(state.params, plan.train, rctx)
+    sent = state.params if down is None else down.params
+    for item in transport.fit(round_num, plan.train, sent, ins,
                               None if strategy.needs_individual_updates else reducer):
         if isinstance(item, ClientFailure):
             drop(item.client_id, f"{item.stage}: {item.reason}")
@@ -177,8 +179,16 @@ def run_round(
     record = RoundRecord(round=round_num, participants=n_ok,
                          failed=sum(len(v) for v in dropped.values()), dropped=dropped,
                          uplink_bytes=uplink)
-    record.downlink_bytes = len(plan.train) * (nbytes(state.params) + sum(
-        nbytes(v) for v in ins.config.values() if isinstance(v, list)))
+    config_bytes = sum(nbytes(v) for v in ins.config.values() if isinstance(v, list))
+    if down is None:
+        record.downlink_bytes = len(plan.train) * (nbytes(state.params) + config_bytes)
+    else:
+        sent_bytes = {cid: down.bytes_per_client.get(cid, nbytes(state.params)) + config_bytes
+                      for cid in plan.train}
+        record.downlink_bytes = sum(sent_bytes.values())
+        for cid, b in sent_bytes.items():
+            if cid in client_metrics:
+                client_metrics[cid]["downlink_bytes"] = float(b)
     record.train_loss = _weighted([lw for lw in losses if not math.isnan(lw[0])])
     record.extra["selected"] = len(selected)
     policy.finish(round_num, record, client_metrics)
