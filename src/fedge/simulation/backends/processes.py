@@ -1,0 +1,206 @@
+"""The ``processes`` backend: N forked worker processes, one partial sum each.
+
+The design of pfl-research (Granqvist et al., "pfl-research: simulation framework for
+accelerating research in Private Federated Learning", 2024): each worker holds one
+reused model and trains its share of the cohort sequentially; shares are balanced by
+dataset size; each worker reduces its clients where they ran and sends back one
+:class:`~fedge.transport.base.PartialSum`, so a round moves N sums, not K updates.
+
+Workers are forked once per runtime and reused across rounds, so the client factory
+(often a closure over the federation's arrays) is shared copy-on-write and never
+pickled. A worker that dies mid-round is detected through its process sentinel: its
+clients are reported as failures, a fresh worker replaces it, and the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fedge.core.errors import ConfigError
+from fedge.core.params import Params
+from fedge.core.types import FitInstructions
+from fedge.simulation.backends._shard import (
+    Outcome,
+    Task,
+    balance,
+    client_size,
+    emit,
+    lost,
+    run_task,
+)
+from fedge.transport.base import FitResult, Reducer
+from fedge.transport.inprocess import ClientRuntime
+
+log = logging.getLogger(__name__)
+
+_RUNTIME: ClientRuntime | None = None
+"""The runtime a forked worker inherits from its parent (set just before forking)."""
+
+
+def _worker_main(conn: Connection, threads: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    runtime = _RUNTIME
+    assert runtime is not None
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            conn.send(("ok", run_task(runtime, task)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, runtime: ClientRuntime, threads: int) -> None:
+        global _RUNTIME
+        parent, child = ctx.Pipe()
+        _RUNTIME = runtime
+        try:
+            self.process: BaseProcess = ctx.Process(target=_worker_main, args=(child, threads),
+                                                    daemon=True)
+            self.process.start()
+        finally:
+            _RUNTIME = None
+        child.close()
+        self.conn: Connection = parent
+
+    def stop(self, *, kill: bool = False) -> None:
+        if not kill:
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class ProcessesBackend:
+    """Train the cohort in ``workers`` forked processes (default: the usable CPU count)."""
+
+    name = "processes"
+
+    def __init__(self, workers: int = 0, threads_per_worker: int = 1) -> None:
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self._pool: list[_Worker] = []
+        self._runtime: ClientRuntime | None = None
+        if "fork" not in mp.get_all_start_methods():
+            raise ConfigError("training.backend = 'processes' needs fork(); use 'vectorized' or 'ray'")
+        self._ctx = mp.get_context("fork")
+
+    def configure(self, engine: Any) -> None:
+        """Take options from the ``[engine]`` config section."""
+        self.workers = int(engine.workers)
+
+    @property
+    def size(self) -> int:
+        return self.workers if self.workers > 0 else default_workers()
+
+    def _ensure(self, runtime: ClientRuntime) -> None:
+        if self._runtime is not runtime:
+            self.close()
+            self._runtime = runtime
+        while len(self._pool) < self.size:
+            self._pool.append(_Worker(self._ctx, runtime, self.threads_per_worker))
+
+    def fit(
+        self,
+        runtime: ClientRuntime,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        states: dict[int, dict[str, Any]],
+        reducer: Reducer | None,
+    ) -> Iterator[FitResult]:
+        if not client_ids:
+            return
+        self._ensure(runtime)
+        shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], self.size)
+        pending: dict[int, tuple[_Worker, list[int]]] = {}
+        for worker, share in zip(self._pool, shares, strict=False):
+            task = Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
+                        reducer, runtime.strategy, runtime.pipeline)
+            try:
+                worker.conn.send(task)
+            except (OSError, BrokenPipeError):
+                yield from self._lose(worker, share, "could not reach its worker process")
+                continue
+            pending[id(worker)] = (worker, share)
+        try:
+            yield from self._collect(pending, states)
+        finally:
+            for worker, _ in pending.values():
+                worker.stop(kill=True)
+                self._pool.remove(worker)
+
+    def _collect(self, pending: dict[int, tuple[_Worker, list[int]]],
+                 states: dict[int, dict[str, Any]]) -> Iterator[FitResult]:
+        """Yield each worker's result as it arrives; a dead worker's share becomes failures."""
+        while pending:
+            waitables: list[Any] = []
+            for worker, _ in pending.values():
+                waitables += [worker.conn, worker.process.sentinel]
+            ready = wait(waitables)
+            for key, (worker, share) in list(pending.items()):
+                if worker.conn in ready or worker.conn.poll():
+                    try:
+                        status, payload = worker.conn.recv()
+                    except (EOFError, OSError):
+                        del pending[key]
+                        yield from self._lose(worker, share, self._death(worker))
+                        continue
+                    del pending[key]
+                    if status == "ok":
+                        assert isinstance(payload, Outcome)
+                        yield from emit(payload, states)
+                    else:
+                        yield from lost(share, f"worker error: {payload}")
+                elif worker.process.sentinel in ready:
+                    del pending[key]
+                    yield from self._lose(worker, share, self._death(worker))
+
+    @staticmethod
+    def _death(worker: _Worker) -> str:
+        worker.process.join(timeout=1)
+        return f"worker process {worker.process.pid} died (exit code {worker.process.exitcode})"
+
+    def _lose(self, worker: _Worker, share: list[int], reason: str) -> list[FitResult]:
+        log.warning("processes backend: %s; %d clients lost this round", reason, len(share))
+        worker.stop(kill=True)
+        self._pool.remove(worker)
+        return lost(share, reason)
+
+    def close(self) -> None:
+        for worker in self._pool:
+            worker.stop()
+        self._pool = []
+        self._runtime = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

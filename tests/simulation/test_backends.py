@@ -1,0 +1,208 @@
+"""Every execution backend gives the debug backend's global model, for the same seed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedge.clients.base import ClientData, LearnerClient, TrainResult
+from fedge.clients.torch_learner import TorchLearner
+from fedge.core.errors import ConfigError
+from fedge.core.params import Params
+from fedge.core.types import ClientContext, EvalResult, TrainConfig
+from fedge.data.w2 import w2
+from fedge.experiment import make_backend
+from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
+from fedge.simulation.backends._shard import balance
+from fedge.simulation.loop import run
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.base import Strategy
+from fedge.strategies.fedavg import FedAvg
+from fedge.strategies.fedprox import FedProx
+from fedge.strategies.scaffold import STATE_KEY, Scaffold
+from fedge.transport.inprocess import BACKENDS, Backend, InProcessTransport
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(60, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def _federation(num_clients: int = 12) -> tuple[TorchLearner, list[ClientData]]:
+    """Ragged clients (sizes 3..31) so padding, masking and uneven step counts are exercised."""
+    data = w2(num_clients, samples_per_client=31, test_size=0, seed=3)
+    sizes = 3 + (np.arange(num_clients) * 7) % 29
+    clients = [ClientData(data.x[k * 31 : k * 31 + s], data.y[k * 31 : k * 31 + s])
+               for k, s in enumerate(sizes)]
+    return TorchLearner(_mlp), clients
+
+
+def _run(backend: Backend, strategy: Strategy, *, rounds: int = 3,
+         train: TrainConfig | None = None) -> tuple[Params, InProcessTransport]:
+    learner, clients = _federation()
+    torch.manual_seed(0)
+    initial = learner.init_params(0)
+    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
+                                   strategy=strategy, seed=7, backend=backend)
+    try:
+        result = run(strategy=strategy, transport=transport, initial_params=initial, rounds=rounds,
+                     sampling=Sampling(count=8), seed=7,
+                     train=train or TrainConfig(epochs=2, batch_size=4, lr=0.1))
+    finally:
+        transport.close()
+    return result.state.params, transport
+
+
+STRATEGIES = {"fedavg": FedAvg, "fedprox": lambda: FedProx(mu=0.5), "scaffold": Scaffold}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Params]:
+    return {name: _run(BACKENDS["debug"](), make())[0] for name, make in STRATEGIES.items()}
+
+
+def _close(a: Params, b: Params) -> None:
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_vectorized_matches_debug(strategy: str, reference: dict[str, Params]) -> None:
+    backend = VectorizedBackend(chunk=5)
+    params, transport = _run(backend, STRATEGIES[strategy]())
+    _close(params, reference[strategy])
+    assert backend.fallback_reasons == set()
+    if strategy == "scaffold":
+        assert any(STATE_KEY in s for s in transport.states.values())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_processes_match_debug(strategy: str, reference: dict[str, Params]) -> None:
+    params, transport = _run(ProcessesBackend(workers=2), STRATEGIES[strategy]())
+    _close(params, reference[strategy])
+    if strategy == "scaffold":
+        assert any(STATE_KEY in s for s in transport.states.values())
+
+
+def test_scaffold_state_survives_rounds_on_vectorized() -> None:
+    """The client control variates come back into the transport's states every round."""
+    _, t3 = _run(VectorizedBackend(), Scaffold(), rounds=3)
+    _, t3d = _run(BACKENDS["debug"](), Scaffold(), rounds=3)
+    assert t3.states.keys() == t3d.states.keys()
+    for cid, state in t3d.states.items():
+        if STATE_KEY in state:
+            _close(t3.states[cid][STATE_KEY], state[STATE_KEY])
+
+
+def test_vectorized_respects_per_client_step_limits() -> None:
+    """A straggler's ``max_steps`` masks it out of later lock-step steps, as sequential training would."""
+    learner, clients = _federation(4)
+    params = learner.init_params(1)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.1, max_steps=2)
+    for k in range(4):
+        seq = learner.train(params, clients[k].x_train, clients[k].y_train, cfg, np.random.default_rng(k))
+        assert seq.steps == 2
+    ref = _run(BACKENDS["debug"](), FedAvg(), train=cfg)[0]
+    _close(_run(VectorizedBackend(chunk=3), FedAvg(), train=cfg)[0], ref)
+
+
+class _OddClient:
+    """A custom client the vectorized backend cannot batch: it must fall back."""
+
+    def __init__(self, inner: LearnerClient) -> None:
+        self.client_id = inner.client_id
+        self.inner = inner
+
+    def train(self, params: Params, cfg: TrainConfig, ctx: ClientContext) -> TrainResult:
+        return self.inner.train(params, cfg, ctx)
+
+    def loss(self, params: Params) -> float:
+        return self.inner.loss(params)
+
+    def evaluate(self, params: Params) -> EvalResult:
+        return self.inner.evaluate(params)
+
+
+def test_vectorized_falls_back_with_a_reason(caplog: pytest.LogCaptureFixture) -> None:
+    learner, clients = _federation()
+    backend = VectorizedBackend()
+    ref_transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=FedAvg(), seed=7)
+    transport = InProcessTransport(
+        lambda cid: _OddClient(LearnerClient(cid, learner, clients[cid])) if cid % 2
+        else LearnerClient(cid, learner, clients[cid]),
+        len(clients), strategy=FedAvg(), seed=7, backend=backend)
+    initial = learner.init_params(0)
+    kwargs: dict[str, Any] = dict(initial_params=initial, rounds=2, sampling=Sampling(count=8), seed=7,
+                                  train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+    with caplog.at_level(logging.WARNING, logger="fedge.simulation.backends.vectorized"):
+        got = run(strategy=FedAvg(), transport=transport, **kwargs).state.params
+    want = run(strategy=FedAvg(), transport=ref_transport, **kwargs).state.params
+    _close(got, want)
+    assert backend.fallback_reasons == {"client type _OddClient is not a LearnerClient"}
+    assert sum("not a LearnerClient" in r.message for r in caplog.records) == 1
+
+
+def test_vectorized_falls_back_for_momentum() -> None:
+    backend = VectorizedBackend()
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.05, momentum=0.9)
+    _close(_run(backend, FedAvg(), rounds=2, train=cfg)[0],
+           _run(BACKENDS["debug"](), FedAvg(), rounds=2, train=cfg)[0])
+    assert any("momentum" in r for r in backend.fallback_reasons)
+
+
+class _DyingLearner(TorchLearner):
+    """Kills its worker process when it trains client 3."""
+
+    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig,
+              rng: np.random.Generator) -> TrainResult:
+        if len(y) == _DYING_SIZE and os.getpid() != _PARENT:
+            os._exit(17)
+        return super().train(params, x, y, cfg, rng)
+
+
+_PARENT = os.getpid()
+_DYING_SIZE = 3 + (3 * 7) % 29
+
+
+@pytest.mark.integration
+def test_worker_death_loses_its_share_and_the_round_goes_on() -> None:
+    _, clients = _federation()
+    learner = _DyingLearner(_mlp)
+    backend = ProcessesBackend(workers=2)
+    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
+                                   strategy=FedAvg(), seed=7, backend=backend)
+    try:
+        result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
+                     rounds=2, sampling=Sampling(count=len(clients)), seed=7,
+                     train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+    finally:
+        transport.close()
+    assert len(result.history) == 2
+    for record in result.history:
+        reasons = [r for r in record.dropped if "died (exit code 17)" in r]
+        assert len(reasons) == 1
+        lost = record.dropped[reasons[0]]
+        assert 3 in lost
+        assert record.participants == len(clients) - len(lost) > 0
+
+
+def test_unknown_backend_lists_the_new_names() -> None:
+    with pytest.raises(ConfigError, match="processes, ray, sequential, vectorized"):
+        make_backend("warp")
+
+
+def test_balance_covers_every_client_once_and_evens_out_sizes() -> None:
+    ids = list(range(10))
+    sizes = [100, 1, 1, 1, 1, 50, 50, 1, 1, 1]
+    shares = balance(ids, sizes, 3)
+    assert sorted(c for s in shares for c in s) == ids
+    loads = sorted(sum(sizes[c] for c in s) for s in shares)
+    assert loads[-1] == 100
+    assert balance([1, 2], [5, 5], 4) == [[1], [2]]
