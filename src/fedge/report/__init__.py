@@ -1,0 +1,38 @@
+"""Seeing a federation: the HTML report of finished runs, the live dashboard, tracking.
+
+- :func:`write_report` — ``fedge report RUN_DIR [RUN_DIR ...]``: one self-contained HTML
+  file and its PNGs (:mod:`fedge.report.html`, :mod:`fedge.report.plots`).
+- :class:`Dashboard` — a web page and JSON API over any *status source*; a simulation feeds
+  it through :class:`RunStatus` (:mod:`fedge.report.dashboard`).
+- :class:`TensorBoardCallback`, :class:`MLflowCallback` — per-round scalars
+  (:mod:`fedge.report.tracking`).
+
+Importing this package registers the ``[dashboard]`` and ``[tracking]`` config sections
+and the callbacks they build.
+"""
+
+from __future__ import annotations
+
+from fedge.experiment import CALLBACK_FACTORIES
+from fedge.report.config import DashboardConfig, TrackingConfig, callbacks_from_config
+from fedge.report.dashboard import Dashboard, DashboardCallback, RunStatus, StatusSource
+from fedge.report.html import write_report
+from fedge.report.runs import RunData, load_run
+from fedge.report.tracking import MLflowCallback, TensorBoardCallback
+
+if callbacks_from_config not in CALLBACK_FACTORIES:
+    CALLBACK_FACTORIES.append(callbacks_from_config)
+
+__all__ = [
+    "Dashboard",
+    "DashboardCallback",
+    "DashboardConfig",
+    "MLflowCallback",
+    "RunData",
+    "RunStatus",
+    "StatusSource",
+    "TensorBoardCallback",
+    "TrackingConfig",
+    "load_run",
+    "write_report",
+]

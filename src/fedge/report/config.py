@@ -1,0 +1,60 @@
+"""The ``[dashboard]`` and ``[tracking]`` config sections and the callbacks they build."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedge.config.schema import Experiment, opt, register_section, to_dict
+from fedge.simulation.loop import Callback
+
+if TYPE_CHECKING:
+    from fedge.experiment import Built
+
+
+@dataclass
+class DashboardConfig:
+    enabled: bool = opt(False, "serve the live dashboard while the run goes (`fedge run --dashboard`)")
+    host: str = opt("127.0.0.1", "address to listen on; anything but loopback requires a token")
+    port: int = opt(8765, "port to listen on (0 = any free port)", min=0, max=65535)
+    token: str = opt("", "token the page and API require ('' = none on loopback, a random one elsewhere)")
+    linger_s: float = opt(0.0, "keep serving this many seconds after the run ends", min=0)
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: str = opt("", "write per-round TensorBoard scalars to this folder ('' = off)")
+    mlflow: bool = opt(False, "log the config and per-round metrics to MLflow")
+    mlflow_uri: str = opt("", "MLflow tracking URI ('' = MLflow's default, e.g. ./mlruns)")
+    mlflow_experiment: str = opt("fedge", "MLflow experiment name")
+
+
+register_section("dashboard", DashboardConfig)
+register_section("tracking", TrackingConfig)
+
+
+def _announce(url: str) -> None:
+    print(f"dashboard: {url}", file=sys.stderr, flush=True)
+
+
+def callbacks_from_config(exp: Experiment, built: Built | None = None) -> Sequence[Callback]:
+    """Builds the dashboard and tracking callbacks the experiment asks for (none by default)."""
+    from fedge.report.dashboard import DashboardCallback
+    from fedge.report.tracking import MLflowCallback, TensorBoardCallback
+
+    out: list[Callback] = []
+    d: DashboardConfig = exp.section("dashboard")
+    if d.enabled:
+        out.append(DashboardCallback(host=d.host, port=d.port, token=d.token or None,
+                                     linger_s=d.linger_s, announce=_announce))
+    t: TrackingConfig = exp.section("tracking")
+    if t.tensorboard:
+        out.append(TensorBoardCallback(t.tensorboard))
+    if t.mlflow:
+        params = to_dict(exp)
+        params.get("dashboard", {}).pop("token", None)
+        out.append(MLflowCallback(tracking_uri=t.mlflow_uri, experiment=t.mlflow_experiment,
+                                  params=params, run_name=exp.output_dir()))
+    return out

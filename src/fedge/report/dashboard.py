@@ -1,0 +1,222 @@
+"""The live dashboard: a small HTTP server in a background thread of the running process.
+
+It serves one page (inline JavaScript and SVG, no CDN) and JSON endpoints that read a
+*status source*: any object whose ``snapshot()`` returns a JSON-able dict. A simulation
+feeds a :class:`RunStatus` (a :class:`~fedge.simulation.loop.Callback`); a deployed server
+passes its own status snapshot. Bound to 127.0.0.1 by default; bound elsewhere it requires
+a token (``?token=`` or ``Authorization: Bearer``) and answers 401 without it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import secrets
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from fedge.core.errors import ConfigError
+from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.loop import Callback
+from fedge.strategies.base import StrategyState
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_ROUNDS_SENT = 5000
+
+
+class StatusSource(Protocol):
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able dict: ``round``, ``rounds``, ``state``, ``history`` (list of rounds), ``nodes``."""
+
+
+def _clean(value: Any) -> Any:
+    """NaN/Inf become ``null`` so the JSON stays standard."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunStatus(Callback):
+    """A simulation's status for the dashboard, fed by the round loop's callbacks."""
+
+    def __init__(self, name: str = "simulation") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._rounds_total = 0
+        self._records: list[dict[str, Any]] = []
+        self._state = "starting"
+        self._started = time.time()
+
+    def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        with self._lock:
+            self._rounds_total = rounds
+            self._state = "running"
+            self._started = time.time()
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        with self._lock:
+            self._records.append(record.to_json())
+
+    def on_run_end(self, history: History, state: StrategyState) -> None:
+        with self._lock:
+            self._state = "finished"
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            history = list(self._records[-MAX_ROUNDS_SENT:])
+            current = history[-1]["round"] if history else 0
+            return {
+                "name": self.name, "mode": "simulation", "state": self._state,
+                "round": current, "rounds": self._rounds_total,
+                "round_progress": None, "elapsed_s": time.time() - self._started,
+                "history": history, "nodes": [],
+            }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DashboardHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _authorised(self, query: dict[str, list[str]]) -> bool:
+        token = self.server.token
+        if not token:
+            return True
+        given = (query.get("token") or [""])[0]
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, obj: Any) -> None:
+        self._send(status, json.dumps(_clean(obj), allow_nan=False).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if not self._authorised(query):
+            self._json(HTTPStatus.UNAUTHORIZED, {"error": "a valid token is required"})
+            return
+        if url.path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+        elif url.path == "/api/status":
+            try:
+                snap = self.server.source.snapshot()
+            except Exception as exc:  # the dashboard keeps serving whatever the source does
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"status unavailable: {exc}"})
+                return
+            self._json(HTTPStatus.OK, snap)
+        elif url.path == "/healthz":
+            self._json(HTTPStatus.OK, {"ok": True})
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
+
+
+class DashboardHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], source: StatusSource, token: str, page: bytes) -> None:
+        super().__init__(addr, _Handler)
+        self.source = source
+        self.token = token
+        self.page = page
+
+
+def page_html() -> bytes:
+    return resources.files("fedge.report").joinpath("dashboard.html").read_bytes()
+
+
+class Dashboard:
+    """Serves ``source`` on ``host:port`` (0 = a free port) until :meth:`close`.
+
+    ``token``: ``None`` means none on loopback and a fresh random one elsewhere; a string
+    always requires it.
+    """
+
+    def __init__(self, source: StatusSource, *, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"dashboard.port: must be in 0..65535, got {port}")
+        if token is None:
+            token = "" if host in LOOPBACK else secrets.token_urlsafe(24)
+        try:
+            self._server = DashboardHTTPServer((host, port), source, token, page_html())
+        except OSError as exc:
+            raise ConfigError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.host = host
+        self.token = token
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fedge-dashboard",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        q = f"?{urlencode({'token': self.token})}" if self.token else ""
+        return f"http://{host}:{self.port}/{q}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DashboardCallback(Callback):
+    """Starts a :class:`Dashboard` over a :class:`RunStatus` when the run starts.
+
+    After the run it keeps serving for ``linger_s`` seconds, so the final curves can be seen.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 linger_s: float = 0.0, announce: Any = None) -> None:
+        self.status = RunStatus()
+        self.host, self.port, self.token = host, port, token
+        self.linger_s = linger_s
+        self.announce = announce or (lambda url: None)
+        self.dashboard: Dashboard | None = None
+
+    def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        self.status.on_run_start(state, rounds)
+        self.dashboard = Dashboard(self.status, host=self.host, port=self.port, token=self.token)
+        self.announce(self.dashboard.url)
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        self.status.on_round_end(record, state)
+
+    def on_run_end(self, history: History, state: StrategyState) -> None:
+        self.status.on_run_end(history, state)
+        if self.dashboard is not None:
+            if self.linger_s > 0:
+                time.sleep(self.linger_s)
+            self.dashboard.close()
+            self.dashboard = None
