@@ -1,0 +1,86 @@
+"""The ray backend on a real local cluster started with ``ray start --head``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedge.clients.base import LearnerClient
+from fedge.core.errors import TransportError
+from fedge.core.params import Params
+from fedge.data.w2 import w2
+from fedge.models import build_learner
+from fedge.simulation.backends import RayBackend
+from fedge.simulation.loop import run
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.scaffold import STATE_KEY, Scaffold
+from fedge.core.types import TrainConfig
+from fedge.transport.inprocess import BACKENDS, Backend, InProcessTransport
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(backend: Backend) -> tuple[Params, InProcessTransport]:
+    data = w2(10, samples_per_client=12, test_size=0, seed=1)
+    learner = build_learner("mlp", "torch", (60,), 10, (8,))
+    strategy = Scaffold()
+    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, data.client(cid)),
+                                   data.num_clients, strategy=strategy, seed=5, backend=backend)
+    try:
+        result = run(strategy=strategy, transport=transport, initial_params=learner.init_params(5),
+                     rounds=3, sampling=Sampling(count=6), seed=5,
+                     train=TrainConfig(epochs=1, batch_size=5, lr=0.1))
+    finally:
+        transport.close()
+    return result.state.params, transport
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}",
+                        "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_ray_cluster_gives_the_debug_model_and_keeps_client_state(ray_cluster: str) -> None:
+    got, transport = _run(RayBackend(address=ray_cluster, workers=2))
+    want, reference = _run(BACKENDS["debug"]())
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    for cid, state in reference.states.items():
+        if STATE_KEY in state:
+            for a, b in zip(transport.states[cid][STATE_KEY], state[STATE_KEY], strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_silent_ray_address_fails_after_a_bounded_wait() -> None:
+    backend = RayBackend(address=f"127.0.0.1:{_free_port()}", workers=1, connect_timeout_s=1.0)
+    with pytest.raises(TransportError, match="no Ray cluster answers at 127.0.0.1"):
+        _run(backend)
+
+
+def test_malformed_ray_address_is_named() -> None:
+    with pytest.raises(TransportError, match="'nowhere' is not host:port"):
+        _run(RayBackend(address="nowhere", workers=1))
