@@ -1,0 +1,142 @@
+"""The ``[robust]`` and ``[attack]`` config sections and how an experiment uses them.
+
+``[robust]`` holds the hyperparameters of the robust strategies (chosen with
+``[strategy] name = "krum"`` ...). ``[attack]`` makes a seed-chosen share of the
+population malicious; every round's record is labelled with the attack and the
+defence (the strategy), so result tables can be read without the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedge.config.schema import Experiment, opt, register_section
+from fedge.core.errors import ConfigError
+from fedge.pipeline import Transform
+from fedge.robust.attacks import ATTACKS, Attack, malicious_ids
+from fedge.simulation.history import RoundRecord
+from fedge.simulation.loop import Callback
+from fedge.strategies import REGISTRY
+from fedge.strategies.base import StrategyState
+
+if TYPE_CHECKING:
+    from fedge.experiment import Built
+
+
+@dataclass
+class RobustConfig:
+    byzantine: int = opt(-1, "krum, multi-krum, bulyan: Byzantine updates f tolerated per round "
+                             "(-1 = a fifth of the updates; bulyan: the most its n allows)", min=-1)
+    trim_fraction: float = opt(0.1, "trimmed-mean: share of values dropped at each end, in [0, 0.5)",
+                               min=0)
+    multi_krum_m: int = opt(0, "multi-krum: updates averaged (0 = n - f)", min=0)
+    norm_bound: float = opt(0.0, "norm-bound: clip every update to this L2 norm (0 = the median norm)",
+                            min=0)
+    clip_tau: float = opt(0.0, "centered-clip: clipping radius tau (0 = the median distance to the centre)",
+                          min=0)
+    clip_iters: int = opt(1, "centered-clip: clipping iterations per round", min=1)
+
+
+@dataclass
+class AttackConfig:
+    kind: str = opt("none", "simulated attack by the malicious clients", choices=ATTACKS)
+    fraction: float = opt(0.2, "share of the population that is malicious (chosen from the seed)",
+                          min=0, max=1)
+    scale: float = opt(0.0, "sign-flip: send -scale x delta (0 = 10); scaling: boost gamma "
+                            "(0 = clients per round / server_lr)", min=0)
+    noise_std: float = opt(1.0, "gaussian: standard deviation of the random update", min=0)
+    alie_z: float = opt(0.0, "alie: z of mu - z sigma (0 = Baruch et al.'s z_max)", min=0)
+    colluders: int = opt(10, "alie: malicious clients whose honest updates estimate mu and sigma", min=1)
+
+
+register_section("robust", RobustConfig)
+register_section("attack", AttackConfig)
+
+
+def _secagg_enabled(exp: Experiment) -> bool:
+    sec = exp.extensions.get("secagg")
+    if sec is None:
+        return False
+    for key in ("enabled", "enable"):
+        if hasattr(sec, key):
+            return bool(getattr(sec, key))
+    mode = getattr(sec, "mode", None)
+    return mode not in (None, "off", "none", "")
+
+
+def check_robust(exp: Experiment) -> Sequence[Transform]:
+    """Refuse combinations a robust strategy cannot honour (a transform factory with no transforms)."""
+    cls = REGISTRY.get(exp.strategy.name)
+    if cls is None or not cls.needs_individual_updates:
+        return []
+    if _secagg_enabled(exp):
+        raise ConfigError(
+            f"strategy {exp.strategy.name!r} needs every individual update, which secure aggregation "
+            "hides; disable [secagg] or use a streaming strategy such as fedavg")
+    r: RobustConfig = exp.section("robust")
+    if not 0 <= r.trim_fraction < 0.5:
+        raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {r.trim_fraction}")
+    n = exp.training.clients_per_round
+    if n and r.byzantine >= 0:
+        need = {"krum": 2 * r.byzantine + 3, "multi-krum": 2 * r.byzantine + 3,
+                "bulyan": 4 * r.byzantine + 3}.get(exp.strategy.name)
+        if need is not None and n < need:
+            raise ConfigError(
+                f"{exp.strategy.name} with robust.byzantine = {r.byzantine} needs at least {need} "
+                f"clients per round, got training.clients_per_round = {n}")
+    return []
+
+
+class AttackLabels(Callback):
+    """Labels every round's record with the attack and the defence."""
+
+    def __init__(self, attack: Attack, defence: str) -> None:
+        self.attack = attack
+        self.defence = defence
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        record.extra["attack"] = self.attack.kind
+        record.extra["defence"] = self.defence
+        record.extra["malicious_clients"] = len(self.attack.malicious)
+
+
+def build_attack(exp: Experiment, num_clients: int, num_classes: int) -> Attack:
+    a: AttackConfig = exp.section("attack")
+    mal = malicious_ids(num_clients, a.fraction, exp.seed) if a.kind != "none" else frozenset()
+    t = exp.training
+    cohort = t.clients_per_round or max(1, round(t.fraction * num_clients))
+    return Attack(kind=a.kind, malicious=mal, num_classes=num_classes, seed=exp.seed, scale=a.scale,
+                  noise_std=a.noise_std, z=a.alie_z, cohort=cohort, server_lr=exp.strategy.server_lr,
+                  colluders=a.colluders, population=num_clients)
+
+
+def attack_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
+    """Turn the configured share of clients malicious and label the records."""
+    if "attack" not in exp.extensions:
+        return []
+    attack = build_attack(exp, built.data.num_clients, built.data.num_classes)
+    runtime: Any = getattr(built.transport, "runtime", None)
+    if attack.kind != "none":
+        if runtime is None:
+            raise ConfigError("[attack] is simulated on the in-process transport only")
+        if not getattr(runtime, "_fedge_attack", None):
+            runtime.client_fn = attack.wrap(runtime.client_fn)
+            runtime._fedge_attack = attack
+    return [AttackLabels(attack, exp.strategy.name)]
+
+
+def _install() -> None:
+    from fedge import experiment
+
+    if check_robust not in experiment.TRANSFORM_FACTORIES:
+        experiment.TRANSFORM_FACTORIES.append(check_robust)
+    if attack_callbacks not in experiment.CALLBACK_FACTORIES:
+        experiment.CALLBACK_FACTORIES.append(attack_callbacks)
+
+
+_install()
+
+__all__ = ["AttackConfig", "AttackLabels", "RobustConfig", "attack_callbacks", "build_attack",
+           "check_robust"]
