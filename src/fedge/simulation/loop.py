@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.core.errors import AggregationError, FedgeError
+from fedge.core.errors import AggregationError, ConfigError, FedgeError
 from fedge.core.params import ParamSpec, nbytes
 from fedge.core.types import ClientUpdate, EvalResult, Metrics, TrainConfig
 from fedge.pipeline import Pipeline, RoundContext
@@ -145,10 +145,16 @@ def run_round(
     def drop(cid: int, reason: str) -> None:
         dropped.setdefault(reason, []).append(cid)
 
+    # A transform that sums the cohort itself (secure aggregation) gets every update.
+    cohort = next((t for t in pipeline.transforms if getattr(t, "sums_cohort", False)), None)
+    if cohort is not None and strategy.needs_individual_updates:
+        raise ConfigError(f"strategy {strategy.name!r} needs individual updates, which {cohort.name} "
+                          "hides from the server; choose a strategy that aggregates sums")
+    individual = strategy.needs_individual_updates or cohort is not None
     down = pipeline.downlink(state.params, plan.train, rctx)
     sent = state.params if down is None else down.params
     for item in transport.fit(round_num, plan.train, sent, ins,
-                              None if strategy.needs_individual_updates else reducer):
+                              None if individual else reducer):
         if isinstance(item, ClientFailure):
             drop(item.client_id, f"{item.stage}: {item.reason}")
         elif isinstance(item, PartialSum):
@@ -162,9 +168,10 @@ def run_round(
         else:
             uplink += item.uplink_bytes
             try:
-                if strategy.needs_individual_updates:
+                if individual:
                     upd = pipeline.server(item, rctx)
-                    validator.check(upd)
+                    if cohort is None:
+                        validator.check(upd)
                     updates.append(upd)
                 else:
                     acc.add(reducer(item))
@@ -175,6 +182,17 @@ def run_round(
             client_metrics[item.client_id] = {**item.metrics, "num_examples": float(item.num_examples),
                                               "uplink_bytes": float(item.uplink_bytes)}
 
+    aborted = ""
+    if cohort is not None:
+        try:
+            terms, count, lost = cohort.sum_cohort(updates, rctx)
+            acc.add(terms, count=count)
+            for reason, ids in lost.items():
+                for cid in ids:
+                    drop(cid, reason)
+        except AggregationError as exc:
+            aborted = str(exc)
+        updates = []
     n_ok = len(updates) if strategy.needs_individual_updates else acc.count
     record = RoundRecord(round=round_num, participants=n_ok,
                          failed=sum(len(v) for v in dropped.values()), dropped=dropped,
@@ -193,7 +211,7 @@ def run_round(
     record.extra["selected"] = len(selected)
     policy.finish(round_num, record, client_metrics)
     if n_ok < min_updates:
-        record.extra["skipped"] = f"{n_ok} usable updates, need {min_updates}"
+        record.extra["skipped"] = aborted or f"{n_ok} usable updates, need {min_updates}"
         record.wall_s = time.perf_counter() - t0
         return state, record
     metrics: Metrics
