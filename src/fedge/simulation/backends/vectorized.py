@@ -190,13 +190,24 @@ class VectorizedBackend:
     def __init__(self, chunk: int = 2048) -> None:
         self.chunk = chunk
         self._reported: set[str] = set()
+        self._checked: dict[tuple[int, ParamSpec], str | None] = {}
 
     def configure(self, engine: Any) -> None:
         """Take options from the ``[engine]`` config section."""
         self.chunk = int(engine.vectorized_chunk)
 
     def close(self) -> None:
-        pass
+        self._checked.clear()
+
+    def _unsupported(self, client: Any, spec: ParamSpec) -> str | None:
+        """:func:`unsupported`, remembered per learner object (clients usually share one)."""
+        learner = getattr(client, "learner", None)
+        if not isinstance(client, LearnerClient) or learner is None:
+            return unsupported(client, spec)
+        key = (id(learner), spec)
+        if key not in self._checked:
+            self._checked[key] = unsupported(client, spec)
+        return self._checked[key]
 
     def _fallback(self, reason: str) -> None:
         if reason not in self._reported:
@@ -238,7 +249,7 @@ class VectorizedBackend:
             state = states.setdefault(cid, {})
             try:
                 client = runtime.client_fn(cid)
-                reason = unsupported(client, spec)
+                reason = self._unsupported(client, spec)
                 if reason is None:
                     ctx = runtime.context(cid, round_num, state)
                     cfg = client_config(runtime, ins, ctx)
