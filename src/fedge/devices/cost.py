@@ -101,7 +101,7 @@ def count_torch(module: Any, feature_shape: Sequence[int]) -> ModelCost:
     def hook(mod: Any, inputs: tuple[Any, ...], output: Any) -> None:
         nonlocal flops, acts
         if not isinstance(output, torch.Tensor):
-            return
+            output = torch.zeros(0)
         in_shape = tuple(inputs[0].shape) if inputs and isinstance(inputs[0], torch.Tensor) else ()
         flops += _leaf_flops(mod, output.numel(), tuple(output.shape), in_shape)
         acts += output.numel()
