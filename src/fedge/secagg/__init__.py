@@ -1,0 +1,64 @@
+"""Secure aggregation: the server learns only the sum of the cohort's updates.
+
+Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning"
+(CCS 2017) and its SecAgg+ refinement, Bell et al., "Secure Single-Server Aggregation with
+(Poly)Logarithmic Overhead" (CCS 2020), with the real cryptography of the
+``cryptography`` package. Layers, each usable alone:
+
+* :mod:`~fedge.secagg.shamir`, :mod:`~fedge.secagg.fixedpoint`, :mod:`~fedge.secagg.crypto`
+  — the maths and primitives;
+* :mod:`~fedge.secagg.graph` — the SecAgg+ neighbour graph and safe ``(k, t)``;
+* :mod:`~fedge.secagg.messages`, :mod:`~fedge.secagg.client`, :mod:`~fedge.secagg.server`
+  — the protocol as serialisable messages and stage functions;
+* :mod:`~fedge.secagg.orchestrator` — runs the stages for a cohort in one process;
+* :mod:`~fedge.secagg.transform` — the pipeline transform and the ``[secagg]`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedge.config.schema import Experiment, register_section
+from fedge.pipeline import Transform
+from fedge.secagg.client import ProtocolError
+from fedge.secagg.graph import GraphParams, choose_parameters
+from fedge.secagg.orchestrator import ProtocolResult, run_protocol
+from fedge.secagg.server import SecAggAbort
+from fedge.secagg.transform import SecAggConfig, SecureAggregation
+
+register_section("secagg", SecAggConfig)
+
+
+def build_transforms(exp: Experiment) -> Sequence[Transform]:
+    """The secagg transform when ``[secagg] enabled``; it must run last on the client."""
+    cfg: SecAggConfig = exp.section("secagg")
+    if not cfg.enabled:
+        return []
+    from fedge.experiment import make_strategy
+
+    t = exp.training
+    cohort = t.clients_per_round or max(t.min_clients, round(t.fraction * exp.data.num_clients))
+    cohort = min(cohort, exp.data.num_clients)
+    return [SecureAggregation(cfg, make_strategy(exp), max_cohort=cohort)]
+
+
+def _register() -> None:
+    from fedge.experiment import TRANSFORM_FACTORIES
+
+    if build_transforms not in TRANSFORM_FACTORIES:
+        TRANSFORM_FACTORIES.append(build_transforms)
+
+
+_register()
+
+__all__ = [
+    "GraphParams",
+    "ProtocolError",
+    "ProtocolResult",
+    "SecAggAbort",
+    "SecAggConfig",
+    "SecureAggregation",
+    "build_transforms",
+    "choose_parameters",
+    "run_protocol",
+]

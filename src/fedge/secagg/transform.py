@@ -1,0 +1,133 @@
+"""Secure aggregation as a pipeline transform: the ``[secagg]`` config section.
+
+On the client (last in the pipeline, after clipping, DP noise ...) the update's
+contribution terms (``strategy.contribution``: FedAvg's ``w * delta`` and ``w``) are
+divided by ``max_weight``, clipped and fixed-point encoded into the ring; the float
+delta is removed. On the server the transform sums the cohort itself (the round loop's
+``sums_cohort`` seam): it runs the four stages of the protocol with the real
+cryptography, unmasks only the total, decodes it and hands the strategy the summed
+terms, exactly as the plain round would, up to the fixed-point rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from fedge.config.schema import opt
+from fedge.core.errors import ConfigError
+from fedge.core.params import ParamSpec, zeros_like
+from fedge.core.types import ClientContext, ClientUpdate
+from fedge.pipeline import RoundContext, Transform
+from fedge.secagg import fixedpoint
+from fedge.secagg.graph import choose_parameters
+from fedge.secagg.messages import STAGES, RoundSetup
+from fedge.secagg.orchestrator import run_protocol
+from fedge.secagg.server import SecAggAbort
+from fedge.strategies.aggregate import Terms
+from fedge.strategies.base import Strategy
+
+PAYLOAD_KEY = "secagg_words"
+Layout = tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
+
+
+@dataclass
+class SecAggConfig:
+    enabled: bool = opt(False, "mask every update so the server learns only the cohort's sum")
+    neighbours: int = opt(0, "SecAgg+ neighbours k per client (0 = chosen from the cohort size; "
+                              "n - 1 = classic SecAgg)", min=0)
+    threshold: int = opt(0, "Shamir threshold t, a majority of the neighbours (0 = floor(k/2) + 1)", min=0)
+    expected_dropout: float = opt(0.1, "dropout rate the default k is chosen to survive", min=0, max=0.49)
+    clip: float = opt(1.0, "clipping range [-clip, clip] of each update value before encoding",
+                       min=0, exclusive_min=True)
+    scale: float = opt(0.0, "fixed-point scale (0 = the largest that cannot overflow the ring)", min=0)
+    max_weight: float = opt(1000.0, "cap on a client's weight (examples); terms are encoded divided by it",
+                             min=0, exclusive_min=True)
+    bits: int = opt(32, "ring Z_{2^bits} of the masked vector", choices=(32, 64))
+    simulate_dropout: float = opt(0.0, "simulation only: share of each cohort that vanishes", min=0, max=1)
+    dropout_stage: str = opt("masked_input", "simulation only: the stage they vanish before",
+                              choices=STAGES)
+
+
+class SecureAggregation(Transform):
+    """Pairwise-masked secure aggregation (Bonawitz et al. 2017; SecAgg+, Bell et al. 2020)."""
+
+    name = "secagg"
+    sums_cohort = True
+
+    def __init__(self, cfg: SecAggConfig, strategy: Strategy, *, max_cohort: int) -> None:
+        if strategy.needs_individual_updates:
+            raise ConfigError(f"secagg: strategy {strategy.name!r} needs individual updates, which secure "
+                              "aggregation hides from the server; choose a strategy that aggregates sums")
+        if max_cohort < 2:
+            raise ConfigError(f"secagg: secure aggregation needs cohorts of at least 2 clients, got {max_cohort}")
+        self.cfg = cfg
+        self.strategy = strategy
+        self.max_cohort = max_cohort
+        self.range = max(cfg.clip, 1.0)
+        self.scale = cfg.scale or fixedpoint.max_scale(max_cohort, self.range, cfg.bits)
+        fixedpoint.check_overflow(max_cohort, self.range, self.scale, cfg.bits)
+        if cfg.neighbours or cfg.threshold:
+            choose_parameters(max_cohort, cfg.expected_dropout, k=cfg.neighbours or max_cohort - 1,
+                              t=cfg.threshold)
+
+    def _terms(self, update: ClientUpdate) -> tuple[Layout, npt.NDArray[np.float64]]:
+        terms = self.strategy.contribution(update)
+        layout = tuple((k, tuple(tuple(t.shape) for t in terms[k])) for k in sorted(terms))
+        flat = [np.asarray(t, dtype=np.float64).ravel() for k in sorted(terms) for t in terms[k]]
+        return layout, np.concatenate(flat) / self.cfg.max_weight
+
+    def layout(self, spec: ParamSpec) -> Layout:
+        probe = ClientUpdate(client_id=-1, delta=zeros_like([np.zeros(s, np.float32) for s in spec.shapes]),
+                             num_examples=1)
+        return self._terms(probe)[0]
+
+    def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
+        c = self.cfg.clip
+        capped = replace(update, delta=[np.clip(d, -c, c) for d in update.delta],
+                         num_examples=int(min(update.num_examples, self.cfg.max_weight)))
+        _, values = self._terms(capped)
+        words = fixedpoint.encode(values, clip=self.range, scale=self.scale, rng=ctx.rng, bits=self.cfg.bits)
+        return replace(update, delta=[], extras={}, payload={**update.payload, PAYLOAD_KEY: words},
+                       uplink_bytes=int(words.nbytes) + 8)
+
+    def sum_cohort(self, updates: list[ClientUpdate], rctx: RoundContext) -> tuple[Terms, int, dict[str, list[int]]]:
+        """Run the protocol over the round's updates; the summed terms, how many, who dropped."""
+        layout = self.layout(rctx.spec)
+        length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
+        cohort = tuple(sorted({u.client_id for u in updates}))
+        if len(cohort) > self.max_cohort:
+            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: {len(cohort)} clients "
+                              f"exceed the {self.max_cohort} the fixed-point scale was sized for")
+        if len(cohort) < 2:
+            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: "
+                              f"{len(cohort)} client(s), need at least 2")
+        p = choose_parameters(len(cohort), self.cfg.expected_dropout,
+                              k=min(self.cfg.neighbours, len(cohort) - 1), t=self.cfg.threshold)
+        if p.t > p.k:
+            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: threshold {p.t} "
+                              f"above the {p.k} neighbours of {len(cohort)} clients")
+        setup = RoundSetup(rctx.round_num, cohort, p.k, p.t, length, self.cfg.bits,
+                           graph_seed=int(rctx.rng.integers(2**62)))
+        inputs = {u.client_id: u.payload[PAYLOAD_KEY] for u in updates if PAYLOAD_KEY in u.payload}
+        drop: dict[str, set[int]] = {}
+        if self.cfg.simulate_dropout:
+            m = round(self.cfg.simulate_dropout * len(cohort))
+            ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
+            drop[self.cfg.dropout_stage] = {int(i) for i in ids}
+        res = run_protocol(setup, inputs, drop=drop)
+        values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.cfg.max_weight
+        terms: Terms = {}
+        at = 0
+        for name, shapes in layout:
+            terms[name] = []
+            for shape in shapes:
+                size = int(np.prod(shape))
+                terms[name].append(values[at : at + size].reshape(shape))
+                at += size
+        rctx.info.update({"secagg_k": float(p.k), "secagg_t": float(p.t),
+                          "secagg_server_s": res.server_seconds,
+                          "secagg_protocol_bytes": float(sum(res.client_bytes.values()))})
+        return terms, len(res.included), {f"secagg {k}": v for k, v in res.dropped.items()}
