@@ -1,0 +1,230 @@
+"""The base causal language model and its LoRA adapter.
+
+LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022)
+freezes the base weights ``W`` and learns ``W + (alpha / r) * B @ A`` with ``A`` of
+shape ``(r, d_in)`` and ``B`` of shape ``(d_out, r)``. Hugging Face ``transformers``
+loads the base (from a local folder or the local Hugging Face cache, never the
+network) and ``peft`` inserts the adapters. fedge's :data:`~fedge.core.params.Params`
+of a LoRA model are only the adapter tensors, as float32 arrays in a fixed order —
+``A`` then ``B`` of each adapted layer, layers sorted by name — so the frozen base
+never travels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedge.core.errors import ConfigError, ModelError
+from fedge.core.params import Params, ParamSpec
+
+if TYPE_CHECKING:
+    import torch
+
+BASE_DTYPES = ("float32", "bfloat16")
+TINY_VOCAB = 257
+"""The tiny tokenizer's vocabulary: the 256 bytes and ``<|endoftext|>``."""
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Adapter hyperparameters; ``target_modules`` empty means the architecture's default."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise ConfigError(f"llm.rank: LoRA rank must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"llm.alpha: must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"llm.dropout: must be in [0, 1), got {self.dropout!r}")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2,
+                    n_positions: int = 128, seed: int = 0,
+                    init_range: float = 0.2) -> Path:
+    """Save a tiny GPT-2-architecture model with random weights and a byte-level tokenizer.
+
+    The folder is in the same format as a downloaded checkpoint (``config.json``,
+    ``model.safetensors``, ``tokenizer.json``), so it loads through :func:`load_base`
+    like any real model. The tokenizer has no merges: every byte is a token, which needs
+    no training data.
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    _quiet_transformers()
+    if n_embd % n_head:
+        raise ModelError(f"tiny model: n_embd {n_embd} is not divisible by n_head {n_head}")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([], vocab_size=TINY_VOCAB, special_tokens=[EOS], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS,
+                                  unk_token=EOS, pad_token=EOS)
+    eos = tok.convert_tokens_to_ids(EOS)
+    cfg = GPT2Config(vocab_size=TINY_VOCAB, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     initializer_range=init_range)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def load_base(name_or_path: str | Path, *, dtype: str = "float32") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a local folder or from the local Hugging Face cache.
+
+    Nothing is downloaded: a name that is neither an existing folder nor a cached
+    model id is an error that says so.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    if dtype not in BASE_DTYPES:
+        raise ConfigError(f"llm.base_dtype: {dtype!r} is not one of {', '.join(BASE_DTYPES)}")
+    ref = str(name_or_path)
+    path = Path(ref).expanduser()
+    looks_like_path = path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1
+    if looks_like_path and not path.exists():
+        raise ModelError(f"base model path {ref} does not exist")
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"base model path {ref} has no config.json (not a saved model folder)")
+        ref = str(path)
+    torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
+    except OSError as exc:
+        if path.exists():
+            raise ModelError(f"base model {ref}: cannot load it: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"base model {ref!r} is neither a local folder nor in the local "
+                         "Hugging Face cache (fedge never downloads)") from None
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"base model {ref}: its tokenizer has no end-of-text token")
+    return model, tokenizer
+
+
+def layer_names(model: Any) -> list[str]:
+    """Names of the model's linear layers (``nn.Linear`` and GPT-2's ``Conv1D``)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)]
+
+
+def default_targets(model: Any) -> tuple[str, ...]:
+    """Every linear projection inside the transformer blocks (not the output head)."""
+    names = layer_names(model)
+    head = {n for n, _ in model.named_modules() if n.endswith("lm_head")}
+    return tuple(sorted({n.rsplit(".", 1)[-1] for n in names if n not in head}))
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = False) -> Any:
+    """Freeze ``model`` and insert LoRA adapters on ``spec.target_modules``.
+
+    A target that matches no linear layer is an error listing the model's layer names.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    names = layer_names(model)
+    targets = spec.target_modules or default_targets(model)
+    for t in targets:
+        if not any(_matches(n, t) for n in names):
+            shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+            raise ModelError(f"llm.target_modules: {t!r} matches no layer; the model's layers: {shown}")
+    modules = dict(model.named_modules())
+    fan_in_fan_out = any(isinstance(modules[n], Conv1D) for n in names
+                         if any(_matches(n, t) for t in targets))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                     target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
+                     task_type="CAUSAL_LM")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return get_peft_model(model, cfg)
+
+
+def _order(name: str) -> tuple[str, int]:
+    for i, part in enumerate((".lora_A.", ".lora_B.")):
+        if part in name:
+            return name.split(part)[0], i
+    raise ModelError(f"trainable parameter {name} is not a LoRA A or B matrix")
+
+
+class Adapter:
+    """The trainable LoRA tensors of a peft model, as fedge :data:`Params`.
+
+    ``get`` copies them out as float32 arrays (A then B per layer, layers by name);
+    ``set`` loads an adapter in. The frozen base is untouched by both.
+    """
+
+    def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+        named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ModelError("the model has no trainable LoRA parameters")
+        named.sort(key=lambda np_: _order(np_[0]))
+        self.names = [n for n, _ in named]
+        self.tensors: list[torch.Tensor] = [p for _, p in named]
+        self.spec = ParamSpec(tuple(tuple(int(d) for d in p.shape) for p in self.tensors))
+
+    def get(self) -> Params:
+        return [p.detach().float().cpu().numpy().astype(np.float32, copy=True) for p in self.tensors]
+
+    def set(self, params: Params) -> None:
+        import torch
+
+        self.spec.check(params, "adapter")
+        with torch.no_grad():
+            for p, v in zip(self.tensors, params, strict=True):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+
+    @property
+    def num_params(self) -> int:
+        return self.spec.total
+
+    @property
+    def nbytes(self) -> int:
+        """The adapter's size as float32 on the wire."""
+        return 4 * self.spec.total
+
+    def base_stats(self) -> dict[str, int]:
+        """Frozen base parameter count and bytes (in its own dtype), for cost models."""
+        frozen = [p for p in self.model.parameters() if not p.requires_grad]
+        return {"base_params": int(sum(p.numel() for p in frozen)),
+                "base_bytes": int(sum(p.numel() * p.element_size() for p in frozen)),
+                "adapter_params": self.num_params}
+
+
+def perplexity(nll: float) -> float:
+    """``exp`` of a mean token negative log-likelihood (inf when it overflows)."""
+    return math.exp(nll) if nll < 700 else math.inf

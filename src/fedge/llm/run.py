@@ -1,0 +1,244 @@
+"""Federated LoRA fine-tuning end to end: build, run, write the run folder, generate.
+
+The run folder holds ``config.toml``, ``metrics.jsonl``/``.csv``, ``summary.json``
+(per-client and global held-out perplexity of the base model and of the final
+adapter), ``adapter/`` (the aggregated adapter in ``peft``'s own format),
+``fedge_llm.json`` (which base model it belongs to) and, when fedge built the tiny
+random base, ``base/``. It is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedge.core.errors import DataError, ModelError
+from fedge.core.params import Params
+from fedge.core.types import TrainConfig
+from fedge.llm.client import LoraClient, TextData, token_nll
+from fedge.llm.config import LlmConfig
+from fedge.llm.corpus import client_documents
+from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, load_base
+from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
+from fedge.pipeline import Pipeline, Transform
+from fedge.simulation.loop import Callback, EvalPlan, RunResult, run
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.base import Strategy
+from fedge.transport.inprocess import BACKENDS, InProcessTransport
+
+RUN_INFO = "fedge_llm.json"
+
+
+@dataclass
+class LoraSetup:
+    """A loaded base with its adapter, the tokenizer, and every client's packed text."""
+
+    adapter: Adapter
+    tokenizer: Any
+    data: list[TextData]
+    base: str
+    base_dtype: str
+    optimizer: str = "adamw"
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.data)
+
+    def client(self, cid: int) -> LoraClient:
+        return LoraClient(cid, self.adapter, self.data[cid], optimizer=self.optimizer)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+
+def client_texts(cfg: LlmConfig, seed: int) -> list[list[str]]:
+    """Every client's documents: from ``cfg.data`` files, or the synthetic writers."""
+    if cfg.data:
+        return [read_documents(p, cfg.text_field) for p in client_files(cfg.data)]
+    return [client_documents(cid, cfg.docs_per_client, seed=seed) for cid in range(cfg.num_clients)]
+
+
+def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
+    """Load (or build, into ``workdir/base``) the base, attach LoRA, tokenise every client."""
+    spec = LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                    target_modules=tuple(cfg.target_modules))
+    if cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    base = cfg.base_model
+    if not base:
+        base = str(build_tiny_base(Path(workdir) / "base", n_layer=cfg.tiny_layers, n_embd=cfg.tiny_embd,
+                                   n_head=cfg.tiny_heads, n_positions=max(128, cfg.block_size), seed=seed))
+    model, tokenizer = load_base(base, dtype=cfg.base_dtype)
+    max_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and cfg.block_size > max_pos:
+        raise ModelError(f"llm.block_size: {cfg.block_size} exceeds the model's context of {max_pos} tokens")
+    adapter = Adapter(attach_lora(model, spec, gradient_checkpointing=cfg.gradient_checkpointing))
+    setup = LoraSetup(adapter, tokenizer, [], base, cfg.base_dtype, cfg.optimizer)
+    eos = int(tokenizer.eos_token_id)
+    for cid, docs in enumerate(client_texts(cfg, seed)):
+        if len(docs) < 2:
+            raise DataError(f"client {cid}: {len(docs)} documents, need at least 2 (train and test)")
+        train, test = split_documents(docs, cfg.test_fraction, np.random.default_rng([seed, cid, 0x7E57]))
+        what = f"client {cid}"
+        test_blocks = (tokenise_and_pack(test, setup.encode, cfg.block_size, eos, what=f"{what} held-out text")
+                       if test else np.zeros((0, cfg.block_size), np.int64))
+        setup.data.append(TextData(tokenise_and_pack(train, setup.encode, cfg.block_size, eos, what=what),
+                                   test_blocks))
+    return setup
+
+
+def perplexities(setup: LoraSetup, params: Params) -> dict[str, Any]:
+    """Held-out perplexity of each client and over all clients' held-out tokens."""
+    setup.adapter.set(params)
+    per: dict[str, float] = {}
+    total, count = 0.0, 0
+    for cid, d in enumerate(setup.data):
+        nll, _, n = token_nll(setup.adapter.model, d.test if len(d.test) else d.train)
+        per[str(cid)] = math.exp(nll)
+        total, count = total + nll * n, count + n
+    return {"global": math.exp(total / count), "clients": per}
+
+
+def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_round: int,
+             train: TrainConfig, seed: int = 0, transforms: Sequence[Transform] = (),
+             callbacks: Sequence[Callback] = (), backend: str = "sequential",
+             eval_every: int = 1, federated_eval: bool = False) -> RunResult:
+    """Run the rounds with the in-process transport; only the adapter travels.
+
+    The central evaluation is the held-out next-token loss over all clients' test text
+    (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy).
+    """
+    if backend not in BACKENDS:
+        raise ModelError(f"backend {backend!r} is unknown; valid: {', '.join(sorted(BACKENDS))}")
+    pipeline = Pipeline(transforms)
+    transport = InProcessTransport(setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline,
+                                   seed=seed, backend=BACKENDS[backend]())
+    held_out = np.concatenate([d.test for d in setup.data if len(d.test)] or [setup.data[0].train])
+
+    def evaluator(params: list[np.ndarray]) -> tuple[float, float]:
+        setup.adapter.set(params)
+        nll, acc, _ = token_nll(setup.adapter.model, held_out)
+        return nll, acc
+
+    try:
+        return run(strategy=strategy, transport=transport, initial_params=setup.adapter.get(),
+                   rounds=rounds, sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
+                   train=train, pipeline=pipeline, evaluator=evaluator,
+                   eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
+                   seed=seed, callbacks=callbacks)
+    finally:
+        transport.close()
+
+
+def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | None = None,
+                   ) -> tuple[RunResult, Path, dict[str, Any]]:
+    """Run an experiment whose ``[llm]`` section is enabled; returns result, folder, summary."""
+    from fedge.config import to_toml
+    from fedge.experiment import make_strategy
+    from fedge.simulation.history import write_csv, write_jsonl
+
+    cfg: LlmConfig = exp.section("llm")
+    t0 = time.perf_counter()
+    out = Path(output or exp.output.format(dataset="llm", strategy=exp.strategy.name, seed=exp.seed)).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        setup = prepare(cfg, seed=exp.seed, workdir=tmp)
+        initial = setup.adapter.get()
+        before = perplexities(setup, initial)
+        t = exp.training
+        result = federate(setup, make_strategy(exp), rounds=exp.rounds,
+                          clients_per_round=t.clients_per_round or setup.num_clients,
+                          train=TrainConfig(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                                            momentum=t.momentum, weight_decay=t.weight_decay),
+                          seed=exp.seed, callbacks=callbacks, backend=t.backend,
+                          eval_every=exp.evaluation.every)
+        after = perplexities(setup, result.state.params)
+        summary = {
+            "rounds": len(result.history), "base_model": cfg.base_model or "tiny random GPT-2",
+            "adapter_bytes": setup.adapter.nbytes, **setup.adapter.base_stats(),
+            "uplink_bytes_per_client_round": [r.uplink_bytes / max(1, r.participants) for r in result.history],
+            "perplexity_base": before, "perplexity_final": after,
+            "wall_s": time.perf_counter() - t0,
+        }
+        (tmp / "config.toml").write_text(to_toml(exp, commented=False))
+        write_jsonl(result.history, tmp / "metrics.jsonl")
+        write_csv(result.history, tmp / "metrics.csv")
+        save_adapter(setup, result.state.params, tmp, base=None if cfg.base_model else "base")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result, out, summary
+
+
+def save_adapter(setup: LoraSetup, params: Params, folder: Path, *, base: str | None = None) -> None:
+    """Write ``params`` as a ``peft`` adapter under ``folder/adapter`` and the run info.
+
+    ``base`` is the base model as recorded for :func:`generate` (a path relative to
+    the folder, or ``None`` for the base ``setup`` was loaded from).
+    """
+    setup.adapter.set(params)
+    setup.adapter.model.save_pretrained(folder / "adapter")
+    info = {"base": base or str(Path(setup.base).resolve() if Path(setup.base).exists() else setup.base),
+            "relative": base is not None, "base_dtype": setup.base_dtype}
+    (folder / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the run's base with its aggregated adapter, ready to sample."""
+    from peft import PeftModel
+
+    d = Path(run_dir)
+    info_path = d / RUN_INFO
+    if not d.is_dir():
+        raise DataError(f"{d}: no such run folder")
+    if not info_path.is_file() or not (d / "adapter").is_dir():
+        raise DataError(f"{d}: not an LLM run folder (no {RUN_INFO} and adapter/)")
+    try:
+        info = json.loads(info_path.read_text())
+        base = str(d / info["base"]) if info.get("relative") else str(info["base"])
+        dtype = str(info.get("base_dtype", "float32"))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{info_path}: malformed run info ({exc})") from None
+    model, tokenizer = load_base(base, dtype=dtype)
+    return PeftModel.from_pretrained(model, str(d / "adapter")), tokenizer
+
+
+def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 40, temperature: float = 0.8,
+             top_k: int = 0, seed: int = 0) -> str:
+    """Sample a continuation of ``prompt`` from the base plus the aggregated adapter."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise DataError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise DataError(f"temperature must be >= 0, got {temperature}")
+    model, tok = load_run(run_dir)
+    model.eval()
+    torch.manual_seed(seed)
+    enc = tok(prompt, return_tensors="pt")
+    if enc["input_ids"].shape[1] == 0:
+        enc = {"input_ids": torch.tensor([[tok.eos_token_id]])}
+    sample = temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens,
+                              "pad_token_id": tok.eos_token_id}
+    if sample:
+        kwargs.update(temperature=temperature, top_k=top_k)
+    with torch.no_grad():
+        out = model.generate(**enc, **kwargs)
+    return str(tok.decode(out[0], skip_special_tokens=True))
