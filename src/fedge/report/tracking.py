@@ -90,10 +90,16 @@ class MLflowCallback(Callback):
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise ConfigError(f"tracking.mlflow needs the mlflow (or mlflow-skinny) package: {exc}") from None
-        client = MlflowClient(tracking_uri=self.tracking_uri or None)
-        exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
-        run = client.create_run(exp_id, run_name=self.run_name)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client = MlflowClient(tracking_uri=self.tracking_uri or None)
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            run = client.create_run(exp_id, run_name=self.run_name)
+        except MlflowException as exc:
+            first = str(exc.message).strip().split(". ")[0]
+            raise ConfigError(f"tracking.mlflow_uri {self.tracking_uri!r}: {first}") from None
         self.run_id = run.info.run_id
         self._client = client
         from mlflow.entities import Param

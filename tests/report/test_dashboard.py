@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedge.core.errors import ConfigError
+from fedge.report.dashboard import Dashboard, DashboardCallback, RunStatus
+from fedge.simulation.history import History, RoundRecord
+from fedge.strategies.base import StrategyState
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+            return r.status, json.loads(body) if r.headers["Content-Type"] == "application/json" else body
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def _state() -> StrategyState:
+    return StrategyState(params=[], round_num=0)
+
+
+class Broken:
+    def snapshot(self) -> dict[str, Any]:
+        raise RuntimeError("node table locked")
+
+
+def test_run_status_follows_the_rounds() -> None:
+    status = RunStatus("demo")
+    status.on_run_start(_state(), rounds=5)
+    status.on_round_end(RoundRecord(round=1, participants=3, test_accuracy=0.5), _state())
+    status.on_round_end(RoundRecord(round=2, participants=2), _state())
+    snap = status.snapshot()
+    assert (snap["round"], snap["rounds"], snap["state"]) == (2, 5, "running")
+    assert [r["participants"] for r in snap["history"]] == [3, 2]
+    assert snap["history"][1]["test_accuracy"] is None
+    status.on_run_end(History(), _state())
+    assert status.snapshot()["state"] == "finished"
+
+
+def test_serves_page_and_status_without_token_on_loopback() -> None:
+    status = RunStatus()
+    status.on_run_start(_state(), rounds=2)
+    status.on_round_end(RoundRecord(round=1, participants=4, train_loss=math.inf,
+                                    extra={"epsilon": 0.3}), _state())
+    with Dashboard(status, port=0) as dash:
+        assert dash.token == "" and "token" not in dash.url
+        code, page = _get(dash.url)
+        assert code == 200 and b"<svg" in page and b"https://" not in page
+        code, snap = _get(f"http://127.0.0.1:{dash.port}/api/status")
+        assert code == 200 and snap["history"][0]["train_loss"] is None
+        assert snap["history"][0]["extra"]["epsilon"] == 0.3
+        assert _get(f"http://127.0.0.1:{dash.port}/nope")[0] == 404
+
+
+def test_token_required_means_401_without_it() -> None:
+    with Dashboard(RunStatus(), port=0, token="t0ken-abc") as dash:
+        base = f"http://127.0.0.1:{dash.port}"
+        for path in ("/", "/api/status"):
+            code, body = _get(base + path)
+            assert code == 401 and "token" in body["error"]
+        assert _get(base + "/api/status?token=wrong")[0] == 401
+        assert _get(base + "/api/status?token=t0ken-abc")[0] == 200
+        assert _get(base + "/api/status", {"Authorization": "Bearer t0ken-abc"})[0] == 200
+        assert _get(base + "/api/status", {"Authorization": "Bearer nope"})[0] == 401
+
+
+def test_bound_beyond_loopback_gets_a_random_token() -> None:
+    with Dashboard(RunStatus(), host="0.0.0.0", port=0) as dash:
+        assert len(dash.token) >= 24 and f"token={dash.token}" in dash.url
+        assert _get(f"http://127.0.0.1:{dash.port}/api/status")[0] == 401
+
+
+def test_a_failing_status_source_does_not_stop_the_server() -> None:
+    with Dashboard(Broken(), port=0) as dash:
+        code, body = _get(f"http://127.0.0.1:{dash.port}/api/status")
+        assert code == 503 and "node table locked" in body["error"]
+        assert _get(f"http://127.0.0.1:{dash.port}/healthz")[0] == 200
+
+
+def test_bad_port_and_busy_port_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"dashboard\.port"):
+        Dashboard(RunStatus(), port=70000)
+    with Dashboard(RunStatus(), port=0) as dash, pytest.raises(ConfigError, match="cannot listen"):
+        Dashboard(RunStatus(), port=dash.port)
+
+
+def test_callback_serves_during_the_run_and_stops_after() -> None:
+    urls: list[str] = []
+    cb = DashboardCallback(port=0, announce=urls.append)
+    cb.on_run_start(_state(), rounds=1)
+    cb.on_round_end(RoundRecord(round=1, participants=1), _state())
+    code, snap = _get(urls[0] + "api/status")
+    assert code == 200 and snap["round"] == 1
+    cb.on_run_end(History(), _state())
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(urls[0] + "healthz", timeout=2)
+
+
+DASH_TOML = """
+seed = 0
+rounds = 100000
+output = "{out}"
+[data]
+num_clients = 10
+[model]
+name = "logreg"
+framework = "numpy"
+[training]
+clients_per_round = 3
+local_epochs = 1
+[dashboard]
+port = 0
+token = "browser-test-token"
+"""
+
+
+@pytest.mark.integration
+def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, browser: Any) -> None:
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(DASH_TOML.format(out=tmp_path / "run"))
+    proc = subprocess.Popen([sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = ""
+        for line in proc.stderr:
+            if line.startswith("dashboard: "):
+                url = line.split(" ", 1)[1].strip()
+                break
+        assert url.startswith("http://127.0.0.1:") and "token=browser-test-token" in url
+        assert _get(url.split("?")[0] + "api/status")[0] == 401
+        browser.get(url)
+        WebDriverWait(browser, 60, poll_frequency=0.2).until(
+            lambda d: d.execute_script("return /^round [1-9]/.test(document.getElementById('round').textContent)"))
+        WebDriverWait(browser, 60, poll_frequency=0.2).until(
+            lambda d: d.execute_script("return document.querySelectorAll('#acc path').length > 0"))
+        assert proc.poll() is None, "the run ended before the page was checked"
+        shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+        colors = shot.getcolors(maxcolors=1 << 20) or []
+        assert len(colors) > 20
+        assert max(n for n, _ in colors) < 0.97 * shot.width * shot.height
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
