@@ -1,0 +1,173 @@
+"""``fedge serve``, ``fedge join``, ``fedge keys new`` and ``fedge status``: deployment over gRPC.
+
+gRPC and ``cryptography`` are imported inside the commands, so ``fedge`` starts fast
+without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from fedge.core.errors import ConfigError
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@click.command("serve")
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", help="Listen address (deploy.host).")
+@click.option("--port", type=int, help="Listen port (deploy.port; 0 = any free port).")
+@click.option("--state", help="SQLite state file (deploy.state).")
+@click.option("--resume", is_flag=True, help="Continue the run in --state from its last completed round.")
+@click.option("--allow", "allow_list", help="Allow-list of node public keys (deploy.allow_list).")
+@click.option("--revoked", help="Revocation list of node public keys (deploy.revoked).")
+@click.option("--min-nodes", type=int, help="Nodes a round waits for (deploy.min_nodes).")
+@click.option("--tls-cert", help="PEM server certificate (deploy.tls_cert).")
+@click.option("--tls-key", help="PEM key of the certificate (deploy.tls_key).")
+@click.option("--client-ca", help="PEM CA of node certificates: mutual TLS (deploy.client_ca).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write model.npz and metrics.jsonl here at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+def serve_cmd(config: Path | None, host: str | None, port: int | None, state: str | None,
+              resume: bool, allow_list: str | None, revoked: str | None, min_nodes: int | None,
+              tls_cert: str | None, tls_key: str | None, client_ca: str | None,
+              output: Path | None, quiet: bool) -> None:
+    """Run the federation in CONFIG for remote nodes (`fedge join`) over gRPC.
+
+    The run's state (config, nodes, per-round metrics, model and strategy state) is kept
+    in SQLite after every round; after a crash, `fedge serve --resume` continues it.
+    SIGTERM finishes the current round, checkpoints it and stops.
+    """
+    from fedge.deploy.server import experiment_for, serve
+    from fedge.plugins import load_plugins
+
+    _logging(not quiet)
+    load_plugins()
+    exp = experiment_for(config, {"host": host, "port": port, "state": state, "allow_list": allow_list,
+                                  "revoked": revoked, "min_nodes": min_nodes, "tls_cert": tls_cert,
+                                  "tls_key": tls_key, "client_ca": client_ca})
+    stop: list[Any] = []
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        click.echo("fedge serve: SIGTERM, finishing the current round", err=True)
+        for t in stop:
+            t.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    def ready(p: int) -> None:
+        click.echo(f"fedge serve: listening on {exp.section('deploy').host}:{p}", err=True)
+
+    served = serve(exp, resume=resume, on_ready=ready, transport_hook=stop.append)
+    if output is not None:
+        from fedge.experiment import save_params_npz
+        from fedge.simulation.history import write_jsonl
+
+        output.mkdir(parents=True, exist_ok=True)
+        save_params_npz(served.result.state.params, output / "model.npz")
+        write_jsonl(served.history, output / "metrics.jsonl")
+    h = served.history
+    click.echo(f"run {served.run_id}: {len(h)} rounds, final accuracy {h.final_accuracy:.4f}"
+               + (f" (stopped: {served.result.stopped_early})" if served.result.stopped_early else ""))
+
+
+@click.command("join")
+@click.option("--server", required=True, help="HOST:PORT of the fedge server.")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="This node's private key (from `fedge keys new`).")
+@click.option("--partition", type=int, default=-1, show_default=True,
+              help="Train on client K of the experiment's own dataset (demos, tests).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path),
+              help="Train on this CSV/Parquet/.npz file (a real device's data).")
+@click.option("--label", default="label", show_default=True, help="Label column of --data.")
+@click.option("--num-classes", type=int, default=0, help="Classes of the model with --data (0 = from labels).")
+@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA that signed the server certificate: turns on TLS.")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM client certificate for mutual TLS (with --cert-key).")
+@click.option("--cert-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --cert.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where the client's own state (e.g. SCAFFOLD c_i) is kept.")
+@click.option("--profile", default="", help="Device profile name shown in `fedge status`.")
+@click.option("--give-up", type=float, default=300.0, show_default=True,
+              help="Seconds of failed reconnects before the node exits.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+def join_cmd(server: str, key_path: Path, partition: int, data: Path | None, label: str,
+             num_classes: int, ca: Path | None, cert: Path | None, cert_key: Path | None,
+             state_dir: Path, profile: str, give_up: float, quiet: bool) -> None:
+    """Join the federation at SERVER and train until the run ends."""
+    from fedge.deploy.auth import Signer, load_private
+    from fedge.deploy.node import Backoff, Node, file_client
+
+    _logging(not quiet)
+    if data is not None and partition >= 0:
+        raise ConfigError("--data and --partition exclude each other")
+    if (cert is None) != (cert_key is None):
+        raise ConfigError("--cert and --cert-key go together")
+    chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    node = Node(server, Signer(load_private(key_path)), partition=partition,
+                client_factory=file_client(str(data), label, num_classes) if data else None,
+                state_dir=state_dir, root_ca=ca.read_bytes() if ca else None, cert_chain=chain,
+                profile=profile, backoff=Backoff(give_up_s=give_up))
+    rounds = node.run()
+    click.echo(f"node {node.signer.node_id} (client {node.client_id}): trained {rounds} rounds")
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Node key pairs for authenticating to a fedge server."""
+
+
+@keys_group.command("new")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for NAME.key (private, mode 0600) and NAME.pub.")
+@click.option("--name", default="node", show_default=True, help="Key name (also in the .pub line).")
+def keys_new(out: Path, name: str) -> None:
+    """Write a new Ed25519 key pair; add NAME.pub's line to the server's allow-list."""
+    from fedge.deploy.auth import new_keys, parse_keys
+
+    key, pub = new_keys(out, name)
+    (node_id,) = parse_keys(pub.read_text(), str(pub))
+    click.echo(f"wrote {key} and {pub} (node id {node_id})")
+
+
+@click.command("status")
+@click.option("--server", required=True, help="HOST:PORT of the fedge server.")
+@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path), help="PEM CA for TLS.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
+def status_cmd(server: str, ca: Path | None, as_json: bool) -> None:
+    """Show a running server's nodes, current round and last metrics."""
+    from fedge.deploy.client import fetch_status
+
+    st = fetch_status(server, root_ca=ca.read_bytes() if ca else None)
+    if as_json:
+        click.echo(st.to_json())
+        return
+    click.echo(f"run {st.run_id}: {st.phase}, round {st.round}/{st.rounds}, "
+               f"{st.connected} of {len(st.nodes)} nodes connected (need {st.min_nodes}), "
+               f"{st.received} updates in, {st.pending} pending")
+    if st.last_metrics:
+        click.echo("last round: " + json.dumps(st.last_metrics))
+    for n in st.nodes:
+        click.echo(f"  client {n.client_id:4d}  node {n.node_id}  {n.profile or '-':12s} "
+                   f"{'connected' if n.connected else 'gone':9s} {'busy' if n.busy else 'idle'}  "
+                   f"last heartbeat {n.last_heartbeat:.1f}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve_cmd)
+    cli.add_command(join_cmd)
+    cli.add_command(keys_group)
+    cli.add_command(status_cmd)

@@ -1,0 +1,185 @@
+"""Node keys and signed requests.
+
+Every node has an Ed25519 key pair (``fedge keys new``); the server keeps an allow-list
+of public keys and a revocation list, both in the one-line format that ``node.pub``
+holds::
+
+    ed25519 <base64 public key> <name>
+
+A node's id is the first 16 hex digits of the SHA-256 of its public key. Every request
+carries, as gRPC metadata, the node id, a timestamp, a random nonce and an Ed25519
+signature over ``method, SHA-256(body), timestamp, nonce``. The server refuses unknown
+keys (UNAUTHENTICATED), revoked keys (PERMISSION_DENIED), bad signatures, timestamps
+outside its window and nonces it has already seen (replays).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedge.core.errors import ConfigError, TransportError
+
+H_NODE, H_TS, H_NONCE, H_SIG = "fedge-node", "fedge-ts", "fedge-nonce", "fedge-sig"
+
+
+class AuthError(TransportError):
+    """A request was refused by node authentication; ``code`` names the gRPC status."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def node_id_of(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def _raw(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def new_keys(out: Path, name: str = "node") -> tuple[Path, Path]:
+    """Write ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub`` (one line) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
+    if key_path.exists():
+        raise ConfigError(f"{key_path} exists; choose another --name or folder")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub_path.write_text(public_line(key.public_key(), name) + "\n")
+    return key_path, pub_path
+
+
+def public_line(pub: Ed25519PublicKey, name: str) -> str:
+    return f"ed25519 {base64.b64encode(_raw(pub)).decode()} {name}"
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a readable private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: expected an Ed25519 private key")
+    return key
+
+
+def parse_keys(text: str, where: str) -> dict[str, Ed25519PublicKey]:
+    """Public keys of an allow- or revocation list, by node id; blank lines and # skipped."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) < 2 or parts[0] != "ed25519":
+            raise ConfigError(f"{where}:{n}: expected 'ed25519 <base64 key> [name]'")
+        try:
+            raw = base64.b64decode(parts[1], validate=True)
+            pub = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ConfigError(f"{where}:{n}: not a valid Ed25519 public key") from None
+        keys[node_id_of(raw)] = pub
+    return keys
+
+
+def signed_message(method: str, body: bytes, ts: str, nonce: str) -> bytes:
+    return b"\n".join([b"fedge-v1", method.encode(), hashlib.sha256(body).hexdigest().encode(),
+                       ts.encode(), nonce.encode()])
+
+
+class Signer:
+    """The node side: signs each request's method and body."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+        self.node_id = node_id_of(_raw(key.public_key()))
+
+    def metadata(self, method: str, body: bytes) -> list[tuple[str, str]]:
+        ts = f"{time.time():.3f}"
+        nonce = secrets.token_hex(16)
+        sig = self.key.sign(signed_message(method, body, ts, nonce))
+        return [(H_NODE, self.node_id), (H_TS, ts), (H_NONCE, nonce),
+                (H_SIG, base64.b64encode(sig).decode())]
+
+
+@dataclass
+class _KeyFile:
+    path: Path | None
+    mtime: float = -1.0
+    keys: dict[str, Ed25519PublicKey] | None = None
+
+    def get(self) -> dict[str, Ed25519PublicKey]:
+        """The file's keys, re-read whenever it changes (add or revoke nodes without restart)."""
+        if self.path is None:
+            return {}
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            raise ConfigError(f"{self.path}: key list not found") from None
+        if self.keys is None or mtime != self.mtime:
+            self.keys = parse_keys(self.path.read_text(), str(self.path))
+            self.mtime = mtime
+        return self.keys
+
+
+class Verifier:
+    """The server side: checks a request's signature, freshness and nonce."""
+
+    def __init__(self, allow: Path | None, revoked: Path | None = None, *, window_s: float = 60.0,
+                 extra_keys: Sequence[Ed25519PublicKey] = ()) -> None:
+        self._allow = _KeyFile(allow)
+        self._revoked = _KeyFile(revoked)
+        self._extra = {node_id_of(_raw(k)): k for k in extra_keys}
+        self.window_s = window_s
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._allow.get()
+        self._revoked.get()
+
+    def verify(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]]) -> str:
+        """Return the authenticated node id, or raise :class:`AuthError`."""
+        md = {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in metadata}
+        node, ts, nonce, sig = (md.get(h, "") for h in (H_NODE, H_TS, H_NONCE, H_SIG))
+        if not (node and ts and nonce and sig):
+            raise AuthError("UNAUTHENTICATED", "request is not signed (missing fedge-* metadata)")
+        if node in self._revoked.get():
+            raise AuthError("PERMISSION_DENIED", f"node {node[:16]} is revoked")
+        pub = self._allow.get().get(node) or self._extra.get(node)
+        if pub is None:
+            raise AuthError("UNAUTHENTICATED", f"node {node[:16]!r} is not in the allow-list")
+        try:
+            t = float(ts)
+        except ValueError:
+            raise AuthError("UNAUTHENTICATED", "request timestamp is not a number") from None
+        now = time.time()
+        if not abs(now - t) <= self.window_s:
+            raise AuthError("UNAUTHENTICATED",
+                            f"stale request from node {node}: timestamp {now - t:+.0f}s off")
+        try:
+            pub.verify(base64.b64decode(sig, validate=True), signed_message(method, body, ts, nonce))
+        except (InvalidSignature, ValueError):
+            raise AuthError("UNAUTHENTICATED", f"bad signature from node {node}") from None
+        key = f"{node}:{nonce}"
+        with self._lock:
+            if key in self._seen:
+                raise AuthError("UNAUTHENTICATED", f"replayed request from node {node}")
+            if len(self._seen) > 10_000:
+                self._seen = {k: v for k, v in self._seen.items() if now - v <= 2 * self.window_s}
+            self._seen[key] = now
+        return node

@@ -1,0 +1,317 @@
+"""``fedge join``: a node that trains for a fedge server.
+
+The node connects outbound only and pulls: Join (receives the run's experiment config and
+its client id), then Poll — which is also its heartbeat — until the server hands it a
+task; it Fetches the global model in checksummed chunks, runs the same
+:func:`fedge.clients.base.run_fit` as a simulated client, and Pushes its update back in
+chunks. Lost connections are retried with exponential backoff and jitter; a restarted
+server is rejoined. The client's own state (SCAFFOLD's ``c_i``) is kept in a local file,
+so a restarted node carries on where it was.
+
+With a NumPy model this module needs only numpy, grpcio, protobuf and cryptography.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fedge.clients.base import Client, ClientData, LearnerClient, run_fit
+from fedge.config.schema import CORE_SECTIONS, Experiment, from_dict
+from fedge.core.errors import DataError, TransportError
+from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client_rng
+from fedge.deploy import wire
+from fedge.deploy.auth import Signer
+from fedge.deploy.proto import pb
+from fedge.pipeline import Pipeline
+from fedge.strategies.base import Strategy
+
+log = logging.getLogger("fedge.deploy.node")
+PREFIX = "/fedge.deploy.Fedge/"
+RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+ClientFactory = Callable[[Experiment, int], Client]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter; gives up after ``give_up_s`` without success."""
+
+    base_s: float = 0.2
+    max_s: float = 10.0
+    give_up_s: float = 300.0
+
+    def delays(self) -> Iterator[float]:
+        start, attempt = time.monotonic(), 0
+        while time.monotonic() - start < self.give_up_s:
+            yield random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+            attempt += 1
+
+
+def load_experiment(text: str) -> Experiment:
+    """The run's experiment; plugins are imported only when it uses extension sections."""
+    raw = tomllib.loads(text)
+    if any(k not in (*CORE_SECTIONS, "deploy") and isinstance(v, dict) for k, v in raw.items()):
+        from fedge.plugins import load_plugins
+
+        load_plugins()
+    return from_dict(raw)
+
+
+def partition_client(exp: Experiment, cid: int) -> Client:
+    """Client ``cid`` of the experiment's own dataset (demos and tests)."""
+    from fedge.experiment import load_dataset
+    from fedge.models import build_learner
+
+    data = load_dataset(exp)
+    learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape,
+                            data.num_classes, exp.model.hidden)
+    return LearnerClient(cid, learner, data.client(cid))
+
+
+def file_client(path: str, label: str = "label", num_classes: int = 0) -> ClientFactory:
+    """A factory of clients on a local CSV/Parquet/npz file (the device's own data)."""
+
+    def make(exp: Experiment, cid: int) -> Client:
+        from fedge.data.loaders import load_files
+        from fedge.models import build_learner
+
+        x, y, _ = load_files(path, label=label)
+        n_test = int(len(y) * exp.data.test_fraction)
+        order = np.random.default_rng([exp.seed, cid]).permutation(len(y))
+        te, tr = order[:n_test], order[n_test:]
+        learner = build_learner(exp.model.name, exp.model.framework, x.shape[1:],
+                                num_classes or int(y.max()) + 1,
+                                exp.model.hidden)
+        return LearnerClient(cid, learner, ClientData(x[tr], y[tr], x[te], y[te]))
+
+    return make
+
+
+class StateFile:
+    """The client's persistent state on disk, written atomically.
+
+    It keeps the state from *before* the last round trained as well as after it, so a
+    round the server re-runs after its own crash starts from the same state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        if not self.path.is_file():
+            return 0, {}, {}
+        try:
+            data = self.path.read_bytes()
+            n = int.from_bytes(data[:4], "little")
+            header = wire.parse(pb.BundleHeader, data[4:4 + n])
+            body = data[4 + n:]
+            size = header.chunk_size
+            chunks = (pb.Chunk(index=i, data=body[i * size:(i + 1) * size])
+                      for i in range(len(header.chunk_sha256)))
+            tree = wire.decode(header, chunks, max_bytes=len(body))
+            return int(tree["round"]), dict(tree["before"]), dict(tree["after"])
+        except (wire.WireError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{self.path}: unreadable client state ({exc})") from None
+
+    def save(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+        out = wire.encode({"round": round_num, "before": before, "after": after})
+        head = out.header.SerializeToString()
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(len(head).to_bytes(4, "little") + head + bytes(out.body))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def decode_instructions(tree: Any) -> tuple[list[np.ndarray], FitInstructions]:
+    if not isinstance(tree, dict) or not isinstance(tree.get("params"), list):
+        raise wire.WireError("task is not a map with params")
+    train = dict(tree["train"])
+    known = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in train.items() if k in known})
+    per_client = {int(c): dict(o) for c, o in tree.get("per_client") or []}
+    params = [np.array(p, dtype=np.float32) for p in tree["params"]]
+    return params, FitInstructions(round_num=int(tree["round"]), train=cfg,
+                                   config=dict(tree.get("config") or {}), per_client=per_client)
+
+
+class Node:
+    """One device's side of a federation."""
+
+    def __init__(self, server: str, signer: Signer, *, partition: int = -1,
+                 client_factory: ClientFactory | None = None, state_dir: Path | None = None,
+                 root_ca: bytes | None = None, cert_chain: tuple[bytes, bytes] | None = None,
+                 profile: str = "", backoff: Backoff | None = None,
+                 max_task_bytes: int = 2**33) -> None:
+        self.server, self.signer, self.partition = server, signer, partition
+        self.client_factory = client_factory or partition_client
+        self.state_dir = state_dir
+        self.profile = profile
+        self.backoff = backoff or Backoff()
+        self.max_task_bytes = max_task_bytes
+        opts = [("grpc.max_receive_message_length", wire.MAX_CHUNK + (1 << 20)),
+                ("grpc.max_send_message_length", wire.MAX_CHUNK + (1 << 20))]
+        if root_ca is not None or cert_chain is not None:
+            key, cert = cert_chain or (None, None)
+            creds = grpc.ssl_channel_credentials(root_ca, key, cert)
+            self.channel = grpc.secure_channel(server, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(server, options=opts)
+        self.session = ""
+        self.client_id = -1
+        self.client: Client | None = None
+        self.rounds_trained = 0
+        self._busy = threading.Event()
+        self._stop = threading.Event()
+
+    # -- calls -------------------------------------------------------------------
+    def _unary(self, method: str, msg: Any) -> bytes:
+        body = msg.SerializeToString()
+        stub = self.channel.unary_unary(PREFIX + method)
+        return stub(body, metadata=self.signer.metadata(method, body), timeout=30)  # type: ignore[no-any-return]
+
+    def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        last: grpc.RpcError | None = None
+        for delay in self.backoff.delays():
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRY:
+                    raise TransportError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
+                last = exc
+                log.info("event=retry what=%s code=%s wait_s=%.2f", what, exc.code().name, delay)
+                time.sleep(delay)
+        detail = last.details() if last is not None else "no attempt"
+        raise TransportError(f"{what}: server {self.server} unreachable ({detail})")
+
+    def join(self) -> Experiment:
+        req = pb.JoinRequest(partition=self.partition, profile=self.profile)
+        rep = wire.parse(pb.JoinReply, self._retrying("join", lambda: self._unary("Join", req)))
+        self.session, self.client_id = rep.session, rep.client_id
+        self.exp = load_experiment(rep.config_toml)
+        self.heartbeat_s = rep.heartbeat_s
+        self.run_id = rep.run_id
+        if self.client is None or self.client.client_id != rep.client_id:
+            from fedge.experiment import TRANSFORM_FACTORIES, make_strategy
+
+            self.client = self.client_factory(self.exp, rep.client_id)
+            self.strategy: Strategy = make_strategy(self.exp)
+            self.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(self.exp)])
+            self.state = StateFile((self.state_dir or Path(".")) / f"fedge-client-{rep.client_id}.state")
+        log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
+        return self.exp
+
+    def poll(self, busy: bool = False) -> Any:
+        req = pb.PollRequest(session=self.session, busy=busy)
+        reply: Any = wire.parse(pb.PollReply,
+                                         self._retrying("poll", lambda: self._unary("Poll", req)))
+        return reply
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if self._busy.is_set():
+                with contextlib.suppress(TransportError):
+                    self.poll(busy=True)
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> int:
+        """Serve the federation until the server says stop; returns the rounds trained."""
+        self.join()
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
+        try:
+            while True:
+                reply = self.poll()
+                if reply.action == pb.PollReply.STOP:
+                    log.info("event=stop message=%r", reply.message)
+                    return self.rounds_trained
+                if reply.action == pb.PollReply.REJOIN:
+                    self.join()
+                elif reply.action == pb.PollReply.TRAIN:
+                    self._busy.set()
+                    try:
+                        self.train(reply)
+                    finally:
+                        self._busy.clear()
+                else:
+                    time.sleep(min(reply.wait_s or self.heartbeat_s, self.heartbeat_s) / 4)
+        finally:
+            self._stop.set()
+            self.channel.close()
+
+    def fetch(self, reply: Any) -> Any:
+        inc = wire.Incoming(reply.task, max_bytes=self.max_task_bytes)
+
+        def attempt() -> None:
+            req = pb.FetchRequest(task_id=reply.task_id, start=inc.received).SerializeToString()
+            stream = self.channel.unary_stream(PREFIX + "Fetch")
+            for raw in stream(req, metadata=self.signer.metadata("Fetch", req), timeout=600):
+                inc.add(wire.parse(pb.Chunk, raw))
+
+        self._retrying("fetch", attempt)
+        return inc.value()
+
+    def train(self, reply: Any) -> None:
+        try:
+            params, ins = decode_instructions(self.fetch(reply))
+        except TransportError as exc:
+            log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
+            return
+        saved_round, before, after = self.state.load()
+        start = before if ins.round_num <= saved_round else after
+        state = _copy(start)
+        ctx = ClientContext(client_id=self.client_id, round_num=ins.round_num,
+                            rng=client_rng(self.exp.seed, ins.round_num, self.client_id), state=state)
+        assert self.client is not None
+        update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
+        tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
+                "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
+                "payload": update.payload}
+        out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
+        head = pb.PushMessage(header=pb.PushHeader(task_id=reply.task_id, round=ins.round_num,
+                                                   update=out.header)).SerializeToString()
+
+        def messages() -> Iterator[bytes]:
+            yield head
+            for c in out.chunks():
+                yield pb.PushMessage(chunk=c).SerializeToString()
+
+        def attempt() -> bytes:
+            stub = self.channel.stream_unary(PREFIX + "Push")
+            return stub(messages(), metadata=self.signer.metadata("Push", head), timeout=600)  # type: ignore[no-any-return]
+
+        try:
+            rep = wire.parse(pb.PushReply, self._retrying("push", attempt))
+        except TransportError as exc:
+            log.warning("event=push_failed round=%d reason=%r", ins.round_num, str(exc))
+            return
+        if rep.accepted:
+            self.rounds_trained += 1
+            self._save_state(ins.round_num, start, state)
+        log.info("event=pushed round=%d accepted=%s reason=%r", ins.round_num, rep.accepted, rep.reason)
+
+    def _save_state(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+        try:
+            self.state.save(round_num, before, after)
+        except wire.WireError as exc:
+            log.warning("event=state_not_saved reason=%r", str(exc))
+
+
+def _copy(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: (np.array(v, copy=True) if isinstance(v, np.ndarray)
+                else [np.array(x, copy=True) for x in v] if isinstance(v, list) else v)
+            for k, v in state.items()}

@@ -1,0 +1,380 @@
+"""The server's request handlers, free of gRPC so they can be fuzzed and unit-tested.
+
+Each handler takes the raw request bytes and the request metadata and returns raw reply
+bytes, or raises :class:`Refused` with the gRPC status to answer. Nothing a node sends
+can stop the server: malformed bytes, bad signatures, updates for another run or round,
+wrong shapes or dtypes are refused with a reason that is logged and returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedge.core.errors import TransportError
+from fedge.core.params import Params, ParamSpec
+from fedge.core.types import ClientUpdate, FitInstructions, Metrics
+from fedge.deploy import wire
+from fedge.deploy.auth import AuthError, Verifier
+from fedge.deploy.proto import pb
+from fedge.deploy.store import Store
+
+log = logging.getLogger("fedge.deploy")
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Refused(TransportError):
+    """A request the server answers with a non-OK gRPC status (``code``) and a reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    client_id: int
+    profile: str
+    last_heartbeat: float
+    connected: bool
+    busy: bool
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A read-only snapshot of a running server: nodes, round progress, last metrics."""
+
+    run_id: str
+    phase: str
+    round: int
+    rounds: int
+    min_nodes: int
+    nodes: tuple[NodeStatus, ...]
+    pending: int = 0
+    received: int = 0
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> int:
+        return sum(n.connected for n in self.nodes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerStatus:
+        d = json.loads(text)
+        d["nodes"] = tuple(NodeStatus(**n) for n in d["nodes"])
+        return cls(**d)
+
+
+@dataclass
+class _Node:
+    node_id: str
+    client_id: int
+    profile: str
+    session: str
+    last_seen: float
+    busy: bool = False
+
+
+@dataclass
+class RoundTask:
+    """One round's work: the encoded global model + instructions, who may answer, results."""
+
+    round_num: int
+    task_id: str
+    outgoing: wire.Outgoing
+    client_ids: frozenset[int]
+    spec: ParamSpec
+    results: queue.Queue[tuple[ClientUpdate, _Verdict]] = field(
+        default_factory=lambda: queue.Queue(maxsize=2))
+    done: set[int] = field(default_factory=set)
+    closed: bool = False
+
+
+@dataclass
+class _Verdict:
+    event: threading.Event = field(default_factory=threading.Event)
+    accepted: bool = False
+    reason: str = ""
+
+    def set(self, accepted: bool, reason: str = "") -> None:
+        self.accepted, self.reason = accepted, reason
+        self.event.set()
+
+
+def encode_instructions(params: Params, ins: FitInstructions) -> dict[str, Any]:
+    train = {k: getattr(ins.train, k) for k in ins.train.__dataclass_fields__}
+    return {"params": list(params), "round": ins.round_num, "train": train, "config": ins.config,
+            "per_client": [[cid, over] for cid, over in ins.per_client.items()]}
+
+
+def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate:
+    """Build a :class:`ClientUpdate` from a decoded bundle, checking its structure."""
+    if not isinstance(tree, dict):
+        raise wire.WireError("update is not a map")
+    delta, n = tree.get("delta"), tree.get("num_examples")
+    if not isinstance(delta, list) or not all(isinstance(d, np.ndarray) for d in delta):
+        raise wire.WireError("update delta is not a list of tensors")
+    if any(d.dtype != np.float32 for d in delta):
+        raise wire.WireError("update delta tensors must be float32")
+    payload = tree.get("payload") or {}
+    if delta or not payload:
+        spec.check(delta, what=f"update from client {client_id}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise wire.WireError(f"update num_examples must be a non-negative integer, got {n!r}")
+    metrics = tree.get("metrics") or {}
+    extras = tree.get("extras") or {}
+    if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
+        raise wire.WireError("update metrics must map names to numbers")
+    if not isinstance(extras, dict) or not all(
+            isinstance(v, list) and all(isinstance(a, np.ndarray) for a in v) for v in extras.values()):
+        raise wire.WireError("update extras must map names to tensor lists")
+    if not isinstance(payload, dict):
+        raise wire.WireError("update payload must be a map")
+    return ClientUpdate(client_id=client_id, delta=list(delta), num_examples=n,
+                        metrics={k: float(v) for k, v in metrics.items()},
+                        extras={k: list(v) for k, v in extras.items()}, payload=payload)
+
+
+class FedgeService:
+    """Node registry, round tasks and the five handlers (Join, Poll, Fetch, Push, Status)."""
+
+    def __init__(self, *, store: Store, verifier: Verifier, run_id: str, config_toml: str,
+                 num_clients: int, rounds: int, min_nodes: int = 1, heartbeat_s: float = 2.0,
+                 node_timeout_s: float = 15.0, chunk_size: int = wire.DEFAULT_CHUNK,
+                 max_update_bytes: int = 2**31, max_decoding: int = 4) -> None:
+        self.store, self.verifier = store, verifier
+        self.run_id, self.config_toml = run_id, config_toml
+        self.session = uuid.uuid4().hex[:12]
+        self.num_clients, self.rounds, self.min_nodes = num_clients, rounds, min_nodes
+        self.heartbeat_s, self.node_timeout_s = heartbeat_s, node_timeout_s
+        self.chunk_size, self.max_update_bytes = chunk_size, max_update_bytes
+        self._decoding = threading.BoundedSemaphore(max_decoding)
+        self._lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+        self.task: RoundTask | None = None
+        self.phase = "starting"
+        self.round_num = 0
+        self.finished = False
+        self.last_metrics: dict[str, Any] = {}
+
+    # -- registry ----------------------------------------------------------------
+    def connected(self) -> list[int]:
+        """Client ids of nodes heard from within the node timeout, sorted."""
+        now = time.time()
+        with self._lock:
+            return sorted(n.client_id for n in self._nodes.values()
+                          if now - n.last_seen <= self.node_timeout_s)
+
+    def is_connected(self, client_id: int) -> bool:
+        return client_id in self.connected()
+
+    def _auth(self, method: str, raw: bytes, md: Metadata) -> str:
+        try:
+            return self.verifier.verify(method, raw, md)
+        except AuthError as exc:
+            log.warning("event=refused method=%s code=%s reason=%r", method, exc.code, str(exc))
+            raise Refused(exc.code, str(exc)) from None
+
+    def _session_node(self, node_id: str, session: str) -> _Node | None:
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.session != session:
+                return None
+            node.last_seen = time.time()
+            return node
+
+    # -- handlers ----------------------------------------------------------------
+    def join(self, raw: bytes, md: Metadata) -> bytes:
+        node_id = self._auth("Join", raw, md)
+        req = wire.parse(pb.JoinRequest, raw)
+        profile = req.profile[:64]
+        with self._lock:
+            known = self.store.client_of(node_id)
+            live = {n.client_id: n.node_id for n in self._nodes.values()
+                    if time.time() - n.last_seen <= self.node_timeout_s}
+            if req.partition >= 0:
+                cid = req.partition
+                if cid >= self.num_clients:
+                    raise Refused("INVALID_ARGUMENT",
+                                  f"partition {cid} does not exist: clients are 0..{self.num_clients - 1}")
+                owner = self.store.node_of(cid)
+                if owner is not None and owner != node_id:
+                    raise Refused("ALREADY_EXISTS", f"client {cid} belongs to node {owner}")
+                if known is not None and known != cid:
+                    raise Refused("ALREADY_EXISTS", f"node {node_id} is registered as client {known}")
+            elif known is not None:
+                cid = known
+            else:
+                free = sorted(set(range(self.num_clients)) - self.store.used_clients() - set(live))
+                if not free:
+                    raise Refused("RESOURCE_EXHAUSTED", f"all {self.num_clients} client slots are taken")
+                cid = free[0]
+            self.store.register(node_id, cid, profile)
+            session = uuid.uuid4().hex[:12]
+            self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time())
+        log.info("event=join node=%s client=%d profile=%r", node_id, cid, profile)
+        return wire.dump(pb.JoinReply(run_id=self.run_id, session=f"{self.session}:{session}", client_id=cid,
+                            config_toml=self.config_toml,
+                            heartbeat_s=self.heartbeat_s))
+
+    def poll(self, raw: bytes, md: Metadata) -> bytes:
+        node_id = self._auth("Poll", raw, md)
+        req = wire.parse(pb.PollRequest, raw)
+        server_session, _, node_session = req.session.partition(":")
+        node = self._session_node(node_id, node_session) if server_session == self.session else None
+        if node is None:
+            return wire.dump(pb.PollReply(action=pb.PollReply.REJOIN,
+                                message="unknown session: join again"))
+        node.busy = req.busy
+        if self.finished:
+            return wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
+        task = self.task
+        if (not req.busy and task is not None and not task.closed
+                and node.client_id in task.client_ids and node.client_id not in task.done):
+            return wire.dump(pb.PollReply(action=pb.PollReply.TRAIN, task_id=task.task_id, round=task.round_num,
+                                task=task.outgoing.header))
+        return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
+
+    def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
+        self._auth("Fetch", raw, md)
+        req = wire.parse(pb.FetchRequest, raw)
+        task = self.task
+        if task is None or req.task_id != task.task_id or task.closed:
+            raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} is not open")
+        if req.start > len(task.outgoing.header.chunk_sha256):
+            raise Refused("OUT_OF_RANGE", f"task has {len(task.outgoing.header.chunk_sha256)} chunks")
+        return (c.SerializeToString() for c in task.outgoing.chunks(req.start))
+
+    def push(self, messages: Iterable[bytes], md: Metadata) -> bytes:
+        it = iter(messages)
+        first = next(it, None)
+        if first is None:
+            raise Refused("INVALID_ARGUMENT", "empty push")
+        node_id = self._auth("Push", first, md)
+        msg = wire.parse(pb.PushMessage, first)
+        if msg.WhichOneof("part") != "header":
+            raise Refused("INVALID_ARGUMENT", "push must start with its header")
+        head = msg.header
+        with self._lock:
+            node = self._nodes.get(node_id)
+        task = self.task
+        if node is None:
+            raise Refused("FAILED_PRECONDITION", "node has not joined this server session")
+        node.last_seen = time.time()
+        reason = self._task_problem(task, head, node.client_id)
+        if reason:
+            log.warning("event=update_refused node=%s client=%d reason=%r", node_id, node.client_id, reason)
+            return wire.dump(pb.PushReply(accepted=False, reason=reason))
+        assert task is not None
+        with self._decoding:
+            try:
+                update = self._receive(head, it, node.client_id, task)
+            except (wire.WireError, TransportError, ValueError) as exc:
+                log.warning("event=update_refused node=%s client=%d reason=%r",
+                            node_id, node.client_id, str(exc))
+                return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
+            verdict = _Verdict()
+            while not task.closed:
+                try:
+                    task.results.put((update, verdict), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                return wire.dump(pb.PushReply(accepted=False,
+                                    reason=f"round {task.round_num} closed"))
+            del update
+            while not verdict.event.wait(0.2):
+                if task.closed and not verdict.event.is_set():
+                    verdict.set(False, f"round {task.round_num} closed before the update was read")
+        if not verdict.accepted:
+            log.warning("event=update_rejected node=%s client=%d reason=%r",
+                        node_id, node.client_id, verdict.reason)
+        return wire.dump(pb.PushReply(accepted=verdict.accepted, reason=verdict.reason))
+
+    def _task_problem(self, task: RoundTask | None, head: Any, cid: int) -> str:
+        if task is None or task.closed:
+            return f"update for round {head.round} refused: no round is open"
+        if head.task_id != task.task_id:
+            return (f"update for task {head.task_id[:40]!r} (round {head.round}) refused: "
+                    f"round {task.round_num} of run {self.run_id} is open")
+        if cid not in task.client_ids:
+            return f"client {cid} was not selected in round {task.round_num}"
+        if cid in task.done:
+            return f"client {cid} already sent its update for round {task.round_num}"
+        return ""
+
+    def _receive(self, head: Any, rest: Iterator[bytes], cid: int,
+                 task: RoundTask) -> ClientUpdate:
+        inc = wire.Incoming(head.update, max_bytes=self.max_update_bytes)
+        size = len(head.SerializeToString())
+        for raw in rest:
+            m = wire.parse(pb.PushMessage, raw)
+            if m.WhichOneof("part") != "chunk":
+                raise wire.WireError("push carries a second header")
+            inc.add(m.chunk)
+            size += len(raw)
+        update = update_from_tree(inc.value(), cid, task.spec)
+        update.uplink_bytes = size
+        with self._lock:
+            if cid in task.done or task.closed:
+                raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s update")
+            task.done.add(cid)
+        return update
+
+    def status_reply(self, raw: bytes, md: Metadata) -> bytes:
+        wire.parse(pb.StatusRequest, raw)
+        return wire.dump(pb.StatusReply(json=self.status().to_json()))
+
+    def status(self) -> ServerStatus:
+        now = time.time()
+        with self._lock:
+            nodes = tuple(NodeStatus(n.node_id, n.client_id, n.profile, n.last_seen,
+                                     now - n.last_seen <= self.node_timeout_s, n.busy)
+                          for n in sorted(self._nodes.values(), key=lambda n: n.client_id))
+        task = self.task
+        pending = 0 if task is None or task.closed else len(task.client_ids - task.done)
+        received = 0 if task is None else len(task.done)
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in self.last_metrics.items()}
+        return ServerStatus(self.run_id, self.phase, self.round_num, self.rounds, self.min_nodes,
+                            nodes, pending, received, clean)
+
+    # -- rounds ------------------------------------------------------------------
+    def open_round(self, round_num: int, client_ids: Sequence[int], params: Params,
+                   ins: FitInstructions) -> RoundTask:
+        out = wire.encode(encode_instructions(params, ins), self.chunk_size)
+        task = RoundTask(round_num, f"{self.run_id}:{self.session}:{round_num}", out,
+                         frozenset(int(c) for c in client_ids), ParamSpec.of(params))
+        self.round_num, self.phase, self.task = round_num, "training", task
+        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids),
+                 out.header.total_bytes)
+        return task
+
+    def close_round(self, task: RoundTask) -> None:
+        task.closed = True
+        while True:
+            try:
+                _, verdict = task.results.get_nowait()
+            except queue.Empty:
+                break
+            verdict.set(False, f"round {task.round_num} closed")
+        self.phase = "aggregating"
+
+    def record_round(self, metrics: dict[str, Metrics | float | int | str]) -> None:
+        self.last_metrics = dict(metrics)
+        self.phase = "between rounds"
