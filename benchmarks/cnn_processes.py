@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 import torch
+from w2_scale import fedge_run, peak_rss_mib, plain_loop, steady
 
 from fedge.clients.torch_learner import TorchLearner, get_params
 from fedge.core.types import TrainConfig
 from fedge.data.datasets import digits
 from fedge.models import torch_module
 from fedge.simulation.backends import ProcessesBackend
-from w2_scale import fedge_run, peak_rss_mib, plain_loop, steady
 
 SEED = 0
 

@@ -30,8 +30,8 @@ from fedge.clients.torch_learner import TorchLearner, get_params, set_params
 from fedge.core.types import TrainConfig, client_rng
 from fedge.data.federated import FederatedDataset
 from fedge.data.w2 import w2
-from fedge.simulation.loop import Callback, round_rng, run
 from fedge.simulation.history import RoundRecord
+from fedge.simulation.loop import Callback, round_rng, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import StrategyState
 from fedge.strategies.fedavg import FedAvg
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         out.update({"reference_s_per_round": round(steady(ref_times), 4),
                     "ratio_to_plain_loop": round(s_round / steady(ref_times), 4),
                     "max_abs_weight_diff": diff, "weights_match": diff <= 1e-5})
-    loss, acc = learner.evaluate(params, data.x_central, data.y_central)  # type: ignore[arg-type]
+    _loss, acc = learner.evaluate(params, data.x_central, data.y_central)  # type: ignore[arg-type]
     out.update({"test_accuracy": round(acc, 4), "wall_s": round(time.perf_counter() - t_start, 2),
                 "peak_rss_mib": round(peak_rss_mib(), 1)})
     print(json.dumps(out))

@@ -61,9 +61,16 @@ def _run(backend: Backend, strategy: Strategy, *, rounds: int = 3,
 STRATEGIES = {"fedavg": FedAvg, "fedprox": lambda: FedProx(mu=0.5), "scaffold": Scaffold}
 
 
+Reference = dict[str, tuple[Params, dict[int, dict[str, Any]]]]
+
+
 @pytest.fixture(scope="module")
-def reference() -> dict[str, Params]:
-    return {name: _run(BACKENDS["debug"](), make())[0] for name, make in STRATEGIES.items()}
+def reference() -> Reference:
+    out: Reference = {}
+    for name, make in STRATEGIES.items():
+        params, transport = _run(BACKENDS["debug"](), make())
+        out[name] = (params, transport.states)
+    return out
 
 
 def _close(a: Params, b: Params) -> None:
@@ -71,33 +78,29 @@ def _close(a: Params, b: Params) -> None:
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
 
 
+def _same_states(got: dict[int, dict[str, Any]], want: dict[int, dict[str, Any]]) -> None:
+    """SCAFFOLD's client control variates survived the rounds exactly as on the debug backend."""
+    assert {c for c, s in got.items() if s} == {c for c, s in want.items() if s}
+    for cid, state in want.items():
+        if STATE_KEY in state:
+            _close(got[cid][STATE_KEY], state[STATE_KEY])
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_vectorized_matches_debug(strategy: str, reference: dict[str, Params]) -> None:
+def test_vectorized_matches_debug(strategy: str, reference: Reference) -> None:
     backend = VectorizedBackend(chunk=5)
     params, transport = _run(backend, STRATEGIES[strategy]())
-    _close(params, reference[strategy])
+    _close(params, reference[strategy][0])
+    _same_states(transport.states, reference[strategy][1])
     assert backend.fallback_reasons == set()
-    if strategy == "scaffold":
-        assert any(STATE_KEY in s for s in transport.states.values())
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_processes_match_debug(strategy: str, reference: dict[str, Params]) -> None:
+def test_processes_match_debug(strategy: str, reference: Reference) -> None:
     params, transport = _run(ProcessesBackend(workers=2), STRATEGIES[strategy]())
-    _close(params, reference[strategy])
-    if strategy == "scaffold":
-        assert any(STATE_KEY in s for s in transport.states.values())
-
-
-def test_scaffold_state_survives_rounds_on_vectorized() -> None:
-    """The client control variates come back into the transport's states every round."""
-    _, t3 = _run(VectorizedBackend(), Scaffold(), rounds=3)
-    _, t3d = _run(BACKENDS["debug"](), Scaffold(), rounds=3)
-    assert t3.states.keys() == t3d.states.keys()
-    for cid, state in t3d.states.items():
-        if STATE_KEY in state:
-            _close(t3.states[cid][STATE_KEY], state[STATE_KEY])
+    _close(params, reference[strategy][0])
+    _same_states(transport.states, reference[strategy][1])
 
 
 def test_vectorized_respects_per_client_step_limits() -> None:
@@ -206,3 +209,26 @@ def test_balance_covers_every_client_once_and_evens_out_sizes() -> None:
     loads = sorted(sum(sizes[c] for c in s) for s in shares)
     assert loads[-1] == 100
     assert balance([1, 2], [5, 5], 4) == [[1], [2]]
+
+
+def test_engine_section_reaches_the_configured_backend() -> None:
+    from fedge.config.schema import from_dict
+    from fedge.experiment import build, execute
+
+    exp = from_dict({"rounds": 1, "data": {"num_clients": 6}, "model": {"name": "logreg"},
+                     "training": {"backend": "vectorized", "clients_per_round": 4, "local_epochs": 1},
+                     "engine": {"vectorized_chunk": 3}})
+    built = build(exp)
+    result = execute(built)
+    backend = built.transport.backend
+    assert isinstance(backend, VectorizedBackend)
+    assert backend.chunk == 3
+    assert backend.fallback_reasons == set()
+    assert result.history.rounds[0].participants == 4
+
+
+def test_engine_section_rejects_a_bad_value() -> None:
+    from fedge.config.schema import from_dict
+
+    with pytest.raises(ConfigError, match="workers"):
+        from_dict({"engine": {"workers": -1}})

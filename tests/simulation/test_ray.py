@@ -16,13 +16,13 @@ import pytest
 from fedge.clients.base import LearnerClient
 from fedge.core.errors import TransportError
 from fedge.core.params import Params
+from fedge.core.types import TrainConfig
 from fedge.data.w2 import w2
 from fedge.models import build_learner
 from fedge.simulation.backends import RayBackend
 from fedge.simulation.loop import run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.scaffold import STATE_KEY, Scaffold
-from fedge.core.types import TrainConfig
 from fedge.transport.inprocess import BACKENDS, Backend, InProcessTransport
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -77,7 +77,7 @@ def test_ray_cluster_gives_the_debug_model_and_keeps_client_state(ray_cluster: s
 
 def test_silent_ray_address_fails_after_a_bounded_wait() -> None:
     backend = RayBackend(address=f"127.0.0.1:{_free_port()}", workers=1, connect_timeout_s=1.0)
-    with pytest.raises(TransportError, match="no Ray cluster answers at 127.0.0.1"):
+    with pytest.raises(TransportError, match=r"no Ray cluster answers at 127\.0\.0\.1"):
         _run(backend)
 
 

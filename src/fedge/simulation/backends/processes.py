@@ -14,6 +14,7 @@ clients are reported as failures, a fresh worker replaces it, and the round goes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -81,10 +82,8 @@ class _Worker:
 
     def stop(self, *, kill: bool = False) -> None:
         if not kill:
-            try:
+            with contextlib.suppress(OSError, BrokenPipeError):
                 self.conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
             self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
@@ -200,7 +199,5 @@ class ProcessesBackend:
         self._runtime = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
