@@ -104,8 +104,8 @@ def test_dropouts_and_memory_eligibility():
 
 
 def test_bad_policy_config():
-    with pytest.raises(ConfigError, match="needs a deadline"):
-        policy("deadline")
+    with pytest.raises(ConfigError, match="overcommit must be >= 1"):
+        policy("overcommit", overcommit=0.5)
     with pytest.raises(ConfigError, match=r"devices\.selection"):
         policy("wait_all", selection="random")
 

@@ -71,8 +71,8 @@ class DevicePolicy(RoundPolicy):
             raise ConfigError(f"devices.policy: {policy!r} is not one of {', '.join(POLICIES)}")
         if selection not in SELECTIONS:
             raise ConfigError(f"devices.selection: {selection!r} is not one of {', '.join(SELECTIONS)}")
-        if policy in ("deadline", "partial") and deadline_s <= 0 and straggler_fraction <= 0:
-            raise ConfigError(f"devices.deadline_s: policy {policy!r} needs a deadline > 0")
+        if deadline_s < 0:
+            raise ConfigError(f"devices.deadline_s must be >= 0 (0 = no deadline), got {deadline_s}")
         if overcommit < 1:
             raise ConfigError(f"devices.overcommit must be >= 1, got {overcommit}")
         if not 0 <= dropout < 1 or not 0 <= straggler_fraction <= 1:
