@@ -28,11 +28,12 @@ def ring_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
 
 
 def max_scale(n: int, clip: float, bits: int = 32) -> float:
-    """The largest scale at which the sum of ``n`` encodings of ``[-clip, clip]`` cannot wrap."""
+    """The largest scale at which the sum of ``n`` encodings of ``[-clip, clip]`` cannot wrap
+    (and each scaled value is still an exact float64 integer)."""
     if n < 1 or not clip > 0:
         raise ConfigError(f"secagg: need n >= 1 and clip > 0, got n={n}, clip={clip}")
-    room = (1 << (bits - 1)) - 1
-    return max(0.0, (room // n - 1) / clip)
+    per_client = min(((1 << (bits - 1)) - 1) // n, 1 << 52)
+    return max(0.0, (per_client - 1) / clip)
 
 
 def check_overflow(n: int, clip: float, scale: float, bits: int = 32) -> None:
