@@ -113,6 +113,9 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32") -> tuple[Any,
         if not (path / "config.json").is_file():
             raise ModelError(f"base model path {ref} has no config.json (not a saved model folder)")
         ref = str(path)
+    elif not _in_hf_cache(ref):
+        raise ModelError(f"base model {ref!r} is neither a local folder nor in the local "
+                         "Hugging Face cache (fedge never downloads)")
     torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=torch_dtype)
@@ -125,6 +128,16 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32") -> tuple[Any,
     if tokenizer.eos_token_id is None:
         raise ModelError(f"base model {ref}: its tokenizer has no end-of-text token")
     return model, tokenizer
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:
+        return False
+    return isinstance(found, str)
 
 
 def layer_names(model: Any) -> list[str]:
@@ -164,7 +177,11 @@ def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = Fa
     fan_in_fan_out = any(isinstance(modules[n], Conv1D) for n in names
                          if any(_matches(n, t) for t in targets))
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                      target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
                      task_type="CAUSAL_LM")

@@ -14,6 +14,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,7 +217,9 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{info_path}: malformed run info ({exc})") from None
     model, tokenizer = load_base(base, dtype=dtype)
-    return PeftModel.from_pretrained(model, str(d / "adapter")), tokenizer
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(d / "adapter")), tokenizer
 
 
 def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 40, temperature: float = 0.8,

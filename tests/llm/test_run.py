@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedge.clients.base import run_fit
+from fedge.config import from_dict
+from fedge.core.errors import ModelError
+from fedge.core.params import nbytes
+from fedge.core.types import ClientContext, TrainConfig
+from fedge.llm.config import LlmConfig
+from fedge.llm.run import LoraSetup, federate, generate, perplexities, prepare, run_experiment
+from fedge.llm.strategies import FlexLoRA, LoraFedAvg
+from fedge.pipeline import Pipeline
+from fedge.simulation.loop import Callback
+from fedge.simulation.history import RoundRecord
+from fedge.strategies.base import StrategyState
+
+
+def small(tiny_base: Path, tmp_path: Path, **kw: object) -> LoraSetup:
+    cfg = LlmConfig(base_model=str(tiny_base), num_clients=3, docs_per_client=24, block_size=32, rank=4, **kw)
+    return prepare(cfg, seed=0, workdir=tmp_path)
+
+
+class Payloads(Callback):
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("strategy", [LoraFedAvg(), FlexLoRA()], ids=["lora-fedavg", "flexlora"])
+def test_federated_lora_lowers_every_clients_held_out_perplexity(
+        tiny_base: Path, tmp_path: Path, strategy: LoraFedAvg | FlexLoRA) -> None:
+    setup = small(tiny_base, tmp_path)
+    initial = setup.adapter.get()
+    before = perplexities(setup, initial)
+    seen = Payloads()
+    result = federate(setup, strategy, rounds=3, clients_per_round=3, seed=0, callbacks=[seen],
+                      train=TrainConfig(epochs=1, batch_size=8, lr=0.05))
+    after = perplexities(setup, result.state.params)
+    for cid in before["clients"]:
+        assert after["clients"][cid] < 0.8 * before["clients"][cid], cid
+    assert after["global"] < before["global"]
+    assert result.history.column("test_loss")[-1] < result.history.column("test_loss")[0]
+    for rec in seen.records:
+        assert rec.participants == 3 and rec.uplink_bytes == 3 * setup.adapter.nbytes
+        assert rec.downlink_bytes == 3 * setup.adapter.nbytes
+
+
+def test_bytes_sent_per_client_equal_the_adapter_not_the_base(tiny_base: Path, tmp_path: Path) -> None:
+    setup = small(tiny_base, tmp_path)
+    strategy = LoraFedAvg()
+    state = strategy.init(setup.adapter.get(), num_clients=3)
+    ins = strategy.configure(state, 1, TrainConfig(epochs=1, batch_size=8, lr=0.05))
+    for cid in range(3):
+        update = run_fit(setup.client(cid), state.params, ins,
+                         ClientContext(client_id=cid, round_num=1, rng=np.random.default_rng(cid)),
+                         strategy=strategy, pipeline=Pipeline())
+        assert [d.shape for d in update.delta] == [tuple(s) for s in setup.adapter.spec.shapes]
+        assert update.uplink_bytes == nbytes(update.delta) == setup.adapter.nbytes
+        assert update.uplink_bytes * 5 < setup.adapter.base_stats()["base_bytes"]
+
+
+def test_block_longer_than_the_context_is_refused(tiny_base: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="exceeds the model's context of 64"):
+        prepare(LlmConfig(base_model=str(tiny_base), block_size=65), seed=0, workdir=tmp_path)
+
+
+@pytest.mark.integration
+def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
+    import fedge.llm  # noqa: F401
+
+    data = tmp_path / "texts"
+    data.mkdir()
+    for cid, word in enumerate(["alpha", "beta"]):
+        (data / f"c{cid}.txt").write_text("\n\n".join(f"{word} {word} {i} {word}." for i in range(40)))
+    exp = from_dict({"rounds": 2, "strategy": {"name": "flexlora"},
+                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
+                     "llm": {"enabled": True, "data": str(data), "block_size": 16, "rank": 2,
+                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True}})
+    result, out, summary = run_experiment(exp, output=str(tmp_path / "run"))
+    assert len(result.history) == 2
+    assert {"adapter", "base", "config.toml", "metrics.jsonl", "summary.json", "fedge_llm.json"} <= {
+        p.name for p in out.iterdir()}
+    written = json.loads((out / "summary.json").read_text())
+    assert written["perplexity_final"]["global"] < written["perplexity_base"]["global"]
+    assert written["uplink_bytes_per_client_round"] == [summary["adapter_bytes"]] * 2
+    assert not list(tmp_path.glob(".run.*"))
+    text = generate(out, "alpha", max_new_tokens=8, temperature=0.0)
+    assert text.startswith("alpha") and len(text) > len("alpha")
+    assert generate(out, "alpha", max_new_tokens=8, seed=1) == generate(out, "alpha", max_new_tokens=8, seed=1)
