@@ -50,11 +50,11 @@ def check_overflow(n: int, clip: float, scale: float, bits: int = 32) -> None:
 def encode(x: npt.NDArray[np.floating[Any]], *, clip: float, scale: float, rng: np.random.Generator,
            bits: int = 32) -> npt.NDArray[Any]:
     """Clip, scale and stochastically round ``x`` into ring words of ``bits`` bits."""
-    v = np.clip(np.asarray(x, dtype=np.float64), -clip, clip) * scale
-    lo = np.floor(v)
-    up = rng.random(v.shape) < (v - lo)
-    ints = lo.astype(np.int64) + up
-    return ints.astype(ring_dtype(bits))
+    v = np.clip(np.asarray(x, dtype=np.float64), -clip, clip)
+    v *= scale
+    v += rng.random(v.shape)
+    np.floor(v, out=v)
+    return v.astype(np.int64).astype(ring_dtype(bits))
 
 
 def decode(words: npt.NDArray[np.unsignedinteger[Any]], *, scale: float, bits: int = 32) -> npt.NDArray[np.float64]:

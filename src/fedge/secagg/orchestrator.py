@@ -35,6 +35,8 @@ class ProtocolResult:
     dropped: dict[str, list[int]] = field(default_factory=dict)
     client_seconds: dict[int, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+    client_cpu_seconds: dict[int, float] = field(default_factory=dict)
+    server_cpu_seconds: float = 0.0
     client_bytes: dict[int, int] = field(default_factory=dict)
 
 
@@ -63,12 +65,25 @@ def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
             res.dropped.setdefault(f"{stage}: {reason}", []).extend(new)
             gone.update(new)
 
+    cpu = res.client_cpu_seconds
+    server_cpu = 0.0
+
     def timed(cid: int, fn: Callable[..., Any], *args: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return fn(*args)
         finally:
             secs[cid] = secs.get(cid, 0.0) + time.perf_counter() - t0
+            cpu[cid] = cpu.get(cid, 0.0) + time.process_time() - c0
+
+    def on_server(fn: Callable[..., Any], *args: Any) -> Any:
+        nonlocal server, server_cpu
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fn(*args)
+        finally:
+            server += time.perf_counter() - t0
+            server_cpu += time.process_time() - c0
 
     def send(stage: str, cid: int, msg: Any) -> Any:
         nbytes[cid] = nbytes.get(cid, 0) + msg.nbytes()
@@ -84,9 +99,7 @@ def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
     for cid in live("advertise"):
         state[cid], msg = timed(cid, C.advertise, setup, cid)
         ads.append(send("advertise", cid, msg))
-    t0 = time.perf_counter()
-    roster, rejected = S.collect_keys(setup, ads)
-    server += time.perf_counter() - t0
+    roster, rejected = on_server(S.collect_keys, setup, ads)
     lost("advertise", list(rejected), "rejected")
 
     shares = []
@@ -95,10 +108,8 @@ def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
             shares.append(send("share", cid, timed(cid, C.share_keys, state[cid], roster)))
         except FedgeError:
             lost("share", [cid], "refused")
-    t0 = time.perf_counter()
-    shared = S.route_shares(setup, roster, shares)
-    summed = S.MaskedSum(setup, shared)
-    server += time.perf_counter() - t0
+    shared = on_server(S.route_shares, setup, roster, shares)
+    summed = on_server(S.MaskedSum, setup, shared)
     lost("share", list(shared.rejected), "rejected")
     lost("share", [c for c in setup.cohort if c not in shared.commitments and c not in gone], "rejected")
 
@@ -109,15 +120,11 @@ def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
             lost("masked_input", [cid], f"refused ({exc})")
             continue
         msg = send("masked_input", cid, msg)
-        t0 = time.perf_counter()
-        ok = summed.add(msg)
-        server += time.perf_counter() - t0
+        ok = on_server(summed.add, msg)
         if not ok:
             lost("masked_input", [cid], f"rejected ({summed.rejected[cid]})")
 
-    t0 = time.perf_counter()
-    request = summed.request()
-    server += time.perf_counter() - t0
+    request = on_server(summed.request)
     responses = []
     for cid in live("unmask"):
         if cid in request.survivors:
@@ -126,8 +133,7 @@ def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
             except FedgeError:
                 continue
             responses.append(send("unmask", cid, msg))
-    t0 = time.perf_counter()
-    res.total = S.unmask(setup, roster, shared, summed, responses)
-    res.server_seconds = server + time.perf_counter() - t0
+    res.total = on_server(S.unmask, setup, roster, shared, summed, responses)
+    res.server_seconds, res.server_cpu_seconds = server, server_cpu
     res.included = list(request.survivors)
     return res
