@@ -58,6 +58,6 @@ def tta_table(results: Mapping[str, Reached], target: float, baseline: str | Non
     for name, r in results.items():
         speed = base / r.hours if r.hours and not math.isnan(r.hours) else math.nan
         rnd = "-" if r.round is None else str(r.round)
-        lines.append(f"{name:<14} {rnd:>6} {r.hours:>13.3f} {r.energy_kj:>12.2f} "
+        lines.append(f"{name:<14} {rnd:>6} {r.hours:>13.4g} {r.energy_kj:>12.4g} "
                      f"{speed:>7.2f}x {r.final_accuracy:>9.3f}")
     return "\n".join(lines)
