@@ -166,17 +166,17 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
         for t in range(t_max):
             ib, mb = idx_t[:, t], mask_t[:, t]
             grads, totals = step(tuple(theta), xt[rows, ib], yt[rows, ib], mb)
-            active = (mb.sum(dim=1) > 0).to(torch.float32)
+            scale = lr * (mb.sum(dim=1) > 0).to(torch.float32)
             for m, g in enumerate(grads):
                 if use_prox:
                     g = g + mu.view(shape_k[m]) * (theta[m] - glob[m])
                 if corr is not None:
                     g = g + corr[m]
-                theta[m] = theta[m] - (lr * active).view(shape_k[m]) * g
+                theta[m].addcmul_(g, scale.view(shape_k[m]), value=-1.0)
             loss_sum += totals.to(torch.float64)
     seen = mask.sum(axis=(1, 2))
     out_params = [t.numpy() for t in theta]
-    return [TrainResult(params=[np.array(p[i], dtype=np.float32) for p in out_params],
+    return [TrainResult(params=[p[i] for p in out_params],
                         steps=len(j.batches), loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
                         num_examples=sizes[i])
             for i, j in enumerate(jobs)]
