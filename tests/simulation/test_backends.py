@@ -232,3 +232,25 @@ def test_engine_section_rejects_a_bad_value() -> None:
 
     with pytest.raises(ConfigError, match="workers"):
         from_dict({"engine": {"workers": -1}})
+
+
+class _NeedsEveryUpdate(FedAvg):
+    """A strategy that aggregates the list of updates (as median or Krum do)."""
+
+    needs_individual_updates = True
+
+    def aggregate_updates(self, state: Any, updates: list[Any]) -> tuple[Any, dict[str, float]]:
+        from dataclasses import replace
+
+        from fedge.strategies.aggregate import apply_step, weighted_mean
+
+        mean = weighted_mean([u.delta for u in updates], [float(u.num_examples) for u in updates])
+        return replace(state, params=apply_step(state.params, mean)), {}
+
+
+@pytest.mark.parametrize("name", ["vectorized", "processes"])
+def test_strategies_needing_every_update_get_them(name: str, reference: Reference) -> None:
+    """Without a reducer the worker backends send each update, and the model is unchanged."""
+    backend = VectorizedBackend() if name == "vectorized" else ProcessesBackend(workers=2)
+    params, _ = _run(backend, _NeedsEveryUpdate())
+    _close(params, reference["fedavg"][0])
