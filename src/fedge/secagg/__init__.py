@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedge.config.schema import Experiment, register_section
+from fedge.core.errors import ConfigError
 from fedge.pipeline import Transform
 from fedge.secagg.client import ProtocolError
 from fedge.secagg.graph import GraphParams, choose_parameters
@@ -35,6 +36,11 @@ def build_transforms(exp: Experiment) -> Sequence[Transform]:
     if not cfg.enabled:
         return []
     from fedge.experiment import make_strategy
+
+    comp = exp.extensions.get("compression")
+    if comp is not None and getattr(comp, "codec", "none") != "none":
+        raise ConfigError(f"compression.codec = {comp.codec!r} encodes updates before [secagg] could mask "
+                          "them; secagg's fixed-point encoding already quantises, so set codec = 'none'")
 
     t = exp.training
     cohort = t.clients_per_round or max(t.min_clients, round(t.fraction * exp.data.num_clients))
