@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedge.config.schema import Experiment
 from fedge.core.errors import ConfigError
@@ -139,3 +141,37 @@ def test_disabled_section_builds_no_policy_and_mix_errors_are_one_line():
     exp = small_experiment(enabled=True, fleet={"pi-zero": 1.0})
     with pytest.raises(ConfigError, match="unknown device 'pi-zero'; did you mean 'pi-zero-2w'"):
         policy_from_config(exp, build(exp))
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["wait_all", "deadline", "overcommit", "partial"]),
+       selection=st.sampled_from(["uniform", "weighted", "fastest", "oort"]),
+       dropout=st.floats(0, 0.5), strag=st.floats(0, 1), dl=st.floats(0, 0.2), k=st.integers(1, 20),
+       seed=st.integers(0, 1000))
+def test_plan_partitions_the_cohort(kind, selection, dropout, strag, dl, k, seed):
+    pol = policy(kind, n=24, slow_every=3, selection=selection, dropout=dropout,
+                 straggler_fraction=strag, deadline_s=dl, seed=seed)
+    before = pol.clock
+    sel, plan, rec = run_round(pol, k=k, seed=seed)
+    dropped = [c for ids in plan.dropped.values() for c in ids]
+    assert sorted(dropped + plan.train) == sorted(sel)
+    assert len(set(dropped)) == len(dropped)
+    assert set(plan.overrides) <= set(plan.train)
+    assert all(0 < o["max_steps"] < 20 for o in plan.overrides.values())
+    if kind == "overcommit":
+        assert len(plan.train) <= k
+    if kind == "deadline" and dl > 0:
+        assert all(t <= dl for t in pol.predicted_time(plan.train))
+    assert rec.extra["sim_time_s"] >= 0 and pol.clock == before + rec.extra["sim_time_s"]
+    assert rec.extra["energy_j"] >= rec.extra["energy_wasted_j"] >= 0
+
+
+def test_nobody_online_idles_the_clock():
+    class Nobody:
+        def online(self, ids, t):
+            return []
+
+    pol = policy("wait_all", availability=Nobody())
+    sel, plan, rec = run_round(pol)
+    assert sel == [] and plan.train == []
+    assert rec.extra["sim_time_s"] == 60.0 and rec.extra["online"] == 0

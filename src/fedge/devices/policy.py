@@ -207,7 +207,8 @@ class DevicePolicy(RoundPolicy):
                 keep[i] = False
                 r.cut = True
                 dropped.setdefault("deadline", []).append(int(ids[i]))
-                wasted += float((dl - down[i]) * self._p_train[ids[i]] + down[i] * self._p_comm[ids[i]])
+                busy = max(dl - down[i], 0.0)
+                wasted += float(busy * self._p_train[ids[i]] + min(down[i], dl) * self._p_comm[ids[i]])
         elif self.policy == "partial" and dl > 0:
             per_step = compute / np.maximum(steps, 1)
             for i in np.flatnonzero(keep & (total > dl)):
@@ -215,7 +216,8 @@ class DevicePolicy(RoundPolicy):
                 if fit < 1:
                     keep[i] = False
                     dropped.setdefault("deadline", []).append(int(ids[i]))
-                    wasted += float(max(dl - down[i], 0.0) * self._p_train[ids[i]])
+                    busy = max(dl - down[i], 0.0)
+                    wasted += float(busy * self._p_train[ids[i]] + min(down[i], dl) * self._p_comm[ids[i]])
                 else:
                     steps[i] = min(int(steps[i]), fit)
                 r.cut = True
