@@ -60,3 +60,10 @@ def test_fleet_counts_follow_the_mix(n, a, seed):
 def test_jitter_zero_means_nominal_speed():
     mix = parse_mix({"pi4": 1.0}, builtin_catalog())
     assert np.all(assign_fleet(mix, 10, np.random.default_rng(0), 0.0).speed == 1.0)
+
+
+def test_int8_throughput_is_used_or_missing_is_named():
+    cat = builtin_catalog()
+    assert cat["orin-nano"].flops("int8") > cat["orin-nano"].flops("fp32")
+    with pytest.raises(ConfigError, match="device 'pi-zero-2w' has no int8 throughput"):
+        cat["pi-zero-2w"].flops("int8")
