@@ -1,0 +1,79 @@
+"""The export report: what was exported, how big, how accurate, and whether it fits."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedge.export.device import DeviceEstimate
+
+
+@dataclass
+class ExportReport:
+    run_dir: str
+    model: str
+    quantize: str
+    prune_ratio: float
+    prune_norm: str
+    finetune_rounds: int
+    params_before: int
+    params_after: int
+    float32_onnx_bytes: int
+    """The unpruned float32 model exported to ONNX: the reference size."""
+    onnx_bytes: int
+    """The written ``model.onnx``."""
+    size_ratio: float
+    accuracy_torch: float
+    """The trained model in PyTorch on the held-out data."""
+    accuracy_pruned: float
+    accuracy_onnx: float
+    """The written ``model.onnx`` in ONNX Runtime on the held-out data."""
+    max_abs_diff: float
+    """ONNX Runtime vs PyTorch outputs of the float32 export."""
+    held_out: int
+    host_latency_ms_float32: float
+    host_latency_ms: float
+    device: DeviceEstimate | None = None
+    hidden: list[int] = field(default_factory=list)
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.accuracy_torch - self.accuracy_onnx)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy_drop_points"] = self.accuracy_drop_points
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    def to_text(self) -> str:
+        lines = [
+            f"fedge export of {self.run_dir}",
+            f"  model          {self.model}; quantisation {self.quantize}; "
+            f"pruning {self.prune_ratio:g} by {self.prune_norm}"
+            + (f" + {self.finetune_rounds} federated fine-tuning rounds" if self.finetune_rounds else ""),
+            f"  parameters     {self.params_before:,} -> {self.params_after:,}",
+            f"  size           float32 ONNX {self.float32_onnx_bytes:,} B -> model.onnx "
+            f"{self.onnx_bytes:,} B ({self.size_ratio:.2f}x smaller)",
+            f"  accuracy       PyTorch {self.accuracy_torch:.4f} -> pruned {self.accuracy_pruned:.4f} -> "
+            f"ONNX Runtime {self.accuracy_onnx:.4f} on {self.held_out} held-out samples "
+            f"({self.accuracy_drop_points:+.2f} points lost)",
+            f"  ONNX check     max |ORT - PyTorch| = {self.max_abs_diff:.2e}",
+            f"  this machine   {self.host_latency_ms_float32:.3f} ms/sample float32, "
+            f"{self.host_latency_ms:.3f} ms/sample model.onnx (ONNX Runtime, 1 thread)",
+        ]
+        d = self.device
+        if d is not None:
+            lines += [
+                f"  device         {d.device}: ~{d.latency_ms_per_sample:.3g} ms/sample estimated "
+                f"({d.forward_flops:,} FLOPs at {d.throughput_flops:.3g} FLOP/s {d.precision})",
+                f"  memory         needs ~{d.memory_needed_mib:.1f} MiB of {d.memory_available_mib:.0f} MiB: "
+                + ("fits" if d.fits else "DOES NOT FIT"),
+            ]
+            if d.note:
+                lines.append(f"  note           {d.note}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""ONNX export checked by ONNX Runtime, compaction, and int8 quantisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fedge.core.errors import ModelError
+from fedge.export.onnx_io import (
+    accuracy,
+    compact,
+    export_onnx,
+    predict,
+    quantize,
+    session,
+    torch_logits,
+    validate,
+)
+from fedge.models import torch_module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, np.ndarray]:
+    torch.manual_seed(0)
+    module = torch_module("mlp", (64,), 10, [64]).eval()
+    path = export_onnx(module, (64,), tmp_path_factory.mktemp("onnx") / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(200, 64)).astype(np.float32)
+    return module, path, x
+
+
+def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported) -> None:
+    module, path, x = exported
+    assert validate(module, path, x) < 1e-4
+    sess = session(path)
+    for n in (1, 3, 200):
+        np.testing.assert_allclose(predict(sess, x[:n]), torch_logits(module, x[:n]), atol=1e-4, rtol=1e-3)
+
+
+def test_validate_refuses_a_model_that_computes_something_else(exported) -> None:
+    _, path, x = exported
+    other = torch_module("mlp", (64,), 10, [64])
+    with pytest.raises(ModelError, match="differ from PyTorch"):
+        validate(other, path, x)
+
+
+def test_compact_keeps_what_the_model_computes(exported, tmp_path: Path) -> None:
+    _, path, x = exported
+    model = onnx.load(str(path))
+    assert not model.metadata_props and all(not n.name for n in model.graph.node)
+    again = tmp_path / "again.onnx"
+    onnx.save(compact(model), str(again))
+    np.testing.assert_array_equal(predict(session(again), x), predict(session(path), x))
+    assert [i.name for i in model.graph.input] == ["x"]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_model_is_smaller_and_agrees_with_float(exported, tmp_path: Path, mode: str) -> None:
+    module, path, x = exported
+    calib = x[:64] if mode == "static" else None
+    q = quantize(path, tmp_path / f"{mode}.onnx", mode, calib)
+    assert q.stat().st_size * 3 < path.stat().st_size
+    int8_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    assert any(t.data_type in int8_types for t in onnx.load(str(q)).graph.initializer)
+    ref = np.argmax(torch_logits(module, x), axis=1)
+    agree = accuracy(predict(session(q), x), ref)
+    assert agree > 0.9
+
+
+def test_static_quantisation_needs_calibration_data(exported, tmp_path: Path) -> None:
+    _, path, _ = exported
+    with pytest.raises(ModelError, match="calibration"):
+        quantize(path, tmp_path / "s.onnx", "static", None)
+    with pytest.raises(ModelError, match="unknown quantisation 'int4'"):
+        quantize(path, tmp_path / "s.onnx", "int4")
