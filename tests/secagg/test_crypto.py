@@ -39,3 +39,15 @@ def test_masks_are_deterministic_per_seed_and_cancel() -> None:
     assert np.array_equal(acc, np.arange(1000, dtype=np.uint32))
     with pytest.raises(ValueError, match="32 bytes"):
         crypto.expand(b"short", 4)
+
+
+def test_blocked_masking_equals_whole_keystreams_across_block_edges() -> None:
+    size = crypto.BLOCK_BYTES // 4 * 2 + 123
+    seeds = [crypto.random_seed() for _ in range(3)]
+    acc = np.zeros(size, dtype=np.uint32)
+    crypto.add_masks(acc, add=seeds[:2], subtract=seeds[2:])
+    expected = crypto.expand(seeds[0], size) + crypto.expand(seeds[1], size) - crypto.expand(seeds[2], size)
+    assert np.array_equal(acc, expected)
+    wide = np.zeros(size, dtype=np.uint64)
+    crypto.add_masks(wide, add=seeds[:1])
+    assert np.array_equal(wide, crypto.expand(seeds[0], size, np.uint64))

@@ -148,10 +148,9 @@ def masked_input(secrets: ClientSecrets, inbox: ShareInbox, words: npt.NDArray[A
         raise ProtocolError(f"client {me} received {len(held)} shares, below the threshold {setup.t}")
     secrets.held = held
     y = words.astype(dtype, copy=True)
-    crypto.add_mask(y, secrets.self_seed)
-    for v in held:
-        crypto.add_mask(y, pairwise_seed(secrets.mask_sk, secrets.roster.keys[v][1], setup.round_num),
-                        subtract=v < me)
+    seeds = {v: pairwise_seed(secrets.mask_sk, secrets.roster.keys[v][1], setup.round_num) for v in held}
+    crypto.add_masks(y, add=[secrets.self_seed, *(s for v, s in seeds.items() if v > me)],
+                     subtract=[s for v, s in seeds.items() if v < me])
     return MaskedInput(me, setup.round_num, y)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,29 +94,40 @@ def expand(seed: bytes, size: int, dtype: type[np.unsignedinteger[Any]] = np.uin
     return np.frombuffer(stream, dtype=dtype)
 
 
-_SCRATCH: dict[int, tuple[bytes, bytearray]] = {}
+BLOCK_BYTES = 1 << 18
+
+
+def add_masks(acc: npt.NDArray[Any], add: Sequence[bytes] = (), subtract: Sequence[bytes] = ()) -> None:
+    """``acc += Σ expand(a) − Σ expand(s)`` modulo the word size, in place.
+
+    The vector is processed in cache-sized blocks: for each block every seed's keystream
+    continues where the previous block stopped, so each block of ``acc`` stays in cache
+    while all masks are added to it, and no mask-sized array is ever allocated.
+    """
+    streams = []
+    for seed, negative in [(a, False) for a in add] + [(s, True) for s in subtract]:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        streams.append((Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor(), negative))
+    if not streams:
+        return
+    words = BLOCK_BYTES // acc.itemsize
+    zeros = memoryview(bytes(BLOCK_BYTES))
+    buf = bytearray(BLOCK_BYTES + 15)
+    for start in range(0, acc.size, words):
+        block = acc[start : start + words]
+        for enc, negative in streams:
+            enc.update_into(zeros[: block.nbytes], buf)
+            mask = np.frombuffer(buf, dtype=acc.dtype, count=block.size)
+            if negative:
+                block -= mask
+            else:
+                block += mask
 
 
 def add_mask(acc: npt.NDArray[Any], seed: bytes, *, subtract: bool = False) -> None:
-    """``acc += expand(seed)`` (or ``-=``) modulo the word size, in place.
-
-    The keystream is written into a reused buffer, so no mask-sized array is allocated.
-    """
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
-    size = acc.nbytes
-    if size not in _SCRATCH:
-        if len(_SCRATCH) > 4:
-            _SCRATCH.clear()
-        _SCRATCH[size] = (bytes(size), bytearray(size + 15))
-    zeros, buf = _SCRATCH[size]
-    enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    enc.update_into(zeros, buf)
-    mask = np.frombuffer(buf, dtype=acc.dtype, count=acc.size)
-    if subtract:
-        acc -= mask
-    else:
-        acc += mask
+    """``acc += expand(seed)`` (or ``-=``) modulo the word size, in place."""
+    add_masks(acc, subtract=[seed]) if subtract else add_masks(acc, add=[seed])
 
 
 def commit(secret: bytes, label: bytes) -> bytes:

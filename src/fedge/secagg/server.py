@@ -204,11 +204,11 @@ def unmask(setup: RoundSetup, roster: KeyRoster, shared: Shared, summed: MaskedS
     keys = _reconstruct(setup, key_pieces, lambda o, s: crypto.public_of(s) == roster.keys[o][1],
                         "mask key")
     total = summed.total.copy()
-    for u in sorted(alive):
-        crypto.add_mask(total, seeds[u], subtract=True)
+    plus: list[bytes] = []
+    minus = [seeds[u] for u in sorted(alive)]
     for u in sorted(dropped):
         for v in graph[u]:
             if v in alive and u in shared.inboxes[v].ciphertexts:
-                crypto.add_mask(total, pairwise_seed(keys[u], roster.keys[v][1], setup.round_num),
-                                subtract=u > v)
+                (minus if u > v else plus).append(pairwise_seed(keys[u], roster.keys[v][1], setup.round_num))
+    crypto.add_masks(total, add=plus, subtract=minus)
     return total
