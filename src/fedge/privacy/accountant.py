@@ -14,11 +14,12 @@ client updates:
   accountant does not support this event, so fixed-size sampling needs ``rdp``.
 
 The accountant keeps the run's exact sequence of ``(noise multiplier, sampling, rounds)``
-and replays it into a fresh dp-accounting accountant whenever ε is asked for.
+and composes every round into one dp-accounting accountant, which answers ε(δ).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -97,6 +98,7 @@ class Accountant:
     cohort: int
     steps: list[tuple[float, int]] = field(default_factory=list)
     """Run-length list of ``(noise multiplier, rounds)``."""
+    _live: dp_accounting.PrivacyAccountant | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fresh_accountant(self.kind, self.sampling)
@@ -114,23 +116,26 @@ class Accountant:
 
     def step(self, noise_multiplier: float, rounds: int = 1) -> None:
         """Record ``rounds`` more rounds with this noise multiplier."""
-        round_event(noise_multiplier, sampling=self.sampling, population=self.population,
-                    cohort=self.cohort)
+        event = round_event(noise_multiplier, sampling=self.sampling, population=self.population,
+                            cohort=self.cohort)
         if self.steps and self.steps[-1][0] == noise_multiplier:
             self.steps[-1] = (noise_multiplier, self.steps[-1][1] + rounds)
         else:
             self.steps.append((noise_multiplier, rounds))
+        if self._live is None:
+            self._live = fresh_accountant(self.kind, self.sampling)
+        self._live.compose(event, rounds)
 
     def epsilon(self, delta: float, *, extra: tuple[float, int] | None = None) -> float:
         """ε at ``delta`` after the recorded rounds (and ``extra`` hypothetical ones)."""
         check_epsilon_delta(None, delta)
-        steps = [*self.steps, *([extra] if extra else [])]
-        if not steps:
+        acc = self._live
+        if extra is not None:
+            acc = copy.deepcopy(acc) if acc is not None else fresh_accountant(self.kind, self.sampling)
+            acc.compose(round_event(extra[0], sampling=self.sampling, population=self.population,
+                                    cohort=self.cohort), extra[1])
+        if acc is None:
             return 0.0
-        acc = fresh_accountant(self.kind, self.sampling)
-        for z, n in steps:
-            acc.compose(round_event(z, sampling=self.sampling, population=self.population,
-                                    cohort=self.cohort), n)
         with _quiet():
             return float(acc.get_epsilon(delta))
 

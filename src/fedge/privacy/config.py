@@ -106,6 +106,14 @@ def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
         raise ConfigError(f"privacy.noise_multiplier must be > 0 with privacy.mode = 'central', got "
                           f"{p.noise_multiplier} (plan one with `fedge privacy plan`)")
     check_central(exp, REGISTRY.get(exp.strategy.name))
+    secagg = exp.extensions.get("secagg")
+    if secagg is not None and getattr(secagg, "enabled", False):
+        if p.clip_at == "server":
+            raise ConfigError("privacy.clip_at = 'server' cannot see masked updates under [secagg]; "
+                              "set privacy.clip_at = 'client'")
+        if p.adaptive_clip:
+            raise ConfigError("privacy.adaptive_clip sends each client's clipping bit in the clear, "
+                              "which [secagg] would not protect; turn one of them off")
     population = exp.data.num_clients
     m = cohort_size(exp, population)
     accountant = Accountant(p.accountant, p.sampling, population, m)  # type: ignore[arg-type]
