@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from fedge.core.params import ParamSpec
 from fedge.core.types import ClientUpdate
+from fedge.pipeline import Pipeline, RoundContext
 from fedge.secagg import fixedpoint
 from fedge.secagg.graph import choose_parameters
 from fedge.secagg.messages import RoundSetup
 from fedge.secagg.orchestrator import run_protocol
 from fedge.strategies import FedAvg
 from fedge.strategies.aggregate import Accumulator
+from fedge.transport.base import Reducer, Validator
 
 CLIP = 1.0
 WEIGHT_CAP = 1000.0
@@ -108,7 +111,12 @@ def secure_round(n: int, d: int, rate: float, stage: str, classic: bool) -> dict
 
 
 def plain_round(n: int, d: int, rate: float, stage: str) -> dict[str, float]:
+    """The same round without secure aggregation: fedge's own per-update path (pipeline
+    undo, validation, FedAvg contribution) into the float64 Accumulator."""
     strategy, acc = FedAvg(), Accumulator()
+    spec = ParamSpec(((d,),))
+    rctx = RoundContext(round_num=1, rng=np.random.default_rng(0), spec=spec, num_sampled=n)
+    reducer = Reducer(strategy, Pipeline(), rctx, Validator(spec))
     gone = dropped(tuple(range(n)), rate) if stage != "unmask" else set()
     clients, server, server_cpu = [], 0.0, 0.0
     for cid in range(n):
@@ -120,7 +128,7 @@ def plain_round(n: int, d: int, rate: float, stage: str) -> dict[str, float]:
         clients.append(time.perf_counter() - t0)
         t0, c0 = time.perf_counter(), time.process_time()
         upd = ClientUpdate(cid, [np.frombuffer(wire, dtype=np.float32)], w)
-        acc.add(strategy.contribution(upd))
+        acc.add(reducer(upd))
         server += time.perf_counter() - t0
         server_cpu += time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
