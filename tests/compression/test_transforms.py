@@ -137,3 +137,20 @@ def test_bad_k_in_a_config_is_one_line() -> None:
         build(_exp("topk", "sequential", k=2.0))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"compression\.codec: 'zip' is not one of none, float32"):
         _exp("zip", "sequential")
+
+
+def test_zlib_entropy_coding_is_lossless_and_counted() -> None:
+    rng = np.random.default_rng(4)
+    upd = ClientUpdate(client_id=1, delta=[rng.laplace(0, 0.01, (64, 64)).astype(np.float32)],
+                       num_examples=3)
+    plain, coded = Compress(make_codec("int8", stochastic=False)), Compress(
+        make_codec("int8", stochastic=False), entropy="zlib")
+    a = plain.client(ClientUpdate(1, [upd.delta[0].copy()], 3), ClientContext(1, 1, np.random.default_rng(0)))
+    b = coded.client(upd, ClientContext(1, 1, np.random.default_rng(0)))
+    assert b.uplink_bytes == len(b.payload[PAYLOAD_KEY]) < a.uplink_bytes
+    np.testing.assert_array_equal(coded.server(b, _rctx()).delta[0], plain.server(a, _rctx()).delta[0])
+    b.payload[PAYLOAD_KEY] = b"not zlib"
+    with pytest.raises(ValidationError, match="not valid zlib"):
+        coded.server(b, _rctx())
+    with pytest.raises(ConfigError, match=r"compression\.entropy"):
+        Compress(make_codec("int8"), entropy="brotli")
