@@ -19,7 +19,7 @@ class LlmConfig:
     rank: int = opt(8, "LoRA rank r", min=1)
     alpha: float = opt(16.0, "LoRA scaling alpha (the update is alpha / r * B @ A)", min=0, exclusive_min=True)
     dropout: float = opt(0.0, "dropout on the LoRA branch", min=0, max=0.99)
-    target_modules: list[str] = opt([], "layer names to adapt, e.g. ['c_attn'] ([] = every projection in the blocks)")
+    target_modules: list[str] = opt([], "layer names to adapt, e.g. ['c_attn'] ([] = every projection in the blocks)")  # noqa: RUF009
     data: str = opt("", "folder with one .txt or .jsonl file per client ('' = synthetic corpus)")
     text_field: str = opt("text", "with .jsonl files: the field holding each document")
     num_clients: int = opt(8, "with data = '': synthetic writers (clients)", min=1)

@@ -53,8 +53,8 @@ class LoraSpec:
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2,
@@ -76,9 +76,10 @@ def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
         raise ModelError(f"tiny model: n_embd {n_embd} is not divisible by n_head {n_head}")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([], vocab_size=TINY_VOCAB, special_tokens=[EOS], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS,
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS,
                                   unk_token=EOS, pad_token=EOS)
-    eos = tok.convert_tokens_to_ids(EOS)
+    eos = int(tok.convert_tokens_to_ids(EOS))  # type: ignore[arg-type]
     cfg = GPT2Config(vocab_size=TINY_VOCAB, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                      n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -182,7 +183,8 @@ def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = Fa
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+    cfg = LoraConfig(r=spec.rank, lora_dropout=spec.dropout,
+                     lora_alpha=spec.alpha,  # type: ignore[arg-type]
                      target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
                      task_type="CAUSAL_LM")
     with warnings.catch_warnings():
