@@ -99,7 +99,7 @@ def strategies_cmd() -> None:
 
     load_plugins()
     for name, cls in sorted(REGISTRY.items()):
-        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        doc = ((cls.__module__ and sys.modules[cls.__module__].__doc__) or "").strip().splitlines()
         click.echo(f"{name:14s} {doc[0] if doc else ''}")
 
 

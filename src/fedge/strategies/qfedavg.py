@@ -15,10 +15,9 @@ from typing import ClassVar
 import numpy as np
 
 from fedge.core.errors import ConfigError, ValidationError
-from fedge.core.params import l2_norm
-from fedge.core.params import Params
+from fedge.core.params import Params, l2_norm
 from fedge.core.types import ClientContext, ClientUpdate, FitInstructions, Metrics, TrainConfig
-from fedge.strategies.aggregate import Terms, as_f64, scalar
+from fedge.strategies.aggregate import Terms, scalar
 from fedge.strategies.base import Strategy, StrategyState
 
 INITIAL_LOSS = "initial_loss"

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from fedge.core.params import Params, ParamSpec, all_finite, l2_norm
 from fedge.core.errors import ValidationError
+from fedge.core.params import Params, ParamSpec, all_finite, l2_norm
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, Metrics
 from fedge.pipeline import Pipeline, RoundContext
 from fedge.strategies.aggregate import Terms
