@@ -9,6 +9,9 @@ federation of 100,000 clients is two arrays and two offset vectors, not 100,000 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from fedge.core.errors import DataError
@@ -18,11 +21,37 @@ DIM = 60
 CLASSES = 10
 
 
+BLOCK = 1 << 16
+"""Rows drawn per generator: blocks are filled in parallel threads, the result does not
+depend on how many threads there are."""
+
+
 def _draw(w: np.ndarray, b: np.ndarray, sd: np.ndarray, n: int,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    x = (rng.standard_normal((n, DIM), dtype=np.float32) * sd).astype(np.float32)
-    y = np.argmax(x @ w + b, axis=1).astype(np.int64)
+          seed: np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+    x = np.empty((n, DIM), dtype=np.float32)
+    y = np.empty(n, dtype=np.int64)
+    starts = range(0, n, BLOCK)
+    seeds = seed.spawn(len(starts))
+
+    def fill(i: int) -> None:
+        rows = slice(starts[i], min(starts[i] + BLOCK, n))
+        xb = x[rows]
+        np.random.default_rng(seeds[i]).standard_normal(out=xb, dtype=np.float32)
+        xb *= sd
+        y[rows] = np.argmax(xb @ w + b, axis=1)
+
+    with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1) or 1) as pool:
+        list(pool.map(fill, range(len(starts))))
     return x, y
+
+
+def w2_model(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shared generator of :func:`w2`: ``W`` (60×10), ``b`` (10) and the feature std ``Σ_jj^½``."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x3302]).spawn(3)[0])
+    w = rng.standard_normal((DIM, CLASSES)).astype(np.float32)
+    b = rng.standard_normal(CLASSES).astype(np.float32)
+    sd = np.power(np.arange(1, DIM + 1, dtype=np.float64), -1.2 / 2).astype(np.float32)
+    return w, b, sd
 
 
 def w2(num_clients: int, *, samples_per_client: int = 20, test_size: int = 5000,
@@ -33,12 +62,10 @@ def w2(num_clients: int, *, samples_per_client: int = 20, test_size: int = 5000,
             f"w2 needs num_clients >= 1 and samples_per_client >= 1 (got {num_clients}, "
             f"{samples_per_client}) and test_size >= 0 (got {test_size})"
         )
-    rng = np.random.default_rng([seed, 0x3302])
-    w = rng.standard_normal((DIM, CLASSES)).astype(np.float32)
-    b = rng.standard_normal(CLASSES).astype(np.float32)
-    sd = np.power(np.arange(1, DIM + 1, dtype=np.float64), -1.2 / 2).astype(np.float32)
-    x, y = _draw(w, b, sd, num_clients * samples_per_client, rng)
-    x_test, y_test = _draw(w, b, sd, test_size, rng)
+    train_seed, test_seed = np.random.SeedSequence([seed, 0x3302]).spawn(3)[1:]
+    w, b, sd = w2_model(seed)
+    x, y = _draw(w, b, sd, num_clients * samples_per_client, train_seed)
+    x_test, y_test = _draw(w, b, sd, test_size, test_seed)
     total = num_clients * samples_per_client
     train = Ragged(values=np.arange(total, dtype=np.int64),
                    offsets=np.arange(0, total + 1, samples_per_client, dtype=np.int64))
