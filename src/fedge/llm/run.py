@@ -114,8 +114,11 @@ def perplexities(setup: LoraSetup, params: Params) -> dict[str, Any]:
 def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_round: int,
              train: TrainConfig, seed: int = 0, transforms: Sequence[Transform] = (),
              callbacks: Sequence[Callback] = (), backend: str = "sequential",
-             eval_every: int = 1, federated_eval: bool = False) -> RunResult:
+             eval_every: int = 1, federated_eval: bool = False, initial: Params | None = None,
+             ) -> RunResult:
     """Run the rounds with the in-process transport; only the adapter travels.
+
+    ``initial`` is the starting adapter (default: the one now loaded in the model).
 
     The central evaluation is the held-out next-token loss over all clients' test text
     (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy).
@@ -132,8 +135,9 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
         nll, acc, _ = token_nll(setup.adapter.model, held_out)
         return nll, acc
 
+    start = initial if initial is not None else setup.adapter.get()
     try:
-        return run(strategy=strategy, transport=transport, initial_params=setup.adapter.get(),
+        return run(strategy=strategy, transport=transport, initial_params=start,
                    rounds=rounds, sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
                    train=train, pipeline=pipeline, evaluator=evaluator,
                    eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
