@@ -53,12 +53,12 @@ def test_fedavg_collapses_under_sign_flip_and_scaling_and_defences_recover() -> 
         assert result.history.rounds[-1].extra["attack"] == attack
         assert result.history.rounds[-1].extra["defence"] == "fedavg"
     defences: list[tuple[str, str, dict[str, Any]]] = [
-        ("median", "sign-flip", {}), ("krum", "scaling", {}),
+        ("median", "sign-flip", {}), ("multi-krum", "scaling", {}),
         ("trimmed-mean", "sign-flip", {"trim_fraction": 0.4}),
     ]
     for strategy, attack, robust in defences:
         acc, result = _accuracy(strategy, attack, **robust)
-        assert acc > clean - 0.05, (strategy, attack, acc, clean)
+        assert acc > clean - 0.03, (strategy, attack, acc, clean)
         assert result.history.rounds[-1].extra["defence"] == strategy
 
 

@@ -124,7 +124,8 @@ class Accountant:
             self.steps.append((noise_multiplier, rounds))
         if self._live is None:
             self._live = fresh_accountant(self.kind, self.sampling)
-        self._live.compose(event, rounds)
+        with _quiet():
+            self._live.compose(event, rounds)
 
     def epsilon(self, delta: float, *, extra: tuple[float, int] | None = None) -> float:
         """ε at ``delta`` after the recorded rounds (and ``extra`` hypothetical ones)."""
@@ -132,8 +133,9 @@ class Accountant:
         acc = self._live
         if extra is not None:
             acc = copy.deepcopy(acc) if acc is not None else fresh_accountant(self.kind, self.sampling)
-            acc.compose(round_event(extra[0], sampling=self.sampling, population=self.population,
-                                    cohort=self.cohort), extra[1])
+            with _quiet():
+                acc.compose(round_event(extra[0], sampling=self.sampling, population=self.population,
+                                        cohort=self.cohort), extra[1])
         if acc is None:
             return 0.0
         with _quiet():

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @dataclass
 class RobustConfig:
     byzantine: int = opt(-1, "krum, multi-krum, bulyan: Byzantine updates f tolerated per round "
-                             "(-1 = a fifth of the updates; bulyan: the most its n allows)", min=-1)
+                             "(-1 = the most the round's n allows: (n-3)//2, bulyan (n-3)//4)", min=-1)
     trim_fraction: float = opt(0.1, "trimmed-mean: share of values dropped at each end, in [0, 0.5)",
                                min=0)
     multi_krum_m: int = opt(0, "multi-krum: updates averaged (0 = n - f)", min=0)

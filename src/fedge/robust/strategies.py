@@ -42,7 +42,7 @@ class RobustStrategy(Strategy):
                  clip_iters: int = 1) -> None:
         super().__init__(server_lr=server_lr, weighting="uniform")
         if byzantine < -1:
-            raise ConfigError(f"robust.byzantine must be >= 0 (or -1 for a fifth of the updates), got {byzantine}")
+            raise ConfigError(f"robust.byzantine must be >= 0 (or -1 for the most n allows), got {byzantine}")
         if not 0 <= trim_fraction < 0.5:
             raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {trim_fraction}")
         if multi_krum_m < 0:
@@ -61,8 +61,8 @@ class RobustStrategy(Strategy):
         self.clip_iters = int(clip_iters)
 
     def f_for(self, n: int) -> int:
-        """The number of Byzantine updates tolerated among ``n``."""
-        return self.byzantine if self.byzantine >= 0 else n // 5
+        """The number of Byzantine updates tolerated among ``n`` (auto: the most the rule allows)."""
+        return self.byzantine if self.byzantine >= 0 else max(0, (n - 3) // 2)
 
     def rule(self, x: F64, state: StrategyState) -> tuple[F64, Metrics]:
         raise NotImplementedError
