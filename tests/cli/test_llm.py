@@ -61,6 +61,12 @@ def test_finetune_needs_the_llm_section_enabled(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "enabled = true" in res.output
 
 
+def test_plain_run_refuses_an_llm_experiment(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["run", str(write(tmp_path)), "-q", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "fedge finetune" in res.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.integration
 def test_finetune_then_generate(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
