@@ -10,6 +10,7 @@ strategies that need every update, the list of updates) plus the clients' new st
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ class Outcome:
     result: PartialSum | None
     updates: list[ClientUpdate | ClientFailure] = field(default_factory=list)
     states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    """CPU seconds the worker spent on this share (how evenly the cohort was split)."""
 
 
 def client_metrics(update: ClientUpdate) -> Metrics:
@@ -121,16 +124,18 @@ def fit_one(runtime: ClientRuntime, cid: int, params: Params, ins: FitInstructio
 
 def run_task(runtime: ClientRuntime, task: Task) -> Outcome:
     """Train a worker's share sequentially and reduce it where it ran."""
+    cpu0 = time.process_time()
     runtime.strategy = task.strategy
     runtime.pipeline = task.pipeline
     items = (fit_one(runtime, cid, task.params, task.ins, task.states.setdefault(cid, {}))
              for cid in task.client_ids)
     if task.reducer is None:
-        return Outcome(None, list(items), task.states)
+        updates = list(items)
+        return Outcome(None, updates, task.states, time.process_time() - cpu0)
     part = PartialReducer(task.reducer)
     for item in items:
         part.add(item)
-    return Outcome(part.result(), [], task.states)
+    return Outcome(part.result(), [], task.states, time.process_time() - cpu0)
 
 
 def lost(client_ids: Sequence[int], reason: str) -> list[FitResult]:

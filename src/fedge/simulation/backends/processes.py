@@ -108,6 +108,8 @@ class ProcessesBackend:
         if "fork" not in mp.get_all_start_methods():
             raise ConfigError("training.backend = 'processes' needs fork(); use 'vectorized' or 'ray'")
         self._ctx = mp.get_context("fork")
+        self.worker_cpu_s: list[list[float]] = []
+        """Per round, the CPU seconds of each worker's share (for benchmarks and tuning)."""
 
     def configure(self, engine: Any) -> None:
         """Take options from the ``[engine]`` config section."""
@@ -139,6 +141,7 @@ class ProcessesBackend:
         self._ensure(runtime)
         shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], self.size)
         pending: dict[int, tuple[_Worker, list[int]]] = {}
+        self.worker_cpu_s.append([])
         for worker, share in zip(self._pool, shares, strict=False):
             task = Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
                         reducer, runtime.strategy, runtime.pipeline)
@@ -174,6 +177,7 @@ class ProcessesBackend:
                     del pending[key]
                     if status == "ok":
                         assert isinstance(payload, Outcome)
+                        self.worker_cpu_s[-1].append(payload.cpu_s)
                         yield from emit(payload, states)
                     else:
                         yield from lost(share, f"worker error: {payload}")
