@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     import fedge.robust  # noqa: F401  (registers the strategies and sections)
 
-    rounds = args.rounds or (5 if args.quick else 40)
+    rounds = args.rounds or (5 if args.quick else 60)
     attacks = ["none", "sign-flip", "scaling"] if args.quick else ATTACKS
     defences = ["fedavg", "median", "krum", "centered-clip"] if args.quick else DEFENCES
     t0 = time.perf_counter()
