@@ -34,8 +34,11 @@ def test_counts_by_hand_for_a_tiny_gpt2(tiny_base: Path) -> None:
 def test_device_cost_model_charges_adapter_bytes_and_lora_flops(tiny_base: Path) -> None:
     model, _ = load_base(tiny_base)
     cost = count_lora(Adapter(attach_lora(model, LoraSpec(rank=4))), 32)
-    mc = cost.model_cost()
+    mc = cost.model_cost(8)
     assert mc.param_bytes == cost.adapter_bytes
+    need = cost.memory_bytes(8)
+    assert need <= mc.memory_bytes(8, momentum=False) < need + 4 * 8
+    assert need > cost.base_bytes
     assert mc.train_flops(5) == pytest.approx(cost.train_flops(5), rel=1e-6)
     profile = next(iter(builtin_catalog().values()))
     c = client_cost(profile, 1.0, mc, samples=5, steps=1, down_bytes=cost.adapter_bytes,

@@ -35,7 +35,7 @@ def test_missing_base_is_one_clear_line(tmp_path: Path) -> None:
         load_base(tmp_path / "no-such-model")
     assert "\n" not in str(err.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         load_base(tmp_path / "empty")
     with pytest.raises(ModelError, match="neither a local folder nor in the local Hugging Face cache"):
         load_base("fedge-test/not-a-cached-model")

@@ -15,8 +15,8 @@ from fedge.llm.config import LlmConfig
 from fedge.llm.run import LoraSetup, federate, generate, perplexities, prepare, run_experiment
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.pipeline import Pipeline
-from fedge.simulation.loop import Callback
 from fedge.simulation.history import RoundRecord
+from fedge.simulation.loop import Callback
 from fedge.strategies.base import StrategyState
 
 
@@ -73,6 +73,7 @@ def test_block_longer_than_the_context_is_refused(tiny_base: Path, tmp_path: Pat
 
 @pytest.mark.integration
 def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
+    import fedge.devices
     import fedge.llm  # noqa: F401
 
     data = tmp_path / "texts"
@@ -82,9 +83,12 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
     exp = from_dict({"rounds": 2, "strategy": {"name": "flexlora"},
                      "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
                      "llm": {"enabled": True, "data": str(data), "block_size": 16, "rank": 2,
-                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True}})
+                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True},
+                     "devices": {"enabled": True, "fleet": {"pi4": 1.0}}})
     result, out, summary = run_experiment(exp, output=str(tmp_path / "run"))
     assert len(result.history) == 2
+    for rec in result.history:
+        assert rec.extra["sim_time_s"] > 0 and rec.extra["ineligible"] == 0 and rec.participants == 2
     assert {"adapter", "base", "config.toml", "metrics.jsonl", "summary.json", "fedge_llm.json"} <= {
         p.name for p in out.iterdir()}
     written = json.loads((out / "summary.json").read_text())

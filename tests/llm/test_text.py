@@ -45,7 +45,7 @@ def test_bad_files_name_the_problem(tmp_path: Path) -> None:
         read_documents(bad)
     with pytest.raises(DataError, match="no such text file"):
         read_documents(tmp_path / "missing.txt")
-    with pytest.raises(DataError, match="no .txt or .jsonl"):
+    with pytest.raises(DataError, match=r"no \.txt or \.jsonl"):
         client_files(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
 
 

@@ -11,7 +11,7 @@ the ``3 x`` of full training (Hu et al., LoRA, ICLR 2022, Sec. 4.2).
 Memory on the device is the frozen base once (in its own dtype), the adapter with its
 gradient and optimiser moments, and the activations kept for the batch.
 :meth:`LoraCost.model_cost` gives the :class:`fedge.devices.cost.ModelCost` that the
-device simulation's :func:`~fedge.devices.cost.client_cost` takes; it counts only the
+device simulation (:class:`~fedge.devices.DevicePolicy`) takes; it counts only the
 adapter as parameters, which is what travels.
 """
 
@@ -56,14 +56,20 @@ class LoraCost:
         return (self.base_bytes + OPTIMISER_COPIES[optimizer] * self.adapter_bytes
                 + batch_size * acts * FLOAT_BYTES)
 
-    def model_cost(self) -> ModelCost:
-        """For :func:`fedge.devices.cost.client_cost`: only the adapter counts as parameters.
+    def model_cost(self, batch_size: int = 8, *, optimizer: str = "adamw") -> ModelCost:
+        """For fedge's device simulation: only the adapter counts as parameters (it travels).
 
-        That model charges ``3 x forward`` per sample (full training), so the forward
-        FLOPs are scaled by ``train_flops / 3`` to charge a LoRA step correctly.
+        That cost model charges ``3 x forward`` FLOPs per sample (full training), so the
+        forward FLOPs are scaled to charge a LoRA step; and its memory is ``copies x
+        params + batch x activations``, so the frozen base and the optimiser's extra
+        moments are folded into the per-sample activation term, making its
+        ``memory_bytes(batch_size, momentum=False)`` at least :meth:`memory_bytes`
+        (within ``4 x batch_size`` bytes).
         """
+        extra = self.memory_bytes(batch_size, optimizer=optimizer) - 2 * self.adapter_bytes
+        per_sample = -(-extra // (batch_size * FLOAT_BYTES))
         return ModelCost(forward_flops=round(self.train_flops(1) / 3), num_params=self.adapter_params,
-                         activations=self.activations)
+                         activations=int(per_sample))
 
 
 def count_lora(adapter: Adapter, block_size: int) -> LoraCost:

@@ -31,7 +31,7 @@ from fedge.llm.corpus import client_documents
 from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, load_base
 from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
 from fedge.pipeline import Pipeline, Transform
-from fedge.simulation.loop import Callback, EvalPlan, RunResult, run
+from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.transport.inprocess import BACKENDS, InProcessTransport
@@ -115,7 +115,7 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
              train: TrainConfig, seed: int = 0, transforms: Sequence[Transform] = (),
              callbacks: Sequence[Callback] = (), backend: str = "sequential",
              eval_every: int = 1, federated_eval: bool = False, initial: Params | None = None,
-             ) -> RunResult:
+             policy: RoundPolicy | None = None) -> RunResult:
     """Run the rounds with the in-process transport; only the adapter travels.
 
     ``initial`` is the starting adapter (default: the one now loaded in the model).
@@ -141,9 +141,35 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
                    rounds=rounds, sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
                    train=train, pipeline=pipeline, evaluator=evaluator,
                    eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
-                   seed=seed, callbacks=callbacks)
+                   seed=seed, callbacks=callbacks, policy=policy)
     finally:
         transport.close()
+
+
+def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: int) -> RoundPolicy | None:
+    """The device simulation of an experiment's ``[devices]`` section, costed for LoRA (None when off).
+
+    Devices are charged the LoRA step's FLOPs, the adapter's bytes each way, and the
+    frozen base plus adapter and optimiser state in memory (:mod:`fedge.llm.cost`).
+    """
+    from fedge.config.schema import SECTIONS
+
+    if "devices" not in SECTIONS or not exp.section("devices").enabled:
+        return None
+    from fedge.devices import DevicePolicy, Oort, assign_fleet, catalog, make_availability, parse_mix
+    from fedge.llm.cost import count_lora
+
+    cfg = exp.section("devices")
+    mix = parse_mix(cfg.fleet, catalog(cfg.profiles or None))
+    fleet = assign_fleet(mix, setup.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)
+    optimizer = "sgd-momentum" if setup.optimizer == "sgd" and train.momentum > 0 else setup.optimizer
+    model = count_lora(setup.adapter, block_size).model_cost(train.batch_size, optimizer=optimizer)
+    oort = Oort(preferred_s=cfg.oort_preferred_s, alpha=cfg.oort_alpha) if cfg.selection == "oort" else None
+    return DevicePolicy(
+        fleet=fleet, model=model, sizes=np.asarray([len(d.train) for d in setup.data]), train=train,
+        policy=cfg.policy, deadline_s=cfg.deadline_s, overcommit=cfg.overcommit, selection=cfg.selection,
+        availability=make_availability(cfg, exp.seed), dropout=cfg.dropout,
+        straggler_fraction=cfg.straggler_fraction, precision=cfg.precision, oort=oort, seed=exp.seed)
 
 
 def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | None = None,
@@ -163,12 +189,13 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
         initial = setup.adapter.get()
         before = perplexities(setup, initial)
         t = exp.training
+        train = TrainConfig(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                            momentum=t.momentum, weight_decay=t.weight_decay)
         result = federate(setup, make_strategy(exp), rounds=exp.rounds,
-                          clients_per_round=t.clients_per_round or setup.num_clients,
-                          train=TrainConfig(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                                            momentum=t.momentum, weight_decay=t.weight_decay),
+                          clients_per_round=t.clients_per_round or setup.num_clients, train=train,
                           seed=exp.seed, callbacks=callbacks, backend=t.backend,
-                          eval_every=exp.evaluation.every)
+                          eval_every=exp.evaluation.every,
+                          policy=device_policy(exp, setup, train, cfg.block_size))
         after = perplexities(setup, result.state.params)
         summary = {
             "rounds": len(result.history), "base_model": cfg.base_model or "tiny random GPT-2",
