@@ -124,6 +124,9 @@ def test_topk_runs_keep_residuals_on_clients_and_match_across_backends() -> None
         assert with_residual, backend
         results[backend] = result
     seq, proc = results["sequential"], results["processes"]
+    for rec in seq.history:
+        assert sum(rec.extra["uplink_bytes_per_client"].values()) == rec.uplink_bytes
+        assert sum(rec.extra["downlink_bytes_per_client"].values()) == rec.downlink_bytes
     assert [r.uplink_bytes for r in seq.history] == [r.uplink_bytes for r in proc.history]
     np.testing.assert_allclose(seq.state.params[0], proc.state.params[0], atol=1e-5)
     plain = execute(build(_exp("none", "sequential")))  # type: ignore[arg-type]
