@@ -9,7 +9,8 @@ for the whole run (``fedge.privacy.plan_noise``) and the run is built and execut
 
 Prints one line per ε, then one JSON line with ``accuracy[eps]``, ``noise_multiplier[eps]``,
 ``reported_epsilon[eps]`` (what the run's history says after its last round) and
-``wall_ratio[eps]`` (that run's time over the non-private run's, measured in this run).
+``wall_ratio[eps]`` (that run's time over the non-private run's, measured in this run
+after an untimed two-round warm-up).
 
     python benchmarks/privacy.py            # full
     python benchmarks/privacy.py --quick    # smoke run
@@ -84,6 +85,9 @@ def main() -> None:
 
     data = dataset(args.clients, args.seed)
     t0 = time.perf_counter()
+    warm = config(args, None)
+    warm["rounds"] = 2
+    execute(build(from_dict(warm), dataset=data))
     results: dict[str, dict[str, Any]] = {}
     for eps in ("inf", 8.0, 3.0, 1.0):
         z = None if eps == "inf" else plan_noise(epsilon=float(eps), delta=DELTA, rounds=args.rounds,
