@@ -100,22 +100,17 @@ def share_keys(secrets: ClientSecrets, roster: KeyRoster) -> ShareKeys:
     xs = [setup.point(v) for v in live]
     key_shares = shamir.split_secret(secrets.mask_sk, xs, setup.t)
     seed_shares = shamir.split_secret(secrets.self_seed, xs, setup.t)
-    enc_key_info = info(SHARE_INFO, setup.round_num)
+    keys = crypto.agree_many(secrets.enc_sk, [roster.keys[v][0] for v in live], info(SHARE_INFO, setup.round_num))
     out: dict[int, bytes] = {}
-    for j, v in enumerate(live):
-        key = crypto.agree(secrets.enc_sk, roster.keys[v][0], enc_key_info)
+    for j, (v, key) in enumerate(zip(live, keys, strict=True)):
         out[v] = crypto.seal(key, _plaintext(setup, me, v, key_shares[j], seed_shares[j]),
                              _associated(setup, me, v))
     return ShareKeys(me, setup.round_num, crypto.commit(secrets.self_seed, SEED_LABEL), out)
 
 
-def _open_share(secrets: ClientSecrets, sender: int, sealed: bytes) -> tuple[
+def _open_share(secrets: ClientSecrets, sender: int, sealed: bytes, key: bytes) -> tuple[
         npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     setup, me = secrets.setup, secrets.client_id
-    assert secrets.roster is not None
-    if sender not in secrets.roster.keys or sender not in setup.graph()[me]:
-        raise ProtocolError(f"client {me} got a share from {sender}, which is not its live neighbour")
-    key = crypto.agree(secrets.enc_sk, secrets.roster.keys[sender][0], info(SHARE_INFO, setup.round_num))
     try:
         plain = crypto.open_sealed(key, sealed, _associated(setup, sender, me))
     except crypto.DecryptionError as exc:
@@ -125,10 +120,6 @@ def _open_share(secrets: ClientSecrets, sender: int, sealed: bytes) -> tuple[
         raise ProtocolError(f"share from client {sender} to client {me} has a wrong header or length")
     body = np.frombuffer(plain[_HEADER.size:], dtype=">u4").astype(np.uint64)
     return body[:CHUNKS], body[CHUNKS:]
-
-
-def pairwise_seed(mask_sk: bytes, peer_mask_pk: bytes, round_num: int) -> bytes:
-    return crypto.agree(mask_sk, peer_mask_pk, info(MASK_INFO, round_num))
 
 
 def masked_input(secrets: ClientSecrets, inbox: ShareInbox, words: npt.NDArray[Any]) -> MaskedInput:
@@ -143,12 +134,19 @@ def masked_input(secrets: ClientSecrets, inbox: ShareInbox, words: npt.NDArray[A
     if words.ndim != 1 or words.size != setup.length or dtype.itemsize * 8 != setup.bits or dtype.kind != "u":
         raise ProtocolError(
             f"client {me}'s input has {words.size} {dtype} values, expected {setup.length} uint{setup.bits}")
-    held = {sender: _open_share(secrets, sender, sealed) for sender, sealed in sorted(inbox.ciphertexts.items())}
+    roster = secrets.roster
+    senders = sorted(inbox.ciphertexts)
+    strangers = [u for u in senders if u not in roster.keys or u not in setup.graph()[me]]
+    if strangers:
+        raise ProtocolError(f"client {me} got a share from {strangers[0]}, which is not its live neighbour")
+    keys = crypto.agree_many(secrets.enc_sk, [roster.keys[u][0] for u in senders], info(SHARE_INFO, setup.round_num))
+    held = {u: _open_share(secrets, u, inbox.ciphertexts[u], key) for u, key in zip(senders, keys, strict=True)}
     if len(held) < setup.t:
         raise ProtocolError(f"client {me} received {len(held)} shares, below the threshold {setup.t}")
     secrets.held = held
     y = words.astype(dtype, copy=True)
-    seeds = {v: pairwise_seed(secrets.mask_sk, secrets.roster.keys[v][1], setup.round_num) for v in held}
+    seeds = dict(zip(held, crypto.agree_many(secrets.mask_sk, [roster.keys[v][1] for v in held],
+                                             info(MASK_INFO, setup.round_num)), strict=True))
     crypto.add_masks(y, add=[secrets.self_seed, *(s for v, s in seeds.items() if v > me)],
                      subtract=[s for v, s in seeds.items() if v < me])
     return MaskedInput(me, setup.round_num, y)

@@ -66,6 +66,13 @@ def agree(private_raw: bytes, peer_public_raw: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
 
+def agree_many(private_raw: bytes, peers_public_raw: Sequence[bytes], info: bytes) -> list[bytes]:
+    """:func:`agree` with one private key against several peers (the key is loaded once)."""
+    sk = X25519PrivateKey.from_private_bytes(private_raw)
+    return [HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(
+        sk.exchange(X25519PublicKey.from_public_bytes(pk))) for pk in peers_public_raw]
+
+
 def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """AES-256-GCM encryption: a random 96-bit nonce followed by ciphertext and tag."""
     nonce = os.urandom(NONCE_BYTES)

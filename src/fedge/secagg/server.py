@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from fedge.core.errors import AggregationError
 from fedge.secagg import crypto, shamir
-from fedge.secagg.client import CHUNKS, SEED_LABEL, pairwise_seed
+from fedge.secagg.client import CHUNKS, MASK_INFO, SEED_LABEL, info
 from fedge.secagg.messages import (
     AdvertiseKeys,
     KeyRoster,
@@ -207,8 +207,9 @@ def unmask(setup: RoundSetup, roster: KeyRoster, shared: Shared, summed: MaskedS
     plus: list[bytes] = []
     minus = [seeds[u] for u in sorted(alive)]
     for u in sorted(dropped):
-        for v in graph[u]:
-            if v in alive and u in shared.inboxes[v].ciphertexts:
-                (minus if u > v else plus).append(pairwise_seed(keys[u], roster.keys[v][1], setup.round_num))
+        peers = [v for v in graph[u] if v in alive and u in shared.inboxes[v].ciphertexts]
+        seeds_u = crypto.agree_many(keys[u], [roster.keys[v][1] for v in peers], info(MASK_INFO, setup.round_num))
+        for v, seed in zip(peers, seeds_u, strict=True):
+            (minus if u > v else plus).append(seed)
     crypto.add_masks(total, add=plus, subtract=minus)
     return total

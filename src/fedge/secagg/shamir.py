@@ -78,18 +78,25 @@ def split(values: npt.NDArray[np.integer], xs: Sequence[int], threshold: int) ->
 
 @lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """The coefficients ``l_j = prod_{m != j} x_m / (x_m - x_j)`` mod the prime."""
-    out = []
-    for j, xj in enumerate(xs):
-        num, den = 1, 1
-        for m, xm in enumerate(xs):
-            if m != j:
-                num = num * xm % PRIME
-                den = den * (xm - xj) % PRIME
-        if den == 0:
-            raise ShamirError("share points must be distinct")
-        out.append(num * pow(den, -1, PRIME) % PRIME)
-    return tuple(out)
+    """The coefficients ``l_j = prod_{m != j} x_m / (x_m - x_j)`` mod the prime.
+
+    The products run over whole columns of a ``t x t`` matrix at once, so a new set of
+    ``t`` holders costs ``t`` vector operations and ``t`` modular inverses.
+    """
+    x = np.asarray(xs, dtype=np.uint64)
+    if len(set(xs)) != len(xs):
+        raise ShamirError("share points must be distinct")
+    p = np.uint64(PRIME)
+    diff = (x[None, :] + p - x[:, None]) % p
+    np.fill_diagonal(diff, 1)
+    numer = np.broadcast_to(x, diff.shape).copy()
+    np.fill_diagonal(numer, 1)
+    num = np.ones(x.size, dtype=np.uint64)
+    den = np.ones(x.size, dtype=np.uint64)
+    for m in range(x.size):
+        num = num * numer[:, m] % p
+        den = den * diff[:, m] % p
+    return tuple(int(a) * pow(int(b), -1, PRIME) % PRIME for a, b in zip(num, den, strict=True))
 
 
 def combine(xs: Sequence[int], shares: npt.NDArray[np.integer]) -> U64:
