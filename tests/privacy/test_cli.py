@@ -16,14 +16,13 @@ def test_plan_prints_the_noise_multiplier_that_meets_the_target() -> None:
                                    "200", "--clients-per-round", "100", "--population", "10000"])
     assert out.exit_code == 0, out.output
     assert "noise multiplier z = 0.74" in out.output and "Poisson sampling" in out.output
-    res = CliRunner().invoke(cli, ["privacy", "plan", "--epsilon", "3", "--rounds", "200",
-                                   "--clients-per-round", "100", "--population", "10000",
-                                   "--sampling", "fixed", "--json"])
-    data = json.loads(res.output)
+    fixed = CliRunner().invoke(cli, ["privacy", "epsilon", "--noise-multiplier", "2", "--rounds", "5",
+                                     "--clients-per-round", "10", "--population", "1000",
+                                     "--sampling", "fixed", "--json"])
+    data = json.loads(fixed.output)
     assert data["sampling"] == "fixed" and "without replacement" in data["assumption"]
-    eps = epsilon_for(data["noise_multiplier"], delta=1e-5, rounds=200, cohort=100,
-                      population=10_000, sampling="fixed")
-    assert eps <= 3.0 and data["epsilon"] == pytest.approx(eps)
+    assert data["epsilon"] == pytest.approx(epsilon_for(2.0, delta=1e-5, rounds=5, cohort=10,
+                                                        population=1000, sampling="fixed"))
 
 
 def test_epsilon_command_matches_the_library() -> None:
