@@ -93,3 +93,22 @@ def test_poisson_sampling_selects_each_client_with_the_rate() -> None:
     assert len(set(sizes)) > 5
     with pytest.raises(ConfigError, match="rate"):
         PoissonSampling(0.0)
+
+
+def test_client_side_clipping_composes_with_secure_aggregation() -> None:
+    import fedge.secagg  # noqa: F401  (registers [secagg])
+    from fedge.experiment import execute
+
+    raw = {
+        "rounds": 2, "data": {"num_clients": 30, "partition": "iid"},
+        "model": {"name": "logreg", "framework": "numpy"},
+        "training": {"clients_per_round": 8, "local_epochs": 1, "lr": 0.1},
+        "strategy": {"name": "fedavg", "weighting": "uniform"}, "secagg": {"enabled": True},
+        "privacy": {"mode": "central", "clip_at": "client", "noise_multiplier": 1.0, "clip_norm": 0.5},
+    }
+    built = build(from_dict(raw))
+    names = [type(t).__name__ for t in built.pipeline.transforms]
+    assert names.index("CentralDP") < names.index("SecureAggregation")
+    result = execute(built)
+    assert [r.participants for r in result.history] == [8, 8]
+    assert all(r.extra["epsilon"] > 0 for r in result.history)

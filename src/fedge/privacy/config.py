@@ -198,8 +198,10 @@ def privacy_policy(exp: Experiment, built: Built) -> RoundPolicy | None:
 def _install() -> None:
     from fedge import experiment
 
+    # Clipping and noise come first on the client, before compression and masking,
+    # whatever order the plug-ins were imported in.
     if privacy_transforms not in experiment.TRANSFORM_FACTORIES:
-        experiment.TRANSFORM_FACTORIES.append(privacy_transforms)
+        experiment.TRANSFORM_FACTORIES.insert(0, privacy_transforms)
     if privacy_callbacks not in experiment.CALLBACK_FACTORIES:
         experiment.CALLBACK_FACTORIES.append(privacy_callbacks)
     if privacy_policy not in experiment.POLICY_FACTORIES:
