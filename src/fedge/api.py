@@ -22,6 +22,17 @@ from fedge.transport.inprocess import BACKENDS, InProcessTransport
 ArrayPair = tuple[npt.ArrayLike, npt.ArrayLike]
 
 
+def _backend(name: str) -> Any:
+    """The named execution backend, optional ones (vectorized, processes, ray) included."""
+    if name not in BACKENDS:
+        from fedge.plugins import load_plugins
+
+        load_plugins()
+    from fedge.experiment import make_backend
+
+    return make_backend(name)
+
+
 def run(
     model: Any,
     clients: Sequence[ArrayPair],
@@ -63,7 +74,7 @@ def run(
     pipeline = Pipeline(transforms)
     transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, data[cid]), len(data),
                                    strategy=strategy, pipeline=pipeline, seed=seed,
-                                   backend=BACKENDS[backend]())
+                                   backend=_backend(backend))
     evaluator = None
     if test is not None:
         xt, yt = np.asarray(test[0], dtype=np.float32), np.asarray(test[1], dtype=np.int64)
