@@ -254,3 +254,19 @@ def test_strategies_needing_every_update_get_them(name: str, reference: Referenc
     backend = VectorizedBackend() if name == "vectorized" else ProcessesBackend(workers=2)
     params, _ = _run(backend, _NeedsEveryUpdate())
     _close(params, reference["fedavg"][0])
+
+
+def test_fedge_run_takes_the_engine_backends_by_name() -> None:
+    """``fedge.run(..., backend="vectorized")`` finds the optional backend and matches debug."""
+    import fedge.api
+
+    _, clients = _federation(6)
+    pairs = [(c.x_train, c.y_train) for c in clients]
+    kwargs: dict[str, Any] = dict(rounds=2, clients_per_round=4, lr=0.1, seed=3)
+    torch.manual_seed(0)
+    got = fedge.api.run(_mlp(), pairs, backend="vectorized", **kwargs).state.params
+    torch.manual_seed(0)
+    want = fedge.api.run(_mlp(), pairs, backend="debug", **kwargs).state.params
+    _close(got, want)
+    with pytest.raises(ConfigError, match="unknown backend 'warp'"):
+        fedge.api.run(_mlp(), pairs, backend="warp", **kwargs)
