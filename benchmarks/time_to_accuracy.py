@@ -76,9 +76,10 @@ def half_fleet_deadline(backend: str, seed: int) -> float:
     return 1.1 * float(np.percentile(pol.predicted_time(np.arange(len(pol.sizes))), 50, method="lower"))
 
 
-def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float]:
+def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float, float]:
     """The same run (wait for all, uniform: identical training) with and without the device
-    simulation: (wall-time ratio, share of the wall spent inside the policy's hooks)."""
+    simulation: (wall-time ratio, CPU-time ratio, share of the wall spent inside the
+    policy's hooks). On a shared machine the hook share is the steadiest of the three."""
     import fedge.devices.policy as dp
 
     spent = [0.0]
@@ -94,6 +95,7 @@ def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float]
         return wrapper
 
     walls = {"without": 0.0, "with": 0.0}
+    cpus = {"without": 0.0, "with": 0.0}
     for n, fn in originals.items():
         setattr(dp.DevicePolicy, n, timed(fn))
     try:
@@ -102,13 +104,15 @@ def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float]
         for _ in range(reps):
             for label, dev in (("without", None), ("with", {})):
                 built = build(experiment(rounds, backend, 0, dev))
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 execute(built)
                 walls[label] += time.perf_counter() - t0
+                cpus[label] += time.process_time() - c0
     finally:
         for n, fn in originals.items():
             setattr(dp.DevicePolicy, n, fn)
-    return round(walls["with"] / walls["without"], 4), round(spent[0] / walls["with"], 4)
+    return (round(walls["with"] / walls["without"], 4), round(cpus["with"] / cpus["without"], 4),
+            round(spent[0] / walls["with"], 4))
 
 
 def one_seed(args: argparse.Namespace, seed: int, target: float, max_rounds: int) -> dict[str, Reached]:
@@ -156,7 +160,8 @@ def main() -> None:
         "speedup_vs_wait_all": {k: [round(x, 3) for x in speedups(k)] for k in POLICIES},
         "median_speedup_vs_wait_all": {k: round(float(np.median(speedups(k))), 3) for k in POLICIES},
         "device_sim_wall_ratio": {be: o[0] for be, o in overhead.items()},
-        "device_sim_hook_share": {be: o[1] for be, o in overhead.items()},
+        "device_sim_cpu_ratio": {be: o[1] for be, o in overhead.items()},
+        "device_sim_hook_share": {be: o[2] for be, o in overhead.items()},
     }))
 
 
