@@ -18,6 +18,7 @@ from fedge.core.params import Params
 from fedge.core.types import ClientContext, EvalResult, TrainConfig
 from fedge.data.w2 import w2
 from fedge.experiment import make_backend
+from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
 from fedge.simulation.backends._shard import balance
 from fedge.simulation.loop import run
@@ -270,3 +271,41 @@ def test_fedge_run_takes_the_engine_backends_by_name() -> None:
     _close(got, want)
     with pytest.raises(ConfigError, match="unknown backend 'warp'"):
         fedge.api.run(_mlp(), pairs, backend="warp", **kwargs)
+
+
+class _NoisyFeedback(Transform):
+    """A client transform that draws from the client's generator after training and keeps a
+    residual in the client's state: both must line up on every backend."""
+
+    name = "noisy-feedback"
+
+    def client(self, update: Any, ctx: ClientContext) -> Any:
+        residual = ctx.state.get("residual", 0.0)
+        noise = float(ctx.rng.normal()) * 1e-3
+        update.delta = [(d + np.float32(noise + residual)).astype(np.float32) for d in update.delta]
+        ctx.state["residual"] = residual + noise
+        return update
+
+
+@pytest.mark.parametrize("name", ["vectorized", "processes"])
+def test_client_transforms_and_their_state_match_debug(name: str) -> None:
+    def go(backend: Backend) -> tuple[Params, dict[int, dict[str, Any]]]:
+        learner, clients = _federation()
+        pipeline = Pipeline([_NoisyFeedback()])
+        transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]),
+                                       len(clients), strategy=FedAvg(), pipeline=pipeline, seed=7,
+                                       backend=backend)
+        try:
+            result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
+                         rounds=3, sampling=Sampling(count=8), seed=7, pipeline=pipeline,
+                         train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+        finally:
+            transport.close()
+        return result.state.params, transport.states
+
+    backend = VectorizedBackend() if name == "vectorized" else ProcessesBackend(workers=2)
+    got, got_states = go(backend)
+    want, want_states = go(BACKENDS["debug"]())
+    _close(got, want)
+    residuals = {c: s["residual"] for c, s in want_states.items() if "residual" in s}
+    assert residuals and {c: got_states[c]["residual"] for c in residuals} == residuals
