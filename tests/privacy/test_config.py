@@ -112,3 +112,17 @@ def test_client_side_clipping_composes_with_secure_aggregation() -> None:
     result = execute(built)
     assert [r.participants for r in result.history] == [8, 8]
     assert all(r.extra["epsilon"] > 0 for r in result.history)
+
+
+def test_adaptive_client_side_clipping_and_local_dp_report_in_every_round() -> None:
+    from fedge.experiment import execute
+
+    ada = execute(build(_exp(clip_at="client", adaptive_clip=True, clip_norm=50.0, clip_lr=0.5,
+                             target_quantile=0.0, noise_multiplier=2.0)))
+    bounds = [r.extra["clip_norm"] for r in ada.history]
+    assert bounds[0] == 50.0 and bounds[1] < 50.0
+    assert bounds[1:] == [r.extra["next_clip_norm"] for r in ada.history.rounds[:-1]]
+    local = execute(build(_exp(mode="local", local_mechanism="laplace", local_epsilon=2.0)))
+    for r in local.history:
+        assert r.extra["local_mechanism"] == "laplace" and r.extra["local_epsilon"] == 2.0
+        assert r.extra["local_noise_scale"] == 2 * 1.0 / 2.0

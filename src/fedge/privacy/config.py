@@ -58,7 +58,7 @@ class PrivacyConfig:
     target_quantile: float = opt(0.5, "adaptive clipping: target share of unclipped updates", min=0, max=1)
     clip_lr: float = opt(0.2, "adaptive clipping: geometric step size", min=0, exclusive_min=True)
     count_noise: float = opt(0.0, "adaptive clipping: stddev of the noise on the unclipped count "
-                                  "(0 = clients per round / 20)", min=0)
+                                  "(0 = max(clients per round / 20, noise_multiplier))", min=0)
     local_mechanism: str = opt("gaussian", "local: noise mechanism", choices=("gaussian", "laplace"))
     local_epsilon: float = opt(8.0, "local: ε of each client's update per round", min=0)
     local_delta: float = opt(1e-5, "local, gaussian: δ of each client's update per round", min=0, max=1)
@@ -119,7 +119,8 @@ def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
     accountant = Accountant(p.accountant, p.sampling, population, m)  # type: ignore[arg-type]
     adaptive = None
     if p.adaptive_clip:
-        adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr, p.count_noise or m / 20)
+        adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr,
+                                    p.count_noise or max(m / 20, p.noise_multiplier))
     return [CentralDP(clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, expected_clients=m,
                       accountant=accountant, delta=p.delta, clip_at=p.clip_at, adaptive=adaptive)]
 

@@ -62,7 +62,7 @@ def split_noise(noise_multiplier: float, count_stddev: float) -> float:
     if inv <= 0:
         raise ConfigError(
             f"adaptive clipping count noise {count_stddev} is too small for noise multiplier "
-            f"{noise_multiplier}: need count_noise > {1 / (2 * noise_multiplier):.4g}")
+            f"{noise_multiplier}: need count_noise > {noise_multiplier / 2:.4g}")
     return float(inv ** -0.5)
 
 
