@@ -157,7 +157,7 @@ def status_cmd(server: str, ca: Path | None, as_json: bool) -> None:
         return
     click.echo(f"run {st.run_id}: {st.phase}, round {st.round}/{st.rounds}, "
                f"{st.connected} of {len(st.nodes)} nodes connected (need {st.min_nodes}), "
-               f"{st.received} updates in, {st.pending} pending")
+               f"{st.received} updates in, waiting on {len(st.waiting_on)}")
     if st.last_metrics:
         click.echo("last round: " + json.dumps(st.last_metrics))
     for n in st.nodes:

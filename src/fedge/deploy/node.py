@@ -40,8 +40,12 @@ from fedge.strategies.base import Strategy
 
 log = logging.getLogger("fedge.deploy.node")
 PREFIX = "/fedge.deploy.Fedge/"
-RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
          grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+
+
+class Stopped(TransportError):
+    """The node was asked to stop (:meth:`Node.stop`, SIGTERM)."""
 ClientFactory = Callable[[Experiment, int], Client]
 
 
@@ -50,7 +54,7 @@ class Backoff:
     """Exponential backoff with full jitter; gives up after ``give_up_s`` without success."""
 
     base_s: float = 0.2
-    max_s: float = 10.0
+    max_s: float = 5.0
     give_up_s: float = 300.0
 
     def delays(self) -> Iterator[float]:
@@ -129,6 +133,7 @@ class StateFile:
     def save(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
         out = wire.encode({"round": round_num, "before": before, "after": after})
         head = out.header.SerializeToString()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(len(head).to_bytes(4, "little") + head + bytes(out.body))
@@ -187,6 +192,8 @@ class Node:
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         last: grpc.RpcError | None = None
         for delay in self.backoff.delays():
+            if self._stop.is_set():
+                raise Stopped(f"{what}: node stopped")
             try:
                 return fn()
             except grpc.RpcError as exc:
@@ -194,7 +201,7 @@ class Node:
                     raise TransportError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
                 last = exc
                 log.info("event=retry what=%s code=%s wait_s=%.2f", what, exc.code().name, delay)
-                time.sleep(delay)
+                self._stop.wait(delay)
         detail = last.details() if last is not None else "no attempt"
         raise TransportError(f"{what}: server {self.server} unreachable ({detail})")
 
@@ -221,6 +228,10 @@ class Node:
                                          self._retrying("poll", lambda: self._unary("Poll", req)))
         return reply
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return at its next step (it finishes a training in progress)."""
+        self._stop.set()
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             if self._busy.is_set():
@@ -230,11 +241,11 @@ class Node:
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         """Serve the federation until the server says stop; returns the rounds trained."""
-        self.join()
         beat = threading.Thread(target=self._heartbeat, daemon=True)
-        beat.start()
         try:
-            while True:
+            self.join()
+            beat.start()
+            while not self._stop.is_set():
                 reply = self.poll()
                 if reply.action == pb.PollReply.STOP:
                     log.info("event=stop message=%r", reply.message)
@@ -248,7 +259,10 @@ class Node:
                     finally:
                         self._busy.clear()
                 else:
-                    time.sleep(min(reply.wait_s or self.heartbeat_s, self.heartbeat_s) / 4)
+                    self._stop.wait(min(reply.wait_s or self.heartbeat_s, self.heartbeat_s) / 4)
+            return self.rounds_trained
+        except Stopped:
+            return self.rounds_trained
         finally:
             self._stop.set()
             self.channel.close()
@@ -277,13 +291,19 @@ class Node:
         ctx = ClientContext(client_id=self.client_id, round_num=ins.round_num,
                             rng=client_rng(self.exp.seed, ins.round_num, self.client_id), state=state)
         assert self.client is not None
-        update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
-        tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
-                "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
-                "payload": update.payload}
-        out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
-        head = pb.PushMessage(header=pb.PushHeader(task_id=reply.task_id, round=ins.round_num,
-                                                   update=out.header)).SerializeToString()
+        try:
+            update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
+            tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
+                    "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
+                    "payload": update.payload}
+            out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
+            header = pb.PushHeader(task_id=reply.task_id, round=ins.round_num, update=out.header)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("event=train_failed round=%d error=%r", ins.round_num, reason)
+            out = wire.encode([])
+            header = pb.PushHeader(task_id=reply.task_id, round=ins.round_num, error=reason)
+        head = wire.dump(pb.PushMessage(header=header))
 
         def messages() -> Iterator[bytes]:
             yield head
@@ -299,7 +319,7 @@ class Node:
         except TransportError as exc:
             log.warning("event=push_failed round=%d reason=%r", ins.round_num, str(exc))
             return
-        if rep.accepted:
+        if rep.accepted and not header.error:
             self.rounds_trained += 1
             self._save_state(ins.round_num, start, state)
         log.info("event=pushed round=%d accepted=%s reason=%r", ins.round_num, rep.accepted, rep.reason)
@@ -307,7 +327,7 @@ class Node:
     def _save_state(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
         try:
             self.state.save(round_num, before, after)
-        except wire.WireError as exc:
+        except (wire.WireError, OSError) as exc:
             log.warning("event=state_not_saved reason=%r", str(exc))
 
 

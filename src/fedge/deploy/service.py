@@ -28,6 +28,7 @@ from fedge.deploy import wire
 from fedge.deploy.auth import AuthError, Verifier
 from fedge.deploy.proto import pb
 from fedge.deploy.store import Store
+from fedge.transport.base import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -61,7 +62,7 @@ class ServerStatus:
     rounds: int
     min_nodes: int
     nodes: tuple[NodeStatus, ...]
-    pending: int = 0
+    waiting_on: tuple[int, ...] = ()
     received: int = 0
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +77,7 @@ class ServerStatus:
     def from_json(cls, text: str) -> ServerStatus:
         d = json.loads(text)
         d["nodes"] = tuple(NodeStatus(**n) for n in d["nodes"])
+        d["waiting_on"] = tuple(d["waiting_on"])
         return cls(**d)
 
 
@@ -98,7 +100,7 @@ class RoundTask:
     outgoing: wire.Outgoing
     client_ids: frozenset[int]
     spec: ParamSpec
-    results: queue.Queue[tuple[ClientUpdate, _Verdict]] = field(
+    results: queue.Queue[tuple[ClientUpdate | ClientFailure, _Verdict]] = field(
         default_factory=lambda: queue.Queue(maxsize=2))
     done: set[int] = field(default_factory=set)
     closed: bool = False
@@ -282,7 +284,9 @@ class FedgeService:
         assert task is not None
         with self._decoding:
             try:
-                update = self._receive(head, it, node.client_id, task)
+                update: ClientUpdate | ClientFailure = (
+                    self._failure(head, node.client_id, task) if head.error
+                    else self._receive(head, it, node.client_id, task))
             except (wire.WireError, TransportError, ValueError) as exc:
                 log.warning("event=update_refused node=%s client=%d reason=%r",
                             node_id, node.client_id, str(exc))
@@ -318,6 +322,13 @@ class FedgeService:
             return f"client {cid} already sent its update for round {task.round_num}"
         return ""
 
+    def _failure(self, head: Any, cid: int, task: RoundTask) -> ClientFailure:
+        with self._lock:
+            if cid in task.done or task.closed:
+                raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s report")
+            task.done.add(cid)
+        return ClientFailure(cid, "fit", f"node reports: {head.error[:300]}")
+
     def _receive(self, head: Any, rest: Iterator[bytes], cid: int,
                  task: RoundTask) -> ClientUpdate:
         inc = wire.Incoming(head.update, max_bytes=self.max_update_bytes)
@@ -347,12 +358,12 @@ class FedgeService:
                                      now - n.last_seen <= self.node_timeout_s, n.busy)
                           for n in sorted(self._nodes.values(), key=lambda n: n.client_id))
         task = self.task
-        pending = 0 if task is None or task.closed else len(task.client_ids - task.done)
+        waiting = () if task is None or task.closed else tuple(sorted(task.client_ids - task.done))
         received = 0 if task is None else len(task.done)
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                  for k, v in self.last_metrics.items()}
         return ServerStatus(self.run_id, self.phase, self.round_num, self.rounds, self.min_nodes,
-                            nodes, pending, received, clean)
+                            nodes, waiting, received, clean)
 
     # -- rounds ------------------------------------------------------------------
     def open_round(self, round_num: int, client_ids: Sequence[int], params: Params,

@@ -90,6 +90,10 @@ class GrpcTransport:
                     continue
                 cid = update.client_id
                 pending.discard(cid)
+                if isinstance(update, ClientFailure):
+                    verdict.set(True)
+                    yield update
+                    continue
                 if reducer is None:
                     verdict.set(True)
                     yield update
