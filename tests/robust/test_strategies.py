@@ -110,3 +110,16 @@ def test_krum_strategy_follows_the_honest_cluster() -> None:
     p: Params = new.params
     assert float(np.abs(p[0] - 1.0).max()) < 0.2
     assert metrics["byzantine_f"] == 1
+
+
+def test_centered_clip_keeps_its_centre_for_the_next_round() -> None:
+    from fedge.robust import CenteredClip
+
+    rows = [[1.0, 0.0, 0.0]] * 5 + [[-1e4, 0.0, 0.0]]
+    s = CenteredClip(clip_iters=3)
+    first, _ = s.aggregate_updates(_state(), _updates(rows))
+    centre = first.slots["cc_center"][0]
+    assert 0.0 < float(centre[0]) <= 1.0
+    second, _ = s.aggregate_updates(first, _updates(rows))
+    np.testing.assert_allclose(second.params[0] - first.params[0], second.slots["cc_center"][0], rtol=1e-6)
+    assert float(second.slots["cc_center"][0][0]) >= float(centre[0]) - 1e-6

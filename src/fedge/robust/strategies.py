@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedge.core.errors import AggregationError, ConfigError
-from fedge.core.params import ParamSpec, flatten, unflatten
+from fedge.core.params import Params, ParamSpec, flatten, unflatten
 from fedge.core.types import ClientUpdate, Metrics
 from fedge.robust import aggregators as agg
 from fedge.strategies import register
@@ -74,8 +74,12 @@ class RobustStrategy(Strategy):
         vec, metrics = self.rule(x, state)
         step = unflatten(vec.astype(np.float32), ParamSpec.of(state.params))
         new = replace(state, params=apply_step(state.params, step, self.server_lr),
-                      round_num=state.round_num + 1)
+                      round_num=state.round_num + 1, slots={**state.slots, **self.slots_after(step)})
         return new, {"robust_updates": float(len(updates)), **metrics}
+
+    def slots_after(self, step: Params) -> dict[str, Params]:
+        """State the rule keeps for the next round (none by default)."""
+        return {}
 
 
 @register
@@ -147,17 +151,8 @@ class CenteredClip(RobustStrategy):
         center = flatten(prev, dtype=np.float64) if prev else np.zeros(x.shape[1])
         return agg.centered_clip(x, center, self.clip_tau or None, self.clip_iters), {}
 
-    def aggregate_updates(
-        self, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[StrategyState, Metrics]:
-        x = stack(updates)
-        vec, metrics = self.rule(x, state)
-        spec = ParamSpec.of(state.params)
-        step = unflatten(vec.astype(np.float32), spec)
-        new = replace(state, params=apply_step(state.params, step, self.server_lr),
-                      round_num=state.round_num + 1,
-                      slots={**state.slots, "cc_center": step})
-        return new, {"robust_updates": float(len(updates)), **metrics}
+    def slots_after(self, step: Params) -> dict[str, Params]:
+        return {"cc_center": step}
 
 
 ROBUST_STRATEGIES: tuple[type[RobustStrategy], ...] = (
