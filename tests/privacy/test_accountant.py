@@ -33,6 +33,7 @@ def test_reported_epsilon_of_a_poisson_run_matches_dp_accounting(accountant: str
     for rec in result.history:
         x = rec.extra
         assert x["sampling"] == "poisson" and "Poisson" in x["privacy"]
+        assert x["sampling_rate"] == 8 / 40 and x["noise_multiplier"] == 1.3
         event = dp_accounting.PoissonSampledDpEvent(
             x["sampling_rate"], dp_accounting.GaussianDpEvent(x["noise_multiplier"]))
         ref = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
