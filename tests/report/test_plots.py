@@ -47,3 +47,21 @@ def test_comparison_plots_only_what_some_run_recorded(rich_run: Path, real_run: 
     assert only_real["compare_sim_time"].png is None
     assert only_real["compare_epsilon"].png is None
     assert only_real["compare_accuracy"].png is not None
+
+
+def test_configured_fleet_is_shown_when_no_round_recorded_its_mix(real_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "fleet"
+    shutil.copytree(real_run, run_dir)
+    with (run_dir / "config.toml").open("a") as f:
+        f.write('\n[devices]\nenabled = true\nfleet = { "zonal-ecu" = 0.7, "orin-nano" = 0.3 }\n')
+    plot = plots.device_mix(load_run(run_dir))
+    assert plot.png is not None and "configured fleet" in plot.note
+    assert load_run(run_dir).configured_fleet() == {"zonal-ecu": 0.7, "orin-nano": 0.3}
+
+
+def test_time_unit_follows_the_span() -> None:
+    assert plots.time_unit(10 / 3600) == (3600.0, "simulated seconds")
+    assert plots.time_unit(0.5) == (60.0, "simulated minutes")
+    assert plots.time_unit(30.0) == (1.0, "simulated hours")

@@ -68,6 +68,8 @@ def _figure(plot: Plot, filename: str) -> str:
     if plot.png is None:
         return f'<figure id="{plot.name}">{head}<p class="note">{html.escape(plot.note)}</p></figure>'
     data = base64.b64encode(plot.png).decode("ascii")
+    if plot.note:
+        head += f'<p class="note">{html.escape(plot.note)}</p>'
     return (f'<figure id="{plot.name}">{head}<img class="plot" alt="{html.escape(plot.title)}" '
             f'data-file="{html.escape(filename)}" src="data:image/png;base64,{data}"></figure>')
 

@@ -81,24 +81,34 @@ def loss(run: RunData) -> Plot:
     return Plot("loss", "Loss per round", _png(fig) if ok else None, "" if ok else NOT_RECORDED)
 
 
+def time_unit(max_hours: float) -> tuple[float, str]:
+    """A readable unit for a simulated span: (factor from hours, axis label)."""
+    if max_hours < 2 / 60:
+        return 3600.0, "simulated seconds"
+    if max_hours < 2:
+        return 60.0, "simulated minutes"
+    return 1.0, "simulated hours"
+
+
 def sim_time(run: RunData) -> Plot:
     hours = run.sim_hours()
     if hours is None:
         return Plot("sim_time", "Accuracy and loss per simulated hour", None,
                     f"simulated time (sim_clock_s / sim_time_s) {NOT_RECORDED}")
     fig, (a1, a2) = _figure(9.0, 3.6, ncols=2)
-    by_round = {rec.round: h for rec, h in zip(run.history, hours, strict=True)}
+    factor, unit = time_unit(max(hours, default=0.0))
+    by_round = {rec.round: h * factor for rec, h in zip(run.history, hours, strict=True)}
     for ax, keys, ylabel in ((a1, ("test_accuracy", "fed_test_accuracy"), "accuracy"),
                              (a2, ("train_loss", "test_loss"), "loss")):
         for key in keys:
             rounds, values = run.series(key)
             if values:
                 ax.plot([by_round[r] for r in rounds], values, label=key)
-        ax.set_xlabel("simulated hours")
+        ax.set_xlabel(unit)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("per simulated hour")
+    fig.suptitle(f"accuracy and loss against {unit}")
     return Plot("sim_time", "Accuracy and loss per simulated hour", _png(fig))
 
 
@@ -170,7 +180,16 @@ def device_mix(run: RunData) -> Plot:
     profiles = sorted({p for m in mixes for p in m})
     title = "Device mix per round"
     if not profiles:
-        return Plot("device_mix", title, None, f"device mix {NOT_RECORDED}")
+        fleet = run.configured_fleet()
+        if not fleet:
+            return Plot("device_mix", title, None, f"device mix {NOT_RECORDED}")
+        fig, ax = _figure()
+        names = sorted(fleet)
+        ax.barh(names, [fleet[n] for n in names], color="#2a9d8f")
+        ax.set_xlabel("share of the fleet")
+        ax.set_title("configured device mix ([devices] fleet)")
+        return Plot("device_mix", "Device mix of the fleet", _png(fig),
+                    "per-round mix not recorded in this run; the configured fleet shares are shown")
     fig, ax = _figure()
     rounds = [r.round for r in run.history]
     bottom = [0.0] * len(rounds)
@@ -250,17 +269,19 @@ def compare_sim_time(runs: Sequence[RunData]) -> Plot:
     title = "Accuracy per simulated hour"
     fig, ax = _figure()
     drawn = False
+    spans = [max(h, default=0.0) for r in runs if (h := r.sim_hours()) is not None]
+    factor, unit = time_unit(max(spans, default=0.0))
     for run in runs:
         hours = run.sim_hours()
         if hours is None:
             continue
-        by_round = {rec.round: h for rec, h in zip(run.history, hours, strict=True)}
+        by_round = {rec.round: h * factor for rec, h in zip(run.history, hours, strict=True)}
         rounds, values = run.series("test_accuracy")
         ax.plot([by_round[r] for r in rounds], values, label=run.name)
         drawn = True
     if not drawn:
         return Plot("compare_sim_time", title, None, f"simulated time {NOT_RECORDED}s")
-    ax.set_xlabel("simulated hours")
+    ax.set_xlabel(unit)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)

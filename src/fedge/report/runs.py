@@ -28,6 +28,7 @@ class RunData:
     summary: dict[str, Any] = field(default_factory=dict)
     label_histogram: list[list[int]] | None = None
     dataset: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -62,6 +63,13 @@ class RunData:
                 secs = acc
             return [s / 3600.0 for s in secs]
         return None
+
+    def configured_fleet(self) -> dict[str, float]:
+        """The ``[devices] fleet`` shares of ``config.toml`` when the device simulation was on."""
+        dev = self.config.get("devices")
+        if not isinstance(dev, dict) or not dev.get("enabled") or not isinstance(dev.get("fleet"), dict):
+            return {}
+        return {str(k): float(v) for k, v in dev["fleet"].items() if isinstance(v, int | float)}
 
     def client_accuracy(self) -> list[float]:
         raw = self.summary.get("client_accuracy") or {}
@@ -122,4 +130,13 @@ def load_run(path: str | Path) -> RunData:
             raise DataError(f"{p / 'partition.json'}: 'label_histogram' must be a list of lists")
         hist = lh
         dataset = str(part.get("dataset", ""))
-    return RunData(path=p, history=history, summary=summary, label_histogram=hist, dataset=dataset)
+    config: dict[str, Any] = {}
+    if (p / "config.toml").exists():
+        import tomllib
+
+        try:
+            config = tomllib.loads((p / "config.toml").read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise DataError(f"{p / 'config.toml'}: corrupt TOML: {exc}") from None
+    return RunData(path=p, history=history, summary=summary, label_histogram=hist, dataset=dataset,
+                   config=config)
