@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,15 +56,35 @@ def _run(backend: Backend) -> tuple[Params, InProcessTransport]:
 
 @pytest.fixture
 def ray_cluster() -> Iterator[str]:
+    """A real head node on 127.0.0.1, in its own process group, stopped by its own id.
+
+    ``ray start --block`` stays in the foreground and tears its processes down on SIGTERM,
+    so only this cluster is stopped (``ray stop`` would stop every Ray on the machine).
+    Token authentication is off, as for the driver, whatever ``~/.ray`` holds.
+    """
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    lines: queue.Queue[str] = queue.Queue()
+    assert head.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in head.stdout], daemon=True).start()
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}",
-                        "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in lines.get(timeout=max(deadline - time.monotonic(), 0.1)):
+            pass
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop"], capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        head.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
