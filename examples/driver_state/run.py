@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=HERE / "experiment.toml")
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--secret-file", type=Path, help="fleet secret (default: DATA/fleet.secret)")
-    ap.add_argument("--dim", type=int, default=128, help="hashed feature dimension")
+    ap.add_argument("--dim", type=int, default=1024, help="hashed feature dimension")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--output", type=Path)
     ap.add_argument("--dashboard", action="store_true", help="serve the live dashboard")
