@@ -19,7 +19,8 @@ class CompressionConfig:
                      choices=("none", *CODECS))
     downlink: str = opt("none", "codec of the server -> client model difference ('none' = float32)",
                         choices=("none", *CODECS))
-    k: float = opt(0.01, "topk/randk: fraction of coordinates kept, in (0, 1]")
+    k: float = opt(0.01, "topk/randk: fraction of coordinates kept, in (0, 1]", min=0, exclusive_min=True,
+                   max=1)
     levels: int = opt(16, "qsgd: quantisation levels s", min=1)
     bucket: int = opt(512, "qsgd: values per bucket sharing one norm", min=1)
     per_channel: bool = opt(True, "int8: one scale per output channel (row) instead of per tensor")
