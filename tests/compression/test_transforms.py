@@ -18,9 +18,9 @@ from fedge.experiment import build, execute
 from fedge.pipeline import RoundContext
 
 
-def _rctx(round_num: int = 1) -> RoundContext:
+def _rctx(round_num: int = 1, shapes: tuple[tuple[int, ...], ...] = ((4, 3), (3,))) -> RoundContext:
     return RoundContext(round_num=round_num, rng=np.random.default_rng(round_num),
-                        spec=ParamSpec(((4, 3), (3,))), num_sampled=1)
+                        spec=ParamSpec(shapes), num_sampled=1)
 
 
 def _update(rng: np.random.Generator) -> ClientUpdate:
@@ -68,6 +68,16 @@ def test_client_sends_bytes_and_counts_them_exactly() -> None:
     assert [d.shape for d in back.delta] == [(4, 3), (3,)]
     np.testing.assert_allclose(back.extras["c_delta"][0], 1.0, atol=1 / 127)
     assert PAYLOAD_KEY not in back.payload
+
+
+def test_server_refuses_shapes_the_model_does_not_have() -> None:
+    from fedge.compression.transforms import encode_tensors
+
+    blob, _ = encode_tensors(make_codec("topk", k=0.5), [np.ones((1 << 20,), np.float32)],
+                             np.random.default_rng(0))
+    upd = ClientUpdate(client_id=3, delta=[], num_examples=1, payload={PAYLOAD_KEY: blob})
+    with pytest.raises(ValidationError, match=r"shape \(1048576,\), not one of the model's"):
+        Compress(make_codec("topk", k=0.5)).server(upd, _rctx())
 
 
 def test_server_rejects_an_update_of_another_codec_or_none() -> None:
@@ -151,9 +161,10 @@ def test_zlib_entropy_coding_is_lossless_and_counted() -> None:
     a = plain.client(ClientUpdate(1, [upd.delta[0].copy()], 3), ClientContext(1, 1, np.random.default_rng(0)))
     b = coded.client(upd, ClientContext(1, 1, np.random.default_rng(0)))
     assert b.uplink_bytes == len(b.payload[PAYLOAD_KEY]) < a.uplink_bytes
-    np.testing.assert_array_equal(coded.server(b, _rctx()).delta[0], plain.server(a, _rctx()).delta[0])
+    big = _rctx(1, ((64, 64),))
+    np.testing.assert_array_equal(coded.server(b, big).delta[0], plain.server(a, big).delta[0])
     b.payload[PAYLOAD_KEY] = b"not zlib"
     with pytest.raises(ValidationError, match="not valid zlib"):
-        coded.server(b, _rctx())
+        coded.server(b, big)
     with pytest.raises(ConfigError, match=r"compression\.entropy"):
         Compress(make_codec("int8"), entropy="brotli")

@@ -48,12 +48,22 @@ def encode_tensors(codec: Codec, tensors: Sequence[np.ndarray], rng: np.random.G
     return pack(codec_id(codec), names, shapes, parts), decoded
 
 
-def decode_tensors(codec: Codec, blob: bytes) -> tuple[list[str], Params]:
-    """Decode a message of :func:`encode_tensors`; a foreign or broken one is a ValidationError."""
+def decode_tensors(codec: Codec, blob: bytes,
+                   shapes: Sequence[tuple[int, ...]] | None = None) -> tuple[list[str], Params]:
+    """Decode a message of :func:`encode_tensors`; a foreign or broken one is a ValidationError.
+
+    With ``shapes``, a tensor of any other shape is refused before anything is allocated
+    for it (a forged shape cannot make the server allocate without bound).
+    """
     msg = unpack(blob)
     if msg.codec != codec_id(codec):
         raise ValidationError(f"update was encoded with codec id {msg.codec}, the server expects "
                               f"{codec.name} (id {codec_id(codec)})")
+    if shapes is not None:
+        allowed = set(shapes)
+        bad = [s for s in msg.shapes if s not in allowed]
+        if bad:
+            raise ValidationError(f"encoded update has a tensor of shape {bad[0]}, not one of the model's")
     out = [codec.decode(p, s) for p, s in zip(msg.parts, msg.shapes, strict=True)]
     return msg.names, out
 
@@ -105,7 +115,7 @@ class Compress(Transform):
             except zlib.error as exc:
                 raise ValidationError(f"update from client {update.client_id} is not valid zlib data: "
                                       f"{exc}") from None
-        names, tensors = decode_tensors(self.codec, blob)
+        names, tensors = decode_tensors(self.codec, blob, rctx.spec.shapes)
         if not names:
             names = [""] * len(tensors)
         if len(names) != len(tensors):
