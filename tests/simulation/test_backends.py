@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -309,3 +310,33 @@ def test_client_transforms_and_their_state_match_debug(name: str) -> None:
     _close(got, want)
     residuals = {c: s["residual"] for c, s in want_states.items() if "residual" in s}
     assert residuals and {c: got_states[c]["residual"] for c in residuals} == residuals
+
+
+class _StuckLearner(TorchLearner):
+    """Hangs in its worker process when it trains client 3."""
+
+    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig,
+              rng: np.random.Generator) -> TrainResult:
+        if len(y) == _DYING_SIZE and os.getpid() != _PARENT:
+            time.sleep(120)
+        return super().train(params, x, y, cfg, rng)
+
+
+@pytest.mark.integration
+def test_overdue_worker_is_stopped_and_its_share_lost() -> None:
+    _, clients = _federation()
+    learner = _StuckLearner(_mlp)
+    backend = ProcessesBackend(workers=2, timeout_s=2.0)
+    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
+                                   strategy=FedAvg(), seed=7, backend=backend)
+    try:
+        result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
+                     rounds=1, sampling=Sampling(count=len(clients)), seed=7,
+                     train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+        (record,) = list(result.history)
+        (reason,) = [r for r in record.dropped if "timed out after 2 s" in r]
+        assert 3 in record.dropped[reason]
+        assert record.participants == len(clients) - len(record.dropped[reason]) > 0
+        assert len(backend._pool) == 1
+    finally:
+        transport.close()

@@ -9,7 +9,8 @@ dataset size; each worker reduces its clients where they ran and sends back one
 Workers are forked once per runtime and reused across rounds, so the client factory
 (often a closure over the federation's arrays) is shared copy-on-write and never
 pickled. A worker that dies mid-round is detected through its process sentinel: its
-clients are reported as failures, a fresh worker replaces it, and the round goes on.
+clients are reported as failures, a fresh worker replaces it, and the round goes on; so is
+one that overruns ``timeout_s`` (a client stuck in a loop).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -100,8 +102,9 @@ class ProcessesBackend:
 
     name = "processes"
 
-    def __init__(self, workers: int = 0, threads_per_worker: int = 1) -> None:
+    def __init__(self, workers: int = 0, threads_per_worker: int = 1, timeout_s: float = 0.0) -> None:
         self.workers = workers
+        self.timeout_s = timeout_s
         self.threads_per_worker = threads_per_worker
         self._pool: list[_Worker] = []
         self._runtime: ClientRuntime | None = None
@@ -114,6 +117,7 @@ class ProcessesBackend:
     def configure(self, engine: Any) -> None:
         """Take options from the ``[engine]`` config section."""
         self.workers = int(engine.workers)
+        self.timeout_s = float(engine.worker_timeout_s)
 
     @property
     def size(self) -> int:
@@ -160,12 +164,19 @@ class ProcessesBackend:
 
     def _collect(self, pending: dict[int, tuple[_Worker, list[int]]],
                  states: dict[int, dict[str, Any]]) -> Iterator[FitResult]:
-        """Yield each worker's result as it arrives; a dead worker's share becomes failures."""
+        """Yield each worker's result as it arrives; a dead or overdue worker's share becomes failures."""
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
         while pending:
             waitables: list[Any] = []
             for worker, _ in pending.values():
                 waitables += [worker.conn, worker.process.sentinel]
-            ready = wait(waitables)
+            ready = wait(waitables, None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                for key, (worker, share) in list(pending.items()):
+                    del pending[key]
+                    yield from self._lose(worker, share, f"worker process {worker.process.pid} "
+                                                         f"timed out after {self.timeout_s:g} s")
+                return
             for key, (worker, share) in list(pending.items()):
                 if worker.conn in ready or worker.conn.poll():
                     try:

@@ -68,8 +68,9 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, address: str = "", workers: int = 0, connect_timeout_s: float = 15.0,
-                 threads_per_worker: int = 1) -> None:
+                 threads_per_worker: int = 1, timeout_s: float = 0.0) -> None:
         self.address = address
+        self.timeout_s = timeout_s
         self.workers = workers
         self.connect_timeout_s = connect_timeout_s
         self.threads_per_worker = threads_per_worker
@@ -83,6 +84,7 @@ class RayBackend:
         self.address = str(engine.ray_address)
         self.workers = int(engine.workers)
         self.connect_timeout_s = float(engine.ray_connect_timeout_s)
+        self.timeout_s = float(engine.worker_timeout_s)
 
     def _init(self) -> Any:
         import ray
@@ -142,8 +144,17 @@ class RayBackend:
             task = Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
                         reducer, runtime.strategy, runtime.pipeline)
             pending[actor.run.remote(task)] = (actor, share)
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:
+                for ref, (actor, share) in list(pending.items()):
+                    del pending[ref]
+                    ray.kill(actor)
+                    self._actors.remove(actor)
+                    yield from lost(share, f"ray actor timed out after {self.timeout_s:g} s")
+                return
             for ref in done:
                 actor, share = pending.pop(ref)
                 try:
