@@ -106,3 +106,12 @@ def test_digits_default_reaches_the_same_accuracy_with_secure_aggregation() -> N
         acc.append(execute(build(exp)).history.final_accuracy)
     assert acc[0] > 0.2
     assert abs(acc[0] - acc[1]) <= 0.005
+
+
+def test_uniform_weighting_is_encoded_at_full_precision() -> None:
+    plain = go(strategy=FedAvg(weighting="uniform"))
+    t = SecureAggregation(SecAggConfig(enabled=True, clip=4.0), FedAvg(weighting="uniform"), max_cohort=10)
+    secure = go([t], strategy=FedAvg(weighting="uniform"))
+    assert t.max_weight == 1.0
+    for a, b in zip(plain.state.params, secure.state.params, strict=True):
+        assert np.allclose(a, b, atol=1e-6)

@@ -67,6 +67,7 @@ class SecureAggregation(Transform):
         self.strategy = strategy
         self.max_cohort = max_cohort
         self.range = max(cfg.clip, 1.0)
+        self.max_weight = 1.0 if getattr(strategy, "weighting", "examples") == "uniform" else cfg.max_weight
         self.scale = cfg.scale or fixedpoint.max_scale(max_cohort, self.range, cfg.bits)
         fixedpoint.check_overflow(max_cohort, self.range, self.scale, cfg.bits)
         if cfg.neighbours or cfg.threshold:
@@ -77,7 +78,7 @@ class SecureAggregation(Transform):
         terms = self.strategy.contribution(update)
         layout = tuple((k, tuple(tuple(t.shape) for t in terms[k])) for k in sorted(terms))
         flat = [np.asarray(t, dtype=np.float64).ravel() for k in sorted(terms) for t in terms[k]]
-        return layout, np.concatenate(flat) / self.cfg.max_weight
+        return layout, np.concatenate(flat) / self.max_weight
 
     def layout(self, spec: ParamSpec) -> Layout:
         probe = ClientUpdate(client_id=-1, delta=zeros_like([np.zeros(s, np.float32) for s in spec.shapes]),
@@ -118,7 +119,7 @@ class SecureAggregation(Transform):
             ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
             drop[self.cfg.dropout_stage] = {int(i) for i in ids}
         res = run_protocol(setup, inputs, drop=drop)
-        values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.cfg.max_weight
+        values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
         terms: Terms = {}
         at = 0
         for name, shapes in layout:
