@@ -47,6 +47,7 @@ _RUNTIME: ClientRuntime | None = None
 
 
 def _worker_main(conn: Connection, threads: int) -> None:
+    """Serve tasks until told to stop, the pipe closes, or the parent process is gone."""
     try:
         import torch
 
@@ -55,7 +56,12 @@ def _worker_main(conn: Connection, threads: int) -> None:
         pass
     runtime = _RUNTIME
     assert runtime is not None
+    parent = os.getppid()
     while True:
+        if not conn.poll(1.0):
+            if os.getppid() != parent:
+                return
+            continue
         try:
             task = conn.recv()
         except EOFError:
