@@ -69,3 +69,30 @@ def test_adapter_is_only_the_lora_tensors_in_a_fixed_order(tiny_base: Path) -> N
               for n, p in adapter.model.named_parameters() if not p.requires_grad}
     assert set(frozen) == set(base_before)
     assert "c_attn" in " ".join(layer_names(model)) and "lm_head" in layer_names(model)
+
+
+@pytest.fixture(scope="module")
+def wide_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("wide") / "base", n_layer=1, n_embd=64, n_head=2,
+                           n_positions=32)
+
+
+def test_int8_base_trains_a_float32_adapter(wide_base: Path) -> None:
+    import torch
+
+    plain, _ = load_base(wide_base)
+    model, _ = load_base(wide_base, quantization="int8")
+    assert model.get_memory_footprint() < plain.get_memory_footprint()
+    adapter = Adapter(attach_lora(model, LoraSpec(rank=2, target_modules=("c_attn", "c_fc"))))
+    assert adapter.spec.shapes == ((2, 64), (192, 2), (2, 64), (256, 2))
+    assert all(t.dtype == torch.float32 for t in adapter.tensors)
+    ids = torch.randint(0, 257, (4, 16), generator=torch.Generator().manual_seed(0))
+    adapter.model.train()
+    adapter.model(input_ids=ids, labels=ids).loss.backward()
+    assert all(t.grad is not None for t in adapter.tensors)
+    assert all(p.grad is None for p in adapter.model.parameters() if not p.requires_grad)
+
+
+def test_unknown_quantization_is_refused(tiny_base: Path) -> None:
+    with pytest.raises(ConfigError, match="'nf4' is not one of none, int8"):
+        load_base(tiny_base, quantization="nf4")

@@ -98,3 +98,16 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
     text = generate(out, "alpha", max_new_tokens=8, temperature=0.0)
     assert text.startswith("alpha") and len(text) > len("alpha")
     assert generate(out, "alpha", max_new_tokens=8, seed=1) == generate(out, "alpha", max_new_tokens=8, seed=1)
+
+
+def test_a_run_in_which_no_update_survives_fails_with_the_reason(tmp_path: Path) -> None:
+    import fedge.llm  # noqa: F401
+
+    exp = from_dict({"rounds": 1, "strategy": {"name": "lora-fedavg"},
+                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 1e38},
+                     "llm": {"enabled": True, "num_clients": 2, "docs_per_client": 10, "block_size": 16,
+                             "tiny_embd": 16, "rank": 2}})
+    why = r"no client update was usable in any round; fit: RuntimeError: .*\(clients \[0, 1\]\)"
+    with pytest.raises(ModelError, match=why):
+        run_experiment(exp, output=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))

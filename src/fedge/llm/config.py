@@ -13,6 +13,8 @@ class LlmConfig:
     base_model: str = opt("", "local model folder or Hugging Face model id in the local cache "
                               "('' = build a tiny random GPT-2 into the run folder)")
     base_dtype: str = opt("float32", "dtype of the frozen base weights", choices=("float32", "bfloat16"))
+    base_quantization: str = opt("none", "store the frozen base's linear weights in 8 bits (bitsandbytes, CPU)",
+                                 choices=("none", "int8"))
     tiny_layers: int = opt(2, "with base_model = '': transformer blocks of the tiny GPT-2", min=1)
     tiny_embd: int = opt(32, "with base_model = '': embedding width of the tiny GPT-2", min=2)
     tiny_heads: int = opt(2, "with base_model = '': attention heads of the tiny GPT-2", min=1)

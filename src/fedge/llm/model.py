@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     import torch
 
 BASE_DTYPES = ("float32", "bfloat16")
+QUANTIZATIONS = ("none", "int8")
+"""Base weights as loaded: as stored, or quantised to 8 bits by ``bitsandbytes``
+(LLM.int8(), Dettmers et al., NeurIPS 2022). 4-bit NF4 (QLoRA) is not offered: with
+bitsandbytes 0.50 on CPU its backward pass fails in training mode."""
 TINY_VOCAB = 257
 """The tiny tokenizer's vocabulary: the 256 bytes and ``<|endoftext|>``."""
 EOS = "<|endoftext|>"
@@ -51,8 +55,11 @@ class LoraSpec:
 
 
 def _quiet_transformers() -> None:
+    import logging
+
     from transformers.utils import logging as hf_logging
 
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
@@ -93,11 +100,28 @@ def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
     return out
 
 
-def load_base(name_or_path: str | Path, *, dtype: str = "float32") -> tuple[Any, Any]:
+def _quantization_config(quantization: str) -> Any:
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"llm.base_quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return None
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"llm.base_quantization = {quantization!r} needs bitsandbytes: "
+                          "pip install 'fedge[llm]'")
+    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+
+
+def load_base(name_or_path: str | Path, *, dtype: str = "float32",
+              quantization: str = "none") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local folder or from the local Hugging Face cache.
 
     Nothing is downloaded: a name that is neither an existing folder nor a cached
-    model id is an error that says so.
+    model id is an error that says so. ``quantization = "int8"`` stores the frozen
+    linear layers' weights in 8 bits with ``bitsandbytes`` (works on CPU).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,8 +142,10 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32") -> tuple[Any,
         raise ModelError(f"base model {ref!r} is neither a local folder nor in the local "
                          "Hugging Face cache (fedge never downloads)")
     torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+    quant = _quantization_config(quantization)
+    extra: dict[str, Any] = {} if quant is None else {"quantization_config": quant, "device_map": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=torch_dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
     except OSError as exc:
         if path.exists():

@@ -49,6 +49,7 @@ class LoraSetup:
     base: str
     base_dtype: str
     optimizer: str = "adamw"
+    quantization: str = "none"
 
     @property
     def num_clients(self) -> int:
@@ -80,12 +81,12 @@ def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
     if not base:
         base = str(build_tiny_base(Path(workdir) / "base", n_layer=cfg.tiny_layers, n_embd=cfg.tiny_embd,
                                    n_head=cfg.tiny_heads, n_positions=max(128, cfg.block_size), seed=seed))
-    model, tokenizer = load_base(base, dtype=cfg.base_dtype)
+    model, tokenizer = load_base(base, dtype=cfg.base_dtype, quantization=cfg.base_quantization)
     max_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.block_size > max_pos:
         raise ModelError(f"llm.block_size: {cfg.block_size} exceeds the model's context of {max_pos} tokens")
     adapter = Adapter(attach_lora(model, spec, gradient_checkpointing=cfg.gradient_checkpointing))
-    setup = LoraSetup(adapter, tokenizer, [], base, cfg.base_dtype, cfg.optimizer)
+    setup = LoraSetup(adapter, tokenizer, [], base, cfg.base_dtype, cfg.optimizer, cfg.base_quantization)
     eos = int(tokenizer.eos_token_id)
     for cid, docs in enumerate(client_texts(cfg, seed)):
         if len(docs) < 2:
@@ -196,6 +197,10 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
                           seed=exp.seed, callbacks=callbacks, backend=t.backend,
                           eval_every=exp.evaluation.every,
                           policy=device_policy(exp, setup, train, cfg.block_size))
+        if result.history and all(r.participants == 0 for r in result.history):
+            first = next((f"{why} (clients {ids})" for r in result.history for why, ids in r.dropped.items()),
+                         "no client trained")
+            raise ModelError(f"no client update was usable in any round; {first}")
         after = perplexities(setup, result.state.params)
         summary = {
             "rounds": len(result.history), "base_model": cfg.base_model or "tiny random GPT-2",
@@ -227,7 +232,8 @@ def save_adapter(setup: LoraSetup, params: Params, folder: Path, *, base: str | 
     setup.adapter.set(params)
     setup.adapter.model.save_pretrained(folder / "adapter")
     info = {"base": base or str(Path(setup.base).resolve() if Path(setup.base).exists() else setup.base),
-            "relative": base is not None, "base_dtype": setup.base_dtype}
+            "relative": base is not None, "base_dtype": setup.base_dtype,
+            "base_quantization": setup.quantization}
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -245,9 +251,10 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
         info = json.loads(info_path.read_text())
         base = str(d / info["base"]) if info.get("relative") else str(info["base"])
         dtype = str(info.get("base_dtype", "float32"))
+        quantization = str(info.get("base_quantization", "none"))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{info_path}: malformed run info ({exc})") from None
-    model, tokenizer = load_base(base, dtype=dtype)
+    model, tokenizer = load_base(base, dtype=dtype, quantization=quantization)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         return PeftModel.from_pretrained(model, str(d / "adapter")), tokenizer
