@@ -235,6 +235,8 @@ def partition(run: RunData) -> Plot:
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     fig, ax = _figure(7.0, min(8.0, 2.0 + 0.04 * len(counts)))
     im = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    if counts.shape[1] <= 30:
+        ax.set_xticks(range(counts.shape[1]))
     ax.set_xlabel("label")
     ax.set_ylabel("client")
     ax.set_title(f"share of each label in each client's training data ({len(counts)} clients)")
