@@ -4,6 +4,8 @@
   file and its PNGs (:mod:`fedge.report.html`, :mod:`fedge.report.plots`).
 - :class:`Dashboard` — a web page and JSON API over any *status source*; a simulation feeds
   it through :class:`RunStatus` (:mod:`fedge.report.dashboard`).
+- :class:`ServeDashboard` — the same page for a deployed gRPC server, over its status
+  snapshot (:mod:`fedge.report.deploy_status`).
 - :class:`TensorBoardCallback`, :class:`MLflowCallback` — per-round scalars
   (:mod:`fedge.report.tracking`).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from fedge.experiment import CALLBACK_FACTORIES
 from fedge.report.config import DashboardConfig, TrackingConfig, callbacks_from_config
 from fedge.report.dashboard import Dashboard, DashboardCallback, RunStatus, StatusSource
+from fedge.report.deploy_status import ServeDashboard, ServerStatusSource, serve_dashboard_hook
 from fedge.report.html import write_report
 from fedge.report.runs import RunData, load_run
 from fedge.report.tracking import MLflowCallback, TensorBoardCallback
@@ -30,9 +33,12 @@ __all__ = [
     "MLflowCallback",
     "RunData",
     "RunStatus",
+    "ServeDashboard",
+    "ServerStatusSource",
     "StatusSource",
     "TensorBoardCallback",
     "TrackingConfig",
     "load_run",
+    "serve_dashboard_hook",
     "write_report",
 ]
