@@ -177,6 +177,7 @@ class Node:
         else:
             self.channel = grpc.insecure_channel(server, options=opts)
         self.session = ""
+        self.heartbeat_s = 1.0
         self.client_id = -1
         self.client: Client | None = None
         self.rounds_trained = 0
@@ -209,15 +210,19 @@ class Node:
         req = pb.JoinRequest(partition=self.partition, profile=self.profile)
         rep = wire.parse(pb.JoinReply, self._retrying("join", lambda: self._unary("Join", req)))
         self.session, self.client_id = rep.session, rep.client_id
-        self.exp = load_experiment(rep.config_toml)
         self.heartbeat_s = rep.heartbeat_s
         self.run_id = rep.run_id
         if self.client is None or self.client.client_id != rep.client_id:
             from fedge.experiment import TRANSFORM_FACTORIES, make_strategy
 
-            self.client = self.client_factory(self.exp, rep.client_id)
-            self.strategy: Strategy = make_strategy(self.exp)
-            self.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(self.exp)])
+            self._busy.set()
+            try:
+                self.exp = load_experiment(rep.config_toml)
+                self.client = self.client_factory(self.exp, rep.client_id)
+                self.strategy: Strategy = make_strategy(self.exp)
+                self.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(self.exp)])
+            finally:
+                self._busy.clear()
             self.state = StateFile((self.state_dir or Path(".")) / f"fedge-client-{rep.client_id}.state")
         log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
         return self.exp
@@ -234,7 +239,7 @@ class Node:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if self._busy.is_set():
+            if self._busy.is_set() and self.session:
                 with contextlib.suppress(TransportError):
                     self.poll(busy=True)
 
@@ -242,9 +247,9 @@ class Node:
     def run(self) -> int:
         """Serve the federation until the server says stop; returns the rounds trained."""
         beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
         try:
             self.join()
-            beat.start()
             while not self._stop.is_set():
                 reply = self.poll()
                 if reply.action == pb.PollReply.STOP:

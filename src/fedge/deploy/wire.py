@@ -151,6 +151,8 @@ class Incoming:
         i = chunk.index
         if i != self.received:
             raise WireError(f"chunk {i} arrived, expected chunk {self.received}")
+        if i >= len(self.header.chunk_sha256):
+            raise WireError(f"chunk {i} is beyond the bundle's {len(self.header.chunk_sha256)} chunks")
         size = self.header.chunk_size
         expected = min(size, len(self.body) - i * size)
         if len(chunk.data) != expected:
