@@ -96,3 +96,21 @@ def test_int8_base_trains_a_float32_adapter(wide_base: Path) -> None:
 def test_unknown_quantization_is_refused(tiny_base: Path) -> None:
     with pytest.raises(ConfigError, match="'nf4' is not one of none, int8"):
         load_base(tiny_base, quantization="nf4")
+
+
+@pytest.mark.integration
+def test_a_model_in_the_hugging_face_cache_loads_by_its_id(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--fedge-test--tiny-gpt2"
+    build_tiny_base(repo / "snapshots" / ("a" * 40), n_layer=1, n_embd=16, n_head=2, n_positions=32)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = ("from fedge.llm.model import load_base; m, t = load_base('fedge-test/tiny-gpt2'); "
+            "print(type(m).__name__, m.config.n_embd, t.eos_token)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["GPT2LMHeadModel", "16", "<|endoftext|>"]
