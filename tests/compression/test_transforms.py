@@ -28,12 +28,12 @@ def _update(rng: np.random.Generator) -> ClientUpdate:
                                             rng.normal(size=3).astype(np.float32)], num_examples=5)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["sign", "topk", "randk", "int8", "qsgd"]), st.integers(1, 6),
-       st.integers(0, 2**32 - 1))
-def test_error_feedback_loses_no_mass(codec: str, rounds: int, seed: int) -> None:
+       st.integers(0, 2**32 - 1), st.sampled_from(["tensor", "model"]))
+def test_error_feedback_loses_no_mass(codec: str, rounds: int, seed: int, scope: str) -> None:
     rng = np.random.default_rng(seed)
-    t = Compress(make_codec(codec, k=0.2, levels=2), error_feedback=True)
+    t = Compress(make_codec(codec, k=0.2, levels=2), error_feedback=True, scope=scope)
     state: dict = {}
     sent_total = [np.zeros((4, 3)), np.zeros(3)]
     input_total = [np.zeros((4, 3)), np.zeros(3)]
@@ -44,6 +44,8 @@ def test_error_feedback_loses_no_mass(codec: str, rounds: int, seed: int) -> Non
         dec = t.server(t.client(upd, ctx), _rctx(r))
         sent_total = [a + d for a, d in zip(sent_total, dec.delta, strict=True)]
     residual = state[RESIDUAL_KEY]
+    if scope == "model":
+        residual = [residual[0][:12].reshape(4, 3), residual[0][12:]]
     for s, res, x in zip(sent_total, residual, input_total, strict=True):
         np.testing.assert_allclose(s + res, x, atol=1e-4)
 
@@ -68,6 +70,18 @@ def test_client_sends_bytes_and_counts_them_exactly() -> None:
     assert [d.shape for d in back.delta] == [(4, 3), (3,)]
     np.testing.assert_allclose(back.extras["c_delta"][0], 1.0, atol=1 / 127)
     assert PAYLOAD_KEY not in back.payload
+
+
+def test_model_scope_spends_one_topk_budget_across_tensors_and_keeps_extras() -> None:
+    rng = np.random.default_rng(2)
+    upd = _update(rng)
+    upd.delta[1][:] = [50.0, -60.0, 70.0]
+    upd.extras["c_delta"] = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+    t = Compress(make_codec("topk", k=0.1), scope="model")
+    out = t.server(t.client(upd, ClientContext(7, 1, np.random.default_rng(0))), _rctx())
+    np.testing.assert_array_equal(out.delta[1], [50.0, -60.0, 70.0])
+    assert not out.delta[0].any()
+    assert [e.shape for e in out.extras["c_delta"]] == [(4, 3), (3,)]
 
 
 def test_server_refuses_shapes_the_model_does_not_have() -> None:

@@ -27,6 +27,8 @@ class CompressionConfig:
     stochastic: bool = opt(True, "int8: stochastic (unbiased) rounding instead of round-to-nearest")
     rescale: bool = opt(False, "randk: multiply kept values by n/k so the codec is unbiased")
     rotate: bool = opt(False, "random Hadamard rotation before int8/qsgd/sign")
+    scope: str = opt("tensor", "encode each tensor on its own, or the whole update as one vector "
+                     "(one top-k budget across layers)", choices=("tensor", "model"))
     entropy: str = opt("none", "lossless coding of each encoded update after the codec",
                        choices=("none", "zlib"))
     error_feedback: str = opt("auto", "keep what the codec dropped on the client and resend it later "
@@ -46,7 +48,8 @@ def build_transforms(cfg: CompressionConfig) -> list[Transform]:
     out: list[Transform] = []
     if cfg.codec != "none":
         ef = None if cfg.error_feedback == "auto" else cfg.error_feedback == "on"
-        out.append(Compress(codec_from(cfg, cfg.codec), error_feedback=ef, entropy=cfg.entropy))
+        out.append(Compress(codec_from(cfg, cfg.codec), error_feedback=ef, entropy=cfg.entropy,
+                            scope=cfg.scope))
     if cfg.downlink != "none":
         out.append(CompressDownlink(codec_from(cfg, cfg.downlink)))
     return out

@@ -29,10 +29,13 @@ import numpy as np
 from fedge.compression.codecs import Codec, codec_id
 from fedge.compression.wire import pack, unpack
 from fedge.core.errors import ConfigError, ValidationError
-from fedge.core.params import Params, nbytes
+from fedge.core.params import Params, flatten, nbytes, unflatten
 from fedge.core.types import ClientContext, ClientUpdate
 from fedge.pipeline import Downlink, RoundContext, Transform
 
+SCOPES = ("tensor", "model")
+"""What a codec sees: each tensor on its own, or the whole update as one flat vector
+(one top-k budget, one QSGD norm per bucket across layers)."""
 ENTROPY = ("none", "zlib")
 """Lossless coding of the encoded message (zlib's DEFLATE), after the codec."""
 PAYLOAD_KEY = "compression"
@@ -74,12 +77,15 @@ class Compress(Transform):
     name = "compress"
 
     def __init__(self, codec: Codec, *, error_feedback: bool | None = None,
-                 entropy: str = "none") -> None:
+                 entropy: str = "none", scope: str = "tensor") -> None:
         if entropy not in ENTROPY:
             raise ConfigError(f"compression.entropy: {entropy!r} is not one of {', '.join(ENTROPY)}")
+        if scope not in SCOPES:
+            raise ConfigError(f"compression.scope: {scope!r} is not one of {', '.join(SCOPES)}")
         self.codec = codec
         self.error_feedback = codec.biased if error_feedback is None else error_feedback
         self.entropy = entropy
+        self.scope = scope
 
     def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
         names = [""] * len(update.delta)
@@ -87,12 +93,14 @@ class Compress(Transform):
         for key in sorted(update.extras):
             names += [key] * len(update.extras[key])
             tensors += list(update.extras[key])
+        if self.scope == "model":
+            tensors = [flatten(tensors)]
         if self.error_feedback:
             residual = ctx.state.get(RESIDUAL_KEY)
             if residual is not None and [r.shape for r in residual] == [t.shape for t in tensors]:
                 tensors = [t + r for t, r in zip(tensors, residual, strict=True)]
         blob, decoded = encode_tensors(self.codec, tensors, ctx.rng,
-                                       names if update.extras else ())
+                                       names if update.extras or self.scope == "model" else ())
         if self.error_feedback:
             ctx.state[RESIDUAL_KEY] = [(t - d).astype(np.float32)
                                        for t, d in zip(tensors, decoded, strict=True)]
@@ -115,7 +123,10 @@ class Compress(Transform):
             except zlib.error as exc:
                 raise ValidationError(f"update from client {update.client_id} is not valid zlib data: "
                                       f"{exc}") from None
-        names, tensors = decode_tensors(self.codec, blob, rctx.spec.shapes)
+        if self.scope == "model":
+            names, tensors = self._split(update.client_id, blob, rctx)
+        else:
+            names, tensors = decode_tensors(self.codec, blob, rctx.spec.shapes)
         if not names:
             names = [""] * len(tensors)
         if len(names) != len(tensors):
@@ -129,6 +140,21 @@ class Compress(Transform):
         update.extras = extras
         rctx.info.setdefault("uplink_bytes_per_client", {})[str(update.client_id)] = update.uplink_bytes
         return update
+
+
+    def _split(self, cid: int, blob: bytes, rctx: RoundContext) -> tuple[list[str], Params]:
+        """Model scope: one flat vector back into the delta's and each extra's tensors."""
+        msg = unpack(blob)
+        groups = [n for i, n in enumerate(msg.names) if i == 0 or n != msg.names[i - 1]]
+        per = len(rctx.spec.shapes)
+        if len(msg.names) != per * len(groups):
+            raise ValidationError(f"update from client {cid} names {len(msg.names)} tensors, "
+                                  f"not a whole number of models of {per}")
+        total = rctx.spec.total * len(groups)
+        _, (vector,) = decode_tensors(self.codec, blob, [(total,)])
+        parts = [unflatten(vector[g * rctx.spec.total : (g + 1) * rctx.spec.total], rctx.spec)
+                 for g in range(len(groups))]
+        return list(msg.names), [t for p in parts for t in p]
 
 
 class CompressDownlink(Transform):
