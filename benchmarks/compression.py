@@ -45,6 +45,7 @@ CODECS: list[tuple[str, dict[str, Any]]] = [
     ("qsgd-s4+zlib", {"codec": "qsgd", "levels": 4, "entropy": "zlib"}),
     ("sign-ef", {"codec": "sign"}),
     ("topk-1%-ef", {"codec": "topk", "k": 0.01}),
+    ("topk-1%-ef-model", {"codec": "topk", "k": 0.01, "scope": "model"}),
     ("topk-1%-no-ef", {"codec": "topk", "k": 0.01, "error_feedback": "off"}),
     ("randk-10%-ef", {"codec": "randk", "k": 0.1}),
     ("float32+down-int8", {"downlink": "int8"}),
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
             "topk_1pct_ef_uplink_reduction": by["topk-1%-ef"]["uplink_reduction"],
             "topk_within_2_at_30x": (by["topk-1%-ef"]["accuracy_change_points"] >= -2
                                      and by["topk-1%-ef"]["uplink_reduction"] >= 30),
+            "topk_1pct_ef_model_points": by["topk-1%-ef-model"]["accuracy_change_points"],
+            "topk_1pct_ef_model_uplink_reduction": by["topk-1%-ef-model"]["uplink_reduction"],
+            "topk_model_within_2_at_30x": (by["topk-1%-ef-model"]["accuracy_change_points"] >= -2
+                                           and by["topk-1%-ef-model"]["uplink_reduction"] >= 30),
         }
     export = (export_figures(rounds["digits"]) if args.workload in ("export", "all") else None)
     out = {
