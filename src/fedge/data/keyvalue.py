@@ -65,14 +65,27 @@ class KeyHasher:
         return x.astype(np.float32)
 
     def matrix(self, rows: Sequence[Mapping[str, float]]) -> npt.NDArray[np.float32]:
-        cache: dict[str, tuple[int, float]] = {}
-        x = np.zeros((len(rows), self.dim), dtype=np.float64)
-        for r, features in enumerate(rows):
+        """The hashed vectors of many records; each distinct key is hashed once."""
+        cache: dict[str, int] = {}
+        signs: list[float] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        counts: list[int] = []
+        for features in rows:
+            counts.append(len(features))
             for key, value in features.items():
-                hit = cache.get(key)
-                if hit is None:
-                    hit = cache[key] = self.bucket(key)
-                x[r, hit[0]] += hit[1] * value
+                j = cache.get(key)
+                if j is None:
+                    j = cache[key] = len(signs)
+                    i, sgn = self.bucket(key)
+                    signs.append(sgn * (i + 1))
+                cols.append(j)
+                vals.append(value)
+        x = np.zeros((len(rows), self.dim), dtype=np.float64)
+        if cols:
+            code = np.asarray(signs)[np.asarray(cols)]
+            r = np.repeat(np.arange(len(rows)), counts)
+            np.add.at(x, (r, np.abs(code).astype(np.int64) - 1), np.sign(code) * np.asarray(vals))
         return x.astype(np.float32)
 
 
@@ -96,7 +109,8 @@ class ReadStats:
         return sum(self.skipped.values())
 
 
-def _problem(obj: Any, labels: Sequence[str] | None) -> str | None:
+def _problem(obj: Any, labels: Sequence[str] | None) -> str | dict[str, float]:
+    """What is wrong with one parsed line, or its features as floats."""
     if not isinstance(obj, dict):
         return "not a JSON object"
     cid = obj.get("client_id")
@@ -110,10 +124,15 @@ def _problem(obj: Any, labels: Sequence[str] | None) -> str | None:
     feats = obj.get("features")
     if not isinstance(feats, dict):
         return "features is not an object"
-    for v in feats.values():
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return "non-numeric feature value"
-    return None
+    out: dict[str, float] = {}
+    for k, v in feats.items():
+        if type(v) is float or (type(v) is int):
+            f = float(v)
+            if math.isfinite(f):
+                out[k] = f
+                continue
+        return "non-numeric feature value"
+    return out
 
 
 def _files(path: Path) -> list[Path]:
@@ -145,16 +164,15 @@ def read_records(path: str | Path, *, strict: bool = False,
                 stats.lines += 1
                 try:
                     obj = json.loads(line)
-                    problem = _problem(obj, labels)
+                    checked = _problem(obj, labels)
                 except json.JSONDecodeError:
-                    problem = "corrupt JSON"
-                if problem is not None:
+                    checked = "corrupt JSON"
+                if isinstance(checked, str):
                     if strict:
-                        raise DataError(f"{f}:{i}: {problem}")
-                    stats.skipped[problem] += 1
+                        raise DataError(f"{f}:{i}: {checked}")
+                    stats.skipped[checked] += 1
                     continue
-                feats = {str(k): float(v) for k, v in obj["features"].items()}
-                records.append(Record(str(obj["client_id"]), str(obj["label"]), feats))
+                records.append(Record(str(obj["client_id"]), str(obj["label"]), checked))
                 stats.kept += 1
     return records, stats
 
