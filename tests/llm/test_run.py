@@ -8,7 +8,7 @@ import pytest
 
 from fedge.clients.base import run_fit
 from fedge.config import from_dict
-from fedge.core.errors import ModelError
+from fedge.core.errors import ConfigError, ModelError
 from fedge.core.params import nbytes
 from fedge.core.types import ClientContext, TrainConfig
 from fedge.llm.config import LlmConfig
@@ -66,9 +66,12 @@ def test_bytes_sent_per_client_equal_the_adapter_not_the_base(tiny_base: Path, t
         assert update.uplink_bytes * 5 < setup.adapter.base_stats()["base_bytes"]
 
 
-def test_block_longer_than_the_context_is_refused(tiny_base: Path, tmp_path: Path) -> None:
+def test_block_longer_than_the_context_and_parallel_backends_are_refused(tiny_base: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="exceeds the model's context of 64"):
         prepare(LlmConfig(base_model=str(tiny_base), block_size=65), seed=0, workdir=tmp_path)
+    setup = small(tiny_base, tmp_path)
+    with pytest.raises(ConfigError, match="'ray' cannot run LoRA clients"):
+        federate(setup, LoraFedAvg(), rounds=1, clients_per_round=1, train=TrainConfig(), backend="ray")
 
 
 @pytest.mark.integration

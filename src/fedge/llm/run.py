@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.core.errors import DataError, ModelError
+from fedge.core.errors import ConfigError, DataError, ModelError
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
 from fedge.llm.client import LoraClient, TextData, token_nll
@@ -37,6 +37,8 @@ from fedge.strategies.base import Strategy
 from fedge.transport.inprocess import BACKENDS, InProcessTransport
 
 RUN_INFO = "fedge_llm.json"
+SHARED_MODEL_BACKENDS = ("sequential", "debug")
+"""Backends that run clients one at a time in this process, as the shared base needs."""
 
 
 @dataclass
@@ -124,8 +126,9 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
     The central evaluation is the held-out next-token loss over all clients' test text
     (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy).
     """
-    if backend not in BACKENDS:
-        raise ModelError(f"backend {backend!r} is unknown; valid: {', '.join(sorted(BACKENDS))}")
+    if backend not in SHARED_MODEL_BACKENDS:
+        raise ConfigError(f"training.backend: {backend!r} cannot run LoRA clients, which share one base "
+                          f"model in this process; use one of {', '.join(SHARED_MODEL_BACKENDS)}")
     pipeline = Pipeline(transforms)
     transport = InProcessTransport(setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline,
                                    seed=seed, backend=BACKENDS[backend]())
