@@ -54,8 +54,8 @@ def test_configured_fleet_is_shown_when_no_round_recorded_its_mix(real_run: Path
 
     run_dir = tmp_path / "fleet"
     shutil.copytree(real_run, run_dir)
-    with (run_dir / "config.toml").open("a") as f:
-        f.write('\n[devices]\nenabled = true\nfleet = { "zonal-ecu" = 0.7, "orin-nano" = 0.3 }\n')
+    (run_dir / "config.toml").write_text(
+        'rounds = 3\n[devices]\nenabled = true\nfleet = { "zonal-ecu" = 0.7, "orin-nano" = 0.3 }\n')
     plot = plots.device_mix(load_run(run_dir))
     assert plot.png is not None and "configured fleet" in plot.note
     assert load_run(run_dir).configured_fleet() == {"zonal-ecu": 0.7, "orin-nano": 0.3}
