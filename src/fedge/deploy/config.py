@@ -12,7 +12,8 @@ class DeployConfig:
     host: str = opt("127.0.0.1", "address the server listens on ('0.0.0.0' = every interface)")
     port: int = opt(9091, "port the server listens on (0 = any free port)", min=0, max=65535)
     state: str = opt("fedge-state.db", "SQLite file of the run's state (config, nodes, rounds, checkpoint)")
-    min_nodes: int = opt(1, "connected nodes a round waits for before it starts", min=1)
+    min_nodes: int = opt(1, "connected nodes the first round (also after a resume) waits for", min=1)
+    round_min_nodes: int = opt(1, "connected nodes every later round waits for", min=1)
     wait_s: float = opt(300.0, "longest wait for min_nodes; then the run stops and says who is missing",
                         min=0)
     round_deadline_s: float = opt(600.0, "a round closes after this long; missing updates count as failed",

@@ -182,7 +182,8 @@ def serve(exp: Experiment, *, resume: bool = False, on_ready: Callable[[int], No
                        rounds=exp.rounds, min_nodes=cfg.min_nodes, heartbeat_s=cfg.heartbeat_s,
                        node_timeout_s=cfg.node_timeout_s, chunk_size=cfg.chunk_kib * 1024,
                        max_update_bytes=int(cfg.max_update_mib * 2**20), max_decoding=cfg.max_decoding)
-    transport = GrpcTransport(svc, wait_s=cfg.wait_s, round_deadline_s=cfg.round_deadline_s)
+    transport = GrpcTransport(svc, wait_s=cfg.wait_s, round_deadline_s=cfg.round_deadline_s,
+                              round_min_nodes=cfg.round_min_nodes)
     if transport_hook is not None:
         transport_hook(transport)
     server, port = start_grpc(svc, cfg)

@@ -29,8 +29,10 @@ class GrpcTransport:
     """A :class:`~fedge.transport.base.Transport` whose clients are remote nodes."""
 
     def __init__(self, service: FedgeService, *, wait_s: float = 300.0,
-                 round_deadline_s: float = 600.0) -> None:
+                 round_deadline_s: float = 600.0, round_min_nodes: int = 1) -> None:
         self.service = service
+        self.round_min_nodes = round_min_nodes
+        self._first = True
         self.wait_s = wait_s
         self.round_deadline_s = round_deadline_s
         self.stopping = threading.Event()
@@ -39,22 +41,26 @@ class GrpcTransport:
         return self.service.num_clients
 
     def available(self, round_num: int) -> list[int]:
-        """Connected nodes' client ids, once at least ``min_nodes`` are connected.
+        """Connected nodes' client ids, once enough are connected.
 
+        The first round of this server process waits for the service's ``min_nodes`` (the
+        fleet gathering, or rejoining after a resume), later rounds for ``round_min_nodes``.
         Waits at most ``wait_s``; then raises a :class:`TransportError` that says how many
         nodes are connected, how many are needed and which client ids are missing.
         """
         svc = self.service
+        need = svc.min_nodes if self._first else self.round_min_nodes
+        self._first = False
         svc.round_num, svc.phase = round_num, "waiting for nodes"
         start = time.monotonic()
         last_log = -1e9
         while True:
             ids = svc.connected()
-            if len(ids) >= svc.min_nodes:
+            if len(ids) >= need:
                 return ids
             now = time.monotonic()
             missing = sorted(set(range(svc.num_clients)) - set(ids))
-            msg = (f"round {round_num}: {len(ids)} nodes connected, {svc.min_nodes} needed "
+            msg = (f"round {round_num}: {len(ids)} nodes connected, {need} needed "
                    f"(missing client ids {_short(missing)})")
             if self.stopping.is_set():
                 raise TransportError(f"stopped while waiting for nodes; {msg}")
