@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,22 @@ def test_static_quantisation_needs_calibration_data(exported, tmp_path: Path) ->
         quantize(path, tmp_path / "s.onnx", "static", None)
     with pytest.raises(ModelError, match="unknown quantisation 'int4'"):
         quantize(path, tmp_path / "s.onnx", "int4")
+
+
+def test_compact_never_reuses_the_input_or_output_names(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    n = 80
+    names = ["x", *[f"hidden_{i}" for i in range(n - 1)], "logits"]
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in itertools.pairwise(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])])
+    model = compact(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.checker.check_model(model)
+    outputs = [o for node in model.graph.node for o in node.output]
+    assert len(set(outputs)) == len(outputs) and outputs[-1] == "logits"
+    assert "x" not in outputs[:-1]
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, str(path))
+    x = np.array([[-1.0, 0.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(predict(session(path), x), [[0.0, 0.0, 2.0]])

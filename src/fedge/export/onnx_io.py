@@ -72,12 +72,17 @@ def compact(model: Any) -> Any:
     keep = {v.name for v in g.input} | {v.name for v in g.output}
     has_subgraphs = any(a.g.ByteSize() or len(a.graphs) for n in g.node for a in n.attribute)
     names: dict[str, str] = {}
+    skipped: list[str] = []
 
     def short(name: str) -> str:
         if has_subgraphs or not name or name in keep:
             return name
         if name not in names:
-            names[name] = _short(len(names))
+            candidate = _short(len(names) + len(skipped))
+            while candidate in keep:
+                skipped.append(candidate)
+                candidate = _short(len(names) + len(skipped))
+            names[name] = candidate
         return names[name]
 
     for t in g.initializer:
