@@ -93,7 +93,7 @@ def time_unit(max_hours: float) -> tuple[float, str]:
 def sim_time(run: RunData) -> Plot:
     hours = run.sim_hours()
     if hours is None:
-        return Plot("sim_time", "Accuracy and loss per simulated hour", None,
+        return Plot("sim_time", "Accuracy and loss per simulated time", None,
                     f"simulated time (sim_clock_s / sim_time_s) {NOT_RECORDED}")
     fig, (a1, a2) = _figure(9.0, 3.6, ncols=2)
     factor, unit = time_unit(max(hours, default=0.0))
@@ -109,7 +109,7 @@ def sim_time(run: RunData) -> Plot:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"accuracy and loss against {unit}")
-    return Plot("sim_time", "Accuracy and loss per simulated hour", _png(fig))
+    return Plot("sim_time", "Accuracy and loss per simulated time", _png(fig))
 
 
 def participants(run: RunData) -> Plot:
@@ -268,7 +268,7 @@ def _compare_lines(runs: Sequence[RunData], key: str, name: str, title: str, yla
 
 
 def compare_sim_time(runs: Sequence[RunData]) -> Plot:
-    title = "Accuracy per simulated hour"
+    title = "Accuracy per simulated time"
     fig, ax = _figure()
     drawn = False
     spans = [max(h, default=0.0) for r in runs if (h := r.sim_hours()) is not None]
