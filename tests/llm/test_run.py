@@ -86,7 +86,8 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
     exp = from_dict({"rounds": 2, "strategy": {"name": "flexlora"},
                      "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
                      "llm": {"enabled": True, "data": str(data), "block_size": 16, "rank": 2,
-                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True},
+                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True,
+                             "personalise_epochs": 2},
                      "devices": {"enabled": True, "fleet": {"pi4": 1.0}}})
     result, out, summary = run_experiment(exp, output=str(tmp_path / "run"))
     assert len(result.history) == 2
@@ -97,6 +98,8 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
     written = json.loads((out / "summary.json").read_text())
     assert written["perplexity_final"]["global"] < written["perplexity_base"]["global"]
     assert written["uplink_bytes_per_client_round"] == [summary["adapter_bytes"]] * 2
+    own, shared = written["perplexity_personalised"], written["perplexity_final"]
+    assert set(own["clients"]) == {"0", "1"} and own["global"] < shared["global"]
     assert not list(tmp_path.glob(".run.*"))
     text = generate(out, "alpha", max_new_tokens=8, temperature=0.0)
     assert text.startswith("alpha") and len(text) > len("alpha")

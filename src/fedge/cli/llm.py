@@ -45,8 +45,12 @@ def finetune_cmd(config: Path, rounds: int | None, output: Path | None, quiet: b
     _, out, summary = run_experiment(exp, callbacks, output=str(output) if output else None)
     before, after = summary["perplexity_base"], summary["perplexity_final"]
     click.echo(f"held-out perplexity: base {before['global']:.2f} -> federated adapter {after['global']:.2f}")
+    own = summary.get("perplexity_personalised")
+    if own:
+        click.echo(f"after local fine-tuning of the federated adapter: {own['global']:.2f}")
     for cid in sorted(before["clients"], key=int):
-        click.echo(f"  client {cid}: {before['clients'][cid]:.2f} -> {after['clients'][cid]:.2f}")
+        tail = f" -> personalised {own['clients'][cid]:.2f}" if own else ""
+        click.echo(f"  client {cid}: {before['clients'][cid]:.2f} -> {after['clients'][cid]:.2f}{tail}")
     click.echo(f"adapter {summary['adapter_bytes']} bytes sent per client per round "
                f"(frozen base: {summary['base_bytes']} bytes, never sent)")
     click.echo(f"wrote {out}")

@@ -28,6 +28,8 @@ class LlmConfig:
     docs_per_client: int = opt(60, "with data = '': documents per synthetic client", min=2)
     test_fraction: float = opt(0.2, "share of each client's documents held out for perplexity", min=0, max=0.9)
     block_size: int = opt(64, "tokens per packed training sequence", min=2)
+    personalise_epochs: int = opt(0, "after the run, each client fine-tunes the global adapter this many "
+                                     "local epochs and reports its own perplexity (0 = off)", min=0)
     optimizer: str = opt("adamw", "local optimiser of the adapter", choices=("adamw", "sgd"))
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     torch_threads: int = opt(0, "PyTorch CPU threads (0 = PyTorch's default; 1 is fastest for tiny models)", min=0)

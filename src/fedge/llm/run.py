@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,28 @@ def perplexities(setup: LoraSetup, params: Params) -> dict[str, Any]:
     return {"global": math.exp(total / count), "clients": per}
 
 
+def personalised(setup: LoraSetup, params: Params, train: TrainConfig, *, seed: int = 0) -> dict[str, Any]:
+    """Each client fine-tunes ``params`` locally with ``train``; held-out perplexity of each result.
+
+    The measure of how much a client's own style still has to teach a shared adapter
+    (personalisation by local fine-tuning, as in Wang et al., "Federated Evaluation of
+    On-device Personalization", 2019).
+    """
+    from fedge.core.types import ClientContext, client_rng
+
+    per: dict[str, float] = {}
+    total, count = 0.0, 0
+    for cid, d in enumerate(setup.data):
+        ctx = ClientContext(client_id=cid, round_num=0, rng=client_rng(seed, 0, cid, stream=1))
+        local = setup.client(cid).train(params, train, ctx).params
+        setup.adapter.set(local)
+        nll, _, n = token_nll(setup.adapter.model, d.test if len(d.test) else d.train)
+        per[str(cid)] = math.exp(nll)
+        total, count = total + nll * n, count + n
+    setup.adapter.set(params)
+    return {"global": math.exp(total / count), "clients": per}
+
+
 def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_round: int,
              train: TrainConfig, seed: int = 0, transforms: Sequence[Transform] = (),
              callbacks: Sequence[Callback] = (), backend: str = "sequential",
@@ -205,11 +227,17 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
                          "no client trained")
             raise ModelError(f"no client update was usable in any round; {first}")
         after = perplexities(setup, result.state.params)
+        if cfg.personalise_epochs:
+            local = replace(train, epochs=cfg.personalise_epochs)
+            extra: dict[str, Any] = {"perplexity_personalised": personalised(
+                setup, result.state.params, local, seed=exp.seed)}
+        else:
+            extra = {}
         summary = {
             "rounds": len(result.history), "base_model": cfg.base_model or "tiny random GPT-2",
             "adapter_bytes": setup.adapter.nbytes, **setup.adapter.base_stats(),
             "uplink_bytes_per_client_round": [r.uplink_bytes / max(1, r.participants) for r in result.history],
-            "perplexity_base": before, "perplexity_final": after,
+            "perplexity_base": before, "perplexity_final": after, **extra,
             "wall_s": time.perf_counter() - t0,
         }
         (tmp / "config.toml").write_text(to_toml(exp, commented=False))
