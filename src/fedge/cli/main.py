@@ -38,7 +38,7 @@ def cli() -> None:
 @click.option("--rounds", type=int, help="Override the number of rounds.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: the config's `output`).")
-@click.option("--backend", help="Execution backend (e.g. debug, sequential).")
+@click.option("--backend", help="Execution backend: debug, sequential, vectorized, processes or ray.")
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port: [dashboard]).")
