@@ -54,7 +54,8 @@ class LoraSpec:
             raise ConfigError(f"llm.dropout: must be in [0, 1), got {self.dropout!r}")
 
 
-def _quiet_transformers() -> None:
+def quiet_libraries() -> None:
+    """Silence transformers' progress bars and info logs and bitsandbytes' kernel notices."""
     import logging
 
     from transformers.utils import logging as hf_logging
@@ -78,7 +79,7 @@ def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    _quiet_transformers()
+    quiet_libraries()
     if n_embd % n_head:
         raise ModelError(f"tiny model: n_embd {n_embd} is not divisible by n_head {n_head}")
     bpe = ByteLevelBPETokenizer()
@@ -126,7 +127,7 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_libraries()
     if dtype not in BASE_DTYPES:
         raise ConfigError(f"llm.base_dtype: {dtype!r} is not one of {', '.join(BASE_DTYPES)}")
     ref = str(name_or_path)

@@ -270,6 +270,9 @@ def save_adapter(setup: LoraSetup, params: Params, folder: Path, *, base: str | 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the run's base with its aggregated adapter, ready to sample."""
+    from fedge.llm.model import quiet_libraries
+
+    quiet_libraries()
     from peft import PeftModel
 
     d = Path(run_dir)
