@@ -76,7 +76,7 @@ def role_server(a: argparse.Namespace) -> None:
             store.checkpoint(record, state)
 
     result = run(strategy=FedAvg(), transport=transport, initial_params=model(a.params), rounds=a.rounds,
-                 sampling=Sampling(fraction=1.0), callbacks=[Save()])
+                 sampling=Sampling(count=None, fraction=1.0), callbacks=[Save()])
     svc.finished = True
     time.sleep(6.0)
     server.stop(1).wait()
@@ -123,7 +123,7 @@ def inprocess_round_s(clients: int, params: int, rounds: int) -> float:
 
     t = InProcessTransport(Trivial, clients, strategy=FedAvg(), backend=SequentialBackend())
     result = run(strategy=FedAvg(), transport=t, initial_params=model(params), rounds=rounds,
-                 sampling=Sampling(fraction=1.0))
+                 sampling=Sampling(count=None, fraction=1.0))
     return float(np.mean([r.wall_s for r in result.history.rounds]))
 
 

@@ -23,6 +23,7 @@ EXPERIMENT = """
 seed = 3
 rounds = {rounds}
 [data]
+dataset = "{dataset}"
 num_clients = {clients}
 [model]
 name = "{model}"
@@ -38,7 +39,7 @@ host = "127.0.0.1"
 port = {port}
 state = "{state}"
 min_nodes = {min_nodes}
-heartbeat_s = 0.3
+heartbeat_s = 0.5
 node_timeout_s = {timeout}
 wait_s = 60
 round_deadline_s = 60
@@ -69,12 +70,12 @@ def make_keys(tmp_path: Path) -> Callable[[int], tuple[list[Path], Path]]:
 def write_experiment(tmp_path: Path) -> Callable[..., Path]:
     def write(*, allow: Path, clients: int = 4, rounds: int = 3, per_round: int = 0, port: int = 0,
               strategy: str = "fedavg", model: str = "logreg", epochs: int = 1, timeout: float = 3.0,
-              min_nodes: int | None = None, name: str = "exp.toml") -> Path:
+              min_nodes: int | None = None, name: str = "exp.toml", dataset: str = "synthetic") -> Path:
         path = tmp_path / name
         path.write_text(EXPERIMENT.format(
             rounds=rounds, clients=clients, per_round=per_round or clients, port=port,
             state=tmp_path / "state.db", min_nodes=min_nodes or clients, timeout=timeout,
-            allow=allow, strategy=strategy, model=model, epochs=epochs))
+            allow=allow, strategy=strategy, model=model, epochs=epochs, dataset=dataset))
         return path
 
     return write

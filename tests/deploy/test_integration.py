@@ -21,7 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from fedge.cli.main import cli
 from fedge.config import load
 from fedge.deploy.auth import Signer, load_private, new_keys
 from fedge.deploy.client import fetch_status
@@ -100,6 +102,8 @@ def test_ten_nodes_over_tls_survive_a_killed_node_and_hostile_requests(
                                         and s.phase == "training" and s, 90, "round 1")
         assert status.connected == 10
         nodes[0].send_signal(signal.SIGKILL)
+        shown = CliRunner().invoke(cli, ["status", "--server", target, "--ca", str(certs["ca"])])
+        assert shown.exit_code == 0 and "of 10 nodes connected" in shown.output, shown.output
 
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
         poll = pb.PollRequest(session="forged:session").SerializeToString()

@@ -101,7 +101,7 @@ def start_node(port: int, key: Path, factory: Callable[[Experiment, int], Any] |
 
 def federate(transport: GrpcTransport, initial: Params, rounds: int = 1) -> RunResult:
     return run(strategy=FedAvg(), transport=transport, initial_params=initial, rounds=rounds,
-               sampling=Sampling(fraction=1.0))
+               sampling=Sampling(count=None, fraction=1.0))
 
 
 @pytest.mark.integration
@@ -234,3 +234,54 @@ def test_signed_but_wrong_requests_are_refused_by_the_handlers(tmp_path: Path, m
         status = wire.parse(pb.StatusReply, channel.unary_unary("/fedge.deploy.Fedge/Status")(b""))
         assert '"client_id": 0' in status.json
         channel.close()
+
+
+@pytest.mark.integration
+def test_a_graceful_stop_keeps_nodes_waiting_and_resume_finishes_the_run(tmp_path: Path, make_keys: Any) -> None:
+    from fedge.config import from_dict
+    from fedge.deploy.server import serve
+    from fedge.experiment import build, execute
+
+    from .conftest import free_port
+
+    keys, allow = make_keys(2)
+    raw = {"seed": 2, "rounds": 4, "data": {"dataset": "synthetic", "num_clients": 2},
+           "model": {"name": "logreg", "framework": "numpy"}, "strategy": {"name": "fedavgm"},
+           "training": {"clients_per_round": 2, "local_epochs": 1}, "evaluation": {"centralized": False}}
+    reference = execute(build(from_dict(raw)))
+    port = free_port()
+    deploy = {"port": port, "state": str(tmp_path / "run.db"), "min_nodes": 2, "heartbeat_s": 0.2,
+              "allow_list": str(allow)}
+
+    class StopAfterFirst:
+        def __init__(self) -> None:
+            self.transport: GrpcTransport | None = None
+
+        def hook(self, t: GrpcTransport) -> None:
+            self.transport = t
+            original = t.fit
+
+            def fit(*args: Any, **kw: Any) -> Any:
+                t.stopping.set()
+                return original(*args, **kw)
+
+            t.fit = fit  # type: ignore[method-assign]
+
+    ready = threading.Event()
+    stopper = StopAfterFirst()
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(first=serve(
+        from_dict({**raw, "deploy": deploy}), on_ready=lambda p: ready.set(), transport_hook=stopper.hook)))
+    t.start()
+    assert ready.wait(30)
+    for i in range(2):
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
+    t.join(60)
+    first = out["first"]
+    assert first.result.stopped_early == "stopped by signal" and len(first.history) == 1
+    assert all(th.is_alive() for _, th in NODES), "nodes keep retrying after a graceful stop"
+    second = serve(from_dict({**raw, "deploy": deploy}), resume=True, linger_s=0.5)
+    stop_nodes()
+    assert [r.round for r in second.history] == [1, 2, 3, 4]
+    for a, b in zip(second.result.state.params, reference.state.params, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -149,7 +149,7 @@ def decode_instructions(tree: Any) -> tuple[list[np.ndarray], FitInstructions]:
     known = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in train.items() if k in known})
     per_client = {int(c): dict(o) for c, o in tree.get("per_client") or []}
-    params = [np.array(p, dtype=np.float32) for p in tree["params"]]
+    params = [np.asarray(p, dtype=np.float32) for p in tree["params"]]
     return params, FitInstructions(round_num=int(tree["round"]), train=cfg,
                                    config=dict(tree.get("config") or {}), per_client=per_client)
 

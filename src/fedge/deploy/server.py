@@ -204,12 +204,15 @@ def serve(exp: Experiment, *, resume: bool = False, on_ready: Callable[[int], No
                      callbacks=[_Checkpoint(store, svc, transport)], state=state,
                      max_update_norm=exp.training.max_update_norm or None,
                      min_updates=exp.training.min_clients)
-        svc.phase = "finished" if result.stopped_early is None else "stopped"
-        transport.close()
-        _linger(svc, cfg.heartbeat_s * 2 if linger_s is None else linger_s)
+        if result.stopped_early is None:
+            svc.phase = "finished"
+            transport.close()
+            _linger(svc, cfg.heartbeat_s * 2 if linger_s is None else linger_s)
+        else:
+            svc.phase = "stopped"
+            log.info("event=stopped round=%d reason=%r", result.state.round_num, result.stopped_early)
         return Served(result, History(store.records()), run_id)
     finally:
-        svc.finished = True
         server.stop(grace=1.0).wait()
         store.close()
 

@@ -98,9 +98,10 @@ def encode(obj: Any, chunk_size: int = DEFAULT_CHUNK) -> Outgoing:
     off = 0
     header = pb.BundleHeader(tree=tree, chunk_size=chunk_size, total_bytes=total)
     for a in arrays:
-        le = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-        body[off:off + le.nbytes] = le.tobytes()
-        off += le.nbytes
+        if a.size:
+            dst = np.frombuffer(body, dtype=a.dtype.newbyteorder("<"), count=a.size, offset=off)
+            dst[...] = a.reshape(-1)
+        off += a.nbytes
         header.tensors.add(dtype=a.dtype.name, shape=[int(d) for d in a.shape])
     view = memoryview(body)
     header.chunk_sha256.extend(hashlib.sha256(view[i:i + chunk_size]).digest()
