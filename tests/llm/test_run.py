@@ -117,3 +117,18 @@ def test_a_run_in_which_no_update_survives_fails_with_the_reason(tmp_path: Path)
     with pytest.raises(ModelError, match=why):
         run_experiment(exp, output=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+
+
+def test_config_transforms_act_on_the_adapter_deltas(tmp_path: Path) -> None:
+    import fedge.compression
+    import fedge.llm  # noqa: F401
+
+    exp = from_dict({"rounds": 1, "strategy": {"name": "lora-fedavg"},
+                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
+                     "compression": {"codec": "int8"},
+                     "llm": {"enabled": True, "num_clients": 2, "docs_per_client": 10, "block_size": 16,
+                             "tiny_embd": 16, "rank": 2}})
+    _, _, summary = run_experiment(exp, output=str(tmp_path / "run"))
+    (sent,) = summary["uplink_bytes_per_client_round"]
+    assert 0 < sent < 0.6 * summary["adapter_bytes"]
+    assert summary["perplexity_final"]["global"] < summary["perplexity_base"]["global"]

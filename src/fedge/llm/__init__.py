@@ -24,7 +24,8 @@ from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.strategies import register
 
 
-def _refuse_plain_run(exp: Experiment) -> Sequence[Any]:
+def refuse_plain_run(exp: Experiment) -> Sequence[Any]:
+    """Stop ``fedge run`` on an ``[llm]`` experiment (a transform factory that adds nothing)."""
     llm = exp.extensions.get("llm")
     if llm is not None and llm.enabled:
         raise ConfigError("[llm] enabled = true: fine-tune with `fedge finetune CONFIG`, not `fedge run`")
@@ -34,7 +35,7 @@ def _refuse_plain_run(exp: Experiment) -> Sequence[Any]:
 register_section("llm", LlmConfig)
 register(LoraFedAvg)
 register(FlexLoRA)
-if _refuse_plain_run not in experiment.TRANSFORM_FACTORIES:
-    experiment.TRANSFORM_FACTORIES.append(_refuse_plain_run)
+if refuse_plain_run not in experiment.TRANSFORM_FACTORIES:
+    experiment.TRANSFORM_FACTORIES.append(refuse_plain_run)
 
 __all__ = ["FlexLoRA", "LlmConfig", "LoraFedAvg"]

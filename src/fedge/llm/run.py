@@ -198,6 +198,14 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
         straggler_fraction=cfg.straggler_fraction, precision=cfg.precision, oort=oort, seed=exp.seed)
 
 
+def config_transforms(exp: Any) -> list[Transform]:
+    """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...)."""
+    from fedge import experiment
+    from fedge.llm import refuse_plain_run
+
+    return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp)]
+
+
 def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | None = None,
                    ) -> tuple[RunResult, Path, dict[str, Any]]:
     """Run an experiment whose ``[llm]`` section is enabled; returns result, folder, summary."""
@@ -220,6 +228,7 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
         result = federate(setup, make_strategy(exp), rounds=exp.rounds,
                           clients_per_round=t.clients_per_round or setup.num_clients, train=train,
                           seed=exp.seed, callbacks=callbacks, backend=t.backend,
+                          transforms=config_transforms(exp),
                           eval_every=exp.evaluation.every,
                           policy=device_policy(exp, setup, train, cfg.block_size))
         if result.history and all(r.participants == 0 for r in result.history):
