@@ -14,9 +14,10 @@ from fedge.core.types import ClientContext, TrainConfig
 from fedge.llm.config import LlmConfig
 from fedge.llm.run import LoraSetup, federate, generate, perplexities, prepare, run_experiment
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
-from fedge.pipeline import Pipeline
+from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback
+from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import StrategyState
 
 
@@ -72,6 +73,16 @@ def test_block_longer_than_the_context_and_parallel_backends_are_refused(tiny_ba
     setup = small(tiny_base, tmp_path)
     with pytest.raises(ConfigError, match="'ray' cannot run LoRA clients"):
         federate(setup, LoraFedAvg(), rounds=1, clients_per_round=1, train=TrainConfig(), backend="ray")
+
+    class SumNoise(Transform):
+        def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
+            return sums
+
+    with pytest.raises(ConfigError, match=r"flexlora .* not linear .*\(SumNoise\); use lora-fedavg"):
+        federate(setup, FlexLoRA(), rounds=1, clients_per_round=1, train=TrainConfig(), transforms=[SumNoise()])
+    fedavg = LoraFedAvg()
+    federate(setup, fedavg, rounds=1, clients_per_round=1, train=TrainConfig(), transforms=[SumNoise()])
+    assert fedavg.report_gap is False
 
 
 @pytest.mark.integration

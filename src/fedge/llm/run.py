@@ -29,6 +29,7 @@ from fedge.llm.client import LoraClient, TextData, token_nll
 from fedge.llm.config import LlmConfig
 from fedge.llm.corpus import client_documents
 from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, load_base
+from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
 from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, run
@@ -146,11 +147,20 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
     ``initial`` is the starting adapter (default: the one now loaded in the model).
 
     The central evaluation is the held-out next-token loss over all clients' test text
-    (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy).
+    (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy). Transforms
+    that act on summed updates (secure aggregation, central DP noise) hide single
+    updates from the server: ``flexlora`` then refuses to run, and ``lora-fedavg``
+    stops reporting ``product_gap``.
     """
     if backend not in SHARED_MODEL_BACKENDS:
         raise ConfigError(f"training.backend: {backend!r} cannot run LoRA clients, which share one base "
                           f"model in this process; use one of {', '.join(SHARED_MODEL_BACKENDS)}")
+    on_sums = [type(t).__name__ for t in transforms if type(t).aggregate is not Transform.aggregate]
+    if on_sums and isinstance(strategy, FlexLoRA):
+        raise ConfigError(f"strategy flexlora averages B @ A, which is not linear in the update, so it cannot "
+                          f"run with transforms that act on summed updates ({', '.join(on_sums)}); use lora-fedavg")
+    if on_sums and isinstance(strategy, LoraFedAvg):
+        strategy.report_gap = False
     pipeline = Pipeline(transforms)
     transport = InProcessTransport(setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline,
                                    seed=seed, backend=BACKENDS[backend]())
