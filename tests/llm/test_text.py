@@ -45,8 +45,11 @@ def test_bad_files_name_the_problem(tmp_path: Path) -> None:
         read_documents(bad)
     with pytest.raises(DataError, match="no such text file"):
         read_documents(tmp_path / "missing.txt")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.txt or \.jsonl"):
-        client_files(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
+        client_files(tmp_path / "empty")
+    with pytest.raises(DataError, match="no such folder"):
+        client_files(tmp_path / "missing")
 
 
 def test_split_holds_out_a_share_and_keeps_every_document() -> None:
