@@ -114,3 +114,18 @@ def test_a_model_in_the_hugging_face_cache_loads_by_its_id(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["GPT2LMHeadModel", "16", "<|endoftext|>"]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_gradient_checkpointing_recomputes_blocks_in_backward(tiny_base: Path, checkpointing: bool) -> None:
+    import torch
+
+    model, _ = load_base(tiny_base)
+    adapter = Adapter(attach_lora(model, LoraSpec(rank=2), gradient_checkpointing=checkpointing))
+    calls: list[int] = []
+    model.transformer.h[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    adapter.model.train()
+    ids = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
+    adapter.model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == (2 if checkpointing else 1)
+    assert all(t.grad is not None and bool(t.grad.abs().sum() > 0) for t in adapter.tensors[1::2])
