@@ -97,7 +97,9 @@ class RoundTask:
 
     round_num: int
     task_id: str
-    outgoing: wire.Outgoing
+    header: Any
+    chunks: list[bytes]
+    """The serialized chunk messages, made once and shared by every node's Fetch."""
     client_ids: frozenset[int]
     spec: ParamSpec
     results: queue.Queue[tuple[ClientUpdate | ClientFailure, _Verdict]] = field(
@@ -248,7 +250,7 @@ class FedgeService:
         if (not req.busy and task is not None and not task.closed
                 and node.client_id in task.client_ids and node.client_id not in task.done):
             return wire.dump(pb.PollReply(action=pb.PollReply.TRAIN, task_id=task.task_id, round=task.round_num,
-                                task=task.outgoing.header))
+                                task=task.header))
         return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
 
     def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
@@ -257,9 +259,9 @@ class FedgeService:
         task = self.task
         if task is None or req.task_id != task.task_id or task.closed:
             raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} is not open")
-        if req.start > len(task.outgoing.header.chunk_sha256):
-            raise Refused("OUT_OF_RANGE", f"task has {len(task.outgoing.header.chunk_sha256)} chunks")
-        return (c.SerializeToString() for c in task.outgoing.chunks(req.start))
+        if req.start > len(task.chunks):
+            raise Refused("OUT_OF_RANGE", f"task has {len(task.chunks)} chunks")
+        return iter(task.chunks[req.start:])
 
     def push(self, messages: Iterable[bytes], md: Metadata) -> bytes:
         it = iter(messages)
@@ -369,11 +371,13 @@ class FedgeService:
     def open_round(self, round_num: int, client_ids: Sequence[int], params: Params,
                    ins: FitInstructions) -> RoundTask:
         out = wire.encode(encode_instructions(params, ins), self.chunk_size)
-        task = RoundTask(round_num, f"{self.run_id}:{self.session}:{round_num}", out,
+        task = RoundTask(round_num, f"{self.run_id}:{self.session}:{round_num}", out.header,
+                         [wire.dump(c) for c in out.chunks()],
                          frozenset(int(c) for c in client_ids), ParamSpec.of(params))
+        del out
         self.round_num, self.phase, self.task = round_num, "training", task
         log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids),
-                 out.header.total_bytes)
+                 task.header.total_bytes)
         return task
 
     def close_round(self, task: RoundTask) -> None:
