@@ -149,3 +149,14 @@ def test_round_policy_controls_who_trains_and_how_much() -> None:
     r = res.history.rounds[0]
     assert r.participants == 2 and len(r.dropped["too slow"]) == 2
     assert r.extra["steps"] == [1.0, 1.0]
+
+
+def test_transforms_added_to_an_empty_pipeline_reach_the_clients() -> None:
+    pipe = Pipeline()
+    strategy = FedAvg()
+    transport = InProcessTransport(client_fn, FD.num_clients, strategy=strategy, pipeline=pipe)
+    pipe.transforms.append(Poison(set(range(10))))
+    x, y = FD.central()
+    res = run(strategy=strategy, transport=transport, initial_params=MODEL.init_params(0), rounds=1,
+              sampling=Sampling(count=4), pipeline=pipe, evaluator=lambda p: MODEL.evaluate(p, x, y))
+    assert res.history.rounds[0].participants == 0

@@ -248,7 +248,7 @@ def run(
         raise AggregationError(f"rounds must be >= 0, got {rounds}")
     sampling = sampling or Sampling()
     train = train or TrainConfig()
-    pipeline = pipeline or Pipeline()
+    pipeline = pipeline if pipeline is not None else Pipeline()
     eval_plan = eval_plan or EvalPlan()
     if state is None:
         state = strategy.init([np.asarray(p, dtype=np.float32) for p in initial_params],

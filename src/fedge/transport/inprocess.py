@@ -126,7 +126,7 @@ class InProcessTransport:
         seed: int = 0,
         backend: Backend | None = None,
     ) -> None:
-        self.runtime = ClientRuntime(client_fn, strategy, pipeline or Pipeline(), seed)
+        self.runtime = ClientRuntime(client_fn, strategy, pipeline if pipeline is not None else Pipeline(), seed)
         self._num_clients = num_clients
         self.backend: Backend = backend or DebugBackend()
         self.states: dict[int, dict[str, Any]] = {}
