@@ -68,6 +68,7 @@ def reference(setup: LoraSetup, initial: list[np.ndarray], rounds: int, cfg: Tra
 def main() -> None:
     ap = argparse.ArgumentParser(description="federated LoRA benchmark")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="timings of fedge and the reference (fastest kept)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     clients, docs, rounds, width, heads = (3, 20, 2, 32, 2) if args.quick else (8, 80, 10, 64, 4)
@@ -81,7 +82,7 @@ def main() -> None:
     base = perplexities(setup, initial)
     out: dict[str, object] = {"workload": "llm-lora-synthetic-writers", "backend": "sequential",
                               "clients": clients, "rounds": rounds, "n_embd": width, "rank": cfg.rank}
-    timings = {}
+    timings: dict[str, float] = {}
     finals = {}
     for strategy in (LoraFedAvg(report_gap=False), FlexLoRA()):
         t0 = time.perf_counter()
@@ -91,25 +92,34 @@ def main() -> None:
         finals[strategy.name] = res.state.params
         ppl = perplexities(setup, res.state.params)
         out[f"ppl_{strategy.name}"] = round(ppl["global"], 3)
-        out[f"min_client_ppl_ratio_{strategy.name}"] = round(
+        out[f"worst_client_ppl_ratio_{strategy.name}"] = round(
             max(ppl["clients"][c] / base["clients"][c] for c in base["clients"]), 4)
-        last = res.history.records[-1] if hasattr(res.history, "records") else list(res.history)[-1]
+        last = list(res.history)[-1]
         out[f"uplink_bytes_per_client_round_{strategy.name}"] = last.uplink_bytes / max(1, last.participants)
         if strategy.name == "flexlora":
             out["truncation_error_last"] = round(float(last.extra["truncation_error"]), 5)
-    t0 = time.perf_counter()
-    ref = reference(setup, initial, rounds, train, seed)
-    ref_s = time.perf_counter() - t0
+    # The shared machine is noisy: time fedge and the reference back to back, alternately,
+    # and keep the fastest of each.
+    fedge_s, ref_s = [timings["lora-fedavg"]], []
+    for rep in range(args.repeats):
+        t0 = time.perf_counter()
+        ref = reference(setup, initial, rounds, train, seed)
+        ref_s.append(time.perf_counter() - t0)
+        if rep + 1 < args.repeats:
+            t0 = time.perf_counter()
+            federate(setup, LoraFedAvg(report_gap=False), rounds=rounds, clients_per_round=clients, train=train,
+                     seed=seed, initial=initial, eval_every=rounds)
+            fedge_s.append(time.perf_counter() - t0)
     gap = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, finals["lora-fedavg"], strict=True))
     lc = count_lora(setup.adapter, cfg.block_size)
     stats = setup.adapter.base_stats()
     out.update({
         "ppl_base": round(base["global"], 3),
         "adapter_bytes": setup.adapter.nbytes, "base_bytes": stats["base_bytes"],
-        "fedge_fedavg_s": round(timings["lora-fedavg"], 3), "fedge_flexlora_s": round(timings["flexlora"], 3),
-        "reference_s": round(ref_s, 3),
-        "fedge_over_reference": round(timings["lora-fedavg"] / ref_s, 3),
-        "flexlora_over_fedavg": round(timings["flexlora"] / timings["lora-fedavg"], 3),
+        "fedge_fedavg_s": round(min(fedge_s), 3), "fedge_flexlora_s": round(timings["flexlora"], 3),
+        "reference_s": round(min(ref_s), 3), "timing_repeats": args.repeats,
+        "fedge_over_reference": round(min(fedge_s) / min(ref_s), 3),
+        "flexlora_over_fedavg": round(timings["flexlora"] / min(fedge_s), 3),
         "same_result_as_reference": gap < 1e-5, "max_abs_diff_vs_reference": gap,
         "device_memory_mib_batch8": round(lc.memory_bytes(8) / 2**20, 3),
         "train_gflops_per_block": round(lc.train_flops(1) / 1e9, 4),
