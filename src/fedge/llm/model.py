@@ -73,7 +73,9 @@ def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
     The folder is in the same format as a downloaded checkpoint (``config.json``,
     ``model.safetensors``, ``tokenizer.json``), so it loads through :func:`load_base`
     like any real model. The tokenizer has no merges: every byte is a token, which needs
-    no training data.
+    no training data. ``init_range`` (GPT-2 uses 0.02) is wider so that the random output
+    embedding can express sharp next-token distributions, which an adapter on the frozen
+    blocks then learns to use.
     """
     import torch
     from tokenizers import ByteLevelBPETokenizer
