@@ -107,7 +107,7 @@ def role_nodes(a: argparse.Namespace) -> None:
     for cid in range(lo, hi):
         node = GroupNode(f"127.0.0.1:{a.port}", Signer(load_private(Path(a.keys) / f"n{cid}.key")),
                          partition=cid, client_factory=lambda exp, cid: Trivial(cid),
-                         backoff=Backoff(give_up_s=120))
+                         backoff=Backoff(give_up_s=120), state_dir=Path(a.keys))
         t = threading.Thread(target=node.run, daemon=True)
         t.start()
         threads.append(t)
