@@ -38,11 +38,12 @@ def _logging(verbose: bool) -> None:
 @click.option("--client-ca", help="PEM CA of node certificates: mutual TLS (deploy.client_ca).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Also write model.npz and metrics.jsonl here at the end.")
+@click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port, token: [dashboard]).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 def serve_cmd(config: Path | None, host: str | None, port: int | None, state: str | None,
               resume: bool, allow_list: str | None, revoked: str | None, min_nodes: int | None,
               tls_cert: str | None, tls_key: str | None, client_ca: str | None,
-              output: Path | None, quiet: bool) -> None:
+              output: Path | None, dashboard: bool, quiet: bool) -> None:
     """Run the federation in CONFIG for remote nodes (`fedge join`) over gRPC.
 
     The run's state (config, nodes, per-round metrics, model and strategy state) is kept
@@ -69,7 +70,24 @@ def serve_cmd(config: Path | None, host: str | None, port: int | None, state: st
     def ready(p: int) -> None:
         click.echo(f"fedge serve: listening on {exp.section('deploy').host}:{p}", err=True)
 
-    served = serve(exp, resume=resume, on_ready=ready, transport_hook=stop.append)
+    hooks: list[Any] = [stop.append]
+    board = None
+    if dashboard:
+        from fedge.report import serve_dashboard_hook
+
+        exp.section("dashboard").enabled = True
+        board = serve_dashboard_hook(exp, lambda url: click.echo(f"fedge serve: dashboard at {url}", err=True))
+        hooks.append(board)
+
+    def transport_hook(transport: Any) -> None:
+        for hook in hooks:
+            hook(transport)
+
+    try:
+        served = serve(exp, resume=resume, on_ready=ready, transport_hook=transport_hook)
+    finally:
+        if board is not None:
+            board.close()
     if output is not None:
         from fedge.experiment import save_params_npz
         from fedge.simulation.history import write_jsonl
