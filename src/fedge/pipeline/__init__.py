@@ -68,6 +68,16 @@ class Transform:
                  rctx: RoundContext) -> Downlink | None:
         return None
 
+    sums_cohort: bool = False
+    """True for a transform that sums the round's cohort itself (secure aggregation):
+    the loop then hands it every arriving update through :meth:`sum_cohort`."""
+
+    def sum_cohort(
+        self, updates: list[ClientUpdate], rctx: RoundContext
+    ) -> tuple[Terms, int, dict[str, list[int]]]:
+        """The summed terms, how many clients they hold, and who was lost (reason -> ids)."""
+        raise NotImplementedError(f"{self.name} does not sum cohorts")
+
 
 class Pipeline:
     """An ordered chain of transforms: forward on the client, reversed on the server."""

@@ -146,7 +146,7 @@ def run_round(
         dropped.setdefault(reason, []).append(cid)
 
     # A transform that sums the cohort itself (secure aggregation) gets every update.
-    cohort = next((t for t in pipeline.transforms if getattr(t, "sums_cohort", False)), None)
+    cohort = next((t for t in pipeline.transforms if t.sums_cohort), None)
     if cohort is not None and strategy.needs_individual_updates:
         raise ConfigError(f"strategy {strategy.name!r} needs individual updates, which {cohort.name} "
                           "hides from the server; choose a strategy that aggregates sums")
