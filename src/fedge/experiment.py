@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 from fedge.clients.base import Learner, LearnerClient
 from fedge.config.schema import Experiment, to_dict, to_toml
 from fedge.core.errors import ConfigError, ModelError
+from fedge.core.files import atomic_folder
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
 from fedge.data.datasets import digits, federate, synthetic
@@ -182,9 +181,7 @@ def load_params_npz(path: Path) -> Params:
 def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float) -> Path:
     """Write the run folder atomically (temporary sibling, then rename)."""
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / "config.toml").write_text(to_toml(built.exp, commented=False))
         write_jsonl(result.history, tmp / "metrics.jsonl")
         write_csv(result.history, tmp / "metrics.csv")
@@ -211,12 +208,6 @@ def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float) -> 
             "client_accuracy": {str(k): v for k, v in sorted(result.client_accuracy.items())},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

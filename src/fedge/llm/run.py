@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.errors import ConfigError, DataError, ModelError
+from fedge.core.files import atomic_folder
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
 from fedge.llm.client import LoraClient, TextData, token_nll
@@ -226,9 +225,7 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
     cfg: LlmConfig = exp.section("llm")
     t0 = time.perf_counter()
     out = Path(output or exp.output.format(dataset="llm", strategy=exp.strategy.name, seed=exp.seed)).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         setup = prepare(cfg, seed=exp.seed, workdir=tmp)
         initial = setup.adapter.get()
         before = perplexities(setup, initial)
@@ -264,12 +261,6 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
         write_csv(result.history, tmp / "metrics.csv")
         save_adapter(setup, result.state.params, tmp, base=None if cfg.base_model else "base")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result, out, summary
 
 

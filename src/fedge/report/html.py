@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedge.core.errors import DataError
+from fedge.core.files import atomic_folder
 from fedge.report import plots
 from fedge.report.plots import Plot
 from fedge.report.runs import RunData, load_run
@@ -122,16 +121,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     if target.is_dir() and any(target.iterdir()) and not (target / REPORT_FILE).exists():
         raise DataError(f"{target}: a non-empty folder that holds no earlier report; choose another --output")
     page, pngs = render(runs)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)
         (tmp / REPORT_FILE).write_text(page, encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target / REPORT_FILE
