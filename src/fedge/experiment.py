@@ -34,7 +34,7 @@ from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, ru
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import REGISTRY, build_strategy
 from fedge.strategies.base import Strategy
-from fedge.transport.inprocess import BACKENDS, Backend, InProcessTransport
+from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
 
 # Other parts of fedge contribute pipeline transforms and callbacks built from their own
 # config sections (privacy, compression, devices ...) through these hooks.
@@ -42,6 +42,9 @@ TransformFactory = Callable[[Experiment], Sequence[Transform]]
 CallbackFactory = Callable[[Experiment, "Built"], Sequence[Callback]]
 TRANSFORM_FACTORIES: list[TransformFactory] = []
 CALLBACK_FACTORIES: list[CallbackFactory] = []
+ClientWrapper = Callable[[Experiment, FederatedDataset, ClientFn], ClientFn]
+CLIENT_WRAPPERS: list[ClientWrapper] = []
+"""Wrap how clients are built (e.g. attack simulation turns some clients malicious)."""
 PolicyFactory = Callable[[Experiment, "Built"], "RoundPolicy | None"]
 POLICY_FACTORIES: list[PolicyFactory] = []
 
@@ -136,7 +139,10 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
     def client_fn(cid: int) -> LearnerClient:
         return LearnerClient(cid, learner, data.client(cid))
 
-    transport = InProcessTransport(client_fn, data.num_clients, strategy=strategy, pipeline=pipeline,
+    make_client: ClientFn = client_fn
+    for wrap in CLIENT_WRAPPERS:
+        make_client = wrap(exp, data, make_client)
+    transport = InProcessTransport(make_client, data.num_clients, strategy=strategy, pipeline=pipeline,
                                    seed=exp.seed, backend=make_backend(t.backend))
     return Built(exp, data, learner, strategy, pipeline, transport, initial, train, sampling)
 

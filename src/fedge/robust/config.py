@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fedge.config.schema import Experiment, opt, register_section
 from fedge.core.errors import ConfigError
@@ -22,7 +22,9 @@ from fedge.strategies import REGISTRY
 from fedge.strategies.base import StrategyState
 
 if TYPE_CHECKING:
+    from fedge.data.federated import FederatedDataset
     from fedge.experiment import Built
+    from fedge.transport.inprocess import ClientFn
 
 
 @dataclass
@@ -112,19 +114,19 @@ def build_attack(exp: Experiment, num_clients: int, num_classes: int) -> Attack:
                   colluders=a.colluders, population=num_clients)
 
 
+def attack_clients(exp: Experiment, data: FederatedDataset, client_fn: ClientFn) -> ClientFn:
+    """Turn the configured share of clients malicious (simulation only)."""
+    if "attack" not in exp.extensions:
+        return client_fn
+    attack = build_attack(exp, data.num_clients, data.num_classes)
+    return client_fn if attack.kind == "none" else attack.wrap(client_fn)
+
+
 def attack_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
-    """Turn the configured share of clients malicious and label the records."""
+    """Label every round's record with the attack and the defence."""
     if "attack" not in exp.extensions:
         return []
-    attack = build_attack(exp, built.data.num_clients, built.data.num_classes)
-    runtime: Any = getattr(built.transport, "runtime", None)
-    if attack.kind != "none":
-        if runtime is None:
-            raise ConfigError("[attack] is simulated on the in-process transport only")
-        if not getattr(runtime, "_fedge_attack", None):
-            runtime.client_fn = attack.wrap(runtime.client_fn)
-            runtime._fedge_attack = attack
-    return [AttackLabels(attack, exp.strategy.name)]
+    return [AttackLabels(build_attack(exp, built.data.num_clients, built.data.num_classes), exp.strategy.name)]
 
 
 def _install() -> None:
@@ -134,6 +136,8 @@ def _install() -> None:
         experiment.TRANSFORM_FACTORIES.append(check_robust)
     if attack_callbacks not in experiment.CALLBACK_FACTORIES:
         experiment.CALLBACK_FACTORIES.append(attack_callbacks)
+    if attack_clients not in experiment.CLIENT_WRAPPERS:
+        experiment.CLIENT_WRAPPERS.append(attack_clients)
 
 
 _install()
