@@ -78,13 +78,16 @@ class DebugBackend:
         reducer: Reducer | None,
     ) -> Iterator[FitResult]:
         for cid in client_ids:
-            state = states.setdefault(cid, {})
             try:
-                yield runtime.fit(cid, params, ins, state)
-            except ClientError:
-                raise
+                result = runtime.fit(cid, params, ins, states.setdefault(cid, {}))
             except Exception as exc:
-                raise ClientError(cid, round_num, "fit", exc) from exc
+                result = self.failed(cid, round_num, exc)
+            yield result
+
+    def failed(self, cid: int, round_num: int, exc: Exception) -> ClientFailure:
+        if isinstance(exc, ClientError):
+            raise exc
+        raise ClientError(cid, round_num, "fit", exc) from exc
 
     def close(self) -> None:
         pass
@@ -95,22 +98,8 @@ class SequentialBackend(DebugBackend):
 
     name = "sequential"
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]:
-        for cid in client_ids:
-            state = states.setdefault(cid, {})
-            try:
-                yield runtime.fit(cid, params, ins, state)
-            except Exception as exc:
-                yield ClientFailure(cid, "fit", f"{type(exc).__name__}: {exc}")
+    def failed(self, cid: int, round_num: int, exc: Exception) -> ClientFailure:
+        return ClientFailure(cid, "fit", f"{type(exc).__name__}: {exc}")
 
 
 class InProcessTransport:
