@@ -92,3 +92,24 @@ def test_malformed_key_lists_name_the_line() -> None:
         parse_keys("# nodes\nssh-rsa AAAA\n", "allow.txt")
     with pytest.raises(ConfigError, match=r"allow\.txt:1: not a valid Ed25519"):
         parse_keys("ed25519 AAAA x\n", "allow.txt")
+
+
+def test_nonces_are_forgotten_only_once_their_request_can_no_longer_be_fresh(
+        pair: tuple[Signer, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    signer, pub = pair
+    v = Verifier(pub, window_s=10)
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    old = signer.metadata("Poll", b"x")
+    v.verify("Poll", b"x", old)
+    for _ in range(50):  # many requests inside the window: the old nonce is kept
+        clock[0] += 0.1
+        md = signer.metadata("Poll", b"y")
+        v.verify("Poll", b"y", md)
+    with pytest.raises(AuthError, match="replayed"):
+        v.verify("Poll", b"x", old)
+    clock[0] += 25  # two windows later: the old request is stale, and its nonce is forgotten
+    v.verify("Poll", b"z", signer.metadata("Poll", b"z"))
+    assert len(v._seen) == 1
+    with pytest.raises(AuthError, match="stale"):
+        v.verify("Poll", b"x", old)

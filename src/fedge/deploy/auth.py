@@ -16,6 +16,7 @@ outside its window and nonces it has already seen (replays).
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import os
 import secrets
@@ -147,7 +148,8 @@ class Verifier:
         self._revoked = _KeyFile(revoked)
         self._extra = {node_id_of(_raw(k)): k for k in extra_keys}
         self.window_s = window_s
-        self._seen: dict[str, float] = {}
+        self._seen: set[str] = set()
+        self._seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self._lock = threading.Lock()
         self._allow.get()
         self._revoked.get()
@@ -179,7 +181,11 @@ class Verifier:
         with self._lock:
             if key in self._seen:
                 raise AuthError("UNAUTHENTICATED", f"replayed request from node {node}")
-            if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if now - v <= 2 * self.window_s}
-            self._seen[key] = now
+            # A nonce must be remembered while a request carrying it could still be fresh:
+            # forget, oldest first, those received more than two windows ago (O(1) amortised).
+            horizon = now - 2 * self.window_s
+            while self._seen_order and self._seen_order[0][0] < horizon:
+                self._seen.discard(self._seen_order.popleft()[1])
+            self._seen.add(key)
+            self._seen_order.append((now, key))
         return node
