@@ -11,7 +11,9 @@ terms, exactly as the plain round would, up to the fixed-point rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,13 +26,23 @@ from fedge.pipeline import RoundContext, Transform
 from fedge.secagg import fixedpoint
 from fedge.secagg.graph import choose_parameters
 from fedge.secagg.messages import STAGES, RoundSetup
-from fedge.secagg.orchestrator import run_protocol
+from fedge.secagg.orchestrator import ProtocolResult, run_protocol
 from fedge.secagg.server import SecAggAbort
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
 
 PAYLOAD_KEY = "secagg_words"
 Layout = tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
+Runner = Callable[[RoundSetup, Mapping[int, npt.NDArray[Any]], Mapping[str, set[int]]], ProtocolResult]
+"""``runner(setup, inputs, drop) -> ProtocolResult``: who runs the four stages. In simulation
+the in-process :func:`~fedge.secagg.orchestrator.run_protocol` over ``inputs``; in a gRPC
+deployment :meth:`fedge.deploy.transport.GrpcTransport.run_secagg`, which relays the stage
+messages between the nodes (``inputs`` is then empty: the input words never leave them)."""
+
+
+def run_in_process(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]],
+                   drop: Mapping[str, set[int]]) -> ProtocolResult:
+    return run_protocol(setup, inputs, drop=drop)
 
 
 @dataclass
@@ -65,6 +77,7 @@ class SecureAggregation(Transform):
             raise ConfigError(f"secagg: secure aggregation needs cohorts of at least 2 clients, got {max_cohort}")
         self.cfg = cfg
         self.strategy = strategy
+        self.runner: Runner = run_in_process
         self.max_cohort = max_cohort
         self.range = max(cfg.clip, 1.0)
         self.max_weight = 1.0 if getattr(strategy, "weighting", "examples") == "uniform" else cfg.max_weight
@@ -118,7 +131,7 @@ class SecureAggregation(Transform):
             m = round(self.cfg.simulate_dropout * len(cohort))
             ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
             drop[self.cfg.dropout_stage] = {int(i) for i in ids}
-        res = run_protocol(setup, inputs, drop=drop)
+        res = self.runner(setup, inputs, drop)
         values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
         terms: Terms = {}
         at = 0
