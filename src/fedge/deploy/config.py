@@ -31,6 +31,8 @@ class DeployConfig:
     tls_key: str = opt("", "PEM private key of tls_cert")
     client_ca: str = opt("", "PEM CA that signs node certificates: turns on mutual TLS")
     workers: int = opt(32, "gRPC server threads", min=2)
+    secagg_stage_s: float = opt(60.0, "with [secagg]: a protocol stage waits this long for the nodes' "
+                                      "answers; missing nodes count as dropped", min=0, exclusive_min=True)
     max_decoding: int = opt(4, "updates decoded at once (bounds server memory)", min=1)
 
 

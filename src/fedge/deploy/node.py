@@ -39,6 +39,8 @@ from fedge.pipeline import Pipeline
 from fedge.strategies.base import Strategy
 
 log = logging.getLogger("fedge.deploy.node")
+SECAGG_WORDS = "secagg_words"
+"""``fedge.secagg.transform.PAYLOAD_KEY``, spelled here so a node without it imports nothing."""
 PREFIX = "/fedge.deploy.Fedge/"
 RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
          grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
@@ -181,6 +183,10 @@ class Node:
         self.client_id = -1
         self.client: Client | None = None
         self.rounds_trained = 0
+        self._secagg_words: tuple[int, np.ndarray] | None = None
+        """With [secagg]: (round, the fixed-point input words); they never leave the node."""
+        self._secagg_secrets: Any = None
+        self._secagg_sent: tuple[tuple[int, str], bytes] | None = None
         self._busy = threading.Event()
         self._stop = threading.Event()
 
@@ -257,6 +263,8 @@ class Node:
                     return self.rounds_trained
                 if reply.action == pb.PollReply.REJOIN:
                     self.join()
+                elif reply.action == pb.PollReply.SECAGG:
+                    self.secagg(reply)
                 elif reply.action == pb.PollReply.TRAIN:
                     self._busy.set()
                     try:
@@ -298,6 +306,13 @@ class Node:
         assert self.client is not None
         try:
             update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
+            self._secagg_words = self._secagg_secrets = None
+            if SECAGG_WORDS in update.payload:
+                # Secure aggregation: the words stay here; the server gets them only masked,
+                # in the protocol's masked-input stage. The push says training is done.
+                payload = dict(update.payload)
+                self._secagg_words = (ins.round_num, payload.pop(SECAGG_WORDS))
+                update.payload = {**payload, "secagg": "ready"}
             tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
                     "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
                     "payload": update.payload}
@@ -328,6 +343,54 @@ class Node:
             self.rounds_trained += 1
             self._save_state(ins.round_num, start, state)
         log.info("event=pushed round=%d accepted=%s reason=%r", ins.round_num, rep.accepted, rep.reason)
+
+    def secagg(self, reply: Any) -> None:
+        """Answer one stage of secure aggregation with this node's own keys, shares and words.
+
+        Anything this node cannot or will not answer (no input for that round, a malformed
+        or tampered request) is answered with an empty message: it withdraws and the
+        server counts it as dropped at that stage.
+        """
+        from fedge.core.errors import FedgeError
+        from fedge.secagg import client as C
+        from fedge.secagg import wire as secagg_wire
+        from fedge.secagg.messages import KeyRoster, RoundSetup, ShareInbox, UnmaskRequest
+
+        key = (int(reply.round), str(reply.secagg_stage))
+        if self._secagg_sent is not None and self._secagg_sent[0] == key:
+            out = self._secagg_sent[1]  # the server did not get our answer: send it again
+        else:
+            try:
+                msg = secagg_wire.unpack(reply.secagg_message)
+                if self._secagg_words is None or self._secagg_words[0] != key[0]:
+                    raise C.ProtocolError(f"no input for round {key[0]} on this node")
+                words, secrets = self._secagg_words[1], self._secagg_secrets
+                answer: Any
+                if key[1] == "advertise" and isinstance(msg, RoundSetup) and msg.round_num == key[0]:
+                    self._secagg_secrets, answer = C.advertise(msg, self.client_id)
+                elif secrets is not None and key[1] == "share" and isinstance(msg, KeyRoster):
+                    answer = C.share_keys(secrets, msg)
+                elif secrets is not None and key[1] == "masked_input" and isinstance(msg, ShareInbox):
+                    answer = C.masked_input(secrets, msg, words)
+                elif secrets is not None and key[1] == "unmask" and isinstance(msg, UnmaskRequest):
+                    answer = C.unmask(secrets, msg)
+                    self._secagg_words = self._secagg_secrets = None  # the round's secrets are done
+                else:
+                    raise C.ProtocolError(f"unexpected {type(msg).__name__} in stage {key[1]!r}")
+                out = secagg_wire.pack(answer)
+            except (FedgeError, ValueError, TypeError, KeyError, IndexError) as exc:
+                # a malformed request from the server must not stop the node: it withdraws
+                log.warning("event=secagg_withdraw round=%d stage=%s reason=%r", key[0], key[1], str(exc))
+                out = b""
+            self._secagg_sent = (key, out)
+        post = pb.SecAggPost(task_id=reply.task_id, round=key[0], stage=key[1], message=out)
+        try:
+            rep = wire.parse(pb.SecAggReply, self._retrying("secagg", lambda: self._unary("SecAgg", post)))
+        except TransportError as exc:
+            log.warning("event=secagg_failed round=%d stage=%s reason=%r", key[0], key[1], str(exc))
+            return
+        log.info("event=secagg round=%d stage=%s accepted=%s reason=%r", key[0], key[1], rep.accepted,
+                 rep.reason)
 
     def _save_state(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
         try:

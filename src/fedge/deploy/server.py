@@ -90,6 +90,7 @@ def grpc_handler(svc: FedgeService) -> grpc.GenericRpcHandler:
         "Fetch": grpc.unary_stream_rpc_method_handler(fetch),
         "Push": grpc.stream_unary_rpc_method_handler(push),
         "Status": unary("Status", svc.status_reply),
+        "SecAgg": unary("SecAgg", svc.secagg_post),
     })
 
 
@@ -183,9 +184,10 @@ def serve(exp: Experiment, *, resume: bool = False, on_ready: Callable[[int], No
                        node_timeout_s=cfg.node_timeout_s, chunk_size=cfg.chunk_kib * 1024,
                        max_update_bytes=int(cfg.max_update_mib * 2**20), max_decoding=cfg.max_decoding)
     transport = GrpcTransport(svc, wait_s=cfg.wait_s, round_deadline_s=cfg.round_deadline_s,
-                              round_min_nodes=cfg.round_min_nodes)
+                              round_min_nodes=cfg.round_min_nodes, secagg_stage_s=cfg.secagg_stage_s)
     if transport_hook is not None:
         transport_hook(transport)
+    _relay_secagg(built.pipeline.transforms, transport)
     server, port = start_grpc(svc, cfg)
     log.info("event=listening address=%s:%d run=%s resume=%s from_round=%d", cfg.host, port, run_id,
              resume, 0 if state is None else state.round_num)
@@ -215,6 +217,15 @@ def serve(exp: Experiment, *, resume: bool = False, on_ready: Callable[[int], No
     finally:
         server.stop(grace=1.0).wait()
         store.close()
+
+
+def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:
+    """Secure aggregation runs its stages as message rounds with the nodes, not in-process."""
+    from fedge.secagg.transform import SecureAggregation
+
+    for t in transforms:
+        if isinstance(t, SecureAggregation):
+            t.runner = transport.run_secagg
 
 
 def _linger(svc: FedgeService, seconds: float) -> None:

@@ -153,8 +153,40 @@ def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate
                         extras={k: list(v) for k, v in extras.items()}, payload=payload)
 
 
+SECAGG_REQUESTS = {"advertise": "RoundSetup", "share": "KeyRoster", "masked_input": "ShareInbox",
+                   "unmask": "UnmaskRequest"}
+SECAGG_REPLIES = {"advertise": "AdvertiseKeys", "share": "ShareKeys", "masked_input": "MaskedInput",
+                  "unmask": "UnmaskResponse"}
+"""What the server sends in each stage of secure aggregation, and what a node answers."""
+
+
+@dataclass
+class SecAggSession:
+    """One secure-aggregation round relayed between nodes: the current stage's request for
+    each node still expected, who has answered, and the answers in arrival order.
+
+    ``inbox`` holds ``(client id, message)``; ``None`` is a node that withdrew or sent a
+    message the server could not accept (it counts as dropped at that stage).
+    """
+
+    task_id: str
+    setup: Any
+    stage: str = ""
+    outbox: dict[int, bytes] = field(default_factory=dict)
+    answered: set[int] = field(default_factory=set)
+    inbox: queue.Queue[tuple[int, Any]] = field(default_factory=queue.Queue)
+    received_bytes: dict[int, int] = field(default_factory=dict)
+    closed: bool = False
+
+    def max_bytes(self, stage: str) -> int:
+        """The largest answer accepted in ``stage``."""
+        if stage == "masked_input":
+            return 4096 + int(self.setup.length) * int(self.setup.bits) // 8
+        return 65536 + 1024 * len(self.setup.cohort)
+
+
 class FedgeService:
-    """Node registry, round tasks and the five handlers (Join, Poll, Fetch, Push, Status)."""
+    """Node registry, round tasks and the handlers (Join, Poll, Fetch, Push, SecAgg, Status)."""
 
     def __init__(self, *, store: Store, verifier: Verifier, run_id: str, config_toml: str,
                  num_clients: int, rounds: int, min_nodes: int = 1, heartbeat_s: float = 2.0,
@@ -170,6 +202,7 @@ class FedgeService:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self.task: RoundTask | None = None
+        self.secagg: SecAggSession | None = None
         self.phase = "starting"
         self.round_num = 0
         self.finished = False
@@ -246,6 +279,15 @@ class FedgeService:
         node.busy = req.busy
         if self.finished:
             return wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
+        sa = self.secagg
+        if not req.busy and sa is not None and not sa.closed:
+            with self._lock:
+                out = sa.outbox.get(node.client_id) if node.client_id not in sa.answered else None
+                stage = sa.stage
+            if out is not None:
+                return wire.dump(pb.PollReply(action=pb.PollReply.SECAGG, task_id=sa.task_id,
+                                              round=sa.setup.round_num, secagg_stage=stage,
+                                              secagg_message=out))
         task = self.task
         if (not req.busy and task is not None and not task.closed
                 and node.client_id in task.client_ids and node.client_id not in task.done):
@@ -348,6 +390,74 @@ class FedgeService:
                 raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s update")
             task.done.add(cid)
         return update
+
+    def secagg_post(self, raw: bytes, md: Metadata) -> bytes:
+        """A node's answer to the open secure-aggregation stage: checked, decoded, queued."""
+        from fedge.secagg import wire as secagg_wire
+
+        node_id = self._auth("SecAgg", raw, md)
+        req = wire.parse(pb.SecAggPost, raw)
+        with self._lock:
+            node = self._nodes.get(node_id)
+        if node is None:
+            raise Refused("FAILED_PRECONDITION", "node has not joined this server session")
+        node.last_seen = time.time()
+        cid, sa = node.client_id, self.secagg
+        with self._lock:
+            if sa is None or sa.closed or req.task_id != sa.task_id or req.stage != sa.stage:
+                reason = (f"secure aggregation stage {req.stage[:20]!r} of task {req.task_id[:40]!r} "
+                          "is not open")
+            elif cid not in sa.outbox:
+                reason = f"client {cid} is not expected in stage {sa.stage} of round {sa.setup.round_num}"
+            elif cid in sa.answered:
+                reason = f"client {cid} already answered stage {sa.stage} of round {sa.setup.round_num}"
+            else:
+                reason = ""
+                sa.answered.add(cid)
+                stage, box = sa.stage, sa.inbox
+        if reason:
+            log.warning("event=secagg_refused node=%s client=%d reason=%r", node_id, cid, reason)
+            return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
+        assert sa is not None
+        msg: Any = None
+        if len(req.message) > sa.max_bytes(stage):
+            reason = f"{stage} message of {len(req.message)} bytes exceeds {sa.max_bytes(stage)}"
+        elif req.message:
+            try:
+                msg = secagg_wire.unpack(req.message)
+            except secagg_wire.WireError as exc:
+                reason = str(exc)
+            else:
+                if type(msg).__name__ != SECAGG_REPLIES[stage] or msg.client_id != cid:
+                    reason = (f"expected {SECAGG_REPLIES[stage]} from client {cid}, got "
+                              f"{type(msg).__name__} from client {msg.client_id}")
+                    msg = None
+        sa.received_bytes[cid] = sa.received_bytes.get(cid, 0) + len(req.message)
+        box.put((cid, msg))
+        if reason:
+            log.warning("event=secagg_rejected node=%s client=%d stage=%s reason=%r", node_id, cid,
+                        stage, reason)
+            return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
+        return wire.dump(pb.SecAggReply(accepted=msg is not None,
+                                        reason="" if msg is not None else "withdrew"))
+
+    def open_secagg(self, setup: Any) -> SecAggSession:
+        sa = SecAggSession(f"{self.run_id}:{self.session}:{setup.round_num}:secagg", setup)
+        self.secagg, self.phase = sa, "secure aggregation"
+        return sa
+
+    def secagg_stage(self, sa: SecAggSession, stage: str, outbox: dict[int, bytes]) -> None:
+        """Open ``stage``: each client id in ``outbox`` gets its request on its next poll."""
+        with self._lock:
+            sa.stage, sa.outbox, sa.answered = stage, outbox, set()
+            sa.inbox = queue.Queue()
+        log.info("event=secagg_stage round=%d stage=%s clients=%d", sa.setup.round_num, stage, len(outbox))
+
+    def close_secagg(self, sa: SecAggSession) -> None:
+        with self._lock:
+            sa.closed = True
+            sa.outbox = {}
+        self.phase = "aggregating"
 
     def status_reply(self, raw: bytes, md: Metadata) -> bytes:
         wire.parse(pb.StatusRequest, raw)

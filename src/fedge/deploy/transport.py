@@ -14,7 +14,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
@@ -29,8 +33,10 @@ class GrpcTransport:
     """A :class:`~fedge.transport.base.Transport` whose clients are remote nodes."""
 
     def __init__(self, service: FedgeService, *, wait_s: float = 300.0,
-                 round_deadline_s: float = 600.0, round_min_nodes: int = 1) -> None:
+                 round_deadline_s: float = 600.0, round_min_nodes: int = 1,
+                 secagg_stage_s: float = 60.0) -> None:
         self.service = service
+        self.secagg_stage_s = secagg_stage_s
         self.round_min_nodes = round_min_nodes
         self._first = True
         self.wait_s = wait_s
@@ -118,6 +124,96 @@ class GrpcTransport:
                 yield PartialSum(terms, [cid], n, [metrics], up)
         finally:
             svc.close_round(task)
+
+    def run_secagg(self, setup: Any, inputs: Mapping[int, npt.NDArray[Any]],
+                   drop: Mapping[str, set[int]]) -> Any:
+        """The four stages of secure aggregation as message rounds with the cohort's nodes.
+
+        The :class:`~fedge.secagg.transform.SecureAggregation` runner of a deployment:
+        ``inputs`` and ``drop`` (simulation only) are not used — each node masks its own
+        words. Every stage hands each expected node its request on its next poll and waits
+        for the answers until all are in, the node disconnects, or ``secagg_stage_s``;
+        missing nodes count as dropped at that stage. The server-side work is the
+        :mod:`fedge.secagg.server` stage functions; aborts raise ``SecAggAbort``.
+        """
+        from fedge.secagg import server as S
+        from fedge.secagg import wire as secagg_wire
+        from fedge.secagg.orchestrator import ProtocolResult
+
+        svc = self.service
+        sa = svc.open_secagg(setup)
+        res = ProtocolResult(total=np.zeros(0), included=[])
+        gone: set[int] = set()
+        server_s = 0.0
+
+        def lost(stage: str, ids: Iterable[int], reason: str) -> None:
+            new = sorted(set(ids) - gone)
+            if new:
+                res.dropped.setdefault(f"{stage}: {reason}", []).extend(new)
+                gone.update(new)
+
+        def on_server(fn: Callable[..., Any], *args: Any) -> Any:
+            nonlocal server_s
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                server_s += time.perf_counter() - t0
+
+        def stage(name: str, requests: Mapping[int, Any],
+                  take: Callable[[int, Any], None] | None = None) -> list[Any]:
+            packed = {cid: secagg_wire.pack(m) for cid, m in requests.items()}
+            svc.secagg_stage(sa, name, packed)
+            pending, got = set(packed), []
+            deadline = time.monotonic() + self.secagg_stage_s
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    lost(name, pending, f"missed the {self.secagg_stage_s:g}s stage deadline")
+                    break
+                try:
+                    cid, msg = sa.inbox.get(timeout=min(0.1, left))
+                except queue.Empty:
+                    dead = pending - set(svc.connected())
+                    lost(name, dead, "node disconnected")
+                    pending -= dead
+                    continue
+                if cid not in pending:
+                    continue
+                pending.discard(cid)
+                if msg is None:
+                    lost(name, [cid], "withdrew or sent a malformed message")
+                elif take is not None:
+                    on_server(take, cid, msg)
+                else:
+                    got.append(msg)
+            return got
+
+        try:
+            ads = stage("advertise", {cid: setup for cid in setup.cohort})
+            roster, rejected = on_server(S.collect_keys, setup, ads)
+            lost("advertise", rejected, "rejected")
+            shares = stage("share", {cid: roster for cid in sorted(roster.keys)})
+            shared = on_server(S.route_shares, setup, roster, shares)
+            summed = on_server(S.MaskedSum, setup, shared)
+            lost("share", shared.rejected, "rejected")
+
+            def add(cid: int, msg: Any) -> None:
+                if not summed.add(msg):
+                    lost("masked_input", [cid], f"rejected ({summed.rejected[cid]})")
+
+            stage("masked_input", {cid: shared.inboxes[cid] for cid in sorted(shared.commitments)}, add)
+            request = on_server(summed.request)
+            responses = stage("unmask", {cid: request for cid in request.survivors})
+            res.total = on_server(S.unmask, setup, roster, shared, summed, responses)
+            res.included = list(request.survivors)
+        finally:
+            svc.close_secagg(sa)
+        res.server_seconds = server_s
+        res.client_bytes = dict(sa.received_bytes)
+        log.info("event=secagg_done round=%d included=%d dropped=%d server_s=%.3f", setup.round_num,
+                 len(res.included), len(gone), server_s)
+        return res
 
     def evaluate(self, round_num: int, client_ids: Sequence[int],
                  params: Params) -> Iterator[EvalResult | ClientFailure]:
