@@ -1,0 +1,105 @@
+"""``GrpcTransport.run_secagg`` without gRPC: nodes in threads answer the service's stages.
+
+Every stage is relayed through the service's Poll and SecAgg handlers with signed, packed
+messages; nodes that stay silent past a stage's deadline count as dropped there, and too
+few survivors abort the round with nothing unmasked.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedge.deploy.auth import Signer, Verifier, load_private, new_keys
+from fedge.deploy.proto import pb
+from fedge.deploy.service import FedgeService
+from fedge.deploy.store import Store
+from fedge.deploy.transport import GrpcTransport
+from fedge.secagg import client as C
+from fedge.secagg import wire as secagg_wire
+from fedge.secagg.messages import RoundSetup
+from fedge.secagg.server import SecAggAbort
+
+N, LENGTH = 4, 5
+
+
+def fake_node(svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, silent_from: str,
+              stop: threading.Event) -> None:
+    """Polls and answers each stage with the real client stage functions, until ``silent_from``."""
+    join = pb.JoinRequest(partition=cid).SerializeToString()
+    session = pb.JoinReply.FromString(svc.join(join, signer.metadata("Join", join))).session
+    poll = pb.PollRequest(session=session).SerializeToString()
+    secrets: Any = None
+    while not stop.wait(0.01):
+        reply = pb.PollReply.FromString(svc.poll(poll, signer.metadata("Poll", poll)))
+        if reply.action != pb.PollReply.SECAGG:
+            continue
+        if reply.secagg_stage == silent_from:
+            return  # vanishes: no more polls, no answer
+        msg = secagg_wire.unpack(reply.secagg_message)
+        if reply.secagg_stage == "advertise":
+            secrets, answer = C.advertise(msg, cid)
+        elif reply.secagg_stage == "share":
+            answer = C.share_keys(secrets, msg)
+        elif reply.secagg_stage == "masked_input":
+            answer = C.masked_input(secrets, msg, words)
+        else:
+            answer = C.unmask(secrets, msg)
+        post = pb.SecAggPost(task_id=reply.task_id, round=reply.round, stage=reply.secagg_stage,
+                             message=secagg_wire.pack(answer)).SerializeToString()
+        rep = pb.SecAggReply.FromString(svc.secagg_post(post, signer.metadata("SecAgg", post)))
+        assert rep.accepted, rep.reason
+
+
+def relay(tmp_path: Path, silent: dict[int, str]) -> tuple[Any, dict[int, np.ndarray], FedgeService]:
+    keys = [new_keys(tmp_path, f"n{i}") for i in range(N)]
+    allow = tmp_path / "allow.txt"
+    allow.write_text("".join(pub.read_text() for _, pub in keys))
+    svc = FedgeService(store=Store(tmp_path / "s.db"), verifier=Verifier(allow), run_id="r", config_toml="",
+                       num_clients=N, rounds=1, node_timeout_s=30)
+    transport = GrpcTransport(svc, secagg_stage_s=1.0)
+    rng = np.random.default_rng(0)
+    words = {cid: rng.integers(0, 2**32, LENGTH, dtype=np.uint64).astype(np.uint32) for cid in range(N)}
+    stop = threading.Event()
+    threads = [threading.Thread(target=fake_node, daemon=True,
+                                args=(svc, Signer(load_private(k)), cid, words[cid], silent.get(cid, ""), stop))
+               for cid, (k, _) in enumerate(keys)]
+    for t in threads:
+        t.start()
+    while len(svc.connected()) < N:
+        stop.wait(0.01)
+    setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=LENGTH, graph_seed=7)
+    try:
+        return transport.run_secagg(setup, {}, {}), words, svc
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+def ring_sum(words: dict[int, np.ndarray], ids: list[int]) -> np.ndarray:
+    return (sum(words[c].astype(np.uint64) for c in ids) % 2**32).astype(np.uint32)  # type: ignore[no-any-return]
+
+
+def test_every_stage_is_relayed_and_only_the_sum_is_unmasked(tmp_path: Path) -> None:
+    res, words, svc = relay(tmp_path, {})
+    assert res.included == [0, 1, 2, 3] and res.dropped == {}
+    np.testing.assert_array_equal(res.total, ring_sum(words, [0, 1, 2, 3]))
+    assert svc.secagg is not None and svc.secagg.closed
+    assert all(res.client_bytes[c] > 4 * LENGTH for c in range(N))
+
+
+def test_a_node_silent_past_the_stage_deadline_is_unmasked_as_a_dropout(tmp_path: Path) -> None:
+    res, words, _ = relay(tmp_path, {2: "masked_input"})
+    assert res.included == [0, 1, 3]
+    assert res.dropped == {"masked_input: missed the 1s stage deadline": [2]}
+    np.testing.assert_array_equal(res.total, ring_sum(words, [0, 1, 3]))
+
+
+def test_too_few_survivors_abort_the_round(tmp_path: Path) -> None:
+    with pytest.raises(SecAggAbort, match="threshold is 2"):
+        relay(tmp_path, {1: "share", 2: "share", 3: "share"})
