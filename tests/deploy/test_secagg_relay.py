@@ -103,3 +103,33 @@ def test_a_node_silent_past_the_stage_deadline_is_unmasked_as_a_dropout(tmp_path
 def test_too_few_survivors_abort_the_round(tmp_path: Path) -> None:
     with pytest.raises(SecAggAbort, match="threshold is 2"):
         relay(tmp_path, {1: "share", 2: "share", 3: "share"})
+
+
+def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_from_garbage(
+        tmp_path: Path) -> None:
+    from fedge.deploy.node import Node
+
+    key, _ = new_keys(tmp_path, "node")
+    node = Node("127.0.0.1:1", Signer(load_private(key)))
+    node.client_id = 1
+    node._secagg_words = (1, np.zeros(LENGTH, np.uint32))
+    posts: list[Any] = []
+
+    def unary(method: str, msg: Any) -> bytes:
+        assert method == "SecAgg"
+        posts.append(msg)
+        return pb.SecAggReply(accepted=True).SerializeToString()  # type: ignore[no-any-return]
+
+    node._unary = unary  # type: ignore[method-assign]
+    setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=LENGTH, graph_seed=7)
+    ask = pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage="advertise",
+                       secagg_message=secagg_wire.pack(setup))
+    node.secagg(ask)
+    node.secagg(ask)
+    first = secagg_wire.unpack(posts[0].message)
+    assert first.client_id == 1 and len(first.enc_pk) == 32 and posts[1].message == posts[0].message
+    for stage, junk in (("share", b"garbage"), ("unmask", secagg_wire.pack(setup))):
+        node.secagg(pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage=stage,
+                                 secagg_message=junk))
+        assert posts[-1].stage == stage and posts[-1].message == b""
+    node.channel.close()

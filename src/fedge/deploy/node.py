@@ -186,7 +186,7 @@ class Node:
         self._secagg_words: tuple[int, np.ndarray] | None = None
         """With [secagg]: (round, the fixed-point input words); they never leave the node."""
         self._secagg_secrets: Any = None
-        self._secagg_sent: tuple[tuple[int, str], bytes] | None = None
+        self._secagg_sent: tuple[tuple[int, str, str], bytes] | None = None
         self._busy = threading.Event()
         self._stop = threading.Event()
 
@@ -304,9 +304,9 @@ class Node:
         ctx = ClientContext(client_id=self.client_id, round_num=ins.round_num,
                             rng=client_rng(self.exp.seed, ins.round_num, self.client_id), state=state)
         assert self.client is not None
+        self._secagg_words = self._secagg_secrets = self._secagg_sent = None
         try:
             update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
-            self._secagg_words = self._secagg_secrets = None
             if SECAGG_WORDS in update.payload:
                 # Secure aggregation: the words stay here; the server gets them only masked,
                 # in the protocol's masked-input stage. The push says training is done.
@@ -356,7 +356,7 @@ class Node:
         from fedge.secagg import wire as secagg_wire
         from fedge.secagg.messages import KeyRoster, RoundSetup, ShareInbox, UnmaskRequest
 
-        key = (int(reply.round), str(reply.secagg_stage))
+        key = (int(reply.round), str(reply.secagg_stage), str(reply.task_id))
         if self._secagg_sent is not None and self._secagg_sent[0] == key:
             out = self._secagg_sent[1]  # the server did not get our answer: send it again
         else:
