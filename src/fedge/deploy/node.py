@@ -144,6 +144,19 @@ class StateFile:
         os.replace(tmp, self.path)
 
 
+class MemoryState:
+    """Client state kept in memory only: a node built without a state folder."""
+
+    def __init__(self) -> None:
+        self._saved: tuple[int, dict[str, Any], dict[str, Any]] = (0, {}, {})
+
+    def load(self) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        return self._saved
+
+    def save(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+        self._saved = (round_num, before, after)
+
+
 def decode_instructions(tree: Any) -> tuple[list[np.ndarray], FitInstructions]:
     if not isinstance(tree, dict) or not isinstance(tree.get("params"), list):
         raise wire.WireError("task is not a map with params")
@@ -229,7 +242,9 @@ class Node:
                 self.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(self.exp)])
             finally:
                 self._busy.clear()
-            self.state = StateFile((self.state_dir or Path(".")) / f"fedge-client-{rep.client_id}.state")
+            self.state: StateFile | MemoryState = (
+                MemoryState() if self.state_dir is None
+                else StateFile(self.state_dir / f"fedge-client-{rep.client_id}.state"))
         log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
         return self.exp
 
