@@ -131,6 +131,8 @@ def test_experiment_records_simulated_time_and_keeps_training_identical():
     for a, b in zip(plain.history, sim.history, strict=True):
         assert a.test_accuracy == b.test_accuracy
         assert b.extra["sim_time_s"] > 0 and b.extra["energy_j"] > 0
+        assert set(b.extra["device_mix"]) <= {"pi4", "pi-zero-2w"}
+        assert sum(b.extra["device_mix"].values()) == b.participants
     clocks = [r.extra["sim_clock_s"] for r in sim.history]
     assert clocks == sorted(clocks) and math.isclose(clocks[-1], sum(r.extra["sim_time_s"] for r in sim.history))
 

@@ -266,7 +266,12 @@ class DevicePolicy(RoundPolicy):
         if self.oort is not None and observed:
             self.oort.observe(round_num, observed)
         self.clock += duration
+        mix: dict[str, int] = {}
+        for cid in client_metrics:
+            name = self.fleet.profiles[cid].name
+            mix[name] = mix.get(name, 0) + 1
         record.extra.update({
+            "device_mix": mix,
             "sim_time_s": duration, "sim_clock_s": self.clock, "energy_j": energy,
             "energy_wasted_j": r.wasted_j, "online": r.online, "ineligible": len(self.ineligible),
         })
