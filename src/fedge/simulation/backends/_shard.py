@@ -64,6 +64,15 @@ class Task:
     pipeline: Pipeline
 
 
+def split_round(runtime: ClientRuntime, round_num: int, client_ids: Sequence[int], params: Params,
+                ins: FitInstructions, states: dict[int, dict[str, Any]], reducer: Reducer | None,
+                workers: int) -> list[Task]:
+    """The round's cohort as one :class:`Task` per worker, balanced by training-set size."""
+    shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], workers)
+    return [Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
+                 reducer, runtime.strategy, runtime.pipeline) for share in shares]
+
+
 @dataclass
 class Outcome:
     """What a worker sends back: a partial sum (or updates and failures) and new states."""

@@ -30,12 +30,10 @@ from fedge.core.params import Params
 from fedge.core.types import FitInstructions
 from fedge.simulation.backends._shard import (
     Outcome,
-    Task,
-    balance,
-    client_size,
     emit,
     lost,
     run_task,
+    split_round,
 )
 from fedge.transport.base import FitResult, Reducer
 from fedge.transport.inprocess import ClientRuntime
@@ -149,12 +147,11 @@ class ProcessesBackend:
         if not client_ids:
             return
         self._ensure(runtime)
-        shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], self.size)
+        tasks = split_round(runtime, round_num, client_ids, params, ins, states, reducer, self.size)
         pending: dict[int, tuple[_Worker, list[int]]] = {}
         self.worker_cpu_s.append([])
-        for worker, share in zip(self._pool, shares, strict=False):
-            task = Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
-                        reducer, runtime.strategy, runtime.pipeline)
+        for worker, task in zip(self._pool, tasks, strict=False):
+            share = task.client_ids
             try:
                 worker.conn.send(task)
             except (OSError, BrokenPipeError):

@@ -19,7 +19,7 @@ from typing import Any
 from fedge.core.errors import TransportError
 from fedge.core.params import Params
 from fedge.core.types import FitInstructions
-from fedge.simulation.backends._shard import Outcome, Task, balance, client_size, emit, lost, run_task
+from fedge.simulation.backends._shard import Outcome, Task, emit, lost, run_task, split_round
 from fedge.transport.base import FitResult, Reducer
 from fedge.transport.inprocess import ClientRuntime
 
@@ -138,12 +138,10 @@ class RayBackend:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], self.size)
+        tasks = split_round(runtime, round_num, client_ids, params, ins, states, reducer, self.size)
         pending: dict[Any, tuple[Any, list[int]]] = {}
-        for actor, share in zip(self._actors, shares, strict=False):
-            task = Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
-                        reducer, runtime.strategy, runtime.pipeline)
-            pending[actor.run.remote(task)] = (actor, share)
+        for actor, task in zip(self._actors, tasks, strict=False):
+            pending[actor.run.remote(task)] = (actor, task.client_ids)
         deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
