@@ -58,14 +58,8 @@ register_section("attack", AttackConfig)
 
 
 def _secagg_enabled(exp: Experiment) -> bool:
-    sec = exp.extensions.get("secagg")
-    if sec is None:
-        return False
-    for key in ("enabled", "enable"):
-        if hasattr(sec, key):
-            return bool(getattr(sec, key))
-    mode = getattr(sec, "mode", None)
-    return mode not in (None, "off", "none", "")
+    """Whether the experiment's ``[secagg]`` section (fedge.secagg) is switched on."""
+    return bool(getattr(exp.extensions.get("secagg"), "enabled", False))
 
 
 def check_robust(exp: Experiment) -> Sequence[Transform]:
