@@ -49,25 +49,34 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     cpu0 = time.process_time()
     ref, ref_times = plain_loop(data, cnn(), initial, rounds, clients, cfg, SEED)
     ref_cpu = (time.process_time() - cpu0) / rounds
-    out: dict[str, object] = {"workload": f"cnn-digits{'-quick' if args.quick else ''}",
-                              "backend": "processes", "clients_per_round": clients, "rounds": rounds,
-                              "local_epochs": cfg.epochs,
-                              "reference_s_per_round": round(steady(ref_times), 4),
-                              "reference_cpu_s_per_round": round(ref_cpu, 4)}
+    out: dict[str, object] = {
+        "workload": f"cnn-digits{'-quick' if args.quick else ''}",
+        "backend": "processes",
+        "clients_per_round": clients,
+        "rounds": rounds,
+        "local_epochs": cfg.epochs,
+        "reference_s_per_round": round(steady(ref_times), 4),
+        "reference_cpu_s_per_round": round(ref_cpu, 4),
+    }
     for workers in (1, 2):
         backend = ProcessesBackend(workers=workers)
         params, times = fedge_run(data, TorchLearner(cnn), initial, rounds, clients, backend, cfg, SEED)
         busiest = [max(r) for r in backend.worker_cpu_s[1:] or backend.worker_cpu_s]
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref, strict=True))
-        out.update({
-            f"s_per_round_{workers}w": round(steady(times), 4),
-            f"updates_per_s_{workers}w": round(clients / steady(times), 1),
-            f"ratio_to_plain_loop_{workers}w": round(steady(times) / steady(ref_times), 4),
-            f"max_abs_weight_diff_{workers}w": diff,
-            f"busiest_worker_cpu_s_per_round_{workers}w": round(float(np.median(busiest)), 4),
-        })
-    out["weights_match"] = all(float(v) <= 1e-5 for k, v in out.items()  # type: ignore[arg-type]
-                               if k.startswith("max_abs_weight_diff"))
+        out.update(
+            {
+                f"s_per_round_{workers}w": round(steady(times), 4),
+                f"updates_per_s_{workers}w": round(clients / steady(times), 1),
+                f"ratio_to_plain_loop_{workers}w": round(steady(times) / steady(ref_times), 4),
+                f"max_abs_weight_diff_{workers}w": diff,
+                f"busiest_worker_cpu_s_per_round_{workers}w": round(float(np.median(busiest)), 4),
+            }
+        )
+    out["weights_match"] = all(
+        float(v) <= 1e-5
+        for k, v in out.items()  # type: ignore[arg-type]
+        if k.startswith("max_abs_weight_diff")
+    )
     out.update({"wall_s": round(time.perf_counter() - t_start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)})
     print(json.dumps(out))
     return out

@@ -56,9 +56,15 @@ CODECS: list[tuple[str, dict[str, Any]]] = [
 def experiment(workload: str, rounds: int, compression: dict[str, Any]) -> dict[str, Any]:
     if workload == "w1":
         raw: dict[str, Any] = {
-            "seed": 0, "rounds": rounds,
-            "data": {"dataset": "synthetic", "num_clients": 30, "test_fraction": 0.1,
-                     "synthetic_alpha": 1.0, "synthetic_beta": 1.0},
+            "seed": 0,
+            "rounds": rounds,
+            "data": {
+                "dataset": "synthetic",
+                "num_clients": 30,
+                "test_fraction": 0.1,
+                "synthetic_alpha": 1.0,
+                "synthetic_beta": 1.0,
+            },
             "model": {"name": "logreg", "framework": "numpy"},
             "training": {"clients_per_round": 10, "local_epochs": 20, "batch_size": 10, "lr": 0.01},
             "evaluation": {"every": 10},
@@ -106,17 +112,21 @@ def export_figures(rounds: int) -> dict[str, Any]:
         run_dir = write_outputs(built, result, Path(tmp) / "run", 0.0)
         out["run_final_accuracy"] = result.history.final_accuracy
         for mode in ("none", "dynamic", "int8"):
-            rep, _ = export_run(run_dir, ExportOptions(device="orin-nano", quantize=mode,
-                                                       output=str(Path(tmp) / mode)))
+            rep, _ = export_run(run_dir, ExportOptions(device="orin-nano", quantize=mode, output=str(Path(tmp) / mode)))
             out[mode] = {
-                "onnx_bytes": rep.onnx_bytes, "float32_onnx_bytes": rep.float32_onnx_bytes,
+                "onnx_bytes": rep.onnx_bytes,
+                "float32_onnx_bytes": rep.float32_onnx_bytes,
                 "size_reduction": round(rep.size_ratio, 3),
-                "accuracy_torch": rep.accuracy_torch, "accuracy_onnx": rep.accuracy_onnx,
+                "accuracy_torch": rep.accuracy_torch,
+                "accuracy_onnx": rep.accuracy_onnx,
                 "accuracy_change_points": round(-rep.accuracy_drop_points, 3),
                 "host_latency_ratio_vs_float32": round(rep.host_latency_ms / rep.host_latency_ms_float32, 3),
             }
-            print(f"export {mode:8s} {rep.onnx_bytes:7d} B ({rep.size_ratio:.2f}x smaller)  "
-                  f"ORT acc {rep.accuracy_onnx:.4f} ({-rep.accuracy_drop_points:+.2f} pts)", flush=True)
+            print(
+                f"export {mode:8s} {rep.onnx_bytes:7d} B ({rep.size_ratio:.2f}x smaller)  "
+                f"ORT acc {rep.accuracy_onnx:.4f} ({-rep.accuracy_drop_points:+.2f} pts)",
+                flush=True,
+            )
     return out
 
 
@@ -127,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     load_plugins()
     t_start = time.perf_counter()
-    workloads = {"both": ["w1", "digits"], "all": ["w1", "digits"], "export": []}.get(
-        args.workload, [args.workload])
+    workloads = {"both": ["w1", "digits"], "all": ["w1", "digits"], "export": []}.get(args.workload, [args.workload])
     rounds = {"w1": 20 if args.quick else 200, "digits": 10 if args.quick else 100}
     table: dict[str, list[dict[str, Any]]] = {}
     checks: dict[str, dict[str, Any]] = {}
@@ -141,19 +150,25 @@ def main(argv: list[str] | None = None) -> None:
             if name == "float32":
                 base = res
             row = {
-                "codec": name, **{k: round(v, 5) for k, v in res.items()},
+                "codec": name,
+                **{k: round(v, 5) for k, v in res.items()},
                 "accuracy_change_points": round(100 * (res["final_accuracy"] - base["final_accuracy"]), 3),
-                "uplink_reduction": round(base["uplink_bytes_per_client_round"]
-                                          / res["uplink_bytes_per_client_round"], 3),
-                "downlink_reduction": round(base["downlink_bytes_per_client_round"]
-                                            / res["downlink_bytes_per_client_round"], 3),
+                "uplink_reduction": round(
+                    base["uplink_bytes_per_client_round"] / res["uplink_bytes_per_client_round"], 3
+                ),
+                "downlink_reduction": round(
+                    base["downlink_bytes_per_client_round"] / res["downlink_bytes_per_client_round"], 3
+                ),
                 "wall_ratio_vs_float32": round(res["wall_s"] / base["wall_s"], 3),
             }
             rows.append(row)
-            print(f"{wl:6s} {name:22s} acc {res['final_accuracy']:.4f} ({row['accuracy_change_points']:+.2f} pts)"
-                  f"  up {res['uplink_bytes_per_client_round']:9.0f} B ({row['uplink_reduction']:7.2f}x)"
-                  f"  down {res['downlink_bytes_per_client_round']:9.0f} B ({row['downlink_reduction']:5.2f}x)"
-                  f"  wall x{row['wall_ratio_vs_float32']:.2f}", flush=True)
+            print(
+                f"{wl:6s} {name:22s} acc {res['final_accuracy']:.4f} ({row['accuracy_change_points']:+.2f} pts)"
+                f"  up {res['uplink_bytes_per_client_round']:9.0f} B ({row['uplink_reduction']:7.2f}x)"
+                f"  down {res['downlink_bytes_per_client_round']:9.0f} B ({row['downlink_reduction']:5.2f}x)"
+                f"  wall x{row['wall_ratio_vs_float32']:.2f}",
+                flush=True,
+            )
         table[wl] = rows
         by = {r["codec"]: r for r in rows}
         checks[wl] = {
@@ -161,18 +176,22 @@ def main(argv: list[str] | None = None) -> None:
             "int8_uplink_reduction": by["int8"]["uplink_reduction"],
             "int8_zlib_points": by["int8+zlib"]["accuracy_change_points"],
             "int8_zlib_uplink_reduction": by["int8+zlib"]["uplink_reduction"],
-            "int8_within_0.5_at_4x": (abs(by["int8+zlib"]["accuracy_change_points"]) <= 0.5
-                                      and by["int8+zlib"]["uplink_reduction"] >= 4),
+            "int8_within_0.5_at_4x": (
+                abs(by["int8+zlib"]["accuracy_change_points"]) <= 0.5 and by["int8+zlib"]["uplink_reduction"] >= 4
+            ),
             "topk_1pct_ef_points": by["topk-1%-ef"]["accuracy_change_points"],
             "topk_1pct_ef_uplink_reduction": by["topk-1%-ef"]["uplink_reduction"],
-            "topk_within_2_at_30x": (by["topk-1%-ef"]["accuracy_change_points"] >= -2
-                                     and by["topk-1%-ef"]["uplink_reduction"] >= 30),
+            "topk_within_2_at_30x": (
+                by["topk-1%-ef"]["accuracy_change_points"] >= -2 and by["topk-1%-ef"]["uplink_reduction"] >= 30
+            ),
             "topk_1pct_ef_model_points": by["topk-1%-ef-model"]["accuracy_change_points"],
             "topk_1pct_ef_model_uplink_reduction": by["topk-1%-ef-model"]["uplink_reduction"],
-            "topk_model_within_2_at_30x": (by["topk-1%-ef-model"]["accuracy_change_points"] >= -2
-                                           and by["topk-1%-ef-model"]["uplink_reduction"] >= 30),
+            "topk_model_within_2_at_30x": (
+                by["topk-1%-ef-model"]["accuracy_change_points"] >= -2
+                and by["topk-1%-ef-model"]["uplink_reduction"] >= 30
+            ),
         }
-    export = (export_figures(rounds["digits"]) if args.workload in ("export", "all") else None)
+    export = export_figures(rounds["digits"]) if args.workload in ("export", "all") else None
     out = {
         "workload": "W5",
         "backend": "sequential",

@@ -50,12 +50,26 @@ def generator():  # type: ignore[no-untyped-def]
 def history(rounds: int) -> History:
     h = History()
     for r in range(1, rounds + 1):
-        h.append(RoundRecord(
-            round=r, participants=20 - r % 4, failed=r % 4, train_loss=2 / math.sqrt(r),
-            test_loss=2.1 / math.sqrt(r), test_accuracy=1 - 0.7 / math.sqrt(r), uplink_bytes=50_000,
-            downlink_bytes=60_000, wall_s=0.1, dropped={"deadline": list(range(r % 4))},
-            extra={"sim_clock_s": 60.0 * r, "energy_j": 30.0 + r % 7, "epsilon": 0.05 * math.sqrt(r),
-                   "device_mix": {"zonal-ecu": 14, "orin-nano": 6}}))
+        h.append(
+            RoundRecord(
+                round=r,
+                participants=20 - r % 4,
+                failed=r % 4,
+                train_loss=2 / math.sqrt(r),
+                test_loss=2.1 / math.sqrt(r),
+                test_accuracy=1 - 0.7 / math.sqrt(r),
+                uplink_bytes=50_000,
+                downlink_bytes=60_000,
+                wall_s=0.1,
+                dropped={"deadline": list(range(r % 4))},
+                extra={
+                    "sim_clock_s": 60.0 * r,
+                    "energy_j": 30.0 + r % 7,
+                    "epsilon": 0.05 * math.sqrt(r),
+                    "device_mix": {"zonal-ecu": 14, "orin-nano": 6},
+                },
+            )
+        )
     return h
 
 
@@ -85,22 +99,33 @@ def main() -> None:
         t0 = time.perf_counter()
         kv = load_keyvalue(data, secret=SECRET, dim=1024, labels=list(gen.STATES))
         keyvalue_s = time.perf_counter() - t0
-        keys = {k for f in sorted(data.glob("*.jsonl")) for line in f.read_text().splitlines()
-                for k in json.loads(line)["features"]}
+        keys = {
+            k
+            for f in sorted(data.glob("*.jsonl"))
+            for line in f.read_text().splitlines()
+            for k in json.loads(line)["features"]
+        }
         coll = {}
         for dim in (128, 1024, 8192):
             c = collisions(keys, KeyHasher(SECRET, dim))
             coll[str(dim)] = {"rate": round(c.rate, 4), "expected": round(c.expected_rate, 4)}
-            print(f"dim {dim:5d}: {c.colliding_keys}/{c.keys} keys share a bucket "
-                  f"(rate {c.rate:.3f}, uniform hashing {c.expected_rate:.3f})", file=sys.stderr)
+            print(
+                f"dim {dim:5d}: {c.colliding_keys}/{c.keys} keys share a bucket "
+                f"(rate {c.rate:.3f}, uniform hashing {c.expected_rate:.3f})",
+                file=sys.stderr,
+            )
         run = Path(tmp) / "run"
         run.mkdir()
         h = history(rounds)
         write_jsonl(h, run / "metrics.jsonl")
-        (run / "summary.json").write_text(json.dumps(
-            {"client_accuracy": {str(i): float(v) for i, v in enumerate(rng.beta(8, 2, 200))}}))
-        (run / "partition.json").write_text(json.dumps(
-            {"dataset": "fleet", "num_classes": 3, "label_histogram": rng.integers(0, 50, (200, 3)).tolist()}))
+        (run / "summary.json").write_text(
+            json.dumps({"client_accuracy": {str(i): float(v) for i, v in enumerate(rng.beta(8, 2, 200))}})
+        )
+        (run / "partition.json").write_text(
+            json.dumps(
+                {"dataset": "fleet", "num_classes": 3, "label_histogram": rng.integers(0, 50, (200, 3)).tolist()}
+            )
+        )
         t0 = time.perf_counter()
         write_csv(h, Path(tmp) / "metrics.csv")
         csv_s = time.perf_counter() - t0
@@ -108,16 +133,29 @@ def main() -> None:
         out = write_report([run], Path(tmp) / "report")
         report_s = time.perf_counter() - t0
         pngs = len(list(out.parent.glob("*.png")))
-    emit({
-        "workload": "keyvalue+report", "backend": "cpu", "quick": args.quick,
-        "cars": cars, "records": lines, "kept": kv.stats.kept, "skipped": kv.stats.skipped_total,
-        "distinct_keys": len(keys), "json_s": round(json_s, 3), "keyvalue_s": round(keyvalue_s, 3),
-        "keyvalue_vs_json": round(keyvalue_s / json_s, 2),
-        "records_per_s": round(kv.stats.lines / keyvalue_s), "collisions": coll,
-        "report_rounds": rounds, "report_pngs": pngs, "report_s": round(report_s, 2),
-        "csv_s": round(csv_s, 4), "report_vs_csv": round(report_s / csv_s, 1),
-        "wall_s": round(time.perf_counter() - t_all, 2),
-    })
+    emit(
+        {
+            "workload": "keyvalue+report",
+            "backend": "cpu",
+            "quick": args.quick,
+            "cars": cars,
+            "records": lines,
+            "kept": kv.stats.kept,
+            "skipped": kv.stats.skipped_total,
+            "distinct_keys": len(keys),
+            "json_s": round(json_s, 3),
+            "keyvalue_s": round(keyvalue_s, 3),
+            "keyvalue_vs_json": round(keyvalue_s / json_s, 2),
+            "records_per_s": round(kv.stats.lines / keyvalue_s),
+            "collisions": coll,
+            "report_rounds": rounds,
+            "report_pngs": pngs,
+            "report_s": round(report_s, 2),
+            "csv_s": round(csv_s, 4),
+            "report_vs_csv": round(report_s / csv_s, 1),
+            "wall_s": round(time.perf_counter() - t_all, 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from fedge.llm.run import LoraSetup, federate, perplexities, prepare
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 
 
-def reference(setup: LoraSetup, initial: list[np.ndarray], rounds: int, cfg: TrainConfig,
-              seed: int) -> list[np.ndarray]:
+def reference(
+    setup: LoraSetup, initial: list[np.ndarray], rounds: int, cfg: TrainConfig, seed: int
+) -> list[np.ndarray]:
     """FedAvg of LoRA factors with no framework: the loop a user would write by hand."""
     params = [p.copy() for p in initial]
     tensors = setup.adapter.tensors
@@ -74,26 +75,40 @@ def main() -> None:
     clients, docs, rounds, width, heads = (3, 20, 2, 32, 2) if args.quick else (8, 80, 10, 64, 4)
     seed = 0
     t_start = time.perf_counter()
-    cfg = LlmConfig(num_clients=clients, docs_per_client=docs, tiny_embd=width, tiny_heads=heads,
-                    rank=8, block_size=64)
+    cfg = LlmConfig(num_clients=clients, docs_per_client=docs, tiny_embd=width, tiny_heads=heads, rank=8, block_size=64)
     setup = prepare(cfg, seed=seed, workdir=tempfile.mkdtemp(prefix="fedge-llm-bench-"))
     initial = setup.adapter.get()
     train = TrainConfig(epochs=1, batch_size=8, lr=0.03)
     base = perplexities(setup, initial)
-    out: dict[str, object] = {"workload": "llm-lora-synthetic-writers", "backend": "sequential",
-                              "clients": clients, "rounds": rounds, "n_embd": width, "rank": cfg.rank}
+    out: dict[str, object] = {
+        "workload": "llm-lora-synthetic-writers",
+        "backend": "sequential",
+        "clients": clients,
+        "rounds": rounds,
+        "n_embd": width,
+        "rank": cfg.rank,
+    }
     timings: dict[str, float] = {}
     finals = {}
     for strategy in (LoraFedAvg(report_gap=False), FlexLoRA()):
         t0 = time.perf_counter()
-        res = federate(setup, strategy, rounds=rounds, clients_per_round=clients, train=train, seed=seed,
-                       initial=initial, eval_every=rounds)
+        res = federate(
+            setup,
+            strategy,
+            rounds=rounds,
+            clients_per_round=clients,
+            train=train,
+            seed=seed,
+            initial=initial,
+            eval_every=rounds,
+        )
         timings[strategy.name] = time.perf_counter() - t0
         finals[strategy.name] = res.state.params
         ppl = perplexities(setup, res.state.params)
         out[f"ppl_{strategy.name}"] = round(ppl["global"], 3)
         out[f"worst_client_ppl_ratio_{strategy.name}"] = round(
-            max(ppl["clients"][c] / base["clients"][c] for c in base["clients"]), 4)
+            max(ppl["clients"][c] / base["clients"][c] for c in base["clients"]), 4
+        )
         last = list(res.history)[-1]
         out[f"uplink_bytes_per_client_round_{strategy.name}"] = last.uplink_bytes / max(1, last.participants)
         if strategy.name == "flexlora":
@@ -107,24 +122,38 @@ def main() -> None:
         ref_s.append(time.perf_counter() - t0)
         if rep + 1 < args.repeats:
             t0 = time.perf_counter()
-            federate(setup, LoraFedAvg(report_gap=False), rounds=rounds, clients_per_round=clients, train=train,
-                     seed=seed, initial=initial, eval_every=rounds)
+            federate(
+                setup,
+                LoraFedAvg(report_gap=False),
+                rounds=rounds,
+                clients_per_round=clients,
+                train=train,
+                seed=seed,
+                initial=initial,
+                eval_every=rounds,
+            )
             fedge_s.append(time.perf_counter() - t0)
     gap = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, finals["lora-fedavg"], strict=True))
     lc = count_lora(setup.adapter, cfg.block_size)
     stats = setup.adapter.base_stats()
-    out.update({
-        "ppl_base": round(base["global"], 3),
-        "adapter_bytes": setup.adapter.nbytes, "base_bytes": stats["base_bytes"],
-        "fedge_fedavg_s": round(min(fedge_s), 3), "fedge_flexlora_s": round(timings["flexlora"], 3),
-        "reference_s": round(min(ref_s), 3), "timing_repeats": args.repeats,
-        "fedge_over_reference": round(min(fedge_s) / min(ref_s), 3),
-        "flexlora_over_fedavg": round(timings["flexlora"] / min(fedge_s), 3),
-        "same_result_as_reference": gap < 1e-5, "max_abs_diff_vs_reference": gap,
-        "device_memory_mib_batch8": round(lc.memory_bytes(8) / 2**20, 3),
-        "train_gflops_per_block": round(lc.train_flops(1) / 1e9, 4),
-        "wall_s": round(time.perf_counter() - t_start, 2),
-    })
+    out.update(
+        {
+            "ppl_base": round(base["global"], 3),
+            "adapter_bytes": setup.adapter.nbytes,
+            "base_bytes": stats["base_bytes"],
+            "fedge_fedavg_s": round(min(fedge_s), 3),
+            "fedge_flexlora_s": round(timings["flexlora"], 3),
+            "reference_s": round(min(ref_s), 3),
+            "timing_repeats": args.repeats,
+            "fedge_over_reference": round(min(fedge_s) / min(ref_s), 3),
+            "flexlora_over_fedavg": round(timings["flexlora"] / min(fedge_s), 3),
+            "same_result_as_reference": gap < 1e-5,
+            "max_abs_diff_vs_reference": gap,
+            "device_memory_mib_batch8": round(lc.memory_bytes(8) / 2**20, 3),
+            "train_gflops_per_block": round(lc.train_flops(1) / 1e9, 4),
+            "wall_s": round(time.perf_counter() - t_start, 2),
+        }
+    )
     assert not math.isnan(float(out["ppl_base"]))  # type: ignore[arg-type]
     emit(out)
 

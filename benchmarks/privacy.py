@@ -41,25 +41,44 @@ def dataset(num_clients: int, seed: int) -> Any:
     order = rng.permutation(len(y))
     held = order[: len(y) // 5]
     pool = order[len(y) // 5 :]
-    data = federate(x[pool], y[pool], num_clients=num_clients, scheme="iid", test_fraction=0.0,
-                    rng=rng, name="digits", num_classes=10)
+    data = federate(
+        x[pool],
+        y[pool],
+        num_clients=num_clients,
+        scheme="iid",
+        test_fraction=0.0,
+        rng=rng,
+        name="digits",
+        num_classes=10,
+    )
     data.x_central, data.y_central = x[held], y[held]
     return data
 
 
 def config(args: argparse.Namespace, z: float | None) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "seed": args.seed, "rounds": args.rounds,
+        "seed": args.seed,
+        "rounds": args.rounds,
         "data": {"num_clients": args.clients},
         "model": {"name": args.model, "framework": "numpy"},
-        "training": {"clients_per_round": args.cohort, "local_epochs": args.local_epochs,
-                     "lr": args.lr, "batch_size": 10},
+        "training": {
+            "clients_per_round": args.cohort,
+            "local_epochs": args.local_epochs,
+            "lr": args.lr,
+            "batch_size": 10,
+        },
         "strategy": {"name": "fedavg", "weighting": "uniform", "server_lr": args.server_lr},
         "evaluation": {"every": args.rounds},
     }
     if z is not None:
-        raw["privacy"] = {"mode": "central", "noise_multiplier": z, "clip_norm": args.clip,
-                          "sampling": "poisson", "accountant": "rdp", "delta": DELTA}
+        raw["privacy"] = {
+            "mode": "central",
+            "noise_multiplier": z,
+            "clip_norm": args.clip,
+            "sampling": "poisson",
+            "accountant": "rdp",
+            "delta": DELTA,
+        }
     return raw
 
 
@@ -90,39 +109,58 @@ def main() -> None:
     execute(build(from_dict(warm), dataset=data))
     results: dict[str, dict[str, Any]] = {}
     for eps in ("inf", 8.0, 3.0, 1.0):
-        z = None if eps == "inf" else plan_noise(epsilon=float(eps), delta=DELTA, rounds=args.rounds,
-                                                 cohort=args.cohort, population=args.clients,
-                                                 sampling="poisson", accountant="rdp")
+        z = (
+            None
+            if eps == "inf"
+            else plan_noise(
+                epsilon=float(eps),
+                delta=DELTA,
+                rounds=args.rounds,
+                cohort=args.cohort,
+                population=args.clients,
+                sampling="poisson",
+                accountant="rdp",
+            )
+        )
         t = time.perf_counter()
         result = execute(build(from_dict(config(args, z)), dataset=data))
         wall = time.perf_counter() - t
         last = result.history.rounds[-1].extra
         key = str(eps)
-        results[key] = {"accuracy": float(result.history.final_accuracy), "z": z,
-                        "reported_epsilon": last.get("epsilon"), "wall": wall,
-                        "rounds": len(result.history), "privacy": last.get("privacy")}
-        print(f"eps={key:4s} z={z if z is None else round(z, 4)} acc={results[key]['accuracy']:.4f} "
-              f"reported eps={last.get('epsilon')} rounds={len(result.history)} ({wall:.1f}s)", flush=True)
+        results[key] = {
+            "accuracy": float(result.history.final_accuracy),
+            "z": z,
+            "reported_epsilon": last.get("epsilon"),
+            "wall": wall,
+            "rounds": len(result.history),
+            "privacy": last.get("privacy"),
+        }
+        print(
+            f"eps={key:4s} z={z if z is None else round(z, 4)} acc={results[key]['accuracy']:.4f} "
+            f"reported eps={last.get('epsilon')} rounds={len(result.history)} ({wall:.1f}s)",
+            flush=True,
+        )
     ref = results["inf"]["wall"]
-    emit({
-        "workload": "privacy-digits",
-        "backend": "sequential",
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "population": args.clients,
-        "clients_per_round": args.cohort,
-        "sampling": "poisson (add/remove-one client), q = "
-                    f"{args.cohort / args.clients:g}",
-        "accountant": "rdp (dp-accounting)",
-        "delta": DELTA,
-        "rounds": args.rounds,
-        "clip_norm": args.clip,
-        "model": args.model,
-        "accuracy": {k: round(v["accuracy"], 4) for k, v in results.items()},
-        "noise_multiplier": {k: (None if v["z"] is None else round(v["z"], 4)) for k, v in results.items()},
-        "reported_epsilon": {k: v["reported_epsilon"] for k, v in results.items()},
-        "wall_ratio": {k: round(v["wall"] / ref, 3) for k, v in results.items()},
-        "quick": args.quick,
-    })
+    emit(
+        {
+            "workload": "privacy-digits",
+            "backend": "sequential",
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "population": args.clients,
+            "clients_per_round": args.cohort,
+            "sampling": f"poisson (add/remove-one client), q = {args.cohort / args.clients:g}",
+            "accountant": "rdp (dp-accounting)",
+            "delta": DELTA,
+            "rounds": args.rounds,
+            "clip_norm": args.clip,
+            "model": args.model,
+            "accuracy": {k: round(v["accuracy"], 4) for k, v in results.items()},
+            "noise_multiplier": {k: (None if v["z"] is None else round(v["z"], 4)) for k, v in results.items()},
+            "reported_epsilon": {k: v["reported_epsilon"] for k, v in results.items()},
+            "wall_ratio": {k: round(v["wall"] / ref, 3) for k, v in results.items()},
+            "quick": args.quick,
+        }
+    )
 
 
 if __name__ == "__main__":

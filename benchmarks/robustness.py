@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit
 
 ATTACKS = ["none", "label-flip", "sign-flip", "scaling", "gaussian", "alie"]
-DEFENCES = ["fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "norm-bound",
-            "centered-clip"]
+DEFENCES = ["fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "norm-bound", "centered-clip"]
 
 
 def config(defence: str, attack: str, rounds: int, fraction: float) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "seed": 0, "rounds": rounds,
+        "seed": 0,
+        "rounds": rounds,
         "model": {"name": "mlp", "framework": "numpy"},
         "strategy": {"name": defence, "weighting": "uniform"},
         "robust": {"trim_fraction": 0.25},
@@ -82,20 +82,22 @@ def main() -> None:
         print(f"{attack:11s} " + " ".join(f"{table[attack][d]:12.4f}" for d in defences))
     robust = [d for d in defences if d != "fedavg"]
     best = {a: max(robust, key=lambda d, a=a: table[a][d]) for a in attacks}
-    emit({
-        "workload": "robustness-digits",
-        "backend": "sequential",
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "rounds": rounds,
-        "malicious_fraction": args.fraction,
-        "clean_accuracy": round(clean, 4),
-        "table": table,
-        "best_defence": best,
-        "best_gap_to_clean": {a: round(clean - table[a][best[a]], 4) for a in attacks},
-        "fedavg_drop": {a: round(clean - table[a]["fedavg"], 4) for a in attacks},
-        "wall_ratio": {d: round(walls[d] / walls["fedavg"], 3) for d in defences},
-        "quick": args.quick,
-    })
+    emit(
+        {
+            "workload": "robustness-digits",
+            "backend": "sequential",
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "rounds": rounds,
+            "malicious_fraction": args.fraction,
+            "clean_accuracy": round(clean, 4),
+            "table": table,
+            "best_defence": best,
+            "best_gap_to_clean": {a: round(clean - table[a][best[a]], 4) for a in attacks},
+            "fedavg_drop": {a: round(clean - table[a]["fedavg"], 4) for a in attacks},
+            "wall_ratio": {d: round(walls[d] / walls["fedavg"], 3) for d in defences},
+            "quick": args.quick,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float,
                 return fn(*a, **k)
             finally:
                 spent[0] += time.perf_counter() - t0
+
         return wrapper
 
     walls = {"without": 0.0, "with": 0.0}
@@ -111,8 +112,11 @@ def device_overhead(backend: str, rounds: int, reps: int) -> tuple[float, float,
     finally:
         for n, fn in originals.items():
             setattr(dp.DevicePolicy, n, fn)
-    return (round(walls["with"] / walls["without"], 4), round(cpus["with"] / cpus["without"], 4),
-            round(spent[0] / walls["with"], 4))
+    return (
+        round(walls["with"] / walls["without"], 4),
+        round(cpus["with"] / cpus["without"], 4),
+        round(spent[0] / walls["with"], 4),
+    )
 
 
 def one_seed(args: argparse.Namespace, seed: int, target: float, max_rounds: int) -> dict[str, Reached]:
@@ -123,8 +127,7 @@ def one_seed(args: argparse.Namespace, seed: int, target: float, max_rounds: int
         t0 = time.perf_counter()
         res = execute(build(experiment(max_rounds, args.backend, seed, opts)), [StopAt(target)])
         results[name] = time_to_target(res.history, target)
-        print(f"seed {seed} {name:16s} rounds={len(res.history)} wall={time.perf_counter() - t0:.1f}s",
-              flush=True)
+        print(f"seed {seed} {name:16s} rounds={len(res.history)} wall={time.perf_counter() - t0:.1f}s", flush=True)
     print(f"seed {seed}, deadline {deadline:.4f} s")
     print(tta_table(results, target, baseline="wait_all"), flush=True)
     return results
@@ -143,26 +146,35 @@ def main() -> None:
     t_all = time.perf_counter()
     per_seed = [one_seed(args, seed, target, max_rounds) for seed in range(seeds)]
     n = 5 if args.quick else 30
-    overhead = {be: device_overhead(be, n if be == "numpy" else max(n // 3, 3), reps=2 if args.quick else 3)
-                for be in ("numpy", "vectorized")}
+    overhead = {
+        be: device_overhead(be, n if be == "numpy" else max(n // 3, 3), reps=2 if args.quick else 3)
+        for be in ("numpy", "vectorized")
+    }
 
     def speedups(name: str) -> list[float]:
         return [r["wait_all"].hours / r[name].hours for r in per_seed]
 
-    print(json.dumps({
-        "workload": "time-to-accuracy digits, 50% pi-zero-2w", "backend": args.backend,
-        "target": target, "fleet": FLEET, "seeds": seeds,
-        "wall_s": round(time.perf_counter() - t_all, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "hours_to_target": {k: [r[k].hours for r in per_seed] for k in POLICIES},
-        "rounds_to_target": {k: [r[k].round for r in per_seed] for k in POLICIES},
-        "kj_to_target": {k: [round(r[k].energy_kj, 4) for r in per_seed] for k in POLICIES},
-        "speedup_vs_wait_all": {k: [round(x, 3) for x in speedups(k)] for k in POLICIES},
-        "median_speedup_vs_wait_all": {k: round(float(np.median(speedups(k))), 3) for k in POLICIES},
-        "device_sim_wall_ratio": {be: o[0] for be, o in overhead.items()},
-        "device_sim_cpu_ratio": {be: o[1] for be, o in overhead.items()},
-        "device_sim_hook_share": {be: o[2] for be, o in overhead.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "workload": "time-to-accuracy digits, 50% pi-zero-2w",
+                "backend": args.backend,
+                "target": target,
+                "fleet": FLEET,
+                "seeds": seeds,
+                "wall_s": round(time.perf_counter() - t_all, 2),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "hours_to_target": {k: [r[k].hours for r in per_seed] for k in POLICIES},
+                "rounds_to_target": {k: [r[k].round for r in per_seed] for k in POLICIES},
+                "kj_to_target": {k: [round(r[k].energy_kj, 4) for r in per_seed] for k in POLICIES},
+                "speedup_vs_wait_all": {k: [round(x, 3) for x in speedups(k)] for k in POLICIES},
+                "median_speedup_vs_wait_all": {k: round(float(np.median(speedups(k))), 3) for k in POLICIES},
+                "device_sim_wall_ratio": {be: o[0] for be, o in overhead.items()},
+                "device_sim_cpu_ratio": {be: o[1] for be, o in overhead.items()},
+                "device_sim_hook_share": {be: o[2] for be, o in overhead.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,21 +33,30 @@ class TrainLoss(Callback):
         if record.round % self.every == 0:
             loss, _ = self.built.learner.evaluate(state.params, self.x, self.y)
             self.values[record.round] = loss
-            print(f"  round {record.round:4d}  test acc {record.test_accuracy:.4f}  train loss {loss:.4f}",
-                  file=sys.stderr)
+            print(
+                f"  round {record.round:4d}  test acc {record.test_accuracy:.4f}  train loss {loss:.4f}",
+                file=sys.stderr,
+            )
 
 
 def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta: float) -> dict:
-    exp = from_dict({
-        "seed": seed, "rounds": rounds,
-        "data": {"dataset": "synthetic", "num_clients": 30, "test_fraction": 0.1,
-                 "synthetic_alpha": alpha, "synthetic_beta": beta},
-        "model": {"name": "logreg", "framework": "numpy"},
-        "strategy": strategy,
-        "training": {"clients_per_round": 10, "local_epochs": 20, "batch_size": 10, "lr": 0.01,
-                     "backend": backend},
-        "evaluation": {"every": 10},
-    })
+    exp = from_dict(
+        {
+            "seed": seed,
+            "rounds": rounds,
+            "data": {
+                "dataset": "synthetic",
+                "num_clients": 30,
+                "test_fraction": 0.1,
+                "synthetic_alpha": alpha,
+                "synthetic_beta": beta,
+            },
+            "model": {"name": "logreg", "framework": "numpy"},
+            "strategy": strategy,
+            "training": {"clients_per_round": 10, "local_epochs": 20, "batch_size": 10, "lr": 0.01, "backend": backend},
+            "evaluation": {"every": 10},
+        }
+    )
     built = build(exp)
     tl = TrainLoss(built, 10)
     t0 = time.perf_counter()
@@ -76,18 +85,20 @@ def main() -> None:
     for name, strategy in (("fedavg", {"name": "fedavg"}), ("fedprox", {"name": "fedprox", "mu": 1.0})):
         print(f"{name}:", file=sys.stderr)
         out[name] = run(strategy, rounds, args.seed, args.backend, args.alpha, args.beta)
-    emit({
-        "workload": f"W1 synthetic({args.alpha:g},{args.beta:g})",
-        "backend": args.backend,
-        "rounds": rounds,
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "fedavg_test_accuracy": out["fedavg"]["final_test_accuracy"],
-        "fedprox_test_accuracy": out["fedprox"]["final_test_accuracy"],
-        "fedavg_train_loss": out["fedavg"]["final_train_loss"],
-        "fedprox_train_loss": out["fedprox"]["final_train_loss"],
-        "fedavg_accuracy_every_10": out["fedavg"]["accuracy_every_10"],
-        "fedprox_accuracy_every_10": out["fedprox"]["accuracy_every_10"],
-    })
+    emit(
+        {
+            "workload": f"W1 synthetic({args.alpha:g},{args.beta:g})",
+            "backend": args.backend,
+            "rounds": rounds,
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "fedavg_test_accuracy": out["fedavg"]["final_test_accuracy"],
+            "fedprox_test_accuracy": out["fedprox"]["final_test_accuracy"],
+            "fedavg_train_loss": out["fedavg"]["final_train_loss"],
+            "fedprox_train_loss": out["fedprox"]["final_train_loss"],
+            "fedavg_accuracy_every_10": out["fedavg"]["accuracy_every_10"],
+            "fedprox_accuracy_every_10": out["fedprox"]["accuracy_every_10"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -85,22 +85,32 @@ def main() -> None:
                 tail.setdefault(key, []).append(round(float(np.mean(curve[-5:])), 4))
                 loss.setdefault(key, []).append(round(res.history.last("train_loss"), 4))
                 sim_hours.setdefault(key, []).append(round(res.history.last("sim_clock_s") / 3600, 4))
-                print(f"seed {seed} {key:12s} acc={acc[key][-1]:.4f} last5={tail[key][-1]:.4f} "
-                      f"wall={time.perf_counter() - t0:.1f}s curve={[round(c, 3) for c in curve]}", flush=True)
+                print(
+                    f"seed {seed} {key:12s} acc={acc[key][-1]:.4f} last5={tail[key][-1]:.4f} "
+                    f"wall={time.perf_counter() - t0:.1f}s curve={[round(c, 3) for c in curve]}",
+                    flush=True,
+                )
     gaps = [round(100 * (p - a), 2) for p, a in zip(acc["fedprox_90"], acc["fedavg_90"], strict=True)]
     tail_gaps = [round(100 * (p - a), 2) for p, a in zip(tail["fedprox_90"], tail["fedavg_90"], strict=True)]
-    print(json.dumps({
-        "workload": "W1-stragglers", "backend": args.backend, "rounds": rounds, "seeds": seeds,
-        "wall_s": round(time.perf_counter() - t_all, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "final_accuracy": acc,
-        "last5_eval_mean_accuracy": tail,
-        "participants_mean_train_loss": loss,
-        "sim_hours": sim_hours,
-        "gap_90_points": gaps,
-        "gap_90_points_mean": round(float(np.mean(gaps)), 2),
-        "gap_90_last5_points": tail_gaps,
-    }))
+    print(
+        json.dumps(
+            {
+                "workload": "W1-stragglers",
+                "backend": args.backend,
+                "rounds": rounds,
+                "seeds": seeds,
+                "wall_s": round(time.perf_counter() - t_all, 2),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "final_accuracy": acc,
+                "last5_eval_mean_accuracy": tail,
+                "participants_mean_train_loss": loss,
+                "sim_hours": sim_hours,
+                "gap_90_points": gaps,
+                "gap_90_points_mean": round(float(np.mean(gaps)), 2),
+                "gap_90_last5_points": tail_gaps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def make_module(model: str) -> Callable[[], nn.Module]:
         if model == "logreg":
             return nn.Linear(60, 10)
         return nn.Sequential(nn.Linear(60, 64), nn.ReLU(), nn.Linear(64, 10))
+
     return build
 
 
@@ -55,9 +56,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_loop(data: FederatedDataset, module: nn.Module, initial: list[np.ndarray],
-               rounds: int, per_round: int, cfg: TrainConfig = CFG,
-               seed: int = SEED) -> tuple[list[np.ndarray], list[float]]:
+def plain_loop(
+    data: FederatedDataset,
+    module: nn.Module,
+    initial: list[np.ndarray],
+    rounds: int,
+    per_round: int,
+    cfg: TrainConfig = CFG,
+    seed: int = SEED,
+) -> tuple[list[np.ndarray], list[float]]:
     """The reference: one reused module, torch.optim.SGD, slicing, a weighted average."""
     glob = [p.copy() for p in initial]
     times = []
@@ -97,18 +104,37 @@ class _Timer(Callback):
         self.times.append(record.wall_s)
 
 
-def fedge_run(data: FederatedDataset, learner: TorchLearner, initial: list[np.ndarray], rounds: int,
-              per_round: int, backend: Any, cfg: TrainConfig = CFG,
-              seed: int = SEED) -> tuple[list[np.ndarray], list[float]]:
+def fedge_run(
+    data: FederatedDataset,
+    learner: TorchLearner,
+    initial: list[np.ndarray],
+    rounds: int,
+    per_round: int,
+    backend: Any,
+    cfg: TrainConfig = CFG,
+    seed: int = SEED,
+) -> tuple[list[np.ndarray], list[float]]:
     """Run fedge on ``data`` with ``backend`` (a name or a backend object); final params and round times."""
     strategy = FedAvg()
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, data.client(cid)),
-                                   data.num_clients, strategy=strategy, seed=seed,
-                                   backend=BACKENDS[backend]() if isinstance(backend, str) else backend)
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, data.client(cid)),
+        data.num_clients,
+        strategy=strategy,
+        seed=seed,
+        backend=BACKENDS[backend]() if isinstance(backend, str) else backend,
+    )
     timer = _Timer()
     try:
-        result = run(strategy=strategy, transport=transport, initial_params=initial, rounds=rounds,
-                     sampling=Sampling(count=per_round), train=cfg, seed=seed, callbacks=[timer])
+        result = run(
+            strategy=strategy,
+            transport=transport,
+            initial_params=initial,
+            rounds=rounds,
+            sampling=Sampling(count=per_round),
+            train=cfg,
+            seed=seed,
+            callbacks=[timer],
+        )
     finally:
         transport.close()
     return result.state.params, timer.times
@@ -124,10 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
     ap.add_argument("--backend", default="vectorized")
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    ap.add_argument("--skip-reference", action="store_true",
-                    help="do not time the plain loop (no ratio, no weight check)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads for both fedge and the reference (default 1)")
+    ap.add_argument(
+        "--skip-reference", action="store_true", help="do not time the plain loop (no ratio, no weight check)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads for both fedge and the reference (default 1)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -142,19 +170,34 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     s_round = steady(times)
     out: dict[str, object] = {
         "workload": f"W2({'quick' if args.quick else args.size})-{args.model}",
-        "backend": args.backend, "clients": num_clients, "clients_per_round": per_round,
-        "rounds": rounds, "torch_threads": args.threads, "build_s": round(build_s, 3), "s_per_round": round(s_round, 4),
+        "backend": args.backend,
+        "clients": num_clients,
+        "clients_per_round": per_round,
+        "rounds": rounds,
+        "torch_threads": args.threads,
+        "build_s": round(build_s, 3),
+        "s_per_round": round(s_round, 4),
         "updates_per_s": round(per_round / s_round, 1),
     }
     if not args.skip_reference:
         ref, ref_times = plain_loop(data, make_module(args.model)(), initial, rounds, per_round)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref, strict=True))
-        out.update({"reference_s_per_round": round(steady(ref_times), 4),
-                    "ratio_to_plain_loop": round(s_round / steady(ref_times), 4),
-                    "max_abs_weight_diff": diff, "weights_match": diff <= 1e-5})
+        out.update(
+            {
+                "reference_s_per_round": round(steady(ref_times), 4),
+                "ratio_to_plain_loop": round(s_round / steady(ref_times), 4),
+                "max_abs_weight_diff": diff,
+                "weights_match": diff <= 1e-5,
+            }
+        )
     _loss, acc = learner.evaluate(params, data.x_central, data.y_central)  # type: ignore[arg-type]
-    out.update({"test_accuracy": round(acc, 4), "wall_s": round(time.perf_counter() - t_start, 2),
-                "peak_rss_mib": round(peak_rss_mib(), 1)})
+    out.update(
+        {
+            "test_accuracy": round(acc, 4),
+            "wall_s": round(time.perf_counter() - t_start, 2),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+        }
+    )
     print(json.dumps(out))
     return out
 

@@ -100,9 +100,13 @@ def secure_round(n: int, d: int, rate: float, stage: str, classic: bool) -> dict
     clients_cpu = [res.client_cpu_seconds[c] + inputs.cpu.get(c, 0.0) for c in res.included]
     sent = [res.client_bytes[c] for c in res.included]
     return {
-        "k": p.k, "t": p.t, "included": len(res.included),
-        "median_client_s": statistics.median(clients), "server_s": server,
-        "median_client_cpu_s": statistics.median(clients_cpu), "server_cpu_s": server_cpu,
+        "k": p.k,
+        "t": p.t,
+        "included": len(res.included),
+        "median_client_s": statistics.median(clients),
+        "server_s": server,
+        "median_client_cpu_s": statistics.median(clients_cpu),
+        "server_cpu_s": server_cpu,
         "bytes_per_client": statistics.median(sent),
         "uplink_expansion": statistics.median(sent) / (4 * d),
         "exact": bool(np.array_equal(res.total, inputs.expected)),
@@ -159,26 +163,58 @@ def main(argv: list[str] | None = None) -> None:
     for n, d, rate, stage, classic in grid(args.quick):
         sec = secure_round(n, d, rate, stage, classic)
         plain = plain_round(n, d, rate, stage)
-        row = {"n": n, "d": d, "dropout": rate, "dropped_before": stage if rate else "none",
-               "mode": "classic" if classic else "secagg+", **sec,
-               "plain_median_client_s": plain["median_client_s"], "plain_server_s": plain["server_s"],
-               "plain_server_cpu_s": plain["server_cpu_s"],
-               "round_ratio": (sec["median_client_s"] + sec["server_s"])
-               / (plain["median_client_s"] + plain["server_s"]),
-               "round_ratio_cpu": (sec["median_client_cpu_s"] + sec["server_cpu_s"])
-               / (plain["median_client_s"] + plain["server_cpu_s"])}
+        row = {
+            "n": n,
+            "d": d,
+            "dropout": rate,
+            "dropped_before": stage if rate else "none",
+            "mode": "classic" if classic else "secagg+",
+            **sec,
+            "plain_median_client_s": plain["median_client_s"],
+            "plain_server_s": plain["server_s"],
+            "plain_server_cpu_s": plain["server_cpu_s"],
+            "round_ratio": (sec["median_client_s"] + sec["server_s"]) / (plain["median_client_s"] + plain["server_s"]),
+            "round_ratio_cpu": (sec["median_client_cpu_s"] + sec["server_cpu_s"])
+            / (plain["median_client_s"] + plain["server_cpu_s"]),
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
-    head = next((r for r in results if (r["n"], r["d"], r["dropout"], r["dropped_before"], r["mode"])
-                 == (100, 10**6, 0.1, "masked_input", "secagg+")), results[0])
+    head = next(
+        (
+            r
+            for r in results
+            if (r["n"], r["d"], r["dropout"], r["dropped_before"], r["mode"])
+            == (100, 10**6, 0.1, "masked_input", "secagg+")
+        ),
+        results[0],
+    )
     summary = {
-        "workload": "W3", "backend": "in-process (fedge.secagg.orchestrator, AES-256-CTR masks)",
-        "quick": args.quick, "wall_s": time.perf_counter() - t_start,
+        "workload": "W3",
+        "backend": "in-process (fedge.secagg.orchestrator, AES-256-CTR masks)",
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - t_start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "headline": {k: head[k] for k in ("n", "d", "dropout", "dropped_before", "mode", "k", "t",
-                                          "median_client_s", "server_s", "round_ratio",
-                                          "median_client_cpu_s", "server_cpu_s", "round_ratio_cpu",
-                                          "uplink_expansion", "exact", "aggregate_dtype")},
+        "headline": {
+            k: head[k]
+            for k in (
+                "n",
+                "d",
+                "dropout",
+                "dropped_before",
+                "mode",
+                "k",
+                "t",
+                "median_client_s",
+                "server_s",
+                "round_ratio",
+                "median_client_cpu_s",
+                "server_cpu_s",
+                "round_ratio_cpu",
+                "uplink_expansion",
+                "exact",
+                "aggregate_dtype",
+            )
+        },
         "all_exact": all(r["exact"] for r in results),
         "runs": results,
     }

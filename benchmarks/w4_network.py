@@ -65,9 +65,17 @@ def role_server(a: argparse.Namespace) -> None:
     from fedge.strategies.fedavg import FedAvg
 
     store = Store(a.state)
-    svc = FedgeService(store=store, verifier=Verifier(Path(a.allow)), run_id="w4", config_toml=TOML,
-                       num_clients=a.clients, rounds=a.rounds, min_nodes=a.clients, heartbeat_s=4.0,
-                       node_timeout_s=60.0)
+    svc = FedgeService(
+        store=store,
+        verifier=Verifier(Path(a.allow)),
+        run_id="w4",
+        config_toml=TOML,
+        num_clients=a.clients,
+        rounds=a.rounds,
+        min_nodes=a.clients,
+        heartbeat_s=4.0,
+        node_timeout_s=60.0,
+    )
     transport = GrpcTransport(svc, wait_s=600, round_deadline_s=600)
     server, _ = start_grpc(svc, DeployConfig(port=a.port, workers=64, max_decoding=4))
 
@@ -75,20 +83,31 @@ def role_server(a: argparse.Namespace) -> None:
         def on_round_end(self, record: Any, state: Any) -> None:
             store.checkpoint(record, state)
 
-    result = run(strategy=FedAvg(), transport=transport, initial_params=model(a.params), rounds=a.rounds,
-                 sampling=Sampling(count=None, fraction=1.0), callbacks=[Save()])
+    result = run(
+        strategy=FedAvg(),
+        transport=transport,
+        initial_params=model(a.params),
+        rounds=a.rounds,
+        sampling=Sampling(count=None, fraction=1.0),
+        callbacks=[Save()],
+    )
     svc.finished = True
     time.sleep(6.0)
     server.stop(1).wait()
     recs = result.history.rounds
-    print(json.dumps({
-        "round_s": [r.wall_s for r in recs],
-        "participants": [r.participants for r in recs],
-        "uplink_per_client": recs[-1].uplink_bytes / max(1, recs[-1].participants),
-        "downlink_per_client": recs[-1].downlink_bytes / max(1, recs[-1].participants),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "final_mean": float(np.mean(result.state.params[0])),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "round_s": [r.wall_s for r in recs],
+                "participants": [r.participants for r in recs],
+                "uplink_per_client": recs[-1].uplink_bytes / max(1, recs[-1].participants),
+                "downlink_per_client": recs[-1].downlink_bytes / max(1, recs[-1].participants),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "final_mean": float(np.mean(result.state.params[0])),
+            }
+        ),
+        flush=True,
+    )
 
 
 def role_nodes(a: argparse.Namespace) -> None:
@@ -105,9 +124,14 @@ def role_nodes(a: argparse.Namespace) -> None:
     lo, hi = map(int, a.ids.split("-"))
     threads = []
     for cid in range(lo, hi):
-        node = GroupNode(f"127.0.0.1:{a.port}", Signer(load_private(Path(a.keys) / f"n{cid}.key")),
-                         partition=cid, client_factory=lambda exp, cid: Trivial(cid),
-                         backoff=Backoff(give_up_s=120), state_dir=Path(a.keys))
+        node = GroupNode(
+            f"127.0.0.1:{a.port}",
+            Signer(load_private(Path(a.keys) / f"n{cid}.key")),
+            partition=cid,
+            client_factory=lambda exp, cid: Trivial(cid),
+            backoff=Backoff(give_up_s=120),
+            state_dir=Path(a.keys),
+        )
         t = threading.Thread(target=node.run, daemon=True)
         t.start()
         threads.append(t)
@@ -122,8 +146,13 @@ def inprocess_round_s(clients: int, params: int, rounds: int) -> float:
     from fedge.transport.inprocess import InProcessTransport, SequentialBackend
 
     t = InProcessTransport(Trivial, clients, strategy=FedAvg(), backend=SequentialBackend())
-    result = run(strategy=FedAvg(), transport=t, initial_params=model(params), rounds=rounds,
-                 sampling=Sampling(count=None, fraction=1.0))
+    result = run(
+        strategy=FedAvg(),
+        transport=t,
+        initial_params=model(params),
+        rounds=rounds,
+        sampling=Sampling(count=None, fraction=1.0),
+    )
     return float(np.mean([r.wall_s for r in result.history.rounds]))
 
 
@@ -143,12 +172,18 @@ def one(clients: int, params: int, rounds: int, work: Path) -> dict[str, Any]:
     me = [sys.executable, __file__]
     common = ["--port", str(port), "--clients", str(clients), "--params", str(params), "--rounds", str(rounds)]
     t0 = time.perf_counter()
-    server = subprocess.Popen([*me, "--role", "server", *common, "--allow", str(allow),
-                               "--state", str(work / f"w4-{clients}-{params}.db")], stdout=subprocess.PIPE, text=True)
-    groups = [subprocess.Popen([*me, "--role", "nodes", *common, "--keys", str(keys),
-                                "--ids", f"{lo}-{min(clients, lo + PER_PROCESS)}"],
-                               stderr=subprocess.DEVNULL)
-              for lo in range(0, clients, PER_PROCESS)]
+    server = subprocess.Popen(
+        [*me, "--role", "server", *common, "--allow", str(allow), "--state", str(work / f"w4-{clients}-{params}.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    groups = [
+        subprocess.Popen(
+            [*me, "--role", "nodes", *common, "--keys", str(keys), "--ids", f"{lo}-{min(clients, lo + PER_PROCESS)}"],
+            stderr=subprocess.DEVNULL,
+        )
+        for lo in range(0, clients, PER_PROCESS)
+    ]
     out, _ = server.communicate(timeout=1800)
     for g in groups:
         try:
@@ -161,13 +196,20 @@ def one(clients: int, params: int, rounds: int, work: Path) -> dict[str, Any]:
     res = json.loads(out.strip().splitlines()[-1])
     ref = inprocess_round_s(clients, params, rounds)
     round_s = float(np.mean(res["round_s"][1:] or res["round_s"]))
-    return {"clients": clients, "params": params, "rounds": rounds,
-            "s_per_round": round_s, "first_round_s": res["round_s"][0],
-            "inprocess_s_per_round": ref, "vs_inprocess": round_s / ref,
-            "server_peak_rss_mib": res["peak_rss_mib"],
-            "wire_bytes_per_client_round": res["uplink_per_client"] + res["downlink_per_client"],
-            "model_bytes": params * 4, "participants": res["participants"],
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "clients": clients,
+        "params": params,
+        "rounds": rounds,
+        "s_per_round": round_s,
+        "first_round_s": res["round_s"][0],
+        "inprocess_s_per_round": ref,
+        "vs_inprocess": round_s / ref,
+        "server_peak_rss_mib": res["peak_rss_mib"],
+        "wire_bytes_per_client_round": res["uplink_per_client"] + res["downlink_per_client"],
+        "model_bytes": params * 4,
+        "participants": res["participants"],
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -195,14 +237,17 @@ def main() -> None:
         print(json.dumps(r))
     by = {(r["clients"], r["params"]): r for r in runs}
     summary: dict[str, Any] = {
-        "workload": "W4", "backend": "grpc-loopback", "quick": a.quick,
+        "workload": "W4",
+        "backend": "grpc-loopback",
+        "quick": a.quick,
         "wall_s": time.perf_counter() - t0,
         "peak_rss_mib": max(r["server_peak_rss_mib"] for r in runs),
         "runs": runs,
     }
     if (100, 10**6) in by and (500, 10**6) in by:
-        summary["server_rss_500_over_100"] = (by[(500, 10**6)]["server_peak_rss_mib"]
-                                              / by[(100, 10**6)]["server_peak_rss_mib"])
+        summary["server_rss_500_over_100"] = (
+            by[(500, 10**6)]["server_peak_rss_mib"] / by[(100, 10**6)]["server_peak_rss_mib"]
+        )
     print(json.dumps(summary))
 
 

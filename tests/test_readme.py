@@ -15,8 +15,7 @@ def test_python_example_runs(tmp_path: Path) -> None:
     assert blocks, "README has no Python example"
     example = blocks[0]
     assert len(example.strip().splitlines()) <= 20
-    out = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     acc = float(re.search(r"accuracy ([0-9.]+)", out.stdout).group(1))
     assert acc > 0.8

@@ -77,24 +77,36 @@ def main() -> None:
     if args.dashboard:
         exp.section("dashboard").enabled = True
     secret = bytes.fromhex((args.secret_file or args.data / "fleet.secret").read_text().strip())
-    kv = load_keyvalue(args.data, secret=secret, dim=args.dim, labels=STATES,
-                       test_fraction=exp.data.test_fraction, seed=exp.seed)
-    print(f"{kv.stats.kept} records from {kv.dataset.num_clients} cars; skipped "
-          f"{dict(kv.stats.skipped) or 'none'}; {kv.collisions.keys} distinct keys in {args.dim} "
-          f"buckets, {kv.collisions.colliding_keys} share a bucket "
-          f"(rate {kv.collisions.rate:.3f}, uniform hashing predicts {kv.collisions.expected_rate:.3f})",
-          file=sys.stderr)
+    kv = load_keyvalue(
+        args.data, secret=secret, dim=args.dim, labels=STATES, test_fraction=exp.data.test_fraction, seed=exp.seed
+    )
+    print(
+        f"{kv.stats.kept} records from {kv.dataset.num_clients} cars; skipped "
+        f"{dict(kv.stats.skipped) or 'none'}; {kv.collisions.keys} distinct keys in {args.dim} "
+        f"buckets, {kv.collisions.colliding_keys} share a bucket "
+        f"(rate {kv.collisions.rate:.3f}, uniform hashing predicts {kv.collisions.expected_rate:.3f})",
+        file=sys.stderr,
+    )
     exp.data.num_clients = kv.dataset.num_clients
     built = build(exp, dataset=kv.dataset)
     result = execute(built, [ProgressCallback()])
     out = write_outputs(built, result, args.output or Path(exp.output_dir()), time.perf_counter() - t0)
-    (out / "keyvalue.json").write_text(json.dumps({
-        "read": {"lines": kv.stats.lines, "kept": kv.stats.kept, "skipped": dict(kv.stats.skipped)},
-        "collisions": kv.collisions.to_json(), "labels": kv.label_names}, indent=2))
+    (out / "keyvalue.json").write_text(
+        json.dumps(
+            {
+                "read": {"lines": kv.stats.lines, "kept": kv.stats.kept, "skipped": dict(kv.stats.skipped)},
+                "collisions": kv.collisions.to_json(),
+                "labels": kv.label_names,
+            },
+            indent=2,
+        )
+    )
     report = write_report([out])
     h = result.history
     fig: dict[str, object] = {
-        "workload": "driver_state", "rounds": len(h), "cars": kv.dataset.num_clients,
+        "workload": "driver_state",
+        "rounds": len(h),
+        "cars": kv.dataset.num_clients,
         "final_test_accuracy": round(h.final_accuracy, 4),
         "final_fed_test_accuracy": round(h.last("fed_test_accuracy"), 4),
         "sim_hours": round(h.last("sim_clock_s") / 3600, 3),

@@ -30,18 +30,26 @@ def main() -> None:
     clients, docs, rounds = (3, 20, 2) if args.quick else (8, 80, 10)
     work = Path(tempfile.mkdtemp(prefix="fedge-llm-"))
     write_corpus(work / "texts", num_clients=clients, docs_per_client=docs, seed=0)
-    cfg = LlmConfig(data=str(work / "texts"), tiny_embd=64, tiny_heads=4, rank=8, block_size=64,
-                    torch_threads=1)
+    cfg = LlmConfig(data=str(work / "texts"), tiny_embd=64, tiny_heads=4, rank=8, block_size=64, torch_threads=1)
     out = Path(args.out)
     setup = prepare(cfg, seed=0, workdir=out)
     initial = setup.adapter.get()
     base = perplexities(setup, initial)
-    print(f"{clients} clients; adapter {setup.adapter.nbytes} bytes per client per round, "
-          f"frozen base {setup.adapter.base_stats()['base_bytes']} bytes (never sent)")
+    print(
+        f"{clients} clients; adapter {setup.adapter.nbytes} bytes per client per round, "
+        f"frozen base {setup.adapter.base_stats()['base_bytes']} bytes (never sent)"
+    )
     results = {}
     for strategy in (LoraFedAvg(), FlexLoRA()):
-        result = federate(setup, strategy, rounds=rounds, clients_per_round=max(2, clients // 2),
-                          train=TrainConfig(epochs=1, batch_size=8, lr=0.03), seed=0, initial=initial)
+        result = federate(
+            setup,
+            strategy,
+            rounds=rounds,
+            clients_per_round=max(2, clients // 2),
+            train=TrainConfig(epochs=1, batch_size=8, lr=0.03),
+            seed=0,
+            initial=initial,
+        )
         results[strategy.name] = (result, perplexities(setup, result.state.params))
     print(f"{'client':>8} {'base':>8} " + " ".join(f"{n:>12}" for n in results))
     for cid in base["clients"]:

@@ -72,9 +72,14 @@ def run(
         data.append(ClientData(xa, ya))
     strategy = strategy or FedAvg()
     pipeline = Pipeline(transforms)
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, data[cid]), len(data),
-                                   strategy=strategy, pipeline=pipeline, seed=seed,
-                                   backend=_backend(backend))
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, data[cid]),
+        len(data),
+        strategy=strategy,
+        pipeline=pipeline,
+        seed=seed,
+        backend=_backend(backend),
+    )
     evaluator = None
     if test is not None:
         xt, yt = np.asarray(test[0], dtype=np.float32), np.asarray(test[1], dtype=np.int64)
@@ -84,11 +89,17 @@ def run(
 
     try:
         return run_rounds(
-            strategy=strategy, transport=transport, initial_params=learner.init_params(seed),
-            rounds=rounds, sampling=Sampling(count=min(clients_per_round, len(data))),
+            strategy=strategy,
+            transport=transport,
+            initial_params=learner.init_params(seed),
+            rounds=rounds,
+            sampling=Sampling(count=min(clients_per_round, len(data))),
             train=TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr),
-            pipeline=pipeline, evaluator=evaluator, eval_plan=EvalPlan(),
-            seed=seed, callbacks=callbacks,
+            pipeline=pipeline,
+            evaluator=evaluator,
+            eval_plan=EvalPlan(),
+            seed=seed,
+            callbacks=callbacks,
         )
     finally:
         transport.close()

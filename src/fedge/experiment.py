@@ -52,25 +52,45 @@ POLICY_FACTORIES: list[PolicyFactory] = []
 def load_dataset(exp: Experiment) -> FederatedDataset:
     d = exp.data
     if d.dataset == "digits":
-        return digits(num_clients=d.num_clients, scheme=d.partition, alpha=d.alpha,
-                      test_fraction=d.test_fraction, seed=exp.seed,
-                      shards_per_client=d.shards_per_client, exponent=d.powerlaw_exponent)
+        return digits(
+            num_clients=d.num_clients,
+            scheme=d.partition,
+            alpha=d.alpha,
+            test_fraction=d.test_fraction,
+            seed=exp.seed,
+            shards_per_client=d.shards_per_client,
+            exponent=d.powerlaw_exponent,
+        )
     if d.dataset in ("synthetic", "synthetic-iid"):
-        return synthetic(d.synthetic_alpha, d.synthetic_beta, num_clients=d.num_clients,
-                         iid=d.dataset == "synthetic-iid", test_fraction=d.test_fraction, seed=exp.seed)
+        return synthetic(
+            d.synthetic_alpha,
+            d.synthetic_beta,
+            num_clients=d.num_clients,
+            iid=d.dataset == "synthetic-iid",
+            test_fraction=d.test_fraction,
+            seed=exp.seed,
+        )
     if not d.path:
         raise ConfigError("data.path: required when data.dataset = 'files'")
     x, y, parts = load_files(d.path, label=d.label_column, client=d.client_column or None)
     rng = np.random.default_rng(exp.seed)
     if parts is None:
-        return federate(x, y, num_clients=d.num_clients, scheme=d.partition, test_fraction=d.test_fraction,
-                        rng=rng, name=Path(d.path).name, alpha=d.alpha,
-                        shards_per_client=d.shards_per_client, exponent=d.powerlaw_exponent)
+        return federate(
+            x,
+            y,
+            num_clients=d.num_clients,
+            scheme=d.partition,
+            test_fraction=d.test_fraction,
+            rng=rng,
+            name=Path(d.path).name,
+            alpha=d.alpha,
+            shards_per_client=d.shards_per_client,
+            exponent=d.powerlaw_exponent,
+        )
     from fedge.data.federated import split_local
 
     train, test = split_local(parts, d.test_fraction, rng)
-    return FederatedDataset(x=x, y=y, train=train, test=test, num_classes=int(y.max()) + 1,
-                            name=Path(d.path).name)
+    return FederatedDataset(x=x, y=y, train=train, test=test, num_classes=int(y.max()) + 1, name=Path(d.path).name)
 
 
 def make_strategy(exp: Experiment) -> Strategy:
@@ -120,19 +140,27 @@ def check_model(learner: Learner, params: Params, data: FederatedDataset) -> Non
 
 def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
     data = dataset or load_dataset(exp)
-    learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape,
-                            exp.model.num_classes or data.num_classes, exp.model.hidden)
+    learner = build_learner(
+        exp.model.name,
+        exp.model.framework,
+        data.feature_shape,
+        exp.model.num_classes or data.num_classes,
+        exp.model.hidden,
+    )
     initial = learner.init_params(exp.seed)
     check_model(learner, initial, data)
     strategy = make_strategy(exp)
     transforms = [t for f in TRANSFORM_FACTORIES for t in f(exp)]
     pipeline = Pipeline(transforms)
     t = exp.training
-    train = TrainConfig(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                        momentum=t.momentum, weight_decay=t.weight_decay)
-    sampling = Sampling(count=t.clients_per_round or None,
-                        fraction=t.fraction if not t.clients_per_round else None,
-                        minimum=t.min_clients)
+    train = TrainConfig(
+        epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+    )
+    sampling = Sampling(
+        count=t.clients_per_round or None,
+        fraction=t.fraction if not t.clients_per_round else None,
+        minimum=t.min_clients,
+    )
     if not t.clients_per_round and not t.fraction:
         raise ConfigError("training: set clients_per_round or fraction")
 
@@ -142,8 +170,14 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
     make_client: ClientFn = client_fn
     for wrap in CLIENT_WRAPPERS:
         make_client = wrap(exp, data, make_client)
-    transport = InProcessTransport(make_client, data.num_clients, strategy=strategy, pipeline=pipeline,
-                                   seed=exp.seed, backend=make_backend(t.backend))
+    transport = InProcessTransport(
+        make_client,
+        data.num_clients,
+        strategy=strategy,
+        pipeline=pipeline,
+        seed=exp.seed,
+        backend=make_backend(t.backend),
+    )
     return Built(exp, data, learner, strategy, pipeline, transport, initial, train, sampling)
 
 
@@ -152,8 +186,10 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
     x_c, y_c = built.data.central()
     evaluator = None
     if exp.evaluation.centralized and len(y_c):
+
         def evaluator(params: Params) -> tuple[float, float]:
             return built.learner.evaluate(params, x_c, y_c)
+
     extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
     policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
     if len(policies) > 1:
@@ -161,11 +197,17 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
     fed = exp.evaluation.federated_clients
     try:
         return run(
-            strategy=built.strategy, transport=built.transport, initial_params=built.initial,
-            rounds=exp.rounds, sampling=built.sampling, train=built.train, pipeline=built.pipeline,
-            evaluator=evaluator, eval_plan=EvalPlan(every=exp.evaluation.every,
-                                                    federated_clients=fed if fed >= 0 else 10**9),
-            seed=exp.seed, callbacks=[*extra, *callbacks],
+            strategy=built.strategy,
+            transport=built.transport,
+            initial_params=built.initial,
+            rounds=exp.rounds,
+            sampling=built.sampling,
+            train=built.train,
+            pipeline=built.pipeline,
+            evaluator=evaluator,
+            eval_plan=EvalPlan(every=exp.evaluation.every, federated_clients=fed if fed >= 0 else 10**9),
+            seed=exp.seed,
+            callbacks=[*extra, *callbacks],
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
             policy=policies[0] if policies else None,
@@ -201,10 +243,15 @@ def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float) -> 
             set_params(module, result.state.params)
             torch.save(module.state_dict(), tmp / "model.pt")
         hist = built.data.label_histogram()
-        (tmp / "partition.json").write_text(json.dumps({
-            "dataset": built.data.name, "num_classes": built.data.num_classes,
-            "label_histogram": hist.tolist(),
-        }))
+        (tmp / "partition.json").write_text(
+            json.dumps(
+                {
+                    "dataset": built.data.name,
+                    "num_classes": built.data.num_classes,
+                    "label_histogram": hist.tolist(),
+                }
+            )
+        )
         summary: dict[str, Any] = {
             "rounds": len(result.history),
             "final_test_accuracy": result.history.final_accuracy,
@@ -217,8 +264,9 @@ def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float) -> 
     return out
 
 
-def run_experiment(exp: Experiment, callbacks: Sequence[Callback] = (),
-                   output: str | None = None) -> tuple[RunResult, Path]:
+def run_experiment(
+    exp: Experiment, callbacks: Sequence[Callback] = (), output: str | None = None
+) -> tuple[RunResult, Path]:
     t0 = time.perf_counter()
     built = build(exp)
     result = execute(built, callbacks)

@@ -19,8 +19,7 @@ MODELS = ("logreg", "mlp", "cnn")
 FRAMEWORKS = ("torch", "numpy")
 
 
-def torch_module(name: str, feature_shape: Sequence[int], num_classes: int,
-                 hidden: Sequence[int] = (64,)) -> Any:
+def torch_module(name: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)) -> Any:
     """A fresh ``nn.Module`` (call under ``torch.manual_seed`` for a fixed init)."""
     from torch import nn
 
@@ -40,15 +39,21 @@ def torch_module(name: str, feature_shape: Sequence[int], num_classes: int,
             raise ModelError(f"cnn needs square single-channel images; {in_features} features are not")
         return nn.Sequential(
             nn.Unflatten(1, (1, side, side)),
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * (side // 4) ** 2, num_classes),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (side // 4) ** 2, num_classes),
         )
     raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
 
 
-def build_learner(name: str, framework: str, feature_shape: Sequence[int], num_classes: int,
-                  hidden: Sequence[int] = (64,)) -> Learner:
+def build_learner(
+    name: str, framework: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)
+) -> Learner:
     if framework == "numpy":
         if name == "cnn":
             raise ConfigError("model 'cnn' has no NumPy implementation; use framework = 'torch'")

@@ -35,7 +35,13 @@ def test_init_then_run_small_experiment(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     run_dir = tmp_path / "out"
     assert {p.name for p in run_dir.iterdir()} >= {
-        "config.toml", "metrics.jsonl", "metrics.csv", "model.npz", "summary.json", "partition.json"}
+        "config.toml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "model.npz",
+        "summary.json",
+        "partition.json",
+    }
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["participants"] == 20 for r in rows)
@@ -46,15 +52,18 @@ def test_init_then_run_small_experiment(tmp_path: Path) -> None:
     assert 0 < json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"] <= 1
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ("[training]\nlocal_epoch = 3\n", "did you mean 'training.local_epochs'?"),
-    ("rounds = -2\n", "rounds: must be >= 1"),
-    ("[data]\ndataset = 'files'\npath = 'nope.csv'\n", "nope.csv: no such file"),
-    ("[data]\ndataset = 'files'\npath = 'nan.csv'\n", "column 'f1' has a missing or NaN value at line 3"),
-    ("[model]\nnum_classes = 3\n", "model outputs 3 classes but the labels go up to 9"),
-    ("[training]\nbackend = 'warp'\n", "unknown backend 'warp'; valid:"),
-    ("[strategy]\nname = 'fedavgg'\n", "unknown strategy 'fedavgg' (did you mean 'fedavg'?)"),
-])
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[training]\nlocal_epoch = 3\n", "did you mean 'training.local_epochs'?"),
+        ("rounds = -2\n", "rounds: must be >= 1"),
+        ("[data]\ndataset = 'files'\npath = 'nope.csv'\n", "nope.csv: no such file"),
+        ("[data]\ndataset = 'files'\npath = 'nan.csv'\n", "column 'f1' has a missing or NaN value at line 3"),
+        ("[model]\nnum_classes = 3\n", "model outputs 3 classes but the labels go up to 9"),
+        ("[training]\nbackend = 'warp'\n", "unknown backend 'warp'; valid:"),
+        ("[strategy]\nname = 'fedavgg'\n", "unknown strategy 'fedavgg' (did you mean 'fedavg'?)"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, toml: str, message: str) -> None:
     (tmp_path / "nan.csv").write_text("f0,f1,label\n1,2,0\n3,,1\n")
     (tmp_path / "bad.toml").write_text(toml)

@@ -42,11 +42,14 @@ def write(tmp_path: Path, extra: str = "") -> Path:
     return p
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("rank = 0\n", "llm.rank: must be >= 1, got 0"),
-    ('base_model = "/no/such/model"\n', "base model path /no/such/model does not exist"),
-    ('target_modules = ["q_proj"]\n', "'q_proj' matches no layer; the model's layers: transformer.h.0.attn.c_attn"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("rank = 0\n", "llm.rank: must be >= 1, got 0"),
+        ('base_model = "/no/such/model"\n', "base model path /no/such/model does not exist"),
+        ('target_modules = ["q_proj"]\n', "'q_proj' matches no layer; the model's layers: transformer.h.0.attn.c_attn"),
+    ],
+)
 def test_bad_llm_input_is_one_line_and_exit_2(tmp_path: Path, extra: str, message: str) -> None:
     res = CliRunner().invoke(cli, ["finetune", str(write(tmp_path, extra)), "-q", "-o", str(tmp_path / "run")])
     assert res.exit_code == 2, res.output
@@ -73,8 +76,9 @@ def test_finetune_then_generate(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["finetune", str(write(tmp_path)), "-q", "-o", str(run_dir)])
     assert res.exit_code == 0, res.output
     assert "held-out perplexity: base" in res.output and "client 1:" in res.output
-    res = CliRunner().invoke(cli, ["generate", str(run_dir), "--prompt", "turn", "--max-new-tokens", "5",
-                                   "--temperature", "0"])
+    res = CliRunner().invoke(
+        cli, ["generate", str(run_dir), "--prompt", "turn", "--max-new-tokens", "5", "--temperature", "0"]
+    )
     assert res.exit_code == 0, res.output
     assert res.output.startswith("turn")
     res = CliRunner().invoke(cli, ["generate", str(tmp_path / "missing"), "--prompt", "x"])

@@ -36,16 +36,22 @@ def test_gradients_match_finite_differences() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(hidden=st.sampled_from([(), (7,), (6, 4)]), momentum=st.sampled_from([0.0, 0.9]),
-       wd=st.sampled_from([0.0, 0.01]), mu=st.sampled_from([0.0, 0.3]), seed=st.integers(0, 100))
+@given(
+    hidden=st.sampled_from([(), (7,), (6, 4)]),
+    momentum=st.sampled_from([0.0, 0.9]),
+    wd=st.sampled_from([0.0, 0.01]),
+    mu=st.sampled_from([0.0, 0.3]),
+    seed=st.integers(0, 100),
+)
 def test_training_matches_torch(hidden, momentum, wd, mu, seed) -> None:
     x, y = data(seed=seed)
     npm = NumpyMLP(5, 3, hidden=hidden)
     tl = TorchLearner(lambda: torch_module("mlp" if hidden else "logreg", (5,), 3, hidden))
     params = tl.init_params(seed)
     corr = [np.full(p.shape, 0.01, np.float32) for p in params]
-    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.1, momentum=momentum, weight_decay=wd,
-                      prox_mu=mu, grad_correction=corr)
+    cfg = TrainConfig(
+        epochs=2, batch_size=4, lr=0.1, momentum=momentum, weight_decay=wd, prox_mu=mu, grad_correction=corr
+    )
     a = npm.train(params, x, y, cfg, np.random.default_rng(seed))
     b = tl.train(params, x, y, cfg, np.random.default_rng(seed))
     assert a.steps == b.steps == 12
@@ -60,8 +66,9 @@ def test_training_matches_torch(hidden, momentum, wd, mu, seed) -> None:
 def test_max_steps_limits_partial_work() -> None:
     x, y = data()
     model = NumpyLogReg(5, 3)
-    res = model.train(model.init_params(0), x, y, TrainConfig(epochs=5, batch_size=4, max_steps=3),
-                      np.random.default_rng(0))
+    res = model.train(
+        model.init_params(0), x, y, TrainConfig(epochs=5, batch_size=4, max_steps=3), np.random.default_rng(0)
+    )
     assert res.steps == 3
 
 
@@ -70,8 +77,9 @@ def test_logreg_learns_separable_data() -> None:
     x = rng.normal(size=(300, 2)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     model = NumpyLogReg(2, 2)
-    res = model.train(model.init_params(0), x, y, TrainConfig(epochs=5, batch_size=10, lr=0.5),
-                      np.random.default_rng(0))
+    res = model.train(
+        model.init_params(0), x, y, TrainConfig(epochs=5, batch_size=10, lr=0.5), np.random.default_rng(0)
+    )
     assert model.evaluate(res.params, x, y)[1] > 0.95
 
 

@@ -19,18 +19,26 @@ from fedge.pipeline import RoundContext
 
 
 def _rctx(round_num: int = 1, shapes: tuple[tuple[int, ...], ...] = ((4, 3), (3,))) -> RoundContext:
-    return RoundContext(round_num=round_num, rng=np.random.default_rng(round_num),
-                        spec=ParamSpec(shapes), num_sampled=1)
+    return RoundContext(
+        round_num=round_num, rng=np.random.default_rng(round_num), spec=ParamSpec(shapes), num_sampled=1
+    )
 
 
 def _update(rng: np.random.Generator) -> ClientUpdate:
-    return ClientUpdate(client_id=7, delta=[rng.normal(size=(4, 3)).astype(np.float32),
-                                            rng.normal(size=3).astype(np.float32)], num_examples=5)
+    return ClientUpdate(
+        client_id=7,
+        delta=[rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+        num_examples=5,
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(["sign", "topk", "randk", "int8", "qsgd"]), st.integers(1, 6),
-       st.integers(0, 2**32 - 1), st.sampled_from(["tensor", "model"]))
+@given(
+    st.sampled_from(["sign", "topk", "randk", "int8", "qsgd"]),
+    st.integers(1, 6),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["tensor", "model"]),
+)
 def test_error_feedback_loses_no_mass(codec: str, rounds: int, seed: int, scope: str) -> None:
     rng = np.random.default_rng(seed)
     t = Compress(make_codec(codec, k=0.2, levels=2), error_feedback=True, scope=scope)
@@ -87,8 +95,7 @@ def test_model_scope_spends_one_topk_budget_across_tensors_and_keeps_extras() ->
 def test_server_refuses_shapes_the_model_does_not_have() -> None:
     from fedge.compression.transforms import encode_tensors
 
-    blob, _ = encode_tensors(make_codec("topk", k=0.5), [np.ones((1 << 20,), np.float32)],
-                             np.random.default_rng(0))
+    blob, _ = encode_tensors(make_codec("topk", k=0.5), [np.ones((1 << 20,), np.float32)], np.random.default_rng(0))
     upd = ClientUpdate(client_id=3, delta=[], num_examples=1, payload={PAYLOAD_KEY: blob})
     with pytest.raises(ValidationError, match=r"shape \(1048576,\), not one of the model's"):
         Compress(make_codec("topk", k=0.5)).server(upd, _rctx())
@@ -96,7 +103,8 @@ def test_server_refuses_shapes_the_model_does_not_have() -> None:
 
 def test_server_rejects_an_update_of_another_codec_or_none() -> None:
     upd = Compress(make_codec("fp16")).client(
-        _update(np.random.default_rng(0)), ClientContext(client_id=7, round_num=1, rng=np.random.default_rng(0)))
+        _update(np.random.default_rng(0)), ClientContext(client_id=7, round_num=1, rng=np.random.default_rng(0))
+    )
     with pytest.raises(ValidationError, match="expects int8"):
         Compress(make_codec("int8")).server(upd, _rctx())
     with pytest.raises(ValidationError, match="not int8-compressed"):
@@ -125,13 +133,16 @@ def test_downlink_reference_tracks_the_model_and_bytes_follow_what_each_client_h
 
 
 def _exp(codec: str, backend: str, **extra: object) -> object:
-    return from_dict({
-        "seed": 3, "rounds": 3,
-        "data": {"dataset": "digits", "num_clients": 8},
-        "model": {"name": "logreg", "framework": "numpy"},
-        "training": {"clients_per_round": 4, "local_epochs": 1, "backend": backend},
-        "compression": {"codec": codec, "k": 0.05, **extra},
-    })
+    return from_dict(
+        {
+            "seed": 3,
+            "rounds": 3,
+            "data": {"dataset": "digits", "num_clients": 8},
+            "model": {"name": "logreg", "framework": "numpy"},
+            "training": {"clients_per_round": 4, "local_epochs": 1, "backend": backend},
+            "compression": {"codec": codec, "k": 0.05, **extra},
+        }
+    )
 
 
 @pytest.mark.integration
@@ -168,10 +179,11 @@ def test_bad_k_in_a_config_is_one_line() -> None:
 
 def test_zlib_entropy_coding_is_lossless_and_counted() -> None:
     rng = np.random.default_rng(4)
-    upd = ClientUpdate(client_id=1, delta=[rng.laplace(0, 0.01, (64, 64)).astype(np.float32)],
-                       num_examples=3)
-    plain, coded = Compress(make_codec("int8", stochastic=False)), Compress(
-        make_codec("int8", stochastic=False), entropy="zlib")
+    upd = ClientUpdate(client_id=1, delta=[rng.laplace(0, 0.01, (64, 64)).astype(np.float32)], num_examples=3)
+    plain, coded = (
+        Compress(make_codec("int8", stochastic=False)),
+        Compress(make_codec("int8", stochastic=False), entropy="zlib"),
+    )
     a = plain.client(ClientUpdate(1, [upd.delta[0].copy()], 3), ClientContext(1, 1, np.random.default_rng(0)))
     b = coded.client(upd, ClientContext(1, 1, np.random.default_rng(0)))
     assert b.uplink_bytes == len(b.payload[PAYLOAD_KEY]) < a.uplink_bytes

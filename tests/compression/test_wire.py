@@ -12,8 +12,10 @@ from fedge.core.errors import ValidationError
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 300), st.sampled_from(["u1", "i1", "u2", "f2", "f4", "u8"])),
-                max_size=4), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.sampled_from(["u1", "i1", "u2", "f2", "f4", "u8"])), max_size=4),
+    st.integers(0, 2**32 - 1),
+)
 def test_pack_unpack_roundtrip(spec: list[tuple[int, str]], seed: int) -> None:
     rng = np.random.default_rng(seed)
     parts = [(rng.integers(0, 100, n).astype(dt),) for n, dt in spec]
@@ -32,13 +34,16 @@ def test_framing_is_small() -> None:
     assert len(blob) - 610 * 4 < 20
 
 
-@pytest.mark.parametrize("bad, match", [
-    (b"", "truncated"),
-    (b"XX\x01\x00\x00\x00", "marker"),
-    (b"FC\x09\x00\x00\x00", "version"),
-    (pack(0, [], [(3,)], [(np.zeros(3, np.float32),)])[:-1], "truncated"),
-    (pack(0, [], [(3,)], [(np.zeros(3, np.float32),)]) + b"\x00", "trailing"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (b"", "truncated"),
+        (b"XX\x01\x00\x00\x00", "marker"),
+        (b"FC\x09\x00\x00\x00", "version"),
+        (pack(0, [], [(3,)], [(np.zeros(3, np.float32),)])[:-1], "truncated"),
+        (pack(0, [], [(3,)], [(np.zeros(3, np.float32),)]) + b"\x00", "trailing"),
+    ],
+)
 def test_broken_messages_are_one_line_validation_errors(bad: bytes, match: str) -> None:
     with pytest.raises(ValidationError, match=match) as info:
         unpack(bad)

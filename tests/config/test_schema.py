@@ -32,17 +32,20 @@ def test_every_key_has_a_doc() -> None:
             assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 4, line
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"training": {"local_epoch": 3}}, "unknown key 'training.local_epoch'; did you mean 'training.local_epochs'?"),
-    ({"round": 3}, "unknown key 'round'; did you mean 'rounds'?"),
-    ({"trainig": {}}, "unknown key 'trainig'; did you mean 'training'?"),
-    ({"rounds": "ten"}, "rounds: expected an integer, got str 'ten'"),
-    ({"training": {"lr": -1}}, "training.lr: must be > 0"),
-    ({"training": {"lr": True}}, "training.lr: expected a number"),
-    ({"data": {"partition": "dirichlett"}}, "did you mean 'dirichlet'?"),
-    ({"model": {"hidden": [64, "x"]}}, "model.hidden[1]: expected an integer"),
-    ({"data": 3}, "[data] must be a table"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"training": {"local_epoch": 3}}, "unknown key 'training.local_epoch'; did you mean 'training.local_epochs'?"),
+        ({"round": 3}, "unknown key 'round'; did you mean 'rounds'?"),
+        ({"trainig": {}}, "unknown key 'trainig'; did you mean 'training'?"),
+        ({"rounds": "ten"}, "rounds: expected an integer, got str 'ten'"),
+        ({"training": {"lr": -1}}, "training.lr: must be > 0"),
+        ({"training": {"lr": True}}, "training.lr: expected a number"),
+        ({"data": {"partition": "dirichlett"}}, "did you mean 'dirichlet'?"),
+        ({"model": {"hidden": [64, "x"]}}, "model.hidden[1]: expected an integer"),
+        ({"data": 3}, "[data] must be a table"),
+    ],
+)
 def test_bad_config_names_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         from_dict(raw)

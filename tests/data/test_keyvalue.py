@@ -22,8 +22,7 @@ values = st.floats(-1e3, 1e3, allow_nan=False)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(keys, values, max_size=12), st.dictionaries(keys, values, max_size=12),
-       st.integers(1, 512))
+@given(st.dictionaries(keys, values, max_size=12), st.dictionaries(keys, values, max_size=12), st.integers(1, 512))
 def test_hashed_vector_is_linear_in_the_records(a: dict[str, float], b: dict[str, float], dim: int) -> None:
     h = KeyHasher(SECRET, dim)
     b = {k: v for k, v in b.items() if k not in a}
@@ -85,8 +84,15 @@ def test_bad_records_are_skipped_and_counted(tmp_path: Path) -> None:
     records, stats = read_records(_write(tmp_path / "r.jsonl", BAD_ROWS))
     assert [r.label for r in records] == ["x", "y"]
     assert stats.kept == 2 and stats.lines == 8 and stats.skipped_total == 6
-    assert stats.skipped == Counter({"missing label": 1, "non-numeric feature value": 2, "corrupt JSON": 1,
-                                     "missing or invalid client_id": 1, "features is not an object": 1})
+    assert stats.skipped == Counter(
+        {
+            "missing label": 1,
+            "non-numeric feature value": 2,
+            "corrupt JSON": 1,
+            "missing or invalid client_id": 1,
+            "features is not an object": 1,
+        }
+    )
 
 
 def test_strict_names_file_and_line(tmp_path: Path) -> None:
@@ -104,11 +110,18 @@ def test_loader_federates_by_client_with_fixed_label_order(tmp_path: Path) -> No
     folder.mkdir()
     rng = np.random.default_rng(0)
     for car in ("car-2", "car-10", "car-1"):
-        _write(folder / f"{car}.jsonl", [
-            {"client_id": car, "label": ["drowsy", "alert"][i % 2],
-             "features": {f"k{j}": float(rng.normal()) for j in range(5)}} for i in range(10)])
-    kv = load_keyvalue(folder, secret=SECRET, dim=32, labels=["alert", "drowsy", "distracted"],
-                       test_fraction=0.2)
+        _write(
+            folder / f"{car}.jsonl",
+            [
+                {
+                    "client_id": car,
+                    "label": ["drowsy", "alert"][i % 2],
+                    "features": {f"k{j}": float(rng.normal()) for j in range(5)},
+                }
+                for i in range(10)
+            ],
+        )
+    kv = load_keyvalue(folder, secret=SECRET, dim=32, labels=["alert", "drowsy", "distracted"], test_fraction=0.2)
     d = kv.dataset
     assert kv.client_names == ["car-1", "car-2", "car-10"]
     assert d.num_clients == 3 and d.num_classes == 3 and d.feature_shape == (32,)
@@ -128,9 +141,13 @@ class WireCapture(Transform):
     def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
         from fedge.deploy import wire
 
-        tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
-                "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
-                "payload": update.payload}
+        tree = {
+            "delta": list(update.delta),
+            "num_examples": int(update.num_examples),
+            "metrics": update.metrics,
+            "extras": {k: list(v) for k, v in update.extras.items()},
+            "payload": update.payload,
+        }
         out = wire.encode(tree)
         self.sent.append(out.header.SerializeToString() + bytes(out.body))
         self.sent.append(pickle.dumps(update))
@@ -166,8 +183,7 @@ def test_no_raw_key_in_anything_the_client_sends(tmp_path: Path) -> None:
                 assert part.encode() not in blob, part
     assert SECRET not in blob
     control = WireCapture()
-    control.client(ClientUpdate(0, [np.zeros(3, np.float32)], 1, metrics={channels[0]: 1.0}),
-                   ClientContext(0, 1, rng))
+    control.client(ClientUpdate(0, [np.zeros(3, np.float32)], 1, metrics={channels[0]: 1.0}), ClientContext(0, 1, rng))
     assert all(channels[0].encode() in sent for sent in control.sent)
 
 
@@ -193,6 +209,5 @@ def test_driver_state_fleet_is_learnable_from_masked_keys(tmp_path: Path) -> Non
     d = kv.dataset
     learner = build_learner("logreg", "numpy", d.feature_shape, d.num_classes, [])
     clients = [(d.client(k).x_train, d.client(k).y_train) for k in range(d.num_clients)]
-    result = run(learner, clients, rounds=8, clients_per_round=6, local_epochs=2, lr=0.1,
-                 test=d.central())
+    result = run(learner, clients, rounds=8, clients_per_round=6, local_epochs=2, lr=0.1, test=d.central())
     assert result.history.final_accuracy > 0.8, result.history.final_accuracy

@@ -14,10 +14,14 @@ from fedge.data import load_files, read_table
 
 def frame(n: int = 12, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "f0": rng.normal(size=n), "f1": rng.normal(size=n),
-        "label": rng.integers(0, 3, n), "device": np.arange(n) % 4,
-    })
+    return pd.DataFrame(
+        {
+            "f0": rng.normal(size=n),
+            "f1": rng.normal(size=n),
+            "label": rng.integers(0, 3, n),
+            "device": np.arange(n) % 4,
+        }
+    )
 
 
 def test_csv_with_client_column(tmp_path: Path) -> None:
@@ -47,8 +51,7 @@ def test_folder_of_one_file_per_client(tmp_path: Path) -> None:
 
 def test_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.normal(size=(8, 2, 2)), label=np.arange(8) % 2,
-             cid=np.arange(8) // 4)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(8, 2, 2)), label=np.arange(8) % 2, cid=np.arange(8) // 4)
     x, _, parts = load_files(tmp_path / "d.npz", client="cid")
     assert x.shape == (8, 2, 2) and parts is not None and len(parts) == 2
 

@@ -29,8 +29,13 @@ def test_iid_and_powerlaw_cover(n: int, k: int, seed: int) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(60, 400), k=st.integers(1, 10), classes=st.integers(2, 6),
-       alpha=st.floats(0.3, 10), seed=st.integers(0, 10_000))
+@given(
+    n=st.integers(60, 400),
+    k=st.integers(1, 10),
+    classes=st.integers(2, 6),
+    alpha=st.floats(0.3, 10),
+    seed=st.integers(0, 10_000),
+)
 def test_dirichlet_covers(n: int, k: int, classes: int, alpha: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
@@ -65,8 +70,7 @@ def test_small_alpha_skews_labels_more() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=12), frac=st.floats(0, 0.9),
-       seed=st.integers(0, 1000))
+@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=12), frac=st.floats(0, 0.9), seed=st.integers(0, 1000))
 def test_local_split_covers_and_keeps_a_training_example(sizes, frac, seed) -> None:
     parts = np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])
     train, test = split_local(parts, frac, np.random.default_rng(seed))
@@ -84,12 +88,15 @@ def test_ragged_round_trip() -> None:
     assert list(r.sizes()) == [2, 0, 1]
 
 
-@pytest.mark.parametrize("call", [
-    lambda: P.iid(3, 5, np.random.default_rng(0)),
-    lambda: P.dirichlet(np.zeros(10, np.int64), 2, 0.0, np.random.default_rng(0)),
-    lambda: P.shards(np.zeros(10, np.int64), 2, 0, np.random.default_rng(0)),
-    lambda: P.powerlaw(10, 2, np.random.default_rng(0), exponent=-1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: P.iid(3, 5, np.random.default_rng(0)),
+        lambda: P.dirichlet(np.zeros(10, np.int64), 2, 0.0, np.random.default_rng(0)),
+        lambda: P.shards(np.zeros(10, np.int64), 2, 0, np.random.default_rng(0)),
+        lambda: P.powerlaw(10, 2, np.random.default_rng(0), exponent=-1),
+    ],
+)
 def test_impossible_partitions_raise(call) -> None:
     with pytest.raises(DataError):
         call()

@@ -68,14 +68,38 @@ def make_keys(tmp_path: Path) -> Callable[[int], tuple[list[Path], Path]]:
 
 @pytest.fixture
 def write_experiment(tmp_path: Path) -> Callable[..., Path]:
-    def write(*, allow: Path, clients: int = 4, rounds: int = 3, per_round: int = 0, port: int = 0,
-              strategy: str = "fedavg", model: str = "logreg", epochs: int = 1, timeout: float = 3.0,
-              min_nodes: int | None = None, name: str = "exp.toml", dataset: str = "synthetic") -> Path:
+    def write(
+        *,
+        allow: Path,
+        clients: int = 4,
+        rounds: int = 3,
+        per_round: int = 0,
+        port: int = 0,
+        strategy: str = "fedavg",
+        model: str = "logreg",
+        epochs: int = 1,
+        timeout: float = 3.0,
+        min_nodes: int | None = None,
+        name: str = "exp.toml",
+        dataset: str = "synthetic",
+    ) -> Path:
         path = tmp_path / name
-        path.write_text(EXPERIMENT.format(
-            rounds=rounds, clients=clients, per_round=per_round or clients, port=port,
-            state=tmp_path / "state.db", min_nodes=min_nodes or clients, timeout=timeout,
-            allow=allow, strategy=strategy, model=model, epochs=epochs, dataset=dataset))
+        path.write_text(
+            EXPERIMENT.format(
+                rounds=rounds,
+                clients=clients,
+                per_round=per_round or clients,
+                port=port,
+                state=tmp_path / "state.db",
+                min_nodes=min_nodes or clients,
+                timeout=timeout,
+                allow=allow,
+                strategy=strategy,
+                model=model,
+                epochs=epochs,
+                dataset=dataset,
+            )
+        )
         return path
 
     return write
@@ -85,24 +109,32 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
+def _cert(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if not ca:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256())
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @pytest.fixture

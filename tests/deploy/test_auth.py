@@ -62,8 +62,7 @@ def test_a_changed_body_or_method_breaks_the_signature(pair: tuple[Signer, Path]
         v.verify("Join", b"x", signer.metadata("Poll", b"x"))
 
 
-def test_unknown_and_revoked_nodes_are_refused_with_their_own_status(tmp_path: Path,
-                                                                    pair: tuple[Signer, Path]) -> None:
+def test_unknown_and_revoked_nodes_are_refused_with_their_own_status(tmp_path: Path, pair: tuple[Signer, Path]) -> None:
     signer, pub = pair
     _other_key, other_pub = new_keys(tmp_path, "other")
     v = Verifier(other_pub)
@@ -95,7 +94,8 @@ def test_malformed_key_lists_name_the_line() -> None:
 
 
 def test_nonces_are_forgotten_only_once_their_request_can_no_longer_be_fresh(
-        pair: tuple[Signer, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: tuple[Signer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     signer, pub = pair
     v = Verifier(pub, window_s=10)
     clock = [time.time()]

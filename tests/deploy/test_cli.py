@@ -35,8 +35,9 @@ def test_join_refuses_contradictory_options(tmp_path: Path) -> None:
     runner.invoke(cli, ["keys", "new", "--out", str(tmp_path), "--name", "n"])
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((4, 2)), label=np.zeros(4))
-    res = runner.invoke(cli, ["join", "--server", "127.0.0.1:1", "--key", str(key), "--data", str(data),
-                              "--partition", "1"])
+    res = runner.invoke(
+        cli, ["join", "--server", "127.0.0.1:1", "--key", str(key), "--data", str(data), "--partition", "1"]
+    )
     assert res.exit_code == 2 and "exclude each other" in res.output
     res = runner.invoke(cli, ["join", "--server", "127.0.0.1:1", "--key", str(data)])
     assert res.exit_code == 2 and "not a readable private key" in res.output
@@ -71,7 +72,6 @@ def test_a_numpy_node_trains_without_torch_pandas_or_sklearn(tmp_path: Path) -> 
     data = tmp_path / "device.npz"
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(size=(40, 5)).astype(np.float32), label=rng.integers(0, 3, 40))
-    out = subprocess.run([sys.executable, "-c", NODE_PATH, str(data)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", NODE_PATH, str(data)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("heavy: []")

@@ -33,8 +33,15 @@ FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCh
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[FedgeService, Signer, list[bytes]]:
     d = tmp_path_factory.mktemp("fuzz")
     key, pub = new_keys(d, "fuzzer")
-    svc = FedgeService(store=Store(d / "s.db"), verifier=Verifier(pub), run_id="fuzz", config_toml="",
-                       num_clients=2, rounds=1, node_timeout_s=3600)
+    svc = FedgeService(
+        store=Store(d / "s.db"),
+        verifier=Verifier(pub),
+        run_id="fuzz",
+        config_toml="",
+        num_clients=2,
+        rounds=1,
+        node_timeout_s=3600,
+    )
     signer = Signer(load_private(key))
     join = pb.JoinRequest(partition=0).SerializeToString()
     session = pb.JoinReply.FromString(svc.join(join, signer.metadata("Join", join))).session
@@ -47,12 +54,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[FedgeService, Signe
             verdict.set(False, "read by the fuzz loop")
 
     threading.Thread(target=loop, daemon=True).start()
-    good = wire.encode({"delta": [np.ones((3, 2), np.float32)], "num_examples": 4, "metrics": {},
-                        "extras": {}, "payload": {}}, chunk_size=8)
+    good = wire.encode(
+        {"delta": [np.ones((3, 2), np.float32)], "num_examples": 4, "metrics": {}, "extras": {}, "payload": {}},
+        chunk_size=8,
+    )
     head = pb.PushMessage(header=pb.PushHeader(task_id=task.task_id, round=1, update=good.header))
-    seeds = [join, pb.PollRequest(session=session).SerializeToString(),
-             pb.FetchRequest(task_id=task.task_id).SerializeToString(), head.SerializeToString(),
-             *[pb.PushMessage(chunk=c).SerializeToString() for c in good.chunks()]]
+    seeds = [
+        join,
+        pb.PollRequest(session=session).SerializeToString(),
+        pb.FetchRequest(task_id=task.task_id).SerializeToString(),
+        head.SerializeToString(),
+        *[pb.PushMessage(chunk=c).SerializeToString() for c in good.chunks()],
+    ]
     return svc, signer, seeds
 
 
@@ -72,12 +85,12 @@ def secagg(setup: Any) -> tuple[Any, dict[str, bytes], dict[str, bytes]]:
     summed = S.MaskedSum(SECAGG_SETUP, shared)
     summed.add(masked)
     request = summed.request()
-    requests = {"advertise": SECAGG_SETUP, "share": roster, "masked_input": shared.inboxes[0],
-                "unmask": request}
+    requests = {"advertise": SECAGG_SETUP, "share": roster, "masked_input": shared.inboxes[0], "unmask": request}
     answers = {"advertise": a0, "share": k0, "masked_input": masked, "unmask": C.unmask(s0, request)}
-    posts = {stage: pb.SecAggPost(task_id=sa.task_id, round=1, stage=stage,
-                                  message=secagg_wire.pack(m)).SerializeToString()
-             for stage, m in answers.items()}
+    posts = {
+        stage: pb.SecAggPost(task_id=sa.task_id, round=1, stage=stage, message=secagg_wire.pack(m)).SerializeToString()
+        for stage, m in answers.items()
+    }
     return sa, {k: secagg_wire.pack(v) for k, v in requests.items()}, posts
 
 
@@ -89,7 +102,7 @@ def mutate(data: Any, seed: bytes) -> bytes:
         if op == "flip" and b:
             b[i] ^= 1 << data.draw(st.integers(0, 7))
         elif op == "cut":
-            del b[i:i + data.draw(st.integers(1, 8))]
+            del b[i : i + data.draw(st.integers(1, 8))]
         elif op == "insert":
             b[i:i] = data.draw(st.binary(min_size=1, max_size=8))
         elif op == "dup":
@@ -106,8 +119,9 @@ def drive(svc: FedgeService, signer: Signer, method: str, messages: list[bytes])
             for _ in svc.fetch(messages[0], md):
                 pass
         else:
-            {"Join": svc.join, "Poll": svc.poll, "Status": svc.status_reply,
-             "SecAgg": svc.secagg_post}[method](messages[0], md)
+            {"Join": svc.join, "Poll": svc.poll, "Status": svc.status_reply, "SecAgg": svc.secagg_post}[method](
+                messages[0], md
+            )
     except FedgeError:
         pass
 
@@ -166,8 +180,9 @@ def test_valid_secagg_answers_are_accepted_and_wrong_ones_refused(setup: Any, se
     sa, requests, posts = secagg
     for stage in requests:
         svc.secagg_stage(sa, stage, {0: requests[stage]})
-        poll = pb.PollRequest(session=pb.JoinReply.FromString(
-            svc.join(setup[2][0], signer.metadata("Join", setup[2][0]))).session).SerializeToString()
+        poll = pb.PollRequest(
+            session=pb.JoinReply.FromString(svc.join(setup[2][0], signer.metadata("Join", setup[2][0]))).session
+        ).SerializeToString()
         reply = pb.PollReply.FromString(svc.poll(poll, signer.metadata("Poll", poll)))
         assert reply.action == pb.PollReply.SECAGG and reply.secagg_stage == stage
         assert reply.secagg_message == requests[stage]

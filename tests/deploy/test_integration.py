@@ -76,13 +76,13 @@ def refused(channel: grpc.Channel, method: str, body: bytes, md: Any) -> tuple[g
 
 
 def test_ten_nodes_over_tls_survive_a_killed_node_and_hostile_requests(
-        tmp_path: Path, make_keys: Any, write_experiment: Any, certs: dict[str, Path]) -> None:
+    tmp_path: Path, make_keys: Any, write_experiment: Any, certs: dict[str, Path]
+) -> None:
     keys, allow = make_keys(10)
     tester, _ = new_keys(tmp_path / "keys", "tester")
     revoked_key, revoked_pub = new_keys(tmp_path / "keys", "revoked")
     stranger, _ = new_keys(tmp_path / "keys", "stranger")
-    allow.write_text(allow.read_text() + (tmp_path / "keys" / "tester.pub").read_text()
-                     + revoked_pub.read_text())
+    allow.write_text(allow.read_text() + (tmp_path / "keys" / "tester.pub").read_text() + revoked_pub.read_text())
     revoked = tmp_path / "revoked.txt"
     revoked.write_text(revoked_pub.read_text())
     port = free_port()
@@ -91,15 +91,47 @@ def test_ten_nodes_over_tls_survive_a_killed_node_and_hostile_requests(
     target = f"127.0.0.1:{port}"
     ca = certs["ca"].read_bytes()
     with processes() as procs:
-        server = spawn(procs, ["serve", str(exp), "--tls-cert", str(certs["server"]), "--tls-key",
-                               str(certs["server_key"]), "--revoked", str(revoked), "-o", str(out)],
-                       tmp_path / "server.log")
-        nodes = [spawn(procs, ["join", "--server", target, "--key", str(k), "--partition", str(i),
-                               "--ca", str(certs["ca"]), "--state-dir", str(tmp_path / "nodes"),
-                               "--give-up", "60"], tmp_path / f"node{i}.log")
-                 for i, k in enumerate(keys)]
-        status: ServerStatus = wait_for(lambda: (s := fetch_status(target, root_ca=ca)).round >= 1
-                                        and s.phase == "training" and s, 90, "round 1")
+        server = spawn(
+            procs,
+            [
+                "serve",
+                str(exp),
+                "--tls-cert",
+                str(certs["server"]),
+                "--tls-key",
+                str(certs["server_key"]),
+                "--revoked",
+                str(revoked),
+                "-o",
+                str(out),
+            ],
+            tmp_path / "server.log",
+        )
+        nodes = [
+            spawn(
+                procs,
+                [
+                    "join",
+                    "--server",
+                    target,
+                    "--key",
+                    str(k),
+                    "--partition",
+                    str(i),
+                    "--ca",
+                    str(certs["ca"]),
+                    "--state-dir",
+                    str(tmp_path / "nodes"),
+                    "--give-up",
+                    "60",
+                ],
+                tmp_path / f"node{i}.log",
+            )
+            for i, k in enumerate(keys)
+        ]
+        status: ServerStatus = wait_for(
+            lambda: (s := fetch_status(target, root_ca=ca)).round >= 1 and s.phase == "training" and s, 90, "round 1"
+        )
         assert status.connected == 10
         nodes[0].send_signal(signal.SIGKILL)
         shown = CliRunner().invoke(cli, ["status", "--server", target, "--ca", str(certs["ca"])])
@@ -144,24 +176,40 @@ def last_round(db: Path) -> int:
 
 
 def test_a_server_killed_with_sigkill_resumes_to_the_uninterrupted_final_model(
-        tmp_path: Path, make_keys: Any, write_experiment: Any) -> None:
+    tmp_path: Path, make_keys: Any, write_experiment: Any
+) -> None:
     keys, allow = make_keys(4)
     port = free_port()
-    exp_path = write_experiment(allow=allow, clients=4, rounds=6, port=port, strategy="fedadam",
-                                model="mlp", epochs=3)
+    exp_path = write_experiment(allow=allow, clients=4, rounds=6, port=port, strategy="fedadam", model="mlp", epochs=3)
     reference = execute(build(load(str(exp_path))))
     db, out = tmp_path / "state.db", tmp_path / "out"
     with processes() as procs:
         first = spawn(procs, ["serve", str(exp_path)], tmp_path / "server1.log")
-        nodes = [spawn(procs, ["join", "--server", f"127.0.0.1:{port}", "--key", str(k), "--partition",
-                               str(i), "--state-dir", str(tmp_path / "nodes"), "--give-up", "60"],
-                       tmp_path / f"node{i}.log") for i, k in enumerate(keys)]
+        nodes = [
+            spawn(
+                procs,
+                [
+                    "join",
+                    "--server",
+                    f"127.0.0.1:{port}",
+                    "--key",
+                    str(k),
+                    "--partition",
+                    str(i),
+                    "--state-dir",
+                    str(tmp_path / "nodes"),
+                    "--give-up",
+                    "60",
+                ],
+                tmp_path / f"node{i}.log",
+            )
+            for i, k in enumerate(keys)
+        ]
         killed_at = wait_for(lambda: last_round(db) >= 2 and last_round(db), 90, "two rounds")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         assert last_round(db) < 6, "the run must be interrupted, not finished"
-        second = spawn(procs, ["serve", str(exp_path), "--resume", "-o", str(out)],
-                       tmp_path / "server2.log")
+        second = spawn(procs, ["serve", str(exp_path), "--resume", "-o", str(out)], tmp_path / "server2.log")
         assert second.wait(120) == 0, (tmp_path / "server2.log").read_text()[-2000:]
         assert all(n.wait(30) == 0 for n in nodes)
     assert killed_at >= 2

@@ -41,13 +41,31 @@ def secagg_experiment(write_experiment: Any, allow: Path, clients: int, port: in
 
 
 def join(procs: list[subprocess.Popen[bytes]], tmp_path: Path, port: int, keys: list[Path]) -> list[Any]:
-    return [spawn(procs, ["join", "--server", f"127.0.0.1:{port}", "--key", str(k), "--partition", str(i),
-                          "--state-dir", str(tmp_path / "nodes"), "--give-up", "30"], tmp_path / f"node{i}.log")
-            for i, k in enumerate(keys)]
+    return [
+        spawn(
+            procs,
+            [
+                "join",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--key",
+                str(k),
+                "--partition",
+                str(i),
+                "--state-dir",
+                str(tmp_path / "nodes"),
+                "--give-up",
+                "30",
+            ],
+            tmp_path / f"node{i}.log",
+        )
+        for i, k in enumerate(keys)
+    ]
 
 
 def test_three_nodes_run_secure_aggregation_to_the_simulated_secure_model(
-        tmp_path: Path, make_keys: Any, write_experiment: Any) -> None:
+    tmp_path: Path, make_keys: Any, write_experiment: Any
+) -> None:
     keys, allow = make_keys(3)
     port = free_port()
     exp_path = secagg_experiment(write_experiment, allow, 3, port)
@@ -76,12 +94,19 @@ def client_update(exp_path: Path, cid: int, secure: bool) -> Any:
     ins = built.strategy.configure(state, 1, built.train)
     ctx = ClientContext(client_id=cid, round_num=1, rng=client_rng(exp.seed, 1, cid), state={})
     params = [np.asarray(p, dtype=np.float32) for p in state.params]
-    return run_fit(partition_client(exp, cid), params, ins, ctx, strategy=built.strategy,
-                   pipeline=built.pipeline if secure else Pipeline())
+    return run_fit(
+        partition_client(exp, cid),
+        params,
+        ins,
+        ctx,
+        strategy=built.strategy,
+        pipeline=built.pipeline if secure else Pipeline(),
+    )
 
 
 def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update_reaches_the_server(
-        tmp_path: Path, make_keys: Any, write_experiment: Any) -> None:
+    tmp_path: Path, make_keys: Any, write_experiment: Any
+) -> None:
     assert SECAGG_WORDS == PAYLOAD_KEY
     keys, allow = make_keys(4)
     port = free_port()
@@ -101,6 +126,7 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
                     for m in messages:
                         received.append(m)
                         yield m
+
                 return push(record(), md)  # type: ignore[no-any-return]
 
             def recording_post(raw: bytes, md: Any) -> bytes:
@@ -124,8 +150,9 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
 
         def run_server() -> None:
             try:
-                result["served"] = serve(load(str(exp_path)), on_ready=lambda _: ready.set(),
-                                         transport_hook=hook, linger_s=1.0)
+                result["served"] = serve(
+                    load(str(exp_path)), on_ready=lambda _: ready.set(), transport_hook=hook, linger_s=1.0
+                )
             except BaseException as exc:  # reported by the assertion below
                 result["error"] = exc
                 ready.set()

@@ -27,8 +27,9 @@ from fedge.secagg.server import SecAggAbort
 N, LENGTH = 4, 5
 
 
-def fake_node(svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, silent_from: str,
-              stop: threading.Event) -> None:
+def fake_node(
+    svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, silent_from: str, stop: threading.Event
+) -> None:
     """Polls and answers each stage with the real client stage functions, until ``silent_from``."""
     join = pb.JoinRequest(partition=cid).SerializeToString()
     session = pb.JoinReply.FromString(svc.join(join, signer.metadata("Join", join))).session
@@ -49,8 +50,9 @@ def fake_node(svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, si
             answer = C.masked_input(secrets, msg, words)
         else:
             answer = C.unmask(secrets, msg)
-        post = pb.SecAggPost(task_id=reply.task_id, round=reply.round, stage=reply.secagg_stage,
-                             message=secagg_wire.pack(answer)).SerializeToString()
+        post = pb.SecAggPost(
+            task_id=reply.task_id, round=reply.round, stage=reply.secagg_stage, message=secagg_wire.pack(answer)
+        ).SerializeToString()
         rep = pb.SecAggReply.FromString(svc.secagg_post(post, signer.metadata("SecAgg", post)))
         assert rep.accepted, rep.reason
 
@@ -59,15 +61,27 @@ def relay(tmp_path: Path, silent: dict[int, str]) -> tuple[Any, dict[int, np.nda
     keys = [new_keys(tmp_path, f"n{i}") for i in range(N)]
     allow = tmp_path / "allow.txt"
     allow.write_text("".join(pub.read_text() for _, pub in keys))
-    svc = FedgeService(store=Store(tmp_path / "s.db"), verifier=Verifier(allow), run_id="r", config_toml="",
-                       num_clients=N, rounds=1, node_timeout_s=30)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="r",
+        config_toml="",
+        num_clients=N,
+        rounds=1,
+        node_timeout_s=30,
+    )
     transport = GrpcTransport(svc, secagg_stage_s=1.0)
     rng = np.random.default_rng(0)
     words = {cid: rng.integers(0, 2**32, LENGTH, dtype=np.uint64).astype(np.uint32) for cid in range(N)}
     stop = threading.Event()
-    threads = [threading.Thread(target=fake_node, daemon=True,
-                                args=(svc, Signer(load_private(k)), cid, words[cid], silent.get(cid, ""), stop))
-               for cid, (k, _) in enumerate(keys)]
+    threads = [
+        threading.Thread(
+            target=fake_node,
+            daemon=True,
+            args=(svc, Signer(load_private(k)), cid, words[cid], silent.get(cid, ""), stop),
+        )
+        for cid, (k, _) in enumerate(keys)
+    ]
     for t in threads:
         t.start()
     while len(svc.connected()) < N:
@@ -105,8 +119,7 @@ def test_too_few_survivors_abort_the_round(tmp_path: Path) -> None:
         relay(tmp_path, {1: "share", 2: "share", 3: "share"})
 
 
-def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_from_garbage(
-        tmp_path: Path) -> None:
+def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_from_garbage(tmp_path: Path) -> None:
     from fedge.deploy.node import Node
 
     key, _ = new_keys(tmp_path, "node")
@@ -122,14 +135,20 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
 
     node._unary = unary  # type: ignore[method-assign]
     setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=LENGTH, graph_seed=7)
-    ask = pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage="advertise",
-                       secagg_message=secagg_wire.pack(setup))
+    ask = pb.PollReply(
+        action=pb.PollReply.SECAGG,
+        task_id="t",
+        round=1,
+        secagg_stage="advertise",
+        secagg_message=secagg_wire.pack(setup),
+    )
     node.secagg(ask)
     node.secagg(ask)
     first = secagg_wire.unpack(posts[0].message)
     assert first.client_id == 1 and len(first.enc_pk) == 32 and posts[1].message == posts[0].message
     for stage, junk in (("share", b"garbage"), ("unmask", secagg_wire.pack(setup))):
-        node.secagg(pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage=stage,
-                                 secagg_message=junk))
+        node.secagg(
+            pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage=stage, secagg_message=junk)
+        )
         assert posts[-1].stage == stage and posts[-1].message == b""
     node.channel.close()

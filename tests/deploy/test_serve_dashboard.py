@@ -21,9 +21,25 @@ def test_serve_dashboard_shows_nodes_and_rounds(tmp_path: Path, make_keys, write
     exp = write_experiment(allow=allow, clients=2, rounds=40, port=port)
     exp.write_text(exp.read_text() + f"\n[dashboard]\nport = {board}\n")
     server = subprocess.Popen([*FEDGE, "serve", str(exp), "--dashboard", "-q"], cwd=tmp_path)
-    nodes = [subprocess.Popen([*FEDGE, "join", "--server", f"127.0.0.1:{port}", "--key", str(k),
-                               "--partition", str(i), "--state-dir", str(tmp_path), "-q"], cwd=tmp_path)
-             for i, k in enumerate(keys)]
+    nodes = [
+        subprocess.Popen(
+            [
+                *FEDGE,
+                "join",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--key",
+                str(k),
+                "--partition",
+                str(i),
+                "--state-dir",
+                str(tmp_path),
+                "-q",
+            ],
+            cwd=tmp_path,
+        )
+        for i, k in enumerate(keys)
+    ]
     try:
         seen: dict = {}
         deadline = time.monotonic() + 120

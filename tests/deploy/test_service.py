@@ -22,8 +22,14 @@ SPEC = ParamSpec(((2, 3),))
 
 
 def tree(**over: Any) -> dict[str, Any]:
-    return {"delta": [np.ones((2, 3), np.float32)], "num_examples": 5, "metrics": {"train_loss": 0.1},
-            "extras": {}, "payload": {}, **over}
+    return {
+        "delta": [np.ones((2, 3), np.float32)],
+        "num_examples": 5,
+        "metrics": {"train_loss": 0.1},
+        "extras": {},
+        "payload": {},
+        **over,
+    }
 
 
 def test_a_well_formed_update_is_built() -> None:
@@ -31,15 +37,18 @@ def test_a_well_formed_update_is_built() -> None:
     assert u.client_id == 7 and u.num_examples == 5 and u.metrics == {"train_loss": 0.1}
 
 
-@pytest.mark.parametrize(("over", "message"), [
-    ({"delta": [np.ones((3, 2), np.float32)]}, "shape"),
-    ({"delta": [np.ones((2, 3), np.float64)]}, "float32"),
-    ({"delta": "x"}, "list of tensors"),
-    ({"num_examples": -1}, "non-negative"),
-    ({"num_examples": 2.5}, "non-negative"),
-    ({"metrics": {"loss": "high"}}, "numbers"),
-    ({"extras": {"c": [1, 2]}}, "tensor lists"),
-])
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"delta": [np.ones((3, 2), np.float32)]}, "shape"),
+        ({"delta": [np.ones((2, 3), np.float64)]}, "float32"),
+        ({"delta": "x"}, "list of tensors"),
+        ({"num_examples": -1}, "non-negative"),
+        ({"num_examples": 2.5}, "non-negative"),
+        ({"metrics": {"loss": "high"}}, "numbers"),
+        ({"extras": {"c": [1, 2]}}, "tensor lists"),
+    ],
+)
 def test_malformed_updates_are_refused_with_the_reason(over: dict[str, Any], message: str) -> None:
     with pytest.raises(FedgeError, match=message):
         update_from_tree(tree(**over), 1, SPEC)
@@ -48,8 +57,9 @@ def test_malformed_updates_are_refused_with_the_reason(over: dict[str, Any], mes
 @pytest.fixture
 def joined(tmp_path: Path) -> tuple[FedgeService, Signer]:
     key, pub = new_keys(tmp_path, "n")
-    svc = FedgeService(store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r1",
-                       config_toml="", num_clients=2, rounds=1)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r1", config_toml="", num_clients=2, rounds=1
+    )
     signer = Signer(load_private(key))
     join = pb.JoinRequest(partition=1).SerializeToString()
     svc.join(join, signer.metadata("Join", join))

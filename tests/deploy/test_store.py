@@ -20,9 +20,12 @@ from fedge.strategies.base import StrategyState
 
 
 def state(r: int) -> StrategyState:
-    return StrategyState(params=[np.full((3, 4), r, np.float32), np.arange(5, dtype=np.float32)],
-                         round_num=r, slots={"m": [np.full(4, -r, np.float32)], "v": []},
-                         scalars={"num_clients": 10.0, "t": float(r)})
+    return StrategyState(
+        params=[np.full((3, 4), r, np.float32), np.arange(5, dtype=np.float32)],
+        round_num=r,
+        slots={"m": [np.full(4, -r, np.float32)], "v": []},
+        scalars={"num_clients": 10.0, "t": float(r)},
+    )
 
 
 def test_checkpoint_round_trips_the_full_strategy_state(tmp_path: Path) -> None:
@@ -80,8 +83,7 @@ while True:
 @pytest.mark.integration
 def test_kill_9_while_checkpointing_leaves_a_consistent_state(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    with subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE,
-                          text=True) as proc:
+    with subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         for _ in range(8):
             proc.stdout.readline()

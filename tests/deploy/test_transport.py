@@ -59,13 +59,28 @@ class AddClient:
 
 
 @contextmanager
-def server(tmp_path: Path, allow: Path, *, num_clients: int, min_nodes: int | None = None,
-           deadline: float = 30.0, wait: float = 30.0,
-           cfg: DeployConfig | None = None) -> Iterator[tuple[FedgeService, GrpcTransport, int]]:
+def server(
+    tmp_path: Path,
+    allow: Path,
+    *,
+    num_clients: int,
+    min_nodes: int | None = None,
+    deadline: float = 30.0,
+    wait: float = 30.0,
+    cfg: DeployConfig | None = None,
+) -> Iterator[tuple[FedgeService, GrpcTransport, int]]:
     cfg = cfg or DeployConfig(port=0)
-    svc = FedgeService(store=Store(tmp_path / "s.db"), verifier=Verifier(allow), run_id="test",
-                       config_toml=TOML, num_clients=num_clients, rounds=1,
-                       min_nodes=min_nodes or num_clients, heartbeat_s=0.2, node_timeout_s=2.0)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="test",
+        config_toml=TOML,
+        num_clients=num_clients,
+        rounds=1,
+        min_nodes=min_nodes or num_clients,
+        heartbeat_s=0.2,
+        node_timeout_s=2.0,
+    )
     transport = GrpcTransport(svc, wait_s=wait, round_deadline_s=deadline)
     srv, port = start_grpc(svc, cfg)
     try:
@@ -89,10 +104,17 @@ def stop_nodes() -> None:
     NODES.clear()
 
 
-def start_node(port: int, key: Path, factory: Callable[[Experiment, int], Any] | None, partition: int,
-               **kw: Any) -> tuple[Node, threading.Thread]:
-    node = Node(f"127.0.0.1:{port}", Signer(load_private(key)), partition=partition,
-                client_factory=factory, backoff=Backoff(give_up_s=10), **kw)
+def start_node(
+    port: int, key: Path, factory: Callable[[Experiment, int], Any] | None, partition: int, **kw: Any
+) -> tuple[Node, threading.Thread]:
+    node = Node(
+        f"127.0.0.1:{port}",
+        Signer(load_private(key)),
+        partition=partition,
+        client_factory=factory,
+        backoff=Backoff(give_up_s=10),
+        **kw,
+    )
     t = threading.Thread(target=node.run, daemon=True)
     t.start()
     NODES.append((node, t))
@@ -100,8 +122,13 @@ def start_node(port: int, key: Path, factory: Callable[[Experiment, int], Any] |
 
 
 def federate(transport: GrpcTransport, initial: Params, rounds: int = 1) -> RunResult:
-    return run(strategy=FedAvg(), transport=transport, initial_params=initial, rounds=rounds,
-               sampling=Sampling(count=None, fraction=1.0))
+    return run(
+        strategy=FedAvg(),
+        transport=transport,
+        initial_params=initial,
+        rounds=rounds,
+        sampling=Sampling(count=None, fraction=1.0),
+    )
 
 
 @pytest.mark.integration
@@ -138,8 +165,12 @@ def test_a_silent_node_fails_at_the_round_deadline(tmp_path: Path, make_keys: An
     keys, allow = make_keys(2)
     with server(tmp_path, allow, num_clients=2, deadline=1.0) as (_svc, tr, port):
         start_node(port, keys[0], lambda exp, cid: AddClient(cid), 0)
-        silent = Node(f"127.0.0.1:{port}", Signer(load_private(keys[1])), partition=1,
-                      client_factory=lambda exp, cid: AddClient(cid))
+        silent = Node(
+            f"127.0.0.1:{port}",
+            Signer(load_private(keys[1])),
+            partition=1,
+            client_factory=lambda exp, cid: AddClient(cid),
+        )
         silent.join()
         stop = threading.Event()
 
@@ -157,8 +188,10 @@ def test_a_silent_node_fails_at_the_round_deadline(tmp_path: Path, make_keys: An
 
 def test_too_few_nodes_is_a_bounded_wait_with_a_clear_message(tmp_path: Path, make_keys: Any) -> None:
     _, allow = make_keys(1)
-    with server(tmp_path, allow, num_clients=3, min_nodes=2, wait=0.3) as (_svc, tr, _port), \
-            pytest.raises(TransportError, match=r"0 nodes connected, 2 needed \(missing client ids 0, 1, 2\)"):
+    with (
+        server(tmp_path, allow, num_clients=3, min_nodes=2, wait=0.3) as (_svc, tr, _port),
+        pytest.raises(TransportError, match=r"0 nodes connected, 2 needed \(missing client ids 0, 1, 2\)"),
+    ):
         federate(tr, [np.zeros(4, np.float32)])
 
 
@@ -168,13 +201,28 @@ def test_scaffold_over_grpc_ends_where_the_simulation_ends(tmp_path: Path, make_
     from fedge.experiment import build, execute
 
     keys, allow = make_keys(3)
-    raw = {"seed": 5, "rounds": 3, "data": {"num_clients": 3},
-           "model": {"name": "logreg", "framework": "numpy"}, "strategy": {"name": "scaffold"},
-           "training": {"clients_per_round": 3, "local_epochs": 1},
-           "evaluation": {"centralized": False}}
+    raw = {
+        "seed": 5,
+        "rounds": 3,
+        "data": {"num_clients": 3},
+        "model": {"name": "logreg", "framework": "numpy"},
+        "strategy": {"name": "scaffold"},
+        "training": {"clients_per_round": 3, "local_epochs": 1},
+        "evaluation": {"centralized": False},
+    }
     sim = execute(build(from_dict(raw)))
-    exp = from_dict({**raw, "deploy": {"port": 0, "state": str(tmp_path / "run.db"), "min_nodes": 3,
-                                       "heartbeat_s": 0.2, "allow_list": str(allow)}})
+    exp = from_dict(
+        {
+            **raw,
+            "deploy": {
+                "port": 0,
+                "state": str(tmp_path / "run.db"),
+                "min_nodes": 3,
+                "heartbeat_s": 0.2,
+                "allow_list": str(allow),
+            },
+        }
+    )
     from fedge.deploy.server import serve
 
     ports: list[int] = []
@@ -199,19 +247,28 @@ def test_scaffold_over_grpc_ends_where_the_simulation_ends(tmp_path: Path, make_
 
 
 @pytest.mark.integration
-def test_mutual_tls_admits_a_node_with_a_certificate_and_no_other(tmp_path: Path, make_keys: Any,
-                                                                 certs: dict[str, Path]) -> None:
+def test_mutual_tls_admits_a_node_with_a_certificate_and_no_other(
+    tmp_path: Path, make_keys: Any, certs: dict[str, Path]
+) -> None:
     keys, allow = make_keys(2)
-    cfg = DeployConfig(port=0, tls_cert=str(certs["server"]), tls_key=str(certs["server_key"]),
-                       client_ca=str(certs["ca"]))
+    cfg = DeployConfig(
+        port=0, tls_cert=str(certs["server"]), tls_key=str(certs["server_key"]), client_ca=str(certs["ca"])
+    )
     ca = certs["ca"].read_bytes()
     with server(tmp_path, allow, num_clients=2, min_nodes=1, cfg=cfg) as (_svc, tr, port):
-        without = Node(f"127.0.0.1:{port}", Signer(load_private(keys[1])), partition=1,
-                       root_ca=ca, backoff=Backoff(give_up_s=0.5))
+        without = Node(
+            f"127.0.0.1:{port}", Signer(load_private(keys[1])), partition=1, root_ca=ca, backoff=Backoff(give_up_s=0.5)
+        )
         with pytest.raises(TransportError, match="unreachable"):
             without.join()
-        _, _t = start_node(port, keys[0], lambda exp, cid: AddClient(cid), 0, root_ca=ca,
-                          cert_chain=(certs["node_key"].read_bytes(), certs["node"].read_bytes()))
+        _, _t = start_node(
+            port,
+            keys[0],
+            lambda exp, cid: AddClient(cid),
+            0,
+            root_ca=ca,
+            cert_chain=(certs["node_key"].read_bytes(), certs["node"].read_bytes()),
+        )
         result = federate(tr, [np.zeros(4, np.float32)])
     assert result.history.rounds[0].participants == 1
 
@@ -244,13 +301,24 @@ def test_a_graceful_stop_keeps_nodes_waiting_and_resume_finishes_the_run(tmp_pat
     from .conftest import free_port
 
     keys, allow = make_keys(2)
-    raw = {"seed": 2, "rounds": 4, "data": {"dataset": "synthetic", "num_clients": 2},
-           "model": {"name": "logreg", "framework": "numpy"}, "strategy": {"name": "fedavgm"},
-           "training": {"clients_per_round": 2, "local_epochs": 1}, "evaluation": {"centralized": False}}
+    raw = {
+        "seed": 2,
+        "rounds": 4,
+        "data": {"dataset": "synthetic", "num_clients": 2},
+        "model": {"name": "logreg", "framework": "numpy"},
+        "strategy": {"name": "fedavgm"},
+        "training": {"clients_per_round": 2, "local_epochs": 1},
+        "evaluation": {"centralized": False},
+    }
     reference = execute(build(from_dict(raw)))
     port = free_port()
-    deploy = {"port": port, "state": str(tmp_path / "run.db"), "min_nodes": 2, "heartbeat_s": 0.2,
-              "allow_list": str(allow)}
+    deploy = {
+        "port": port,
+        "state": str(tmp_path / "run.db"),
+        "min_nodes": 2,
+        "heartbeat_s": 0.2,
+        "allow_list": str(allow),
+    }
 
     class StopAfterFirst:
         def __init__(self) -> None:
@@ -269,8 +337,13 @@ def test_a_graceful_stop_keeps_nodes_waiting_and_resume_finishes_the_run(tmp_pat
     ready = threading.Event()
     stopper = StopAfterFirst()
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(first=serve(
-        from_dict({**raw, "deploy": deploy}), on_ready=lambda p: ready.set(), transport_hook=stopper.hook)))
+    t = threading.Thread(
+        target=lambda: out.update(
+            first=serve(
+                from_dict({**raw, "deploy": deploy}), on_ready=lambda p: ready.set(), transport_hook=stopper.hook
+            )
+        )
+    )
     t.start()
     assert ready.wait(30)
     for i in range(2):

@@ -13,20 +13,33 @@ from hypothesis.extra import numpy as hnp
 from fedge.deploy import wire
 from fedge.deploy.proto import pb
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
-                    st.floats(allow_nan=False), st.text(max_size=20), st.binary(max_size=20))
-arrays = hnp.arrays(st.sampled_from([np.float32, np.float64, np.int64, np.uint8, np.bool_]),
-                    hnp.array_shapes(min_dims=0, max_dims=3, max_side=5))
-trees = st.recursive(st.one_of(scalars, arrays),
-                     lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                            st.dictionaries(st.text(max_size=8), kids, max_size=4)),
-                     max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+arrays = hnp.arrays(
+    st.sampled_from([np.float32, np.float64, np.int64, np.uint8, np.bool_]),
+    hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+)
+trees = st.recursive(
+    st.one_of(scalars, arrays),
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=12,
+)
 
 
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
-        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-                and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        )
     if isinstance(a, list | tuple):
         return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
     if isinstance(a, dict):

@@ -6,8 +6,10 @@ import pytest
 from fedge.core.errors import DataError
 from fedge.devices.availability import ChargingOnly, Diurnal, load_trace
 
-TRACE = {1: {"active": [0, 100], "inactive": [50, 150], "finish_time": 200, "duration": 200, "model": "x"},
-         2: {"active": [10], "inactive": [20], "finish_time": 100, "duration": 100, "model": "y"}}
+TRACE = {
+    1: {"active": [0, 100], "inactive": [50, 150], "finish_time": 200, "duration": 200, "model": "x"},
+    2: {"active": [10], "inactive": [20], "finish_time": 100, "duration": 100, "model": "y"},
+}
 
 
 def test_fedscale_pickle_trace(tmp_path):
@@ -39,7 +41,7 @@ def test_pickle_with_code_is_refused(tmp_path):
         load_trace(f)
 
 
-@pytest.mark.parametrize("content", [b"{\"1\": {\"active\": [0]}}", b"[1, 2, 3]", b"\x80\x04K\x01."])
+@pytest.mark.parametrize("content", [b'{"1": {"active": [0]}}', b"[1, 2, 3]", b"\x80\x04K\x01."])
 def test_wrong_format_is_one_line(tmp_path, content):
     f = tmp_path / "t.bin"
     f.write_bytes(content)

@@ -7,8 +7,10 @@ from fedge.experiment import run_experiment
 
 def test_devices_lists_catalog_and_user_profiles(tmp_path):
     f = tmp_path / "mine.toml"
-    f.write_text('[my-board]\nflops_fp32 = 3e9\nram_mib = 512\nuplink_mbps = 5\n'
-                 'downlink_mbps = 10\nlatency_ms = 40\npower_train_w = 2\ndescription = "mine"\n')
+    f.write_text(
+        "[my-board]\nflops_fp32 = 3e9\nram_mib = 512\nuplink_mbps = 5\n"
+        'downlink_mbps = 10\nlatency_ms = 40\npower_train_w = 2\ndescription = "mine"\n'
+    )
     out = CliRunner().invoke(cli, ["devices", "--profiles", str(f)])
     assert out.exit_code == 0
     assert "pi-zero-2w" in out.output and "agx-orin" in out.output and "my-board" in out.output

@@ -18,9 +18,11 @@ def test_devices_section_round_trips_through_toml():
 
 def test_config_file_builds_the_policy(tmp_path):
     f = tmp_path / "exp.toml"
-    f.write_text('[data]\nnum_clients = 6\n[model]\nframework = "numpy"\n'
-                 '[devices]\nenabled = true\nfleet = { pi5 = 0.5, zonal-ecu = 0.5 }\n'
-                 'policy = "overcommit"\nselection = "oort"\navailability = "charging"\n')
+    f.write_text(
+        '[data]\nnum_clients = 6\n[model]\nframework = "numpy"\n'
+        "[devices]\nenabled = true\nfleet = { pi5 = 0.5, zonal-ecu = 0.5 }\n"
+        'policy = "overcommit"\nselection = "oort"\navailability = "charging"\n'
+    )
     exp = load(str(f))
     pol = policy_from_config(exp, build(exp))
     assert isinstance(pol, DevicePolicy)
@@ -28,12 +30,15 @@ def test_config_file_builds_the_policy(tmp_path):
     assert pol.oort is not None
 
 
-@pytest.mark.parametrize(("section", "message"), [
-    ('fleet = { pi4 = 0.7, pi5 = 0.7 }', "shares must sum to 1, they sum to 1.4"),
-    ('availability = "trace"', "devices.trace: required"),
-    ('availability = "trace"\ntrace = "/nonexistent/trace.pkl"', "no such trace file"),
-    ('profiles = "/nonexistent/p.toml"', "no such device profile file"),
-])
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("fleet = { pi4 = 0.7, pi5 = 0.7 }", "shares must sum to 1, they sum to 1.4"),
+        ('availability = "trace"', "devices.trace: required"),
+        ('availability = "trace"\ntrace = "/nonexistent/trace.pkl"', "no such trace file"),
+        ('profiles = "/nonexistent/p.toml"', "no such device profile file"),
+    ],
+)
 def test_bad_device_config_is_one_line(tmp_path, section, message):
     f = tmp_path / "exp.toml"
     f.write_text(f'[data]\nnum_clients = 4\n[model]\nframework = "numpy"\n[devices]\nenabled = true\n{section}\n')

@@ -24,8 +24,9 @@ def policy(kind, n=20, slow_every=2, **kw):
     profs = [CAT["pi-zero-2w"] if i % slow_every == 0 else CAT["orin-nano"] for i in range(n)]
     fleet = Fleet(profs, np.ones(n))
     sizes = np.full(n, 100, dtype=np.int64)
-    return DevicePolicy(fleet=fleet, model=MODEL, sizes=sizes, train=TrainConfig(epochs=2, batch_size=10),
-                        policy=kind, **kw)
+    return DevicePolicy(
+        fleet=fleet, model=MODEL, sizes=sizes, train=TrainConfig(epochs=2, batch_size=10), policy=kind, **kw
+    )
 
 
 def run_round(pol, k=10, seed=0):
@@ -146,13 +147,26 @@ def test_disabled_section_builds_no_policy_and_mix_errors_are_one_line():
 
 
 @settings(max_examples=30, deadline=None)
-@given(kind=st.sampled_from(["wait_all", "deadline", "overcommit", "partial"]),
-       selection=st.sampled_from(["uniform", "weighted", "fastest", "oort"]),
-       dropout=st.floats(0, 0.5), strag=st.floats(0, 1), dl=st.floats(0, 0.2), k=st.integers(1, 20),
-       seed=st.integers(0, 1000))
+@given(
+    kind=st.sampled_from(["wait_all", "deadline", "overcommit", "partial"]),
+    selection=st.sampled_from(["uniform", "weighted", "fastest", "oort"]),
+    dropout=st.floats(0, 0.5),
+    strag=st.floats(0, 1),
+    dl=st.floats(0, 0.2),
+    k=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
 def test_plan_partitions_the_cohort(kind, selection, dropout, strag, dl, k, seed):
-    pol = policy(kind, n=24, slow_every=3, selection=selection, dropout=dropout,
-                 straggler_fraction=strag, deadline_s=dl, seed=seed)
+    pol = policy(
+        kind,
+        n=24,
+        slow_every=3,
+        selection=selection,
+        dropout=dropout,
+        straggler_fraction=strag,
+        deadline_s=dl,
+        seed=seed,
+    )
     before = pol.clock
     sel, plan, rec = run_round(pol, k=k, seed=seed)
     dropped = [c for ids in plan.dropped.values() for c in ids]

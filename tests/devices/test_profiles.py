@@ -6,8 +6,18 @@ from hypothesis import strategies as st
 from fedge.core.errors import ConfigError
 from fedge.devices.profiles import assign_fleet, builtin_catalog, catalog, load_profiles, lookup, parse_mix
 
-REQUIRED_DEVICES = ("pi-zero-2w", "pi4", "pi5", "jetson-nano", "orin-nano", "agx-orin", "zonal-ecu",
-                    "phone-mid", "phone-flagship", "laptop-cpu")
+REQUIRED_DEVICES = (
+    "pi-zero-2w",
+    "pi4",
+    "pi5",
+    "jetson-nano",
+    "orin-nano",
+    "agx-orin",
+    "zonal-ecu",
+    "phone-mid",
+    "phone-flagship",
+    "laptop-cpu",
+)
 
 
 def test_catalog_has_the_required_classes_with_sources():
@@ -30,13 +40,15 @@ def test_mix_must_sum_to_one():
 
 def test_user_file_adds_profiles_and_missing_fields_are_named(tmp_path):
     good = tmp_path / "mine.toml"
-    good.write_text('[my-board]\nflops_fp32 = 3e9\nram_mib = 512\nuplink_mbps = 5\n'
-                    'downlink_mbps = 10\nlatency_ms = 40\npower_train_w = 2\n')
+    good.write_text(
+        "[my-board]\nflops_fp32 = 3e9\nram_mib = 512\nuplink_mbps = 5\n"
+        "downlink_mbps = 10\nlatency_ms = 40\npower_train_w = 2\n"
+    )
     cat = catalog(good)
     assert cat["my-board"].power_comm_w == 1.0
     assert "pi4" in cat
     bad = tmp_path / "bad.toml"
-    bad.write_text('[half]\nflops_fp32 = 3e9\nram_mib = 512\n')
+    bad.write_text("[half]\nflops_fp32 = 3e9\nram_mib = 512\n")
     with pytest.raises(ConfigError, match=r"bad.toml: device 'half' is missing field\(s\) uplink_mbps"):
         load_profiles(bad)
     typo = tmp_path / "typo.toml"

@@ -10,8 +10,9 @@ from fedge.simulation.history import History, RoundRecord
 def hist(accs, step_s=1800.0, energy=100.0):
     h = History()
     for i, a in enumerate(accs, start=1):
-        h.append(RoundRecord(round=i, participants=1, test_accuracy=a,
-                             extra={"sim_clock_s": i * step_s, "energy_j": energy}))
+        h.append(
+            RoundRecord(round=i, participants=1, test_accuracy=a, extra={"sim_clock_s": i * step_s, "energy_j": energy})
+        )
     return h
 
 
@@ -23,8 +24,10 @@ def test_time_and_energy_to_target():
 
 
 def test_table_speedup_against_baseline():
-    res = {"wait_all": time_to_target(hist([0.5, 0.95], 3600), 0.9),
-           "deadline": time_to_target(hist([0.5, 0.95], 900), 0.9)}
+    res = {
+        "wait_all": time_to_target(hist([0.5, 0.95], 3600), 0.9),
+        "deadline": time_to_target(hist([0.5, 0.95], 900), 0.9),
+    }
     table = tta_table(res, 0.9, baseline="wait_all")
     assert "4.00x" in table.splitlines()[-1]
 

@@ -12,8 +12,12 @@ def test_selections_pick_distinct_available_clients(n, k, seed):
     rng = np.random.default_rng(seed)
     sizes = np.arange(2 * n) + 1
     times = {c: float((c * 7) % 11) for c in avail}
-    for sel in (select_uniform(avail, k, rng), select_weighted(avail, k, sizes, rng),
-                select_fastest(avail, k, times), Oort().select(1, avail, k, times, rng)):
+    for sel in (
+        select_uniform(avail, k, rng),
+        select_weighted(avail, k, sizes, rng),
+        select_fastest(avail, k, times),
+        Oort().select(1, avail, k, times, rng),
+    ):
         assert len(sel) == min(k, n) == len(set(sel))
         assert set(sel) <= set(avail)
 

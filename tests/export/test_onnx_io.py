@@ -85,8 +85,12 @@ def test_compact_never_reuses_the_input_or_output_names(tmp_path: Path) -> None:
     n = 80
     names = ["x", *[f"hidden_{i}" for i in range(n - 1)], "logits"]
     nodes = [helper.make_node("Relu", [a], [b]) for a, b in itertools.pairwise(names)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
+    )
     model = compact(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     onnx.checker.check_model(model)
     outputs = [o for node in model.graph.node for o in node.output]

@@ -30,18 +30,22 @@ def _masked(module: nn.Sequential, kept: dict[int, list[int]]) -> nn.Sequential:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.sampled_from([0.1, 0.25, 0.5, 0.8]), st.sampled_from(["l1", "l2"]), st.integers(0, 1000),
-       st.sampled_from([[8], [12, 6], [5, 9, 4]]))
-def test_pruned_mlp_equals_the_original_with_units_removed(ratio: float, norm: str, seed: int,
-                                                           hidden: list[int]) -> None:
+@given(
+    st.sampled_from([0.1, 0.25, 0.5, 0.8]),
+    st.sampled_from(["l1", "l2"]),
+    st.integers(0, 1000),
+    st.sampled_from([[8], [12, 6], [5, 9, 4]]),
+)
+def test_pruned_mlp_equals_the_original_with_units_removed(
+    ratio: float, norm: str, seed: int, hidden: list[int]
+) -> None:
     torch.manual_seed(seed)
     module = torch_module("mlp", (7,), 3, hidden)
     res = prune(module, ratio, norm)
     assert res.widths() == [max(1, round(h * (1 - ratio))) for h in hidden]
     x = torch.randn(11, 7)
     with torch.no_grad():
-        np.testing.assert_allclose(res.module(x).numpy(), _masked(module, res.kept)(x).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.module(x).numpy(), _masked(module, res.kept)(x).numpy(), rtol=1e-5, atol=1e-6)
     prev: list[int] | None = None
     for i in sorted(res.kept):
         keep = res.kept[i]
@@ -61,8 +65,7 @@ def test_pruned_cnn_channels_carry_through_flatten() -> None:
     assert sorted(len(k) for k in res.kept.values()) == [8, 16]
     x = torch.randn(4, 64)
     with torch.no_grad():
-        np.testing.assert_allclose(res.module(x).numpy(), _masked(module, res.kept)(x).numpy(),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(res.module(x).numpy(), _masked(module, res.kept)(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_pruning_leaves_the_original_untouched() -> None:
@@ -73,11 +76,14 @@ def test_pruning_leaves_the_original_untouched() -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("ratio, match", [
-    (0.9, r"would remove the whole of layer 1 \(Linear\) \(all 4 units\)"),
-    (1.0, r"must be in \[0, 1\)"),
-    (-0.1, r"must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "ratio, match",
+    [
+        (0.9, r"would remove the whole of layer 1 \(Linear\) \(all 4 units\)"),
+        (1.0, r"must be in \[0, 1\)"),
+        (-0.1, r"must be in \[0, 1\)"),
+    ],
+)
 def test_ratio_that_empties_a_layer_is_refused(ratio: float, match: str) -> None:
     with pytest.raises(ModelError, match=match):
         prune(torch_module("mlp", (5,), 2, [4]), ratio)

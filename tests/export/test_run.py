@@ -17,11 +17,23 @@ from fedge.export.run import ExportOptions, export_run
 
 
 @pytest.mark.integration
-def test_export_with_pruning_and_int8_writes_a_checked_model_and_report(digits_run: Path,
-                                                                         tmp_path: Path) -> None:
+def test_export_with_pruning_and_int8_writes_a_checked_model_and_report(digits_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exp"
-    result = CliRunner().invoke(cli, ["export", str(digits_run), "--device", "jetson-orin-nano",
-                                      "--quantize", "int8", "--prune", "0.5", "-o", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(digits_run),
+            "--device",
+            "jetson-orin-nano",
+            "--quantize",
+            "int8",
+            "--prune",
+            "0.5",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fits" in result.output
     report = json.loads((out / "report.json").read_text())
@@ -43,8 +55,9 @@ def test_float_export_keeps_the_accuracy_and_fine_tuning_runs_rounds(digits_run:
     rep, _ = export_run(digits_run, ExportOptions(quantize="none", output=str(tmp_path / "f")))
     assert rep.accuracy_onnx == pytest.approx(rep.accuracy_torch, abs=1e-9)
     assert rep.size_ratio == pytest.approx(1.0)
-    ft, _ = export_run(digits_run, ExportOptions(quantize="none", prune=0.5, finetune_rounds=1,
-                                                 output=str(tmp_path / "ft")))
+    ft, _ = export_run(
+        digits_run, ExportOptions(quantize="none", prune=0.5, finetune_rounds=1, output=str(tmp_path / "ft"))
+    )
     assert ft.hidden == [8] and ft.finetune_rounds == 1
     assert ft.accuracy_pruned != rep.accuracy_pruned
 
@@ -59,8 +72,7 @@ def test_run_folder_without_model_is_a_one_line_error(digits_run: Path, tmp_path
         export_run(tmp_path)
     result = CliRunner().invoke(cli, ["export", str(bare)])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"error: {bare}: the run folder has no model "
-                                                  "(model.pt or model.npz)"]
+    assert result.output.strip().splitlines() == [f"error: {bare}: the run folder has no model (model.pt or model.npz)"]
 
 
 def test_bad_options_are_refused_before_any_work(digits_run: Path) -> None:

@@ -22,5 +22,6 @@ def _one_thread() -> Iterator[None]:
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fedge.llm.model import build_tiny_base
 
-    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base", n_layer=2, n_embd=32, n_head=2,
-                           n_positions=64, seed=0)
+    return build_tiny_base(
+        tmp_path_factory.mktemp("tiny") / "base", n_layer=2, n_embd=32, n_head=2, n_positions=64, seed=0
+    )

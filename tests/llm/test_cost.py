@@ -15,8 +15,12 @@ def test_counts_by_hand_for_a_tiny_gpt2(tiny_base: Path) -> None:
     adapter = Adapter(attach_lora(model, LoraSpec(rank=2, target_modules=("c_attn",))))
     t, d, layers, vocab = 16, 32, 2, 257
     cost = count_lora(adapter, t)
-    per_layer_base = (linear_flops(d, 3 * d, True, t) + linear_flops(d, d, True, t)
-                      + linear_flops(d, 4 * d, True, t) + linear_flops(4 * d, d, True, t))
+    per_layer_base = (
+        linear_flops(d, 3 * d, True, t)
+        + linear_flops(d, d, True, t)
+        + linear_flops(d, 4 * d, True, t)
+        + linear_flops(4 * d, d, True, t)
+    )
     lora = linear_flops(d, 2, False, t) + linear_flops(2, 3 * d, False, t)
     head = linear_flops(d, vocab, False, t)
     attention = 2 * 2 * t * t * d
@@ -41,6 +45,5 @@ def test_device_cost_model_charges_adapter_bytes_and_lora_flops(tiny_base: Path)
     assert need > cost.base_bytes
     assert mc.train_flops(5) == pytest.approx(cost.train_flops(5), rel=1e-6)
     profile = next(iter(builtin_catalog().values()))
-    c = client_cost(profile, 1.0, mc, samples=5, steps=1, down_bytes=cost.adapter_bytes,
-                    up_bytes=cost.adapter_bytes)
+    c = client_cost(profile, 1.0, mc, samples=5, steps=1, down_bytes=cost.adapter_bytes, up_bytes=cost.adapter_bytes)
     assert c.compute_s > 0 and c.upload_s > 0

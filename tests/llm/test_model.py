@@ -65,16 +65,18 @@ def test_adapter_is_only_the_lora_tensors_in_a_fixed_order(tiny_base: Path) -> N
     params = [np.full(s, i, np.float32) for i, s in enumerate(adapter.spec.shapes)]
     adapter.set(params)
     assert all(np.array_equal(a, b) for a, b in zip(adapter.get(), params, strict=True))
-    frozen = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
-              for n, p in adapter.model.named_parameters() if not p.requires_grad}
+    frozen = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in adapter.model.named_parameters()
+        if not p.requires_grad
+    }
     assert set(frozen) == set(base_before)
     assert "c_attn" in " ".join(layer_names(model)) and "lm_head" in layer_names(model)
 
 
 @pytest.fixture(scope="module")
 def wide_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("wide") / "base", n_layer=1, n_embd=64, n_head=2,
-                           n_positions=32)
+    return build_tiny_base(tmp_path_factory.mktemp("wide") / "base", n_layer=1, n_embd=64, n_head=2, n_positions=32)
 
 
 def test_int8_base_trains_a_float32_adapter(wide_base: Path) -> None:
@@ -109,8 +111,10 @@ def test_a_model_in_the_hugging_face_cache_loads_by_its_id(tmp_path: Path) -> No
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("from fedge.llm.model import load_base; m, t = load_base('fedge-test/tiny-gpt2'); "
-            "print(type(m).__name__, m.config.n_embd, t.eos_token)")
+    code = (
+        "from fedge.llm.model import load_base; m, t = load_base('fedge-test/tiny-gpt2'); "
+        "print(type(m).__name__, m.config.n_embd, t.eos_token)"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["GPT2LMHeadModel", "16", "<|endoftext|>"]

@@ -36,13 +36,21 @@ class Payloads(Callback):
 
 @pytest.mark.parametrize("strategy", [LoraFedAvg(), FlexLoRA()], ids=["lora-fedavg", "flexlora"])
 def test_federated_lora_lowers_every_clients_held_out_perplexity(
-        tiny_base: Path, tmp_path: Path, strategy: LoraFedAvg | FlexLoRA) -> None:
+    tiny_base: Path, tmp_path: Path, strategy: LoraFedAvg | FlexLoRA
+) -> None:
     setup = small(tiny_base, tmp_path)
     initial = setup.adapter.get()
     before = perplexities(setup, initial)
     seen = Payloads()
-    result = federate(setup, strategy, rounds=3, clients_per_round=3, seed=0, callbacks=[seen],
-                      train=TrainConfig(epochs=1, batch_size=8, lr=0.05))
+    result = federate(
+        setup,
+        strategy,
+        rounds=3,
+        clients_per_round=3,
+        seed=0,
+        callbacks=[seen],
+        train=TrainConfig(epochs=1, batch_size=8, lr=0.05),
+    )
     after = perplexities(setup, result.state.params)
     for cid in before["clients"]:
         assert after["clients"][cid] < 0.8 * before["clients"][cid], cid
@@ -59,9 +67,14 @@ def test_bytes_sent_per_client_equal_the_adapter_not_the_base(tiny_base: Path, t
     state = strategy.init(setup.adapter.get(), num_clients=3)
     ins = strategy.configure(state, 1, TrainConfig(epochs=1, batch_size=8, lr=0.05))
     for cid in range(3):
-        update = run_fit(setup.client(cid), state.params, ins,
-                         ClientContext(client_id=cid, round_num=1, rng=np.random.default_rng(cid)),
-                         strategy=strategy, pipeline=Pipeline())
+        update = run_fit(
+            setup.client(cid),
+            state.params,
+            ins,
+            ClientContext(client_id=cid, round_num=1, rng=np.random.default_rng(cid)),
+            strategy=strategy,
+            pipeline=Pipeline(),
+        )
         assert [d.shape for d in update.delta] == [tuple(s) for s in setup.adapter.spec.shapes]
         assert update.uplink_bytes == nbytes(update.delta) == setup.adapter.nbytes
         assert update.uplink_bytes * 5 < setup.adapter.base_stats()["base_bytes"]
@@ -94,18 +107,31 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
     data.mkdir()
     for cid, word in enumerate(["alpha", "beta"]):
         (data / f"c{cid}.txt").write_text("\n\n".join(f"{word} {word} {i} {word}." for i in range(40)))
-    exp = from_dict({"rounds": 2, "strategy": {"name": "flexlora"},
-                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
-                     "llm": {"enabled": True, "data": str(data), "block_size": 16, "rank": 2,
-                             "tiny_embd": 16, "target_modules": ["c_attn"], "gradient_checkpointing": True,
-                             "personalise_epochs": 2},
-                     "devices": {"enabled": True, "fleet": {"pi4": 1.0}}})
+    exp = from_dict(
+        {
+            "rounds": 2,
+            "strategy": {"name": "flexlora"},
+            "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
+            "llm": {
+                "enabled": True,
+                "data": str(data),
+                "block_size": 16,
+                "rank": 2,
+                "tiny_embd": 16,
+                "target_modules": ["c_attn"],
+                "gradient_checkpointing": True,
+                "personalise_epochs": 2,
+            },
+            "devices": {"enabled": True, "fleet": {"pi4": 1.0}},
+        }
+    )
     result, out, summary = run_experiment(exp, output=str(tmp_path / "run"))
     assert len(result.history) == 2
     for rec in result.history:
         assert rec.extra["sim_time_s"] > 0 and rec.extra["ineligible"] == 0 and rec.participants == 2
     assert {"adapter", "base", "config.toml", "metrics.jsonl", "summary.json", "fedge_llm.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     written = json.loads((out / "summary.json").read_text())
     assert written["perplexity_final"]["global"] < written["perplexity_base"]["global"]
     assert written["uplink_bytes_per_client_round"] == [summary["adapter_bytes"]] * 2
@@ -120,10 +146,21 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
 def test_a_run_in_which_no_update_survives_fails_with_the_reason(tmp_path: Path) -> None:
     import fedge.llm  # noqa: F401
 
-    exp = from_dict({"rounds": 1, "strategy": {"name": "lora-fedavg"},
-                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 1e38},
-                     "llm": {"enabled": True, "num_clients": 2, "docs_per_client": 10, "block_size": 16,
-                             "tiny_embd": 16, "rank": 2}})
+    exp = from_dict(
+        {
+            "rounds": 1,
+            "strategy": {"name": "lora-fedavg"},
+            "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 1e38},
+            "llm": {
+                "enabled": True,
+                "num_clients": 2,
+                "docs_per_client": 10,
+                "block_size": 16,
+                "tiny_embd": 16,
+                "rank": 2,
+            },
+        }
+    )
     why = r"no client update was usable in any round; fit: RuntimeError: .*\(clients \[0, 1\]\)"
     with pytest.raises(ModelError, match=why):
         run_experiment(exp, output=str(tmp_path / "run"))
@@ -134,11 +171,22 @@ def test_config_transforms_act_on_the_adapter_deltas(tmp_path: Path) -> None:
     import fedge.compression
     import fedge.llm  # noqa: F401
 
-    exp = from_dict({"rounds": 1, "strategy": {"name": "lora-fedavg"},
-                     "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
-                     "compression": {"codec": "int8"},
-                     "llm": {"enabled": True, "num_clients": 2, "docs_per_client": 10, "block_size": 16,
-                             "tiny_embd": 16, "rank": 2}})
+    exp = from_dict(
+        {
+            "rounds": 1,
+            "strategy": {"name": "lora-fedavg"},
+            "training": {"clients_per_round": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
+            "compression": {"codec": "int8"},
+            "llm": {
+                "enabled": True,
+                "num_clients": 2,
+                "docs_per_client": 10,
+                "block_size": 16,
+                "tiny_embd": 16,
+                "rank": 2,
+            },
+        }
+    )
     _, _, summary = run_experiment(exp, output=str(tmp_path / "run"))
     (sent,) = summary["uplink_bytes_per_client_round"]
     assert 0 < sent < 0.6 * summary["adapter_bytes"]

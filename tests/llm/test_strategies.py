@@ -19,8 +19,12 @@ def adapter(rng: np.random.Generator, r: int, shapes: list[tuple[int, int]]) -> 
     return out
 
 
-def one_round(strategy: FlexLoRA | LoraFedAvg, global_params: list[np.ndarray],
-              locals_: list[list[np.ndarray]], weights: list[int]):
+def one_round(
+    strategy: FlexLoRA | LoraFedAvg,
+    global_params: list[np.ndarray],
+    locals_: list[list[np.ndarray]],
+    weights: list[int],
+):
     state = strategy.init(global_params, num_clients=len(locals_))
     strategy.configure(state, 1, TrainConfig())
     acc = Accumulator()
@@ -45,8 +49,10 @@ def test_flexlora_is_the_exact_weighted_mean_of_products_at_full_rank(seed: int,
     locals_ = [adapter(rng, d, shapes) for _ in ws]
     new, metrics = one_round(FlexLoRA(), g, locals_, ws)
     pairs = lora_pairs([p.shape for p in g])
-    exact = [sum(w * p for w, p in zip(ws, ps, strict=True)) / sum(ws)
-             for ps in zip(*[products(loc, pairs) for loc in locals_], strict=True)]
+    exact = [
+        sum(w * p for w, p in zip(ws, ps, strict=True)) / sum(ws)
+        for ps in zip(*[products(loc, pairs) for loc in locals_], strict=True)
+    ]
     got = products(new.params, pairs)
     for e, x in zip(exact, got, strict=True):
         np.testing.assert_allclose(x, e, rtol=1e-4, atol=1e-4)

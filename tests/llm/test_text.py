@@ -12,8 +12,7 @@ from fedge.llm.text import client_files, pack, read_documents, split_documents
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 99), max_size=30), min_size=1, max_size=8),
-       st.integers(2, 16))
+@given(st.lists(st.lists(st.integers(0, 99), max_size=30), min_size=1, max_size=8), st.integers(2, 16))
 def test_pack_is_the_eos_joined_stream_cut_into_blocks(docs: list[list[int]], block: int) -> None:
     stream = [t for d in docs for t in [*d, 100]]
     if len(stream) < block:

@@ -17,13 +17,17 @@ from fedge.privacy.accountant import Accountant, epsilon_for, plan_noise
 
 
 def _dp_exp(rounds: int = 4, **privacy: Any) -> Any:
-    return from_dict({
-        "seed": 1, "rounds": rounds, "data": {"num_clients": 40, "partition": "iid"},
-        "model": {"name": "logreg", "framework": "numpy"},
-        "training": {"clients_per_round": 8, "local_epochs": 1, "lr": 0.1},
-        "strategy": {"name": "fedavg", "weighting": "uniform"},
-        "privacy": {"mode": "central", "noise_multiplier": 1.3, "clip_norm": 0.5, **privacy},
-    })
+    return from_dict(
+        {
+            "seed": 1,
+            "rounds": rounds,
+            "data": {"num_clients": 40, "partition": "iid"},
+            "model": {"name": "logreg", "framework": "numpy"},
+            "training": {"clients_per_round": 8, "local_epochs": 1, "lr": 0.1},
+            "strategy": {"name": "fedavg", "weighting": "uniform"},
+            "privacy": {"mode": "central", "noise_multiplier": 1.3, "clip_norm": 0.5, **privacy},
+        }
+    )
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
@@ -35,7 +39,8 @@ def test_reported_epsilon_of_a_poisson_run_matches_dp_accounting(accountant: str
         assert x["sampling"] == "poisson" and "Poisson" in x["privacy"]
         assert x["sampling_rate"] == 8 / 40 and x["noise_multiplier"] == 1.3
         event = dp_accounting.PoissonSampledDpEvent(
-            x["sampling_rate"], dp_accounting.GaussianDpEvent(x["noise_multiplier"]))
+            x["sampling_rate"], dp_accounting.GaussianDpEvent(x["noise_multiplier"])
+        )
         ref = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
         ref.compose(event, x["dp_rounds"])
         assert x["dp_rounds"] == rec.round
@@ -49,8 +54,7 @@ def test_reported_epsilon_of_a_fixed_size_run_matches_dp_accounting() -> None:
     ref = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     for rec in result.history:
         assert rec.participants == 8 and rec.extra["sampling"] == "fixed"
-        ref.compose(dp_accounting.SampledWithoutReplacementDpEvent(
-            40, 8, dp_accounting.GaussianDpEvent(1.3 / 2)))
+        ref.compose(dp_accounting.SampledWithoutReplacementDpEvent(40, 8, dp_accounting.GaussianDpEvent(1.3 / 2)))
         assert rec.extra["epsilon"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
 
 
@@ -60,8 +64,7 @@ def test_a_run_stops_before_its_budget_is_spent() -> None:
     assert len(result.history) == 3
     assert result.stopped_early and "privacy budget" in result.stopped_early
     assert result.history.rounds[-1].extra["epsilon"] <= budget
-    go_on = execute(build(_dp_exp(rounds=4, sampling="fixed", target_epsilon=budget,
-                                  stop_on_budget=False)))
+    go_on = execute(build(_dp_exp(rounds=4, sampling="fixed", target_epsilon=budget, stop_on_budget=False)))
     assert len(go_on.history) == 4 and go_on.stopped_early is None
     assert go_on.history.rounds[-1].extra["epsilon"] > budget
 
@@ -82,17 +85,19 @@ def test_epsilon_grows_with_rounds_and_shrinks_with_noise(z: float, r1: int, ext
     assert b >= a >= c
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"epsilon": 0.0}, "epsilon must be a positive finite number, got 0.0"),
-    ({"epsilon": float("inf")}, "epsilon must be a positive finite number, got inf"),
-    ({"delta": 0.0}, r"delta must be in \(0, 1\), got 0.0"),
-    ({"delta": 1.5}, r"delta must be in \(0, 1\), got 1.5"),
-    ({"cohort": 0}, r"clients per round must be in \[1, population = 100\], got 0"),
-    ({"sampling": "fixed", "accountant": "pld"}, "pld accountant supports poisson sampling only"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epsilon": 0.0}, "epsilon must be a positive finite number, got 0.0"),
+        ({"epsilon": float("inf")}, "epsilon must be a positive finite number, got inf"),
+        ({"delta": 0.0}, r"delta must be in \(0, 1\), got 0.0"),
+        ({"delta": 1.5}, r"delta must be in \(0, 1\), got 1.5"),
+        ({"cohort": 0}, r"clients per round must be in \[1, population = 100\], got 0"),
+        ({"sampling": "fixed", "accountant": "pld"}, "pld accountant supports poisson sampling only"),
+    ],
+)
 def test_bad_planning_input_is_one_clear_error(kwargs: dict[str, Any], message: str) -> None:
-    args: dict[str, Any] = {"epsilon": 1.0, "delta": 1e-5, "rounds": 10, "cohort": 10,
-                            "population": 100, **kwargs}
+    args: dict[str, Any] = {"epsilon": 1.0, "delta": 1e-5, "rounds": 10, "cohort": 10, "population": 100, **kwargs}
     with pytest.raises(ConfigError, match=message):
         plan_noise(**args)
 

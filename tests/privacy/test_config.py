@@ -17,34 +17,42 @@ from fedge.simulation.sampling import Sampling
 
 
 def _exp(strategy: dict[str, Any] | None = None, **privacy: Any) -> Any:
-    return from_dict({
-        "rounds": 2, "data": {"num_clients": 30},
-        "model": {"name": "logreg", "framework": "numpy"},
-        "training": {"clients_per_round": 6},
-        "strategy": strategy or {"name": "fedavg", "weighting": "uniform"},
-        "privacy": {"mode": "central", **privacy},
-    })
+    return from_dict(
+        {
+            "rounds": 2,
+            "data": {"num_clients": 30},
+            "model": {"name": "logreg", "framework": "numpy"},
+            "training": {"clients_per_round": 6},
+            "strategy": strategy or {"name": "fedavg", "weighting": "uniform"},
+            "privacy": {"mode": "central", **privacy},
+        }
+    )
 
 
-@pytest.mark.parametrize(("strategy", "message"), [
-    ({"name": "fedavg"}, "needs strategy.weighting = 'uniform'"),
-    ({"name": "scaffold", "weighting": "uniform"}, "cannot bound the sensitivity of strategy 'scaffold'"),
-    ({"name": "krum", "weighting": "uniform"}, "cannot be combined with strategy 'krum'"),
-])
-def test_central_dp_refuses_strategies_with_unbounded_sensitivity(strategy: dict[str, Any],
-                                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ({"name": "fedavg"}, "needs strategy.weighting = 'uniform'"),
+        ({"name": "scaffold", "weighting": "uniform"}, "cannot bound the sensitivity of strategy 'scaffold'"),
+        ({"name": "krum", "weighting": "uniform"}, "cannot be combined with strategy 'krum'"),
+    ],
+)
+def test_central_dp_refuses_strategies_with_unbounded_sensitivity(strategy: dict[str, Any], message: str) -> None:
     import fedge.robust  # noqa: F401  (registers krum)
 
     with pytest.raises(ConfigError, match=message):
         privacy_transforms(_exp(strategy))
 
 
-@pytest.mark.parametrize(("privacy", "message"), [
-    ({"noise_multiplier": 0.0}, r"privacy\.noise_multiplier must be > 0"),
-    ({"delta": 1.0}, r"privacy\.delta must be in \(0, 1\), got 1.0"),
-    ({"accountant": "pld"}, "pld accountant supports poisson sampling only"),
-    ({"mode": "local", "local_epsilon": 0.0}, r"privacy\.local_epsilon must be a positive finite"),
-])
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ({"noise_multiplier": 0.0}, r"privacy\.noise_multiplier must be > 0"),
+        ({"delta": 1.0}, r"privacy\.delta must be in \(0, 1\), got 1.0"),
+        ({"accountant": "pld"}, "pld accountant supports poisson sampling only"),
+        ({"mode": "local", "local_epsilon": 0.0}, r"privacy\.local_epsilon must be a positive finite"),
+    ],
+)
 def test_bad_privacy_values_are_one_clear_error(privacy: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         privacy_transforms(_exp(**privacy))
@@ -87,8 +95,7 @@ def test_build_puts_the_transform_in_the_pipeline_and_the_section_in_the_toml() 
 
 def test_poisson_sampling_selects_each_client_with_the_rate() -> None:
     policy = PoissonSampling(0.1)
-    sizes = [len(policy.select(r, list(range(1000)), Sampling(), np.random.default_rng(r)))
-             for r in range(200)]
+    sizes = [len(policy.select(r, list(range(1000)), Sampling(), np.random.default_rng(r))) for r in range(200)]
     assert float(np.mean(sizes)) == pytest.approx(100, rel=0.03)
     assert len(set(sizes)) > 5
     with pytest.raises(ConfigError, match="rate"):
@@ -100,10 +107,12 @@ def test_client_side_clipping_composes_with_secure_aggregation() -> None:
     from fedge.experiment import execute
 
     raw = {
-        "rounds": 2, "data": {"num_clients": 30, "partition": "iid"},
+        "rounds": 2,
+        "data": {"num_clients": 30, "partition": "iid"},
         "model": {"name": "logreg", "framework": "numpy"},
         "training": {"clients_per_round": 8, "local_epochs": 1, "lr": 0.1},
-        "strategy": {"name": "fedavg", "weighting": "uniform"}, "secagg": {"enabled": True},
+        "strategy": {"name": "fedavg", "weighting": "uniform"},
+        "secagg": {"enabled": True},
         "privacy": {"mode": "central", "clip_at": "client", "noise_multiplier": 1.0, "clip_norm": 0.5},
     }
     built = build(from_dict(raw))
@@ -117,8 +126,18 @@ def test_client_side_clipping_composes_with_secure_aggregation() -> None:
 def test_adaptive_client_side_clipping_and_local_dp_report_in_every_round() -> None:
     from fedge.experiment import execute
 
-    ada = execute(build(_exp(clip_at="client", adaptive_clip=True, clip_norm=50.0, clip_lr=0.5,
-                             target_quantile=0.0, noise_multiplier=2.0)))
+    ada = execute(
+        build(
+            _exp(
+                clip_at="client",
+                adaptive_clip=True,
+                clip_norm=50.0,
+                clip_lr=0.5,
+                target_quantile=0.0,
+                noise_multiplier=2.0,
+            )
+        )
+    )
     bounds = [r.extra["clip_norm"] for r in ada.history]
     assert bounds[0] == 50.0 and bounds[1] < 50.0
     assert bounds[1:] == [r.extra["next_clip_norm"] for r in ada.history.rounds[:-1]]

@@ -51,20 +51,38 @@ def write_rich_run(path: Path, *, rounds: int = 6, seed: float = 0.0) -> Path:
     lines = []
     for r in range(1, rounds + 1):
         rec = RoundRecord(
-            round=r, participants=8 - (r % 3), failed=r % 3,
-            train_loss=2.0 / r + seed, test_loss=2.2 / r + seed, test_accuracy=min(0.95, 0.3 + 0.1 * r - seed),
-            fed_test_accuracy=0.25 + 0.1 * r, uplink_bytes=10_000 * r, downlink_bytes=12_000, wall_s=0.5,
+            round=r,
+            participants=8 - (r % 3),
+            failed=r % 3,
+            train_loss=2.0 / r + seed,
+            test_loss=2.2 / r + seed,
+            test_accuracy=min(0.95, 0.3 + 0.1 * r - seed),
+            fed_test_accuracy=0.25 + 0.1 * r,
+            uplink_bytes=10_000 * r,
+            downlink_bytes=12_000,
+            wall_s=0.5,
             dropped={"deadline": list(range(r % 3))} if r % 3 else {},
-            extra={"sim_clock_s": 900.0 * r, "energy_j": 40.0 + r, "epsilon": 0.4 * math.sqrt(r),
-                   "device_mix": {"zonal-controller": 5, "jetson-orin": 3}},
+            extra={
+                "sim_clock_s": 900.0 * r,
+                "energy_j": 40.0 + r,
+                "epsilon": 0.4 * math.sqrt(r),
+                "device_mix": {"zonal-controller": 5, "jetson-orin": 3},
+            },
         )
         lines.append(json.dumps(rec.to_json()))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (path / "summary.json").write_text(json.dumps(
-        {"rounds": rounds, "client_accuracy": {str(i): 0.5 + 0.04 * i for i in range(10)}}))
-    (path / "partition.json").write_text(json.dumps(
-        {"dataset": "synthetic", "num_classes": 3,
-         "label_histogram": [[i % 3 * 5, 10 - i % 4, i] for i in range(10)]}))
+    (path / "summary.json").write_text(
+        json.dumps({"rounds": rounds, "client_accuracy": {str(i): 0.5 + 0.04 * i for i in range(10)}})
+    )
+    (path / "partition.json").write_text(
+        json.dumps(
+            {
+                "dataset": "synthetic",
+                "num_classes": 3,
+                "label_histogram": [[i % 3 * 5, 10 - i % 4, i] for i in range(10)],
+            }
+        )
+    )
     return path
 
 
@@ -85,9 +103,19 @@ def _chrome() -> Any:
     profile = tempfile.mkdtemp(prefix="fedge-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
     driver.fedge_profile = profile

@@ -20,7 +20,8 @@ def test_registered_and_off_by_default() -> None:
 
 
 def test_sections_build_their_callbacks() -> None:
-    exp = from_dict(tomllib.loads("""
+    exp = from_dict(
+        tomllib.loads("""
 [dashboard]
 enabled = true
 port = 0
@@ -29,7 +30,8 @@ token = "abc"
 tensorboard = "tb"
 mlflow = true
 mlflow_experiment = "fleet"
-"""))
+""")
+    )
     cbs = callbacks_from_config(exp)
     assert [type(c) for c in cbs] == [DashboardCallback, TensorBoardCallback, MLflowCallback]
     dash, _, ml = cbs

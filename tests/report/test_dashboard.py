@@ -54,8 +54,7 @@ def test_run_status_follows_the_rounds() -> None:
 def test_serves_page_and_status_without_token_on_loopback() -> None:
     status = RunStatus()
     status.on_run_start(_state(), rounds=2)
-    status.on_round_end(RoundRecord(round=1, participants=4, train_loss=math.inf,
-                                    extra={"epsilon": 0.3}), _state())
+    status.on_round_end(RoundRecord(round=1, participants=4, train_loss=math.inf, extra={"epsilon": 0.3}), _state())
     with Dashboard(status, port=0) as dash:
         assert dash.token == "" and "token" not in dash.url
         code, page = _get(dash.url)
@@ -135,8 +134,12 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
 
     cfg = tmp_path / "exp.toml"
     cfg.write_text(DASH_TOML.format(out=tmp_path / "run"))
-    proc = subprocess.Popen([sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         url = ""
@@ -148,9 +151,11 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
         assert _get(url.split("?")[0] + "api/status")[0] == 401
         browser.get(url)
         WebDriverWait(browser, 60, poll_frequency=0.2).until(
-            lambda d: d.execute_script("return /^round [1-9]/.test(document.getElementById('round').textContent)"))
+            lambda d: d.execute_script("return /^round [1-9]/.test(document.getElementById('round').textContent)")
+        )
         WebDriverWait(browser, 60, poll_frequency=0.2).until(
-            lambda d: d.execute_script("return document.querySelectorAll('#acc path').length > 0"))
+            lambda d: d.execute_script("return document.querySelectorAll('#acc path').length > 0")
+        )
         assert proc.poll() is None, "the run ended before the page was checked"
         shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
         colors = shot.getcolors(maxcolors=1 << 20) or []

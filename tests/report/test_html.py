@@ -43,7 +43,8 @@ def test_comparison_of_two_runs(comparison: Path) -> None:
 
 
 def test_rewrites_its_own_report_but_never_an_unrelated_folder(
-        rich_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rich_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(plots, "SINGLE", (plots.participants,))
     write_report([rich_run])
     (rich_run / "report" / "stale.png").write_bytes(b"old")
@@ -70,7 +71,8 @@ def test_every_plot_renders_in_headless_chromium(comparison: Path, browser: Any)
     html_path = comparison
     browser.get(html_path.as_uri())
     images = browser.execute_script(
-        "return Array.from(document.images).map(i => [i.dataset.file, i.complete, i.naturalWidth]);")
+        "return Array.from(document.images).map(i => [i.dataset.file, i.complete, i.naturalWidth]);"
+    )
     assert len(images) == len(list(html_path.parent.glob("*.png"))) >= 20
     for name, complete, width in images:
         assert complete and width > 0, name

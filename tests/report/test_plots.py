@@ -36,7 +36,9 @@ def test_drop_reasons_and_device_mix_are_read(rich_run: Path) -> None:
     run = load_run(rich_run)
     assert plots.device_mix_of(run.history.rounds[0].extra) == {"zonal-controller": 5.0, "jetson-orin": 3.0}
     assert plots.device_mix_of({"device_mix/jetson": 2, "device_mix/zonal": 1.5, "other": 1}) == {
-        "jetson": 2.0, "zonal": 1.5}
+        "jetson": 2.0,
+        "zonal": 1.5,
+    }
 
 
 def test_comparison_plots_only_what_some_run_recorded(rich_run: Path, real_run: Path) -> None:
@@ -55,7 +57,8 @@ def test_configured_fleet_is_shown_when_no_round_recorded_its_mix(real_run: Path
     run_dir = tmp_path / "fleet"
     shutil.copytree(real_run, run_dir)
     (run_dir / "config.toml").write_text(
-        'rounds = 3\n[devices]\nenabled = true\nfleet = { "zonal-ecu" = 0.7, "orin-nano" = 0.3 }\n')
+        'rounds = 3\n[devices]\nenabled = true\nfleet = { "zonal-ecu" = 0.7, "orin-nano" = 0.3 }\n'
+    )
     plot = plots.device_mix(load_run(run_dir))
     assert plot.png is not None and "configured fleet" in plot.note
     assert load_run(run_dir).configured_fleet() == {"zonal-ecu": 0.7, "orin-nano": 0.3}

@@ -39,12 +39,15 @@ def test_missing_folder_and_metrics_are_named(tmp_path: Path) -> None:
         load_run(tmp_path)
 
 
-@pytest.mark.parametrize(("line", "why"), [
-    ("{not json", "corrupt metrics line"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"participants": 3}', "'round' must be an integer"),
-    ('{"round": "two", "participants": 3}', "'round' must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("{not json", "corrupt metrics line"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"participants": 3}', "'round' must be an integer"),
+        ('{"round": "two", "participants": 3}', "'round' must be an integer"),
+    ],
+)
 def test_corrupt_metrics_line_names_file_and_line(rich_run: Path, line: str, why: str) -> None:
     path = rich_run / "metrics.jsonl"
     lines = path.read_text().splitlines()

@@ -11,10 +11,17 @@ from fedge.simulation.history import History, RoundRecord
 from fedge.strategies.base import StrategyState
 
 RECORDS = [
-    RoundRecord(round=1, participants=4, train_loss=1.5, test_accuracy=0.4, uplink_bytes=100,
-                extra={"epsilon": 0.5, "skipped": "reason", "flag": True}),
-    RoundRecord(round=2, participants=3, train_loss=1.1, test_accuracy=math.nan, uplink_bytes=90,
-                extra={"epsilon": 0.7}),
+    RoundRecord(
+        round=1,
+        participants=4,
+        train_loss=1.5,
+        test_accuracy=0.4,
+        uplink_bytes=100,
+        extra={"epsilon": 0.5, "skipped": "reason", "flag": True},
+    ),
+    RoundRecord(
+        round=2, participants=3, train_loss=1.1, test_accuracy=math.nan, uplink_bytes=90, extra={"epsilon": 0.7}
+    ),
 ]
 
 
@@ -50,15 +57,15 @@ def test_tensorboard_needs_a_folder() -> None:
         TensorBoardCallback("")
 
 
-def test_mlflow_logs_params_and_metrics_to_a_local_store(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_logs_params_and_metrics_to_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
     uri = (tmp_path / "mlruns").as_uri()
-    cb = MLflowCallback(tracking_uri=uri, experiment="fedge-test",
-                        params={"training": {"lr": 0.05}, "rounds": 2}, run_name="r1")
+    cb = MLflowCallback(
+        tracking_uri=uri, experiment="fedge-test", params={"training": {"lr": 0.05}, "rounds": 2}, run_name="r1"
+    )
     _drive(cb)
     client = MlflowClient(tracking_uri=uri)
     assert cb.run_id is not None

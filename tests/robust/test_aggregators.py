@@ -97,8 +97,9 @@ def test_norm_bounding_never_exceeds_the_bound(x: np.ndarray, bound: float) -> N
     small = np.linalg.norm(x, axis=1) <= bound
     np.testing.assert_allclose(clipped[small], x[small])
     med = float(np.median(np.linalg.norm(x, axis=1)))
-    np.testing.assert_allclose(agg.norm_bounded_mean(x), agg.clip_rows(x, med).mean(axis=0)
-                               if med > 0 else np.zeros(x.shape[1]))
+    np.testing.assert_allclose(
+        agg.norm_bounded_mean(x), agg.clip_rows(x, med).mean(axis=0) if med > 0 else np.zeros(x.shape[1])
+    )
 
 
 @SETTINGS

@@ -80,6 +80,7 @@ def test_gaussian_attack_sends_noise_of_the_given_stddev() -> None:
 
         def train(self, p, cfg, ctx):  # type: ignore[no-untyped-def]
             from fedge.clients.base import TrainResult
+
             return TrainResult(params=p, steps=1, loss=0.0, num_examples=1)
 
     attack = Attack("gaussian", frozenset({0}), 3, noise_std=2.0)

@@ -21,7 +21,9 @@ from fedge.strategies.base import StrategyState
 
 def _exp(strategy: str, attack: str = "none", rounds: int = 8, **robust: Any) -> Any:
     raw: dict[str, Any] = {
-        "seed": 0, "rounds": rounds, "data": {"num_clients": 20, "partition": "iid"},
+        "seed": 0,
+        "rounds": rounds,
+        "data": {"num_clients": 20, "partition": "iid"},
         "model": {"name": "logreg", "framework": "numpy"},
         "training": {"clients_per_round": 10, "local_epochs": 1, "lr": 0.1},
         "strategy": {"name": strategy, "weighting": "uniform"},
@@ -53,7 +55,8 @@ def test_fedavg_collapses_under_sign_flip_and_scaling_and_defences_recover() -> 
         assert result.history.rounds[-1].extra["attack"] == attack
         assert result.history.rounds[-1].extra["defence"] == "fedavg"
     defences: list[tuple[str, str, dict[str, Any]]] = [
-        ("median", "sign-flip", {}), ("multi-krum", "scaling", {}),
+        ("median", "sign-flip", {}),
+        ("multi-krum", "scaling", {}),
         ("trimmed-mean", "sign-flip", {"trim_fraction": 0.4}),
     ]
     for strategy, attack, robust in defences:
@@ -98,8 +101,7 @@ def _updates(rows: list[list[float]]) -> list[ClientUpdate]:
 
 
 def test_median_strategy_steps_by_the_coordinate_median() -> None:
-    new, metrics = Median(server_lr=0.5).aggregate_updates(_state(), _updates(
-        [[1, 2, 3], [2, 3, 4], [100, -100, 5]]))
+    new, metrics = Median(server_lr=0.5).aggregate_updates(_state(), _updates([[1, 2, 3], [2, 3, 4], [100, -100, 5]]))
     np.testing.assert_allclose(new.params[0], 0.5 * np.array([2, 2, 4]))
     assert metrics["robust_updates"] == 3 and new.round_num == 1
 

@@ -56,10 +56,16 @@ class Liar:
 def test_bad_updates_are_rejected_with_client_and_reason(strategy: Strategy) -> None:
     initial = [np.zeros(4, dtype=np.float32)]
     pipeline = Pipeline([WrongShape()])
-    transport = InProcessTransport(Liar, 8, strategy=strategy, pipeline=pipeline,
-                                   backend=SequentialBackend())
-    result = run(strategy=strategy, transport=transport, initial_params=initial, rounds=1,
-                 sampling=Sampling(count=8), pipeline=pipeline, max_update_norm=10.0)
+    transport = InProcessTransport(Liar, 8, strategy=strategy, pipeline=pipeline, backend=SequentialBackend())
+    result = run(
+        strategy=strategy,
+        transport=transport,
+        initial_params=initial,
+        rounds=1,
+        sampling=Sampling(count=8),
+        pipeline=pipeline,
+        max_update_norm=10.0,
+    )
     rec = result.history.rounds[0]
     reasons = {cid: reason for reason, ids in rec.dropped.items() for cid in ids}
     assert set(reasons) == {0, 1, 2, 3}

@@ -24,8 +24,7 @@ def setup_for(n: int = N, d: int = D, *, k: int = 0, round_num: int = 4, bits: i
 def inputs_for(setup: RoundSetup, seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     dtype = np.uint32 if setup.bits == 32 else np.uint64
-    return {c: rng.integers(0, np.iinfo(dtype).max, setup.length, dtype=dtype, endpoint=True)
-            for c in setup.cohort}
+    return {c: rng.integers(0, np.iinfo(dtype).max, setup.length, dtype=dtype, endpoint=True) for c in setup.cohort}
 
 
 def plain_sum(inputs: dict[int, np.ndarray], ids: list[int]) -> np.ndarray:

@@ -27,8 +27,15 @@ def go(transforms=(), rounds: int = 2, strategy=None):
     strategy = strategy or FedAvg()
     pipe = Pipeline(list(transforms))
     tr = InProcessTransport(client_fn, FD.num_clients, strategy=strategy, pipeline=pipe, seed=0)
-    return run(strategy=strategy, transport=tr, initial_params=MODEL.init_params(0), rounds=rounds,
-               sampling=Sampling(count=10), pipeline=pipe, seed=0)
+    return run(
+        strategy=strategy,
+        transport=tr,
+        initial_params=MODEL.init_params(0),
+        rounds=rounds,
+        sampling=Sampling(count=10),
+        pipeline=pipe,
+        seed=0,
+    )
 
 
 def secagg(**kw) -> SecureAggregation:

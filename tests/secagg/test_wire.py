@@ -41,8 +41,9 @@ def test_malformed_or_foreign_bytes_are_refused() -> None:
             wire.unpack(data)
     with pytest.raises(wire.WireError):
         wire.pack({"not": "a message"})
-    header = json.dumps({"fields": {"client_id": 1, "round_num": 1,
-                                    "vector": {"a": 0, "dtype": "|O", "shape": [1]}}, "blobs": [8]}).encode()
+    header = json.dumps(
+        {"fields": {"client_id": 1, "round_num": 1, "vector": {"a": 0, "dtype": "|O", "shape": [1]}}, "blobs": [8]}
+    ).encode()
     obj = wire._HEAD.pack(wire.MAGIC, 5, len(header)) + header + bytes(8)
     with pytest.raises(wire.WireError, match="unsigned integer"):
         wire.unpack(obj)

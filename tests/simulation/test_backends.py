@@ -39,22 +39,29 @@ def _federation(num_clients: int = 12) -> tuple[TorchLearner, list[ClientData]]:
     """Ragged clients (sizes 3..31) so padding, masking and uneven step counts are exercised."""
     data = w2(num_clients, samples_per_client=31, test_size=0, seed=3)
     sizes = 3 + (np.arange(num_clients) * 7) % 29
-    clients = [ClientData(data.x[k * 31 : k * 31 + s], data.y[k * 31 : k * 31 + s])
-               for k, s in enumerate(sizes)]
+    clients = [ClientData(data.x[k * 31 : k * 31 + s], data.y[k * 31 : k * 31 + s]) for k, s in enumerate(sizes)]
     return TorchLearner(_mlp), clients
 
 
-def _run(backend: Backend, strategy: Strategy, *, rounds: int = 3,
-         train: TrainConfig | None = None) -> tuple[Params, InProcessTransport]:
+def _run(
+    backend: Backend, strategy: Strategy, *, rounds: int = 3, train: TrainConfig | None = None
+) -> tuple[Params, InProcessTransport]:
     learner, clients = _federation()
     torch.manual_seed(0)
     initial = learner.init_params(0)
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
-                                   strategy=strategy, seed=7, backend=backend)
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=strategy, seed=7, backend=backend
+    )
     try:
-        result = run(strategy=strategy, transport=transport, initial_params=initial, rounds=rounds,
-                     sampling=Sampling(count=8), seed=7,
-                     train=train or TrainConfig(epochs=2, batch_size=4, lr=0.1))
+        result = run(
+            strategy=strategy,
+            transport=transport,
+            initial_params=initial,
+            rounds=rounds,
+            sampling=Sampling(count=8),
+            seed=7,
+            train=train or TrainConfig(epochs=2, batch_size=4, lr=0.1),
+        )
     finally:
         transport.close()
     return result.state.params, transport
@@ -138,14 +145,27 @@ def test_vectorized_falls_back_with_a_reason(caplog: pytest.LogCaptureFixture) -
     learner, clients = _federation()
     backend = VectorizedBackend()
     ref_transport = InProcessTransport(
-        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=FedAvg(), seed=7)
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=FedAvg(), seed=7
+    )
     transport = InProcessTransport(
-        lambda cid: _OddClient(LearnerClient(cid, learner, clients[cid])) if cid % 2
-        else LearnerClient(cid, learner, clients[cid]),
-        len(clients), strategy=FedAvg(), seed=7, backend=backend)
+        lambda cid: (
+            _OddClient(LearnerClient(cid, learner, clients[cid]))
+            if cid % 2
+            else LearnerClient(cid, learner, clients[cid])
+        ),
+        len(clients),
+        strategy=FedAvg(),
+        seed=7,
+        backend=backend,
+    )
     initial = learner.init_params(0)
-    kwargs: dict[str, Any] = dict(initial_params=initial, rounds=2, sampling=Sampling(count=8), seed=7,
-                                  train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+    kwargs: dict[str, Any] = dict(
+        initial_params=initial,
+        rounds=2,
+        sampling=Sampling(count=8),
+        seed=7,
+        train=TrainConfig(epochs=1, batch_size=4, lr=0.1),
+    )
     with caplog.at_level(logging.WARNING, logger="fedge.simulation.backends.vectorized"):
         got = run(strategy=FedAvg(), transport=transport, **kwargs).state.params
     want = run(strategy=FedAvg(), transport=ref_transport, **kwargs).state.params
@@ -157,16 +177,14 @@ def test_vectorized_falls_back_with_a_reason(caplog: pytest.LogCaptureFixture) -
 def test_vectorized_falls_back_for_momentum() -> None:
     backend = VectorizedBackend()
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.05, momentum=0.9)
-    _close(_run(backend, FedAvg(), rounds=2, train=cfg)[0],
-           _run(BACKENDS["debug"](), FedAvg(), rounds=2, train=cfg)[0])
+    _close(_run(backend, FedAvg(), rounds=2, train=cfg)[0], _run(BACKENDS["debug"](), FedAvg(), rounds=2, train=cfg)[0])
     assert any("momentum" in r for r in backend.fallback_reasons)
 
 
 class _DyingLearner(TorchLearner):
     """Kills its worker process when it trains client 3."""
 
-    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig,
-              rng: np.random.Generator) -> TrainResult:
+    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig, rng: np.random.Generator) -> TrainResult:
         if len(y) == _DYING_SIZE and os.getpid() != _PARENT:
             os._exit(17)
         return super().train(params, x, y, cfg, rng)
@@ -181,12 +199,19 @@ def test_worker_death_loses_its_share_and_the_round_goes_on() -> None:
     _, clients = _federation()
     learner = _DyingLearner(_mlp)
     backend = ProcessesBackend(workers=2)
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
-                                   strategy=FedAvg(), seed=7, backend=backend)
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=FedAvg(), seed=7, backend=backend
+    )
     try:
-        result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
-                     rounds=2, sampling=Sampling(count=len(clients)), seed=7,
-                     train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+        result = run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=learner.init_params(0),
+            rounds=2,
+            sampling=Sampling(count=len(clients)),
+            seed=7,
+            train=TrainConfig(epochs=1, batch_size=4, lr=0.1),
+        )
     finally:
         transport.close()
     assert len(result.history) == 2
@@ -217,9 +242,15 @@ def test_engine_section_reaches_the_configured_backend() -> None:
     from fedge.config.schema import from_dict
     from fedge.experiment import build, execute
 
-    exp = from_dict({"rounds": 1, "data": {"num_clients": 6}, "model": {"name": "logreg"},
-                     "training": {"backend": "vectorized", "clients_per_round": 4, "local_epochs": 1},
-                     "engine": {"vectorized_chunk": 3}})
+    exp = from_dict(
+        {
+            "rounds": 1,
+            "data": {"num_clients": 6},
+            "model": {"name": "logreg"},
+            "training": {"backend": "vectorized", "clients_per_round": 4, "local_epochs": 1},
+            "engine": {"vectorized_chunk": 3},
+        }
+    )
     built = build(exp)
     result = execute(built)
     backend = built.transport.backend
@@ -293,13 +324,25 @@ def test_client_transforms_and_their_state_match_debug(name: str) -> None:
     def go(backend: Backend) -> tuple[Params, dict[int, dict[str, Any]]]:
         learner, clients = _federation()
         pipeline = Pipeline([_NoisyFeedback()])
-        transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]),
-                                       len(clients), strategy=FedAvg(), pipeline=pipeline, seed=7,
-                                       backend=backend)
+        transport = InProcessTransport(
+            lambda cid: LearnerClient(cid, learner, clients[cid]),
+            len(clients),
+            strategy=FedAvg(),
+            pipeline=pipeline,
+            seed=7,
+            backend=backend,
+        )
         try:
-            result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
-                         rounds=3, sampling=Sampling(count=8), seed=7, pipeline=pipeline,
-                         train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+            result = run(
+                strategy=FedAvg(),
+                transport=transport,
+                initial_params=learner.init_params(0),
+                rounds=3,
+                sampling=Sampling(count=8),
+                seed=7,
+                pipeline=pipeline,
+                train=TrainConfig(epochs=1, batch_size=4, lr=0.1),
+            )
         finally:
             transport.close()
         return result.state.params, transport.states
@@ -315,8 +358,7 @@ def test_client_transforms_and_their_state_match_debug(name: str) -> None:
 class _StuckLearner(TorchLearner):
     """Hangs in its worker process when it trains client 3."""
 
-    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig,
-              rng: np.random.Generator) -> TrainResult:
+    def train(self, params: Params, x: Any, y: Any, cfg: TrainConfig, rng: np.random.Generator) -> TrainResult:
         if len(y) == _DYING_SIZE and os.getpid() != _PARENT:
             time.sleep(120)
         return super().train(params, x, y, cfg, rng)
@@ -327,12 +369,19 @@ def test_overdue_worker_is_stopped_and_its_share_lost() -> None:
     _, clients = _federation()
     learner = _StuckLearner(_mlp)
     backend = ProcessesBackend(workers=2, timeout_s=2.0)
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients),
-                                   strategy=FedAvg(), seed=7, backend=backend)
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=FedAvg(), seed=7, backend=backend
+    )
     try:
-        result = run(strategy=FedAvg(), transport=transport, initial_params=learner.init_params(0),
-                     rounds=1, sampling=Sampling(count=len(clients)), seed=7,
-                     train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+        result = run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=learner.init_params(0),
+            rounds=1,
+            sampling=Sampling(count=len(clients)),
+            seed=7,
+            train=TrainConfig(epochs=1, batch_size=4, lr=0.1),
+        )
         (record,) = list(result.history)
         (reason,) = [r for r in record.dropped if "timed out after 2 s" in r]
         assert 3 in record.dropped[reason]

@@ -24,17 +24,37 @@ def client_fn(cid: int) -> LearnerClient:
     return LearnerClient(cid, MODEL, FD.client(cid))
 
 
-def go(rounds: int = 3, *, pipeline: Pipeline | None = None, backend=None, callbacks=(),
-       policy=None, seed: int = 0, fn=client_fn, min_updates: int = 1):
+def go(
+    rounds: int = 3,
+    *,
+    pipeline: Pipeline | None = None,
+    backend=None,
+    callbacks=(),
+    policy=None,
+    seed: int = 0,
+    fn=client_fn,
+    min_updates: int = 1,
+):
     strategy = FedAvg()
     pipe = pipeline or Pipeline()
-    transport = InProcessTransport(fn, FD.num_clients, strategy=strategy, pipeline=pipe, seed=seed,
-                                   backend=backend or DebugBackend())
+    transport = InProcessTransport(
+        fn, FD.num_clients, strategy=strategy, pipeline=pipe, seed=seed, backend=backend or DebugBackend()
+    )
     x, y = FD.central()
-    return run(strategy=strategy, transport=transport, initial_params=MODEL.init_params(seed),
-               rounds=rounds, sampling=Sampling(count=4), train=TrainConfig(lr=0.01, epochs=2),
-               pipeline=pipe, evaluator=lambda p: MODEL.evaluate(p, x, y), seed=seed,
-               callbacks=callbacks, policy=policy, min_updates=min_updates)
+    return run(
+        strategy=strategy,
+        transport=transport,
+        initial_params=MODEL.init_params(seed),
+        rounds=rounds,
+        sampling=Sampling(count=4),
+        train=TrainConfig(lr=0.01, epochs=2),
+        pipeline=pipe,
+        evaluator=lambda p: MODEL.evaluate(p, x, y),
+        seed=seed,
+        callbacks=callbacks,
+        policy=policy,
+        min_updates=min_updates,
+    )
 
 
 def test_same_seed_gives_bit_identical_history_and_model() -> None:
@@ -71,8 +91,7 @@ class Poison(Transform):
 
 def test_nan_update_is_rejected_with_client_and_reason() -> None:
     res = go(rounds=3, pipeline=Pipeline([Poison(set(range(10)) - {1, 2, 3, 4, 5})]))
-    dropped = [d for r in res.history for reason, ids in r.dropped.items()
-               if "NaN" in reason for d in ids]
+    dropped = [d for r in res.history for reason, ids in r.dropped.items() if "NaN" in reason for d in ids]
     assert dropped, "some sampled client should have been rejected"
     assert all(d not in {1, 2, 3, 4, 5} for d in dropped)
     assert np.all(np.isfinite(res.state.params[0]))
@@ -137,8 +156,11 @@ def test_callbacks_and_stop() -> None:
 
 class HalfWork(RoundPolicy):
     def plan(self, round_num, selected, rng):
-        return RoundPlan(train=selected[:2], dropped={"too slow": selected[2:]},
-                         overrides={cid: {"max_steps": 1} for cid in selected[:2]})
+        return RoundPlan(
+            train=selected[:2],
+            dropped={"too slow": selected[2:]},
+            overrides={cid: {"max_steps": 1} for cid in selected[:2]},
+        )
 
     def finish(self, round_num, record, client_metrics):
         record.extra["steps"] = sorted(m["steps"] for m in client_metrics.values())
@@ -157,6 +179,13 @@ def test_transforms_added_to_an_empty_pipeline_reach_the_clients() -> None:
     transport = InProcessTransport(client_fn, FD.num_clients, strategy=strategy, pipeline=pipe)
     pipe.transforms.append(Poison(set(range(10))))
     x, y = FD.central()
-    res = run(strategy=strategy, transport=transport, initial_params=MODEL.init_params(0), rounds=1,
-              sampling=Sampling(count=4), pipeline=pipe, evaluator=lambda p: MODEL.evaluate(p, x, y))
+    res = run(
+        strategy=strategy,
+        transport=transport,
+        initial_params=MODEL.init_params(0),
+        rounds=1,
+        sampling=Sampling(count=4),
+        pipeline=pipe,
+        evaluator=lambda p: MODEL.evaluate(p, x, y),
+    )
     assert res.history.rounds[0].participants == 0

@@ -43,12 +43,23 @@ def _run(backend: Backend) -> tuple[Params, InProcessTransport]:
     data = w2(10, samples_per_client=12, test_size=0, seed=1)
     learner = build_learner("mlp", "torch", (60,), 10, (8,))
     strategy = Scaffold()
-    transport = InProcessTransport(lambda cid: LearnerClient(cid, learner, data.client(cid)),
-                                   data.num_clients, strategy=strategy, seed=5, backend=backend)
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, data.client(cid)),
+        data.num_clients,
+        strategy=strategy,
+        seed=5,
+        backend=backend,
+    )
     try:
-        result = run(strategy=strategy, transport=transport, initial_params=learner.init_params(5),
-                     rounds=3, sampling=Sampling(count=6), seed=5,
-                     train=TrainConfig(epochs=1, batch_size=5, lr=0.1))
+        result = run(
+            strategy=strategy,
+            transport=transport,
+            initial_params=learner.init_params(5),
+            rounds=3,
+            sampling=Sampling(count=6),
+            seed=5,
+            train=TrainConfig(epochs=1, batch_size=5, lr=0.1),
+        )
     finally:
         transport.close()
     return result.state.params, transport
@@ -65,10 +76,24 @@ def ray_cluster() -> Iterator[str]:
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={tmp}",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert head.stdout is not None
     threading.Thread(target=lambda: [lines.put(x) for x in head.stdout], daemon=True).start()

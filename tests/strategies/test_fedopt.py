@@ -23,8 +23,11 @@ vectors = st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=3, max_
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(vectors, min_size=1, max_size=4), st.lists(vectors, min_size=1, max_size=4),
-       st.sampled_from(["adam", "yogi", "adagrad"]))
+@given(
+    st.lists(vectors, min_size=1, max_size=4),
+    st.lists(vectors, min_size=1, max_size=4),
+    st.sampled_from(["adam", "yogi", "adagrad"]),
+)
 def test_two_rounds_match_reddi_2021(r1, r2, variant) -> None:
     eta, b1, b2, tau = 0.03, 0.9, 0.99, 1e-3
     cls = {"adam": FedAdam, "yogi": FedYogi, "adagrad": FedAdagrad}[variant]

@@ -36,8 +36,13 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def reference(clients: list[tuple[np.ndarray, np.ndarray]], model: nn.Module, *, mu: float = 0.0,
-              adam: dict[str, float] | None = None) -> list[np.ndarray]:
+def reference(
+    clients: list[tuple[np.ndarray, np.ndarray]],
+    model: nn.Module,
+    *,
+    mu: float = 0.0,
+    adam: dict[str, float] | None = None,
+) -> list[np.ndarray]:
     """The plainest loop: sample, train each client with torch.optim.SGD, average, step."""
     glob = [p.detach().clone() for p in model.parameters()]
     m = [torch.zeros_like(p) for p in glob]
@@ -63,7 +68,8 @@ def reference(clients: list[tuple[np.ndarray, np.ndarray]], model: nn.Module, *,
                     loss = nn.functional.cross_entropy(local(x[idx]), y[idx])
                     if mu:
                         loss = loss + mu / 2 * sum(
-                            ((p - g) ** 2).sum() for p, g in zip(local.parameters(), glob, strict=True))
+                            ((p - g) ** 2).sum() for p, g in zip(local.parameters(), glob, strict=True)
+                        )
                     loss.backward()
                     opt.step()
             for a, p in zip(acc, local.parameters(), strict=True):
@@ -77,15 +83,22 @@ def reference(clients: list[tuple[np.ndarray, np.ndarray]], model: nn.Module, *,
             assert v is not None
             m = [adam["beta1"] * mi + (1 - adam["beta1"]) * d for mi, d in zip(m, delta, strict=True)]
             v = [adam["beta2"] * vi + (1 - adam["beta2"]) * d * d for vi, d in zip(v, delta, strict=True)]
-            glob = [g + adam["eta"] * mi / (vi.sqrt() + adam["tau"])
-                    for g, mi, vi in zip(glob, m, v, strict=True)]
+            glob = [g + adam["eta"] * mi / (vi.sqrt() + adam["tau"]) for g, mi, vi in zip(glob, m, v, strict=True)]
     return [g.numpy() for g in glob]
 
 
 def run_fedge(clients: list[tuple[np.ndarray, np.ndarray]], strategy: Strategy) -> list[np.ndarray]:
-    result = fedge.run(make_model(), clients, strategy=strategy, rounds=ROUNDS,
-                       clients_per_round=PER_ROUND, local_epochs=EPOCHS, batch_size=BATCH, lr=LR,
-                       seed=SEED)
+    result = fedge.run(
+        make_model(),
+        clients,
+        strategy=strategy,
+        rounds=ROUNDS,
+        clients_per_round=PER_ROUND,
+        local_epochs=EPOCHS,
+        batch_size=BATCH,
+        lr=LR,
+        seed=SEED,
+    )
     assert len(result.history) == ROUNDS
     return result.state.params
 
@@ -95,8 +108,10 @@ def run_fedge(clients: list[tuple[np.ndarray, np.ndarray]], strategy: Strategy) 
     [
         (FedAvg(), {}),
         (FedProx(mu=0.5), {"mu": 0.5}),
-        (FedAdam(server_lr=0.05, beta1=0.9, beta2=0.99, tau=1e-3),
-         {"adam": {"eta": 0.05, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}}),
+        (
+            FedAdam(server_lr=0.05, beta1=0.9, beta2=0.99, tau=1e-3),
+            {"adam": {"eta": 0.05, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}},
+        ),
     ],
     ids=["fedavg", "fedprox", "fedadam"],
 )

@@ -14,18 +14,45 @@ from fedge.export.prune import NORMS
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", help="Device profile from the catalog (e.g. orin-nano, pi4; see `fedge devices`).")
 @click.option("--profiles", type=click.Path(dir_okay=False), help="Your own device profile TOML file.")
-@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="int8", show_default=True,
-              help="int8 = static, calibrated on clients' data; dynamic = int8 weights only.")
-@click.option("--prune", type=float, default=0.0, show_default=True,
-              help="Share of each hidden layer's neurons/channels to remove, in [0, 1).")
-@click.option("--norm", type=click.Choice(NORMS), default="l1", show_default=True,
-              help="Rank units by the L1 or L2 norm of their weights.")
-@click.option("--finetune-rounds", type=int, default=0, show_default=True,
-              help="Federated fine-tuning rounds after pruning (mlp models).")
-@click.option("--output", "-o", type=click.Path(file_okay=False),
-              help="Output folder (default: RUN_DIR/export).")
-def export_cmd(run_dir: Path, device: str | None, profiles: str | None, quantize: str, prune: float,
-               norm: str, finetune_rounds: int, output: str | None) -> None:
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE_MODES),
+    default="int8",
+    show_default=True,
+    help="int8 = static, calibrated on clients' data; dynamic = int8 weights only.",
+)
+@click.option(
+    "--prune",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of each hidden layer's neurons/channels to remove, in [0, 1).",
+)
+@click.option(
+    "--norm",
+    type=click.Choice(NORMS),
+    default="l1",
+    show_default=True,
+    help="Rank units by the L1 or L2 norm of their weights.",
+)
+@click.option(
+    "--finetune-rounds",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Federated fine-tuning rounds after pruning (mlp models).",
+)
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (default: RUN_DIR/export).")
+def export_cmd(
+    run_dir: Path,
+    device: str | None,
+    profiles: str | None,
+    quantize: str,
+    prune: float,
+    norm: str,
+    finetune_rounds: int,
+    output: str | None,
+) -> None:
     """Export RUN_DIR's model to ONNX: prune, quantise, check and report.
 
     Writes model.onnx, report.json and report.txt: size, parameters, accuracy before and
@@ -34,9 +61,18 @@ def export_cmd(run_dir: Path, device: str | None, profiles: str | None, quantize
     """
     from fedge.export.run import ExportOptions, export_run
 
-    report, out = export_run(run_dir, ExportOptions(
-        device=device, quantize=quantize, prune=prune, norm=norm, finetune_rounds=finetune_rounds,
-        output=output, profiles=profiles))
+    report, out = export_run(
+        run_dir,
+        ExportOptions(
+            device=device,
+            quantize=quantize,
+            prune=prune,
+            norm=norm,
+            finetune_rounds=finetune_rounds,
+            output=output,
+            profiles=profiles,
+        ),
+    )
     click.echo(report.to_text().rstrip())
     click.echo(f"wrote {out / 'model.onnx'}, {out / 'report.json'}, {out / 'report.txt'}")
 

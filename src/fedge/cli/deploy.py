@@ -20,8 +20,11 @@ from fedge.core.errors import ConfigError
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
 
 
 @click.command("serve")
@@ -36,14 +39,30 @@ def _logging(verbose: bool) -> None:
 @click.option("--tls-cert", help="PEM server certificate (deploy.tls_cert).")
 @click.option("--tls-key", help="PEM key of the certificate (deploy.tls_key).")
 @click.option("--client-ca", help="PEM CA of node certificates: mutual TLS (deploy.client_ca).")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write model.npz and metrics.jsonl here at the end.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write model.npz and metrics.jsonl here at the end.",
+)
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port, token: [dashboard]).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
-def serve_cmd(config: Path | None, host: str | None, port: int | None, state: str | None,
-              resume: bool, allow_list: str | None, revoked: str | None, min_nodes: int | None,
-              tls_cert: str | None, tls_key: str | None, client_ca: str | None,
-              output: Path | None, dashboard: bool, quiet: bool) -> None:
+def serve_cmd(
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    state: str | None,
+    resume: bool,
+    allow_list: str | None,
+    revoked: str | None,
+    min_nodes: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    client_ca: str | None,
+    output: Path | None,
+    dashboard: bool,
+    quiet: bool,
+) -> None:
     """Run the federation in CONFIG for remote nodes (`fedge join`) over gRPC.
 
     The run's state (config, nodes, per-round metrics, model and strategy state) is kept
@@ -55,9 +74,20 @@ def serve_cmd(config: Path | None, host: str | None, port: int | None, state: st
 
     _logging(not quiet)
     load_plugins()
-    exp = experiment_for(config, {"host": host, "port": port, "state": state, "allow_list": allow_list,
-                                  "revoked": revoked, "min_nodes": min_nodes, "tls_cert": tls_cert,
-                                  "tls_key": tls_key, "client_ca": client_ca})
+    exp = experiment_for(
+        config,
+        {
+            "host": host,
+            "port": port,
+            "state": state,
+            "allow_list": allow_list,
+            "revoked": revoked,
+            "min_nodes": min_nodes,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "client_ca": client_ca,
+        },
+    )
     stop: list[Any] = []
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -96,34 +126,77 @@ def serve_cmd(config: Path | None, host: str | None, port: int | None, state: st
         save_params_npz(served.result.state.params, output / "model.npz")
         write_jsonl(served.history, output / "metrics.jsonl")
     h = served.history
-    click.echo(f"run {served.run_id}: {len(h)} rounds, final accuracy {h.final_accuracy:.4f}"
-               + (f" (stopped: {served.result.stopped_early})" if served.result.stopped_early else ""))
+    click.echo(
+        f"run {served.run_id}: {len(h)} rounds, final accuracy {h.final_accuracy:.4f}"
+        + (f" (stopped: {served.result.stopped_early})" if served.result.stopped_early else "")
+    )
 
 
 @click.command("join")
 @click.option("--server", required=True, help="HOST:PORT of the fedge server.")
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="This node's private key (from `fedge keys new`).")
-@click.option("--partition", type=int, default=-1, show_default=True,
-              help="Train on client K of the experiment's own dataset (demos, tests).")
-@click.option("--data", type=click.Path(exists=True, path_type=Path),
-              help="Train on this CSV/Parquet/.npz file (a real device's data).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="This node's private key (from `fedge keys new`).",
+)
+@click.option(
+    "--partition",
+    type=int,
+    default=-1,
+    show_default=True,
+    help="Train on client K of the experiment's own dataset (demos, tests).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Train on this CSV/Parquet/.npz file (a real device's data).",
+)
 @click.option("--label", default="label", show_default=True, help="Label column of --data.")
 @click.option("--num-classes", type=int, default=0, help="Classes of the model with --data (0 = from labels).")
-@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path),
-              help="PEM CA that signed the server certificate: turns on TLS.")
-@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path),
-              help="PEM client certificate for mutual TLS (with --cert-key).")
+@click.option(
+    "--ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CA that signed the server certificate: turns on TLS.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM client certificate for mutual TLS (with --cert-key).",
+)
 @click.option("--cert-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --cert.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Where the client's own state (e.g. SCAFFOLD c_i) is kept.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where the client's own state (e.g. SCAFFOLD c_i) is kept.",
+)
 @click.option("--profile", default="", help="Device profile name shown in `fedge status`.")
-@click.option("--give-up", type=float, default=300.0, show_default=True,
-              help="Seconds of failed reconnects before the node exits.")
+@click.option(
+    "--give-up",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds of failed reconnects before the node exits.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
-def join_cmd(server: str, key_path: Path, partition: int, data: Path | None, label: str,
-             num_classes: int, ca: Path | None, cert: Path | None, cert_key: Path | None,
-             state_dir: Path, profile: str, give_up: float, quiet: bool) -> None:
+def join_cmd(
+    server: str,
+    key_path: Path,
+    partition: int,
+    data: Path | None,
+    label: str,
+    num_classes: int,
+    ca: Path | None,
+    cert: Path | None,
+    cert_key: Path | None,
+    state_dir: Path,
+    profile: str,
+    give_up: float,
+    quiet: bool,
+) -> None:
     """Join the federation at SERVER and train until the run ends."""
     from fedge.deploy.auth import Signer, load_private
     from fedge.deploy.node import Backoff, Node, file_client
@@ -135,10 +208,17 @@ def join_cmd(server: str, key_path: Path, partition: int, data: Path | None, lab
         raise ConfigError("--cert and --cert-key go together")
     chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
     state_dir.mkdir(parents=True, exist_ok=True)
-    node = Node(server, Signer(load_private(key_path)), partition=partition,
-                client_factory=file_client(str(data), label, num_classes) if data else None,
-                state_dir=state_dir, root_ca=ca.read_bytes() if ca else None, cert_chain=chain,
-                profile=profile, backoff=Backoff(give_up_s=give_up))
+    node = Node(
+        server,
+        Signer(load_private(key_path)),
+        partition=partition,
+        client_factory=file_client(str(data), label, num_classes) if data else None,
+        state_dir=state_dir,
+        root_ca=ca.read_bytes() if ca else None,
+        cert_chain=chain,
+        profile=profile,
+        backoff=Backoff(give_up_s=give_up),
+    )
     rounds = node.run()
     click.echo(f"node {node.signer.node_id} (client {node.client_id}): trained {rounds} rounds")
 
@@ -149,8 +229,12 @@ def keys_group() -> None:
 
 
 @keys_group.command("new")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for NAME.key (private, mode 0600) and NAME.pub.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for NAME.key (private, mode 0600) and NAME.pub.",
+)
 @click.option("--name", default="node", show_default=True, help="Key name (also in the .pub line).")
 def keys_new(out: Path, name: str) -> None:
     """Write a new Ed25519 key pair; add NAME.pub's line to the server's allow-list."""
@@ -173,15 +257,19 @@ def status_cmd(server: str, ca: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(st.to_json())
         return
-    click.echo(f"run {st.run_id}: {st.phase}, round {st.round}/{st.rounds}, "
-               f"{st.connected} of {len(st.nodes)} nodes connected (need {st.min_nodes}), "
-               f"{st.received} updates in, waiting on {len(st.waiting_on)}")
+    click.echo(
+        f"run {st.run_id}: {st.phase}, round {st.round}/{st.rounds}, "
+        f"{st.connected} of {len(st.nodes)} nodes connected (need {st.min_nodes}), "
+        f"{st.received} updates in, waiting on {len(st.waiting_on)}"
+    )
     if st.last_metrics:
         click.echo("last round: " + json.dumps(st.last_metrics))
     for n in st.nodes:
-        click.echo(f"  client {n.client_id:4d}  node {n.node_id}  {n.profile or '-':12s} "
-                   f"{'connected' if n.connected else 'gone':9s} {'busy' if n.busy else 'idle'}  "
-                   f"last heartbeat {n.last_heartbeat:.1f}")
+        click.echo(
+            f"  client {n.client_id:4d}  node {n.node_id}  {n.profile or '-':12s} "
+            f"{'connected' if n.connected else 'gone':9s} {'busy' if n.busy else 'idle'}  "
+            f"last heartbeat {n.last_heartbeat:.1f}"
+        )
 
 
 def register(cli: click.Group) -> None:

@@ -17,8 +17,11 @@ def _si(x: float | None, unit: str) -> str:
 
 
 @click.group("devices", invoke_without_command=True)
-@click.option("--profiles", type=click.Path(dir_okay=False, path_type=Path),
-              help="Your own device profile TOML file, shown with the catalog.")
+@click.option(
+    "--profiles",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your own device profile TOML file, shown with the catalog.",
+)
 @click.pass_context
 def devices_cmd(ctx: click.Context, profiles: Path | None) -> None:
     """List the device catalog (edge device profiles for the simulation)."""
@@ -27,12 +30,16 @@ def devices_cmd(ctx: click.Context, profiles: Path | None) -> None:
     from fedge.devices.profiles import catalog
 
     cat = catalog(profiles)
-    click.echo(f"{'name':<16} {'fp32':>11} {'int8':>11} {'RAM':>9} {'up/down Mb/s':>13} "
-               f"{'lat ms':>6} {'power W':>7}  description")
+    click.echo(
+        f"{'name':<16} {'fp32':>11} {'int8':>11} {'RAM':>9} {'up/down Mb/s':>13} "
+        f"{'lat ms':>6} {'power W':>7}  description"
+    )
     for name, p in sorted(cat.items()):
-        click.echo(f"{name:<16} {_si(p.flops_fp32, 'FLOP/s'):>11} {_si(p.flops_int8, 'OP/s'):>11} "
-                   f"{p.ram_mib:>5g} MiB {f'{p.uplink_mbps:g}/{p.downlink_mbps:g}':>13} "
-                   f"{p.latency_ms:>6g} {p.power_train_w:>7g}  {p.description}")
+        click.echo(
+            f"{name:<16} {_si(p.flops_fp32, 'FLOP/s'):>11} {_si(p.flops_int8, 'OP/s'):>11} "
+            f"{p.ram_mib:>5g} MiB {f'{p.uplink_mbps:g}/{p.downlink_mbps:g}':>13} "
+            f"{p.latency_ms:>6g} {p.power_train_w:>7g}  {p.description}"
+        )
 
 
 @devices_cmd.command("tta")

@@ -18,8 +18,12 @@ def register(cli: click.Group) -> None:
 @click.command("finetune")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--rounds", type=int, help="Override the number of rounds.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: the config's `output`).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: the config's `output`).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def finetune_cmd(config: Path, rounds: int | None, output: Path | None, quiet: bool) -> None:
     """Federated LoRA fine-tuning of a causal language model.
@@ -51,8 +55,10 @@ def finetune_cmd(config: Path, rounds: int | None, output: Path | None, quiet: b
     for cid in sorted(before["clients"], key=int):
         tail = f" -> personalised {own['clients'][cid]:.2f}" if own else ""
         click.echo(f"  client {cid}: {before['clients'][cid]:.2f} -> {after['clients'][cid]:.2f}{tail}")
-    click.echo(f"adapter {summary['adapter_bytes']} bytes sent per client per round "
-               f"(frozen base: {summary['base_bytes']} bytes, never sent)")
+    click.echo(
+        f"adapter {summary['adapter_bytes']} bytes sent per client per round "
+        f"(frozen base: {summary['base_bytes']} bytes, never sent)"
+    )
     click.echo(f"wrote {out}")
 
 
@@ -63,10 +69,10 @@ def finetune_cmd(config: Path, rounds: int | None, output: Path | None, quiet: b
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 = no top-k filtering.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def generate_cmd(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
-                 seed: int) -> None:
+def generate_cmd(run_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> None:
     """Sample from RUN_DIR's base model plus its aggregated LoRA adapter."""
     from fedge.llm.run import generate
 
-    click.echo(generate(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_k=top_k, seed=seed))
+    click.echo(
+        generate(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    )

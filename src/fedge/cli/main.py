@@ -36,15 +36,27 @@ def cli() -> None:
 @cli.command("run")
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--rounds", type=int, help="Override the number of rounds.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: the config's `output`).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: the config's `output`).",
+)
 @click.option("--backend", help="Execution backend: debug, sequential, vectorized, processes or ray.")
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port: [dashboard]).")
 @click.option("--tensorboard", type=click.Path(file_okay=False), help="Write TensorBoard scalars to DIR.")
-def run_cmd(config: Path | None, rounds: int | None, output: Path | None, backend: str | None,
-            seed: int | None, quiet: bool, dashboard: bool = False, tensorboard: str | None = None) -> None:
+def run_cmd(
+    config: Path | None,
+    rounds: int | None,
+    output: Path | None,
+    backend: str | None,
+    seed: int | None,
+    quiet: bool,
+    dashboard: bool = False,
+    tensorboard: str | None = None,
+) -> None:
     """Run a federated experiment in simulation.
 
     With no CONFIG: the embedded default — scikit-learn's handwritten digits over 100
@@ -76,8 +88,7 @@ def run_cmd(config: Path | None, rounds: int | None, output: Path | None, backen
 
 
 @cli.command("init")
-@click.argument("path", required=False, default="experiment.toml",
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", required=False, default="experiment.toml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_cmd(path: Path, force: bool) -> None:
     """Write a commented example experiment file (every key, its default and meaning)."""

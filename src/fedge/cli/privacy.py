@@ -11,28 +11,45 @@ _ACCOUNTANT = click.Choice(["rdp", "pld"])
 
 
 def _common(f: click.decorators.FC) -> click.decorators.FC:
-    for opt in reversed([
-        click.option("--delta", type=float, default=1e-5, show_default=True, help="Target δ."),
-        click.option("--rounds", type=int, required=True, help="Rounds of the run."),
-        click.option("--clients-per-round", "cohort", type=int, required=True,
-                     help="Clients per round (Poisson: the expected number)."),
-        click.option("--population", type=int, required=True, help="Clients in the population."),
-        click.option("--sampling", type=_SAMPLING, default="poisson", show_default=True,
-                     help="Sampling the accounting assumes."),
-        click.option("--accountant", type=_ACCOUNTANT, default="rdp", show_default=True,
-                     help="dp-accounting accountant."),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--delta", type=float, default=1e-5, show_default=True, help="Target δ."),
+            click.option("--rounds", type=int, required=True, help="Rounds of the run."),
+            click.option(
+                "--clients-per-round",
+                "cohort",
+                type=int,
+                required=True,
+                help="Clients per round (Poisson: the expected number).",
+            ),
+            click.option("--population", type=int, required=True, help="Clients in the population."),
+            click.option(
+                "--sampling",
+                type=_SAMPLING,
+                default="poisson",
+                show_default=True,
+                help="Sampling the accounting assumes.",
+            ),
+            click.option(
+                "--accountant", type=_ACCOUNTANT, default="rdp", show_default=True, help="dp-accounting accountant."
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        ]
+    ):
         f = opt(f)
     return f
 
 
 def _assumption(sampling: str, cohort: int, population: int) -> str:
     if sampling == "poisson":
-        return (f"Poisson sampling: each of {population} clients joins each round independently "
-                f"with rate q = {cohort / population:.6g} (add/remove-one client)")
-    return (f"fixed-size sampling: exactly {cohort} of {population} clients per round, uniformly "
-            "without replacement (replace-one client)")
+        return (
+            f"Poisson sampling: each of {population} clients joins each round independently "
+            f"with rate q = {cohort / population:.6g} (add/remove-one client)"
+        )
+    return (
+        f"fixed-size sampling: exactly {cohort} of {population} clients per round, uniformly "
+        "without replacement (replace-one client)"
+    )
 
 
 def register(cli: click.Group) -> None:
@@ -43,46 +60,96 @@ def register(cli: click.Group) -> None:
     @privacy.command("plan")
     @click.option("--epsilon", type=float, required=True, help="Target ε.")
     @_common
-    def plan_cmd(epsilon: float, delta: float, rounds: int, cohort: int, population: int,
-                 sampling: str, accountant: str, as_json: bool) -> None:
+    def plan_cmd(
+        epsilon: float,
+        delta: float,
+        rounds: int,
+        cohort: int,
+        population: int,
+        sampling: str,
+        accountant: str,
+        as_json: bool,
+    ) -> None:
         """Print the smallest noise multiplier z that keeps the run (ε, δ)-DP."""
         from fedge.privacy.accountant import epsilon_for, plan_noise
 
-        z = plan_noise(epsilon=epsilon, delta=delta, rounds=rounds, cohort=cohort,
-                       population=population, sampling=sampling,  # type: ignore[arg-type]
-                       accountant=accountant)  # type: ignore[arg-type]
-        eps = epsilon_for(z, delta=delta, rounds=rounds, cohort=cohort, population=population,
-                          sampling=sampling, accountant=accountant)  # type: ignore[arg-type]
-        out = {"noise_multiplier": z, "epsilon": eps, "target_epsilon": epsilon, "delta": delta,
-               "rounds": rounds, "clients_per_round": cohort, "population": population,
-               "sampling": sampling, "accountant": accountant,
-               "assumption": _assumption(sampling, cohort, population)}
+        z = plan_noise(
+            epsilon=epsilon,
+            delta=delta,
+            rounds=rounds,
+            cohort=cohort,
+            population=population,
+            sampling=sampling,  # type: ignore[arg-type]
+            accountant=accountant,
+        )  # type: ignore[arg-type]
+        eps = epsilon_for(
+            z,
+            delta=delta,
+            rounds=rounds,
+            cohort=cohort,
+            population=population,
+            sampling=sampling,
+            accountant=accountant,
+        )  # type: ignore[arg-type]
+        out = {
+            "noise_multiplier": z,
+            "epsilon": eps,
+            "target_epsilon": epsilon,
+            "delta": delta,
+            "rounds": rounds,
+            "clients_per_round": cohort,
+            "population": population,
+            "sampling": sampling,
+            "accountant": accountant,
+            "assumption": _assumption(sampling, cohort, population),
+        }
         if as_json:
             click.echo(json.dumps(out))
             return
-        click.echo(f"noise multiplier z = {z:.4f}  (ε = {eps:.4f} ≤ {epsilon:g} at δ = {delta:g} "
-                   f"after {rounds} rounds, {accountant.upper()} accountant)")
+        click.echo(
+            f"noise multiplier z = {z:.4f}  (ε = {eps:.4f} ≤ {epsilon:g} at δ = {delta:g} "
+            f"after {rounds} rounds, {accountant.upper()} accountant)"
+        )
         click.echo(f"assumes {out['assumption']}")
         click.echo(f"noise stddev on the mean update = z·C / {cohort} for clipping bound C")
 
     @privacy.command("epsilon")
     @click.option("--noise-multiplier", "z", type=float, required=True, help="Noise multiplier z.")
     @_common
-    def epsilon_cmd(z: float, delta: float, rounds: int, cohort: int, population: int,
-                    sampling: str, accountant: str, as_json: bool) -> None:
+    def epsilon_cmd(
+        z: float, delta: float, rounds: int, cohort: int, population: int, sampling: str, accountant: str, as_json: bool
+    ) -> None:
         """Print ε(δ) of a run with noise multiplier z."""
         from fedge.privacy.accountant import check_epsilon_delta, epsilon_for
 
         check_epsilon_delta(None, delta)
         if rounds < 1:
             raise click.BadParameter("must be >= 1", param_hint="--rounds")
-        eps = epsilon_for(z, delta=delta, rounds=rounds, cohort=cohort, population=population,
-                          sampling=sampling, accountant=accountant)  # type: ignore[arg-type]
+        eps = epsilon_for(
+            z,
+            delta=delta,
+            rounds=rounds,
+            cohort=cohort,
+            population=population,
+            sampling=sampling,
+            accountant=accountant,
+        )  # type: ignore[arg-type]
         if as_json:
-            click.echo(json.dumps({"epsilon": eps, "noise_multiplier": z, "delta": delta,
-                                   "rounds": rounds, "sampling": sampling, "accountant": accountant,
-                                   "assumption": _assumption(sampling, cohort, population)}))
+            click.echo(
+                json.dumps(
+                    {
+                        "epsilon": eps,
+                        "noise_multiplier": z,
+                        "delta": delta,
+                        "rounds": rounds,
+                        "sampling": sampling,
+                        "accountant": accountant,
+                        "assumption": _assumption(sampling, cohort, population),
+                    }
+                )
+            )
             return
-        click.echo(f"ε = {eps:.4f} at δ = {delta:g} after {rounds} rounds with z = {z:g} "
-                   f"({accountant.upper()} accountant)")
+        click.echo(
+            f"ε = {eps:.4f} at δ = {delta:g} after {rounds} rounds with z = {z:g} ({accountant.upper()} accountant)"
+        )
         click.echo(f"assumes {_assumption(sampling, cohort, population)}")

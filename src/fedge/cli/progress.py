@@ -23,9 +23,13 @@ class ProgressCallback(Callback):
 
     def on_run_start(self, state: StrategyState, rounds: int) -> None:
         self.progress = Progress(
-            TextColumn("round"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=self.console, transient=False,
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("run", total=rounds, completed=state.round_num, status="")

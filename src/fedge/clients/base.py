@@ -63,9 +63,7 @@ class Learner(Protocol):
         rng: np.random.Generator,
     ) -> TrainResult: ...
 
-    def evaluate(
-        self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]
-    ) -> tuple[float, float]:
+    def evaluate(self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]) -> tuple[float, float]:
         """Mean loss and accuracy of ``params`` on ``(x, y)``."""
         ...
 
@@ -133,7 +131,11 @@ def run_fit(
         metrics=metrics,
     )
     update = strategy.client_finish(
-        update, global_params=params, local_params=result.params, ins=ins, ctx=ctx,
+        update,
+        global_params=params,
+        local_params=result.params,
+        ins=ins,
+        ctx=ctx,
         steps=result.steps,
     )
     update = pipeline.client(update, ctx)

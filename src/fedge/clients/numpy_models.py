@@ -116,8 +116,9 @@ class NumpyMLP:
                     g = [gi + np.float32(cfg.weight_decay) * wi for gi, wi in zip(g, w, strict=True)]
                 if cfg.momentum:
                     m = np.float32(cfg.momentum)
-                    bufs = [gi.copy() for gi in g] if bufs is None else \
-                        [m * b + gi for b, gi in zip(bufs, g, strict=True)]
+                    bufs = (
+                        [gi.copy() for gi in g] if bufs is None else [m * b + gi for b, gi in zip(bufs, g, strict=True)]
+                    )
                     g = bufs
                 w = [(wi - lr * gi).astype(np.float32) for wi, gi in zip(w, g, strict=True)]
                 steps += 1
@@ -125,13 +126,9 @@ class NumpyMLP:
                 seen += len(idx)
         return TrainResult(params=w, steps=steps, loss=loss_sum / max(seen, 1), num_examples=n)
 
-    def evaluate(
-        self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]
-    ) -> tuple[float, float]:
+    def evaluate(self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]) -> tuple[float, float]:
         if len(y) and int(np.max(y)) >= self.num_classes:
-            raise ModelError(
-                f"model outputs {self.num_classes} classes but the labels go up to {int(np.max(y))}"
-            )
+            raise ModelError(f"model outputs {self.num_classes} classes but the labels go up to {int(np.max(y))}")
         logits, _ = self.forward(params, np.asarray(x, dtype=np.float32))
         loss, _ = softmax_xent(logits.copy(), y)
         acc = float(np.mean(logits.argmax(axis=1) == y))

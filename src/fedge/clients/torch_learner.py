@@ -75,8 +75,11 @@ class TorchLearner:
         plist = list(module.parameters())
         opt = torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         anchor = [torch.from_numpy(np.ascontiguousarray(p)) for p in params] if cfg.prox_mu else None
-        corr = [torch.from_numpy(np.ascontiguousarray(c)) for c in cfg.grad_correction] \
-            if cfg.grad_correction is not None else None
+        corr = (
+            [torch.from_numpy(np.ascontiguousarray(c)) for c in cfg.grad_correction]
+            if cfg.grad_correction is not None
+            else None
+        )
         n = len(yt)
         epochs, max_steps = step_budget(cfg, n)
         steps, loss_sum, seen = 0, 0.0, 0
@@ -105,12 +108,11 @@ class TorchLearner:
                 steps += 1
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
-        return TrainResult(params=as_params(get_params(module)), steps=steps,
-                           loss=loss_sum / max(seen, 1), num_examples=n)
+        return TrainResult(
+            params=as_params(get_params(module)), steps=steps, loss=loss_sum / max(seen, 1), num_examples=n
+        )
 
-    def evaluate(
-        self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]
-    ) -> tuple[float, float]:
+    def evaluate(self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]) -> tuple[float, float]:
         module = self.module
         set_params(module, params)
         module.eval()
@@ -118,9 +120,7 @@ class TorchLearner:
             out = module(torch.as_tensor(np.asarray(x, dtype=np.float32)))
             yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
             if out.shape[-1] <= int(yt.max()):
-                raise ModelError(
-                    f"model outputs {out.shape[-1]} classes but the labels go up to {int(yt.max())}"
-                )
+                raise ModelError(f"model outputs {out.shape[-1]} classes but the labels go up to {int(yt.max())}")
             loss = float(nn.functional.cross_entropy(out, yt))
             acc = float((out.argmax(dim=-1) == yt).float().mean())
         return loss, acc

@@ -92,8 +92,7 @@ def unpack_bits(packed: npt.NDArray[np.uint8], width: int, n: int) -> npt.NDArra
         raise ValidationError(f"bit-packed values hold {packed.size} bytes, need {n * width} bits")
     bits = np.unpackbits(packed.astype(np.uint8), count=n * width, bitorder="little")
     weights = np.left_shift(np.uint32(1), np.arange(width, dtype=np.uint32))
-    out: npt.NDArray[np.uint32] = (bits.reshape(n, width).astype(np.uint32) * weights).sum(
-        axis=1, dtype=np.uint32)
+    out: npt.NDArray[np.uint32] = (bits.reshape(n, width).astype(np.uint32) * weights).sum(axis=1, dtype=np.uint32)
     return out
 
 
@@ -354,9 +353,17 @@ CODECS = ("float32", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk")
 ROTATABLE = ("int8", "qsgd", "sign")
 
 
-def make_codec(name: str, *, k: float = 0.01, levels: int = 16, bucket: int = 512,
-               per_channel: bool = True, stochastic: bool = True, rescale: bool = False,
-               rotate: bool = False) -> Codec:
+def make_codec(
+    name: str,
+    *,
+    k: float = 0.01,
+    levels: int = 16,
+    bucket: int = 512,
+    per_channel: bool = True,
+    stochastic: bool = True,
+    rescale: bool = False,
+    rotate: bool = False,
+) -> Codec:
     """Build a codec by name; an unknown name or a bad parameter is a one-line ConfigError."""
     codec: Codec
     if name == "float32":

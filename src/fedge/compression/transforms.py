@@ -42,8 +42,9 @@ PAYLOAD_KEY = "compression"
 RESIDUAL_KEY = "compression.residual"
 
 
-def encode_tensors(codec: Codec, tensors: Sequence[np.ndarray], rng: np.random.Generator,
-                   names: Sequence[str] = ()) -> tuple[bytes, Params]:
+def encode_tensors(
+    codec: Codec, tensors: Sequence[np.ndarray], rng: np.random.Generator, names: Sequence[str] = ()
+) -> tuple[bytes, Params]:
     """Encode tensors into one message; returns it and what the receiver will decode."""
     parts = [codec.encode(np.asarray(t, dtype=np.float32), rng) for t in tensors]
     shapes = [tuple(int(d) for d in t.shape) for t in tensors]
@@ -51,8 +52,9 @@ def encode_tensors(codec: Codec, tensors: Sequence[np.ndarray], rng: np.random.G
     return pack(codec_id(codec), names, shapes, parts), decoded
 
 
-def decode_tensors(codec: Codec, blob: bytes,
-                   shapes: Sequence[tuple[int, ...]] | None = None) -> tuple[list[str], Params]:
+def decode_tensors(
+    codec: Codec, blob: bytes, shapes: Sequence[tuple[int, ...]] | None = None
+) -> tuple[list[str], Params]:
     """Decode a message of :func:`encode_tensors`; a foreign or broken one is a ValidationError.
 
     With ``shapes``, a tensor of any other shape is refused before anything is allocated
@@ -60,8 +62,9 @@ def decode_tensors(codec: Codec, blob: bytes,
     """
     msg = unpack(blob)
     if msg.codec != codec_id(codec):
-        raise ValidationError(f"update was encoded with codec id {msg.codec}, the server expects "
-                              f"{codec.name} (id {codec_id(codec)})")
+        raise ValidationError(
+            f"update was encoded with codec id {msg.codec}, the server expects {codec.name} (id {codec_id(codec)})"
+        )
     if shapes is not None:
         allowed = set(shapes)
         bad = [s for s in msg.shapes if s not in allowed]
@@ -76,8 +79,9 @@ class Compress(Transform):
 
     name = "compress"
 
-    def __init__(self, codec: Codec, *, error_feedback: bool | None = None,
-                 entropy: str = "none", scope: str = "tensor") -> None:
+    def __init__(
+        self, codec: Codec, *, error_feedback: bool | None = None, entropy: str = "none", scope: str = "tensor"
+    ) -> None:
         if entropy not in ENTROPY:
             raise ConfigError(f"compression.entropy: {entropy!r} is not one of {', '.join(ENTROPY)}")
         if scope not in SCOPES:
@@ -99,11 +103,11 @@ class Compress(Transform):
             residual = ctx.state.get(RESIDUAL_KEY)
             if residual is not None and [r.shape for r in residual] == [t.shape for t in tensors]:
                 tensors = [t + r for t, r in zip(tensors, residual, strict=True)]
-        blob, decoded = encode_tensors(self.codec, tensors, ctx.rng,
-                                       names if update.extras or self.scope == "model" else ())
+        blob, decoded = encode_tensors(
+            self.codec, tensors, ctx.rng, names if update.extras or self.scope == "model" else ()
+        )
         if self.error_feedback:
-            ctx.state[RESIDUAL_KEY] = [(t - d).astype(np.float32)
-                                       for t, d in zip(tensors, decoded, strict=True)]
+            ctx.state[RESIDUAL_KEY] = [(t - d).astype(np.float32) for t, d in zip(tensors, decoded, strict=True)]
         if self.entropy == "zlib":
             blob = zlib.compress(blob, 9)
         update.payload[PAYLOAD_KEY] = blob
@@ -121,8 +125,7 @@ class Compress(Transform):
             try:
                 blob = zlib.decompress(blob)
             except zlib.error as exc:
-                raise ValidationError(f"update from client {update.client_id} is not valid zlib data: "
-                                      f"{exc}") from None
+                raise ValidationError(f"update from client {update.client_id} is not valid zlib data: {exc}") from None
         if self.scope == "model":
             names, tensors = self._split(update.client_id, blob, rctx)
         else:
@@ -130,8 +133,9 @@ class Compress(Transform):
         if not names:
             names = [""] * len(tensors)
         if len(names) != len(tensors):
-            raise ValidationError(f"update from client {update.client_id} names {len(names)} "
-                                  f"tensors but carries {len(tensors)}")
+            raise ValidationError(
+                f"update from client {update.client_id} names {len(names)} tensors but carries {len(tensors)}"
+            )
         update.delta = [t for n, t in zip(names, tensors, strict=True) if n == ""]
         extras: dict[str, Params] = {}
         for n, t in zip(names, tensors, strict=True):
@@ -141,19 +145,20 @@ class Compress(Transform):
         rctx.info.setdefault("uplink_bytes_per_client", {})[str(update.client_id)] = update.uplink_bytes
         return update
 
-
     def _split(self, cid: int, blob: bytes, rctx: RoundContext) -> tuple[list[str], Params]:
         """Model scope: one flat vector back into the delta's and each extra's tensors."""
         msg = unpack(blob)
         groups = [n for i, n in enumerate(msg.names) if i == 0 or n != msg.names[i - 1]]
         per = len(rctx.spec.shapes)
         if len(msg.names) != per * len(groups):
-            raise ValidationError(f"update from client {cid} names {len(msg.names)} tensors, "
-                                  f"not a whole number of models of {per}")
+            raise ValidationError(
+                f"update from client {cid} names {len(msg.names)} tensors, not a whole number of models of {per}"
+            )
         total = rctx.spec.total * len(groups)
         _, (vector,) = decode_tensors(self.codec, blob, [(total,)])
-        parts = [unflatten(vector[g * rctx.spec.total : (g + 1) * rctx.spec.total], rctx.spec)
-                 for g in range(len(groups))]
+        parts = [
+            unflatten(vector[g * rctx.spec.total : (g + 1) * rctx.spec.total], rctx.spec) for g in range(len(groups))
+        ]
         return list(msg.names), [t for p in parts for t in p]
 
 
@@ -169,8 +174,7 @@ class CompressDownlink(Transform):
         self.log: list[tuple[int, int]] = []
         """``(round, message bytes)`` of the recent reference moves still worth resending."""
 
-    def downlink(self, params: Params, client_ids: Sequence[int],
-                 rctx: RoundContext) -> Downlink | None:
+    def downlink(self, params: Params, client_ids: Sequence[int], rctx: RoundContext) -> Downlink | None:
         full = nbytes(params)
         r = rctx.round_num
         if self.reference is None or [p.shape for p in self.reference] != [p.shape for p in params]:
@@ -179,8 +183,7 @@ class CompressDownlink(Transform):
         else:
             diff = [(p - q).astype(np.float32) for p, q in zip(params, self.reference, strict=True)]
             blob, decoded = encode_tensors(self.codec, diff, rctx.rng)
-            self.reference = [(q + d).astype(np.float32)
-                              for q, d in zip(self.reference, decoded, strict=True)]
+            self.reference = [(q + d).astype(np.float32) for q, d in zip(self.reference, decoded, strict=True)]
             self.log.append((r, len(blob)))
             total = 0
             for i in range(len(self.log) - 1, -1, -1):

@@ -25,8 +25,7 @@ MAGIC = b"FC"
 VERSION = 1
 
 _DTYPES: tuple[np.dtype[np.generic], ...] = tuple(
-    np.dtype(t).newbyteorder("<")
-    for t in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "f2", "f4", "f8")
+    np.dtype(t).newbyteorder("<") for t in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "f2", "f4", "f8")
 )
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
@@ -80,8 +79,7 @@ class _Reader:
                 raise ValidationError("encoded update has a malformed length field")
 
 
-def pack(codec: int, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
-         parts: Sequence[Parts]) -> bytes:
+def pack(codec: int, names: Sequence[str], shapes: Sequence[tuple[int, ...]], parts: Sequence[Parts]) -> bytes:
     """Serialise tensors' encoded parts into one message."""
     out = bytearray(MAGIC)
     out += bytes([VERSION, codec])

@@ -21,8 +21,15 @@ from typing import Any
 from fedge.core.errors import ConfigError
 
 
-def opt(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,
-        min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> Any:
+def opt(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    exclusive_min: bool = False,
+) -> Any:
     """A documented config field."""
     meta = {"doc": doc, "choices": choices, "min": min, "max": max, "exclusive_min": exclusive_min}
     if isinstance(default, list | dict):
@@ -32,18 +39,21 @@ def opt(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("digits", "built-in dataset, or 'files' for your own", choices=(
-        "digits", "synthetic", "synthetic-iid", "files"))
+    dataset: str = opt(
+        "digits", "built-in dataset, or 'files' for your own", choices=("digits", "synthetic", "synthetic-iid", "files")
+    )
     path: str = opt("", "with dataset = 'files': a CSV/Parquet/.npz file, or a folder of one file per client")
     label_column: str = opt("label", "with dataset = 'files': the label column (or .npz array)")
     client_column: str = opt("", "with dataset = 'files': column of client ids ('' = partition the rows)")
     num_clients: int = opt(100, "clients to split the data among (synthetic: number of devices)", min=1)
-    partition: str = opt("dirichlet", "how pooled data is split among clients",
-                         choices=("iid", "dirichlet", "shards", "powerlaw"))
+    partition: str = opt(
+        "dirichlet", "how pooled data is split among clients", choices=("iid", "dirichlet", "shards", "powerlaw")
+    )
     alpha: float = opt(0.5, "Dirichlet concentration: smaller = more label skew", min=0, exclusive_min=True)
     shards_per_client: int = opt(2, "with partition = 'shards': label shards per client", min=1)
-    powerlaw_exponent: float = opt(1.5, "with partition = 'powerlaw': Pareto exponent of client sizes",
-                                   min=0, exclusive_min=True)
+    powerlaw_exponent: float = opt(
+        1.5, "with partition = 'powerlaw': Pareto exponent of client sizes", min=0, exclusive_min=True
+    )
     test_fraction: float = opt(0.2, "share of each client's data held out as its test set", min=0, max=0.95)
     synthetic_alpha: float = opt(1.0, "Synthetic(α, β): model heterogeneity α", min=0)
     synthetic_beta: float = opt(1.0, "Synthetic(α, β): input heterogeneity β", min=0)
@@ -61,8 +71,9 @@ class ModelConfig:
 class StrategyConfig:
     name: str = opt("fedavg", "aggregation strategy (see `fedge strategies`)")
     server_lr: float = opt(1.0, "server learning rate (FedOpt family: its η)", min=0, exclusive_min=True)
-    weighting: str = opt("examples", "weight client deltas by their example count or uniformly",
-                         choices=("examples", "uniform"))
+    weighting: str = opt(
+        "examples", "weight client deltas by their example count or uniformly", choices=("examples", "uniform")
+    )
     mu: float = opt(0.01, "fedprox: proximal term μ", min=0)
     momentum: float = opt(0.9, "fedavgm: server momentum β", min=0, max=0.999)
     beta1: float = opt(0.9, "fedadam/fedyogi/fedadagrad: β1", min=0, max=0.999)
@@ -74,8 +85,7 @@ class StrategyConfig:
 @dataclass
 class TrainingConfig:
     clients_per_round: int = opt(20, "clients selected each round (0 = use fraction)", min=0)
-    fraction: float = opt(0.0, "with clients_per_round = 0: share of available clients per round",
-                          min=0, max=1)
+    fraction: float = opt(0.0, "with clients_per_round = 0: share of available clients per round", min=0, max=1)
     min_clients: int = opt(1, "fewest usable updates for a round to change the model", min=1)
     local_epochs: int = opt(5, "local epochs per round", min=1)
     batch_size: int = opt(10, "local mini-batch size", min=1)
@@ -97,8 +107,9 @@ class EvaluationConfig:
 class Experiment:
     seed: int = opt(0, "seed of every random choice: same seed, same history and model")
     rounds: int = opt(100, "federated rounds", min=1)
-    output: str = opt("runs/{dataset}-{strategy}-seed{seed}",
-                      "output folder ({dataset}, {strategy}, {seed} are filled in)")
+    output: str = opt(
+        "runs/{dataset}-{strategy}-seed{seed}", "output folder ({dataset}, {strategy}, {seed} are filled in)"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -288,5 +299,3 @@ def to_dict(obj: Any) -> dict[str, Any]:
         else:
             d[f.name] = v
     return d
-
-

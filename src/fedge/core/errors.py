@@ -55,6 +55,5 @@ class ClientError(FedgeError):
         self.stage = stage
         self.cause = cause
         super().__init__(
-            f"client {client_id} failed in round {round_num} during {stage}: "
-            f"{type(cause).__name__}: {cause}"
+            f"client {client_id} failed in round {round_num} during {stage}: {type(cause).__name__}: {cause}"
         )

@@ -36,9 +36,7 @@ class ParamSpec:
     def check(self, params: Sequence[npt.NDArray[np.generic]], what: str = "update") -> None:
         """Raise :class:`ValidationError` unless ``params`` has exactly these shapes."""
         if len(params) != len(self.shapes):
-            raise ValidationError(
-                f"{what} has {len(params)} tensors, expected {len(self.shapes)}"
-            )
+            raise ValidationError(f"{what} has {len(params)} tensors, expected {len(self.shapes)}")
         for i, (p, s) in enumerate(zip(params, self.shapes, strict=True)):
             if tuple(p.shape) != s:
                 raise ValidationError(f"{what} tensor {i} has shape {tuple(p.shape)}, expected {s}")

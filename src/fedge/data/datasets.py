@@ -63,23 +63,41 @@ def federate(
     """Partition one pooled dataset among clients, then split each client's part train/test."""
     parts = partition_indices(y, num_clients, scheme, rng, **kwargs)  # type: ignore[arg-type]
     train, test = split_local(parts, test_fraction, rng)
-    return FederatedDataset(x=x, y=y, train=train, test=test,
-                            num_classes=num_classes or int(y.max()) + 1, name=name)
+    return FederatedDataset(x=x, y=y, train=train, test=test, num_classes=num_classes or int(y.max()) + 1, name=name)
 
 
 def digits(
-    *, num_clients: int = 100, scheme: str = "dirichlet", alpha: float = 0.5,
-    test_fraction: float = 0.2, seed: int = 0, **kwargs: float,
+    *,
+    num_clients: int = 100,
+    scheme: str = "dirichlet",
+    alpha: float = 0.5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    **kwargs: float,
 ) -> FederatedDataset:
     x, y = load_digits_arrays()
-    return federate(x, y, num_clients=num_clients, scheme=scheme, test_fraction=test_fraction,
-                    rng=np.random.default_rng(seed), name="digits", num_classes=10,
-                    alpha=alpha, **kwargs)
+    return federate(
+        x,
+        y,
+        num_clients=num_clients,
+        scheme=scheme,
+        test_fraction=test_fraction,
+        rng=np.random.default_rng(seed),
+        name="digits",
+        num_classes=10,
+        alpha=alpha,
+        **kwargs,
+    )
 
 
 def synthetic(
-    alpha: float = 1.0, beta: float = 1.0, *, num_clients: int = 30, iid: bool = False,
-    test_fraction: float = 0.1, seed: int = 0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    *,
+    num_clients: int = 30,
+    iid: bool = False,
+    test_fraction: float = 0.1,
+    seed: int = 0,
 ) -> FederatedDataset:
     """FedProx's Synthetic(α, β) (Li et al., MLSys 2020), recipe of BENCHMARKS.md W1.
 
@@ -113,8 +131,14 @@ def synthetic(
         parts.append(np.arange(start, start + len(yk), dtype=np.int64))
         start += len(yk)
     train, test = split_local(parts, test_fraction, rng)
-    return FederatedDataset(x=np.concatenate(xs), y=np.concatenate(ys), train=train, test=test,
-                            num_classes=SYN_CLASSES, name=f"synthetic({alpha},{beta})" + ("-iid" if iid else ""))
+    return FederatedDataset(
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        train=train,
+        test=test,
+        num_classes=SYN_CLASSES,
+        name=f"synthetic({alpha},{beta})" + ("-iid" if iid else ""),
+    )
 
 
 __all__ = ["Ragged", "digits", "federate", "load_digits_arrays", "partition_indices", "synthetic"]

@@ -45,8 +45,7 @@ class KeyHasher:
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
-            raise DataError(f"the federation secret must be at least {MIN_SECRET_BYTES} bytes, "
-                            f"got {len(self.secret)}")
+            raise DataError(f"the federation secret must be at least {MIN_SECRET_BYTES} bytes, got {len(self.secret)}")
         if not 1 <= self.dim <= 2**24:
             raise DataError(f"hashed feature dimension must be in 1..{2**24}, got {self.dim}")
 
@@ -146,8 +145,9 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_records(path: str | Path, *, strict: bool = False,
-                 labels: Sequence[str] | None = None) -> tuple[list[Record], ReadStats]:
+def read_records(
+    path: str | Path, *, strict: bool = False, labels: Sequence[str] | None = None
+) -> tuple[list[Record], ReadStats]:
     """Read JSON-lines records from a file or a folder of ``.jsonl`` files.
 
     A bad record (corrupt JSON, missing label or client id, non-numeric value, a label
@@ -198,17 +198,23 @@ class CollisionStats:
         return 1.0 - (1.0 - 1.0 / self.dim) ** max(self.keys - 1, 0) if self.keys else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"keys": self.keys, "dim": self.dim, "occupied_buckets": self.occupied,
-                "colliding_keys": self.colliding_keys, "rate": self.rate,
-                "expected_rate": self.expected_rate}
+        return {
+            "keys": self.keys,
+            "dim": self.dim,
+            "occupied_buckets": self.occupied,
+            "colliding_keys": self.colliding_keys,
+            "rate": self.rate,
+            "expected_rate": self.expected_rate,
+        }
 
 
 def collisions(keys: Iterable[str], hasher: KeyHasher) -> CollisionStats:
     """Measure collisions among the distinct ``keys`` (done where the keys are, on a device)."""
     per_bucket = Counter(hasher.bucket(k)[0] for k in set(keys))
     colliding = sum(n for n in per_bucket.values() if n > 1)
-    return CollisionStats(keys=sum(per_bucket.values()), dim=hasher.dim,
-                          occupied=len(per_bucket), colliding_keys=colliding)
+    return CollisionStats(
+        keys=sum(per_bucket.values()), dim=hasher.dim, occupied=len(per_bucket), colliding_keys=colliding
+    )
 
 
 @dataclass
@@ -222,9 +228,17 @@ class KeyValueData:
     collisions: CollisionStats
 
 
-def load_keyvalue(path: str | Path, *, secret: bytes, dim: int = 256, labels: Sequence[str] | None = None,
-                  test_fraction: float = 0.2, seed: int = 0, strict: bool = False,
-                  signed: bool = True) -> KeyValueData:
+def load_keyvalue(
+    path: str | Path,
+    *,
+    secret: bytes,
+    dim: int = 256,
+    labels: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    strict: bool = False,
+    signed: bool = True,
+) -> KeyValueData:
     """Read records, hash each client's keys into ``dim`` features, and federate by ``client_id``.
 
     ``labels`` fixes the class order (the federation agrees on it ahead); by default the
@@ -232,8 +246,7 @@ def load_keyvalue(path: str | Path, *, secret: bytes, dim: int = 256, labels: Se
     """
     records, stats = read_records(path, strict=strict, labels=labels)
     if not records:
-        raise DataError(f"{path}: no usable records ({stats.skipped_total} skipped: "
-                        f"{dict(stats.skipped) or 'empty'})")
+        raise DataError(f"{path}: no usable records ({stats.skipped_total} skipped: {dict(stats.skipped) or 'empty'})")
     hasher = KeyHasher(secret, dim, signed)
     names = list(labels) if labels is not None else sorted({r.label for r in records})
     label_index = {n: i for i, n in enumerate(names)}
@@ -247,7 +260,6 @@ def load_keyvalue(path: str | Path, *, secret: bytes, dim: int = 256, labels: Se
     bounds = np.searchsorted(owner, np.arange(len(clients) + 1))
     parts = [np.arange(bounds[k], bounds[k + 1], dtype=np.int64) for k in range(len(clients))]
     train, test = split_local(parts, test_fraction, np.random.default_rng(seed))
-    data = FederatedDataset(x=x, y=y, train=train, test=test, num_classes=len(names),
-                            name=Path(path).name)
+    data = FederatedDataset(x=x, y=y, train=train, test=test, num_classes=len(names), name=Path(path).name)
     measured = collisions((k for r in ordered for k in r.features), hasher)
     return KeyValueData(data, names, clients, stats, measured)

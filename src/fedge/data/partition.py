@@ -67,7 +67,9 @@ def dirichlet(
 
 
 def shards(
-    labels: npt.NDArray[np.int64], num_clients: int, shards_per_client: int,
+    labels: npt.NDArray[np.int64],
+    num_clients: int,
+    shards_per_client: int,
     rng: np.random.Generator,
 ) -> Parts:
     n = len(labels)

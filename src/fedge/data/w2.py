@@ -26,8 +26,9 @@ BLOCK = 1 << 16
 depend on how many threads there are."""
 
 
-def _draw(w: np.ndarray, b: np.ndarray, sd: np.ndarray, n: int,
-          seed: np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+def _draw(
+    w: np.ndarray, b: np.ndarray, sd: np.ndarray, n: int, seed: np.random.SeedSequence
+) -> tuple[np.ndarray, np.ndarray]:
     x = np.empty((n, DIM), dtype=np.float32)
     y = np.empty(n, dtype=np.int64)
     starts = range(0, n, BLOCK)
@@ -54,8 +55,7 @@ def w2_model(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return w, b, sd
 
 
-def w2(num_clients: int, *, samples_per_client: int = 20, test_size: int = 5000,
-       seed: int = 0) -> FederatedDataset:
+def w2(num_clients: int, *, samples_per_client: int = 20, test_size: int = 5000, seed: int = 0) -> FederatedDataset:
     """The W2 federation: ``num_clients`` × ``samples_per_client`` rows plus a held-out test set."""
     if num_clients < 1 or samples_per_client < 1 or test_size < 0:
         raise DataError(
@@ -67,8 +67,10 @@ def w2(num_clients: int, *, samples_per_client: int = 20, test_size: int = 5000,
     x, y = _draw(w, b, sd, num_clients * samples_per_client, train_seed)
     x_test, y_test = _draw(w, b, sd, test_size, test_seed)
     total = num_clients * samples_per_client
-    train = Ragged(values=np.arange(total, dtype=np.int64),
-                   offsets=np.arange(0, total + 1, samples_per_client, dtype=np.int64))
+    train = Ragged(
+        values=np.arange(total, dtype=np.int64), offsets=np.arange(0, total + 1, samples_per_client, dtype=np.int64)
+    )
     test = Ragged(values=np.zeros(0, dtype=np.int64), offsets=np.zeros(num_clients + 1, dtype=np.int64))
-    return FederatedDataset(x=x, y=y, train=train, test=test, num_classes=CLASSES, name="w2",
-                            x_central=x_test, y_central=y_test)
+    return FederatedDataset(
+        x=x, y=y, train=train, test=test, num_classes=CLASSES, name="w2", x_central=x_test, y_central=y_test
+    )

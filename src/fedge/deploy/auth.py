@@ -58,8 +58,7 @@ def new_keys(out: Path, name: str = "node") -> tuple[Path, Path]:
     if key_path.exists():
         raise ConfigError(f"{key_path} exists; choose another --name or folder")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -100,8 +99,9 @@ def parse_keys(text: str, where: str) -> dict[str, Ed25519PublicKey]:
 
 
 def signed_message(method: str, body: bytes, ts: str, nonce: str) -> bytes:
-    return b"\n".join([b"fedge-v1", method.encode(), hashlib.sha256(body).hexdigest().encode(),
-                       ts.encode(), nonce.encode()])
+    return b"\n".join(
+        [b"fedge-v1", method.encode(), hashlib.sha256(body).hexdigest().encode(), ts.encode(), nonce.encode()]
+    )
 
 
 class Signer:
@@ -115,8 +115,7 @@ class Signer:
         ts = f"{time.time():.3f}"
         nonce = secrets.token_hex(16)
         sig = self.key.sign(signed_message(method, body, ts, nonce))
-        return [(H_NODE, self.node_id), (H_TS, ts), (H_NONCE, nonce),
-                (H_SIG, base64.b64encode(sig).decode())]
+        return [(H_NODE, self.node_id), (H_TS, ts), (H_NONCE, nonce), (H_SIG, base64.b64encode(sig).decode())]
 
 
 @dataclass
@@ -142,8 +141,14 @@ class _KeyFile:
 class Verifier:
     """The server side: checks a request's signature, freshness and nonce."""
 
-    def __init__(self, allow: Path | None, revoked: Path | None = None, *, window_s: float = 60.0,
-                 extra_keys: Sequence[Ed25519PublicKey] = ()) -> None:
+    def __init__(
+        self,
+        allow: Path | None,
+        revoked: Path | None = None,
+        *,
+        window_s: float = 60.0,
+        extra_keys: Sequence[Ed25519PublicKey] = (),
+    ) -> None:
         self._allow = _KeyFile(allow)
         self._revoked = _KeyFile(revoked)
         self._extra = {node_id_of(_raw(k)): k for k in extra_keys}
@@ -171,8 +176,7 @@ class Verifier:
             raise AuthError("UNAUTHENTICATED", "request timestamp is not a number") from None
         now = time.time()
         if not abs(now - t) <= self.window_s:
-            raise AuthError("UNAUTHENTICATED",
-                            f"stale request from node {node}: timestamp {now - t:+.0f}s off")
+            raise AuthError("UNAUTHENTICATED", f"stale request from node {node}: timestamp {now - t:+.0f}s off")
         try:
             pub.verify(base64.b64decode(sig, validate=True), signed_message(method, body, ts, nonce))
         except (InvalidSignature, ValueError):

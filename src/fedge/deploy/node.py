@@ -42,12 +42,19 @@ log = logging.getLogger("fedge.deploy.node")
 SECAGG_WORDS = "secagg_words"
 """``fedge.secagg.transform.PAYLOAD_KEY``, spelled here so a node without it imports nothing."""
 PREFIX = "/fedge.deploy.Fedge/"
-RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+RETRY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+}
 
 
 class Stopped(TransportError):
     """The node was asked to stop (:meth:`Node.stop`, SIGTERM)."""
+
+
 ClientFactory = Callable[[Experiment, int], Client]
 
 
@@ -82,8 +89,7 @@ def partition_client(exp: Experiment, cid: int) -> Client:
     from fedge.models import build_learner
 
     data = load_dataset(exp)
-    learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape,
-                            data.num_classes, exp.model.hidden)
+    learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape, data.num_classes, exp.model.hidden)
     return LearnerClient(cid, learner, data.client(cid))
 
 
@@ -98,9 +104,9 @@ def file_client(path: str, label: str = "label", num_classes: int = 0) -> Client
         n_test = int(len(y) * exp.data.test_fraction)
         order = np.random.default_rng([exp.seed, cid]).permutation(len(y))
         te, tr = order[:n_test], order[n_test:]
-        learner = build_learner(exp.model.name, exp.model.framework, x.shape[1:],
-                                num_classes or int(y.max()) + 1,
-                                exp.model.hidden)
+        learner = build_learner(
+            exp.model.name, exp.model.framework, x.shape[1:], num_classes or int(y.max()) + 1, exp.model.hidden
+        )
         return LearnerClient(cid, learner, ClientData(x[tr], y[tr], x[te], y[te]))
 
     return make
@@ -122,11 +128,10 @@ class StateFile:
         try:
             data = self.path.read_bytes()
             n = int.from_bytes(data[:4], "little")
-            header = wire.parse(pb.BundleHeader, data[4:4 + n])
-            body = data[4 + n:]
+            header = wire.parse(pb.BundleHeader, data[4 : 4 + n])
+            body = data[4 + n :]
             size = header.chunk_size
-            chunks = (pb.Chunk(index=i, data=body[i * size:(i + 1) * size])
-                      for i in range(len(header.chunk_sha256)))
+            chunks = (pb.Chunk(index=i, data=body[i * size : (i + 1) * size]) for i in range(len(header.chunk_sha256)))
             tree = wire.decode(header, chunks, max_bytes=len(body))
             return int(tree["round"]), dict(tree["before"]), dict(tree["after"])
         except (wire.WireError, KeyError, TypeError, ValueError) as exc:
@@ -165,26 +170,38 @@ def decode_instructions(tree: Any) -> tuple[list[np.ndarray], FitInstructions]:
     cfg = TrainConfig(**{k: v for k, v in train.items() if k in known})
     per_client = {int(c): dict(o) for c, o in tree.get("per_client") or []}
     params = [np.asarray(p, dtype=np.float32) for p in tree["params"]]
-    return params, FitInstructions(round_num=int(tree["round"]), train=cfg,
-                                   config=dict(tree.get("config") or {}), per_client=per_client)
+    return params, FitInstructions(
+        round_num=int(tree["round"]), train=cfg, config=dict(tree.get("config") or {}), per_client=per_client
+    )
 
 
 class Node:
     """One device's side of a federation."""
 
-    def __init__(self, server: str, signer: Signer, *, partition: int = -1,
-                 client_factory: ClientFactory | None = None, state_dir: Path | None = None,
-                 root_ca: bytes | None = None, cert_chain: tuple[bytes, bytes] | None = None,
-                 profile: str = "", backoff: Backoff | None = None,
-                 max_task_bytes: int = 2**33) -> None:
+    def __init__(
+        self,
+        server: str,
+        signer: Signer,
+        *,
+        partition: int = -1,
+        client_factory: ClientFactory | None = None,
+        state_dir: Path | None = None,
+        root_ca: bytes | None = None,
+        cert_chain: tuple[bytes, bytes] | None = None,
+        profile: str = "",
+        backoff: Backoff | None = None,
+        max_task_bytes: int = 2**33,
+    ) -> None:
         self.server, self.signer, self.partition = server, signer, partition
         self.client_factory = client_factory or partition_client
         self.state_dir = state_dir
         self.profile = profile
         self.backoff = backoff or Backoff()
         self.max_task_bytes = max_task_bytes
-        opts = [("grpc.max_receive_message_length", wire.MAX_CHUNK + (1 << 20)),
-                ("grpc.max_send_message_length", wire.MAX_CHUNK + (1 << 20))]
+        opts = [
+            ("grpc.max_receive_message_length", wire.MAX_CHUNK + (1 << 20)),
+            ("grpc.max_send_message_length", wire.MAX_CHUNK + (1 << 20)),
+        ]
         if root_ca is not None or cert_chain is not None:
             key, cert = cert_chain or (None, None)
             creds = grpc.ssl_channel_credentials(root_ca, key, cert)
@@ -243,15 +260,16 @@ class Node:
             finally:
                 self._busy.clear()
             self.state: StateFile | MemoryState = (
-                MemoryState() if self.state_dir is None
-                else StateFile(self.state_dir / f"fedge-client-{rep.client_id}.state"))
+                MemoryState()
+                if self.state_dir is None
+                else StateFile(self.state_dir / f"fedge-client-{rep.client_id}.state")
+            )
         log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
         return self.exp
 
     def poll(self, busy: bool = False) -> Any:
         req = pb.PollRequest(session=self.session, busy=busy)
-        reply: Any = wire.parse(pb.PollReply,
-                                         self._retrying("poll", lambda: self._unary("Poll", req)))
+        reply: Any = wire.parse(pb.PollReply, self._retrying("poll", lambda: self._unary("Poll", req)))
         return reply
 
     def stop(self) -> None:
@@ -316,8 +334,12 @@ class Node:
         saved_round, before, after = self.state.load()
         start = before if ins.round_num <= saved_round else after
         state = _copy(start)
-        ctx = ClientContext(client_id=self.client_id, round_num=ins.round_num,
-                            rng=client_rng(self.exp.seed, ins.round_num, self.client_id), state=state)
+        ctx = ClientContext(
+            client_id=self.client_id,
+            round_num=ins.round_num,
+            rng=client_rng(self.exp.seed, ins.round_num, self.client_id),
+            state=state,
+        )
         assert self.client is not None
         self._secagg_words = self._secagg_secrets = self._secagg_sent = None
         try:
@@ -328,9 +350,13 @@ class Node:
                 payload = dict(update.payload)
                 self._secagg_words = (ins.round_num, payload.pop(SECAGG_WORDS))
                 update.payload = {**payload, "secagg": "ready"}
-            tree = {"delta": list(update.delta), "num_examples": int(update.num_examples),
-                    "metrics": update.metrics, "extras": {k: list(v) for k, v in update.extras.items()},
-                    "payload": update.payload}
+            tree = {
+                "delta": list(update.delta),
+                "num_examples": int(update.num_examples),
+                "metrics": update.metrics,
+                "extras": {k: list(v) for k, v in update.extras.items()},
+                "payload": update.payload,
+            }
             out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
             header = pb.PushHeader(task_id=reply.task_id, round=ins.round_num, update=out.header)
         except Exception as exc:
@@ -404,8 +430,7 @@ class Node:
         except TransportError as exc:
             log.warning("event=secagg_failed round=%d stage=%s reason=%r", key[0], key[1], str(exc))
             return
-        log.info("event=secagg round=%d stage=%s accepted=%s reason=%r", key[0], key[1], rep.accepted,
-                 rep.reason)
+        log.info("event=secagg round=%d stage=%s accepted=%s reason=%r", key[0], key[1], rep.accepted, rep.reason)
 
     def _save_state(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
         try:
@@ -415,6 +440,13 @@ class Node:
 
 
 def _copy(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: (np.array(v, copy=True) if isinstance(v, np.ndarray)
-                else [np.array(x, copy=True) for x in v] if isinstance(v, list) else v)
-            for k, v in state.items()}
+    return {
+        k: (
+            np.array(v, copy=True)
+            if isinstance(v, np.ndarray)
+            else [np.array(x, copy=True) for x in v]
+            if isinstance(v, list)
+            else v
+        )
+        for k, v in state.items()
+    }

@@ -38,8 +38,7 @@ from fedge.strategies.base import StrategyState
 log = logging.getLogger("fedge.deploy")
 SERVICE = "fedge.deploy.Fedge"
 MESSAGE_LIMIT = wire.MAX_CHUNK + (1 << 20)
-GRPC_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", MESSAGE_LIMIT)]
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_LIMIT), ("grpc.max_send_message_length", MESSAGE_LIMIT)]
 
 
 def _status(code: str) -> grpc.StatusCode:
@@ -84,14 +83,17 @@ def grpc_handler(svc: FedgeService) -> grpc.GenericRpcHandler:
             _refuse(context, "Push", exc)
             raise
 
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Join": unary("Join", svc.join),
-        "Poll": unary("Poll", svc.poll),
-        "Fetch": grpc.unary_stream_rpc_method_handler(fetch),
-        "Push": grpc.stream_unary_rpc_method_handler(push),
-        "Status": unary("Status", svc.status_reply),
-        "SecAgg": unary("SecAgg", svc.secagg_post),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Join": unary("Join", svc.join),
+            "Poll": unary("Poll", svc.poll),
+            "Fetch": grpc.unary_stream_rpc_method_handler(fetch),
+            "Push": grpc.stream_unary_rpc_method_handler(push),
+            "Status": unary("Status", svc.status_reply),
+            "SecAgg": unary("SecAgg", svc.secagg_post),
+        },
+    )
 
 
 def _read(path: str, what: str) -> bytes:
@@ -110,8 +112,11 @@ def start_grpc(svc: FedgeService, cfg: DeployConfig) -> tuple[grpc.Server, int]:
         if not (cfg.tls_cert and cfg.tls_key):
             raise ConfigError("deploy: tls_cert and tls_key go together")
         ca = _read(cfg.client_ca, "client_ca") if cfg.client_ca else None
-        creds = grpc.ssl_server_credentials([(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
-                                            root_certificates=ca, require_client_auth=ca is not None)
+        creds = grpc.ssl_server_credentials(
+            [(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
         port = server.add_secure_port(address, creds)
     else:
         if cfg.client_ca:
@@ -131,12 +136,25 @@ class _Checkpoint(Callback):
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         self.store.checkpoint(record, state)
-        self.svc.record_round({"round": record.round, "participants": record.participants,
-                               "failed": record.failed, "train_loss": record.train_loss,
-                               "test_accuracy": record.test_accuracy, "wall_s": record.wall_s})
-        log.info("event=round_done round=%d participants=%d failed=%d train_loss=%.4g "
-                 "test_accuracy=%.4g wall_s=%.2f", record.round, record.participants, record.failed,
-                 record.train_loss, record.test_accuracy, record.wall_s)
+        self.svc.record_round(
+            {
+                "round": record.round,
+                "participants": record.participants,
+                "failed": record.failed,
+                "train_loss": record.train_loss,
+                "test_accuracy": record.test_accuracy,
+                "wall_s": record.wall_s,
+            }
+        )
+        log.info(
+            "event=round_done round=%d participants=%d failed=%d train_loss=%.4g test_accuracy=%.4g wall_s=%.2f",
+            record.round,
+            record.participants,
+            record.failed,
+            record.train_loss,
+            record.test_accuracy,
+            record.wall_s,
+        )
         if self.transport.stopping.is_set():
             raise StopRun("stopped by signal")
 
@@ -148,8 +166,7 @@ class Served:
     run_id: str
 
 
-def prepare(exp: Experiment, cfg: DeployConfig, *, resume: bool) -> tuple[Experiment, Store, str,
-                                                                           StrategyState | None]:
+def prepare(exp: Experiment, cfg: DeployConfig, *, resume: bool) -> tuple[Experiment, Store, str, StrategyState | None]:
     """Open the store; on resume, take the run's own config and last checkpoint from it."""
     store = Store(cfg.state)
     run_id = store.meta("run_id")
@@ -167,45 +184,84 @@ def prepare(exp: Experiment, cfg: DeployConfig, *, resume: bool) -> tuple[Experi
     return exp, store, run_id, None
 
 
-def serve(exp: Experiment, *, resume: bool = False, on_ready: Callable[[int], None] | None = None,
-          transport_hook: Callable[[GrpcTransport], None] | None = None,
-          linger_s: float | None = None) -> Served:
+def serve(
+    exp: Experiment,
+    *,
+    resume: bool = False,
+    on_ready: Callable[[int], None] | None = None,
+    transport_hook: Callable[[GrpcTransport], None] | None = None,
+    linger_s: float | None = None,
+) -> Served:
     """Run the whole federation; returns the history of this process's rounds and all rounds."""
     from fedge.experiment import build
 
     cfg: DeployConfig = exp.section("deploy")
     exp, store, run_id, state = prepare(exp, cfg, resume=resume)
     built = build(exp)
-    verifier = Verifier(Path(cfg.allow_list) if cfg.allow_list else None,
-                        Path(cfg.revoked) if cfg.revoked else None, window_s=cfg.window_s)
-    svc = FedgeService(store=store, verifier=verifier, run_id=run_id,
-                       config_toml=to_toml(exp, commented=False), num_clients=built.data.num_clients,
-                       rounds=exp.rounds, min_nodes=cfg.min_nodes, heartbeat_s=cfg.heartbeat_s,
-                       node_timeout_s=cfg.node_timeout_s, chunk_size=cfg.chunk_kib * 1024,
-                       max_update_bytes=int(cfg.max_update_mib * 2**20), max_decoding=cfg.max_decoding)
-    transport = GrpcTransport(svc, wait_s=cfg.wait_s, round_deadline_s=cfg.round_deadline_s,
-                              round_min_nodes=cfg.round_min_nodes, secagg_stage_s=cfg.secagg_stage_s)
+    verifier = Verifier(
+        Path(cfg.allow_list) if cfg.allow_list else None,
+        Path(cfg.revoked) if cfg.revoked else None,
+        window_s=cfg.window_s,
+    )
+    svc = FedgeService(
+        store=store,
+        verifier=verifier,
+        run_id=run_id,
+        config_toml=to_toml(exp, commented=False),
+        num_clients=built.data.num_clients,
+        rounds=exp.rounds,
+        min_nodes=cfg.min_nodes,
+        heartbeat_s=cfg.heartbeat_s,
+        node_timeout_s=cfg.node_timeout_s,
+        chunk_size=cfg.chunk_kib * 1024,
+        max_update_bytes=int(cfg.max_update_mib * 2**20),
+        max_decoding=cfg.max_decoding,
+    )
+    transport = GrpcTransport(
+        svc,
+        wait_s=cfg.wait_s,
+        round_deadline_s=cfg.round_deadline_s,
+        round_min_nodes=cfg.round_min_nodes,
+        secagg_stage_s=cfg.secagg_stage_s,
+    )
     if transport_hook is not None:
         transport_hook(transport)
     _relay_secagg(built.pipeline.transforms, transport)
     server, port = start_grpc(svc, cfg)
-    log.info("event=listening address=%s:%d run=%s resume=%s from_round=%d", cfg.host, port, run_id,
-             resume, 0 if state is None else state.round_num)
+    log.info(
+        "event=listening address=%s:%d run=%s resume=%s from_round=%d",
+        cfg.host,
+        port,
+        run_id,
+        resume,
+        0 if state is None else state.round_num,
+    )
     if on_ready is not None:
         on_ready(port)
     x_c, y_c = built.data.central()
     evaluator: Callable[[Params], tuple[float, float]] | None = None
     if exp.evaluation.centralized and len(y_c):
+
         def evaluator(params: Params) -> tuple[float, float]:
             return built.learner.evaluate(params, x_c, y_c)
+
     try:
-        result = run(strategy=built.strategy, transport=transport, initial_params=built.initial,
-                     rounds=exp.rounds, sampling=built.sampling, train=built.train,
-                     pipeline=built.pipeline, evaluator=evaluator,
-                     eval_plan=EvalPlan(every=exp.evaluation.every), seed=exp.seed,
-                     callbacks=[_Checkpoint(store, svc, transport)], state=state,
-                     max_update_norm=exp.training.max_update_norm or None,
-                     min_updates=exp.training.min_clients)
+        result = run(
+            strategy=built.strategy,
+            transport=transport,
+            initial_params=built.initial,
+            rounds=exp.rounds,
+            sampling=built.sampling,
+            train=built.train,
+            pipeline=built.pipeline,
+            evaluator=evaluator,
+            eval_plan=EvalPlan(every=exp.evaluation.every),
+            seed=exp.seed,
+            callbacks=[_Checkpoint(store, svc, transport)],
+            state=state,
+            max_update_norm=exp.training.max_update_norm or None,
+            min_updates=exp.training.min_clients,
+        )
         if result.stopped_early is None:
             svc.phase = "finished"
             transport.close()

@@ -103,7 +103,8 @@ class RoundTask:
     client_ids: frozenset[int]
     spec: ParamSpec
     results: queue.Queue[tuple[ClientUpdate | ClientFailure, _Verdict]] = field(
-        default_factory=lambda: queue.Queue(maxsize=2))
+        default_factory=lambda: queue.Queue(maxsize=2)
+    )
     done: set[int] = field(default_factory=set)
     closed: bool = False
 
@@ -121,8 +122,13 @@ class _Verdict:
 
 def encode_instructions(params: Params, ins: FitInstructions) -> dict[str, Any]:
     train = {k: getattr(ins.train, k) for k in ins.train.__dataclass_fields__}
-    return {"params": list(params), "round": ins.round_num, "train": train, "config": ins.config,
-            "per_client": [[cid, over] for cid, over in ins.per_client.items()]}
+    return {
+        "params": list(params),
+        "round": ins.round_num,
+        "train": train,
+        "config": ins.config,
+        "per_client": [[cid, over] for cid, over in ins.per_client.items()],
+    }
 
 
 def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate:
@@ -144,19 +150,33 @@ def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate
     if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
         raise wire.WireError("update metrics must map names to numbers")
     if not isinstance(extras, dict) or not all(
-            isinstance(v, list) and all(isinstance(a, np.ndarray) for a in v) for v in extras.values()):
+        isinstance(v, list) and all(isinstance(a, np.ndarray) for a in v) for v in extras.values()
+    ):
         raise wire.WireError("update extras must map names to tensor lists")
     if not isinstance(payload, dict):
         raise wire.WireError("update payload must be a map")
-    return ClientUpdate(client_id=client_id, delta=list(delta), num_examples=n,
-                        metrics={k: float(v) for k, v in metrics.items()},
-                        extras={k: list(v) for k, v in extras.items()}, payload=payload)
+    return ClientUpdate(
+        client_id=client_id,
+        delta=list(delta),
+        num_examples=n,
+        metrics={k: float(v) for k, v in metrics.items()},
+        extras={k: list(v) for k, v in extras.items()},
+        payload=payload,
+    )
 
 
-SECAGG_REQUESTS = {"advertise": "RoundSetup", "share": "KeyRoster", "masked_input": "ShareInbox",
-                   "unmask": "UnmaskRequest"}
-SECAGG_REPLIES = {"advertise": "AdvertiseKeys", "share": "ShareKeys", "masked_input": "MaskedInput",
-                  "unmask": "UnmaskResponse"}
+SECAGG_REQUESTS = {
+    "advertise": "RoundSetup",
+    "share": "KeyRoster",
+    "masked_input": "ShareInbox",
+    "unmask": "UnmaskRequest",
+}
+SECAGG_REPLIES = {
+    "advertise": "AdvertiseKeys",
+    "share": "ShareKeys",
+    "masked_input": "MaskedInput",
+    "unmask": "UnmaskResponse",
+}
 """What the server sends in each stage of secure aggregation, and what a node answers."""
 
 
@@ -188,10 +208,22 @@ class SecAggSession:
 class FedgeService:
     """Node registry, round tasks and the handlers (Join, Poll, Fetch, Push, SecAgg, Status)."""
 
-    def __init__(self, *, store: Store, verifier: Verifier, run_id: str, config_toml: str,
-                 num_clients: int, rounds: int, min_nodes: int = 1, heartbeat_s: float = 2.0,
-                 node_timeout_s: float = 15.0, chunk_size: int = wire.DEFAULT_CHUNK,
-                 max_update_bytes: int = 2**31, max_decoding: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        verifier: Verifier,
+        run_id: str,
+        config_toml: str,
+        num_clients: int,
+        rounds: int,
+        min_nodes: int = 1,
+        heartbeat_s: float = 2.0,
+        node_timeout_s: float = 15.0,
+        chunk_size: int = wire.DEFAULT_CHUNK,
+        max_update_bytes: int = 2**31,
+        max_decoding: int = 4,
+    ) -> None:
         self.store, self.verifier = store, verifier
         self.run_id, self.config_toml = run_id, config_toml
         self.session = uuid.uuid4().hex[:12]
@@ -213,8 +245,7 @@ class FedgeService:
         """Client ids of nodes heard from within the node timeout, sorted."""
         now = time.time()
         with self._lock:
-            return sorted(n.client_id for n in self._nodes.values()
-                          if now - n.last_seen <= self.node_timeout_s)
+            return sorted(n.client_id for n in self._nodes.values() if now - n.last_seen <= self.node_timeout_s)
 
     def is_connected(self, client_id: int) -> bool:
         return client_id in self.connected()
@@ -241,13 +272,15 @@ class FedgeService:
         profile = req.profile[:64]
         with self._lock:
             known = self.store.client_of(node_id)
-            live = {n.client_id: n.node_id for n in self._nodes.values()
-                    if time.time() - n.last_seen <= self.node_timeout_s}
+            live = {
+                n.client_id: n.node_id for n in self._nodes.values() if time.time() - n.last_seen <= self.node_timeout_s
+            }
             if req.partition >= 0:
                 cid = req.partition
                 if cid >= self.num_clients:
-                    raise Refused("INVALID_ARGUMENT",
-                                  f"partition {cid} does not exist: clients are 0..{self.num_clients - 1}")
+                    raise Refused(
+                        "INVALID_ARGUMENT", f"partition {cid} does not exist: clients are 0..{self.num_clients - 1}"
+                    )
                 owner = self.store.node_of(cid)
                 if owner is not None and owner != node_id:
                     raise Refused("ALREADY_EXISTS", f"client {cid} belongs to node {owner}")
@@ -264,9 +297,15 @@ class FedgeService:
             session = uuid.uuid4().hex[:12]
             self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time())
         log.info("event=join node=%s client=%d profile=%r", node_id, cid, profile)
-        return wire.dump(pb.JoinReply(run_id=self.run_id, session=f"{self.session}:{session}", client_id=cid,
-                            config_toml=self.config_toml,
-                            heartbeat_s=self.heartbeat_s))
+        return wire.dump(
+            pb.JoinReply(
+                run_id=self.run_id,
+                session=f"{self.session}:{session}",
+                client_id=cid,
+                config_toml=self.config_toml,
+                heartbeat_s=self.heartbeat_s,
+            )
+        )
 
     def poll(self, raw: bytes, md: Metadata) -> bytes:
         node_id = self._auth("Poll", raw, md)
@@ -274,8 +313,7 @@ class FedgeService:
         server_session, _, node_session = req.session.partition(":")
         node = self._session_node(node_id, node_session) if server_session == self.session else None
         if node is None:
-            return wire.dump(pb.PollReply(action=pb.PollReply.REJOIN,
-                                message="unknown session: join again"))
+            return wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
         node.busy = req.busy
         if self.finished:
             return wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
@@ -285,14 +323,26 @@ class FedgeService:
                 out = sa.outbox.get(node.client_id) if node.client_id not in sa.answered else None
                 stage = sa.stage
             if out is not None:
-                return wire.dump(pb.PollReply(action=pb.PollReply.SECAGG, task_id=sa.task_id,
-                                              round=sa.setup.round_num, secagg_stage=stage,
-                                              secagg_message=out))
+                return wire.dump(
+                    pb.PollReply(
+                        action=pb.PollReply.SECAGG,
+                        task_id=sa.task_id,
+                        round=sa.setup.round_num,
+                        secagg_stage=stage,
+                        secagg_message=out,
+                    )
+                )
         task = self.task
-        if (not req.busy and task is not None and not task.closed
-                and node.client_id in task.client_ids and node.client_id not in task.done):
-            return wire.dump(pb.PollReply(action=pb.PollReply.TRAIN, task_id=task.task_id, round=task.round_num,
-                                task=task.header))
+        if (
+            not req.busy
+            and task is not None
+            and not task.closed
+            and node.client_id in task.client_ids
+            and node.client_id not in task.done
+        ):
+            return wire.dump(
+                pb.PollReply(action=pb.PollReply.TRAIN, task_id=task.task_id, round=task.round_num, task=task.header)
+            )
         return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
 
     def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
@@ -303,7 +353,7 @@ class FedgeService:
             raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} is not open")
         if req.start > len(task.chunks):
             raise Refused("OUT_OF_RANGE", f"task has {len(task.chunks)} chunks")
-        return iter(task.chunks[req.start:])
+        return iter(task.chunks[req.start :])
 
     def push(self, messages: Iterable[bytes], md: Metadata) -> bytes:
         it = iter(messages)
@@ -329,11 +379,12 @@ class FedgeService:
         with self._decoding:
             try:
                 update: ClientUpdate | ClientFailure = (
-                    self._failure(head, node.client_id, task) if head.error
-                    else self._receive(head, it, node.client_id, task))
+                    self._failure(head, node.client_id, task)
+                    if head.error
+                    else self._receive(head, it, node.client_id, task)
+                )
             except (wire.WireError, TransportError, ValueError) as exc:
-                log.warning("event=update_refused node=%s client=%d reason=%r",
-                            node_id, node.client_id, str(exc))
+                log.warning("event=update_refused node=%s client=%d reason=%r", node_id, node.client_id, str(exc))
                 return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
             verdict = _Verdict()
             while not task.closed:
@@ -343,23 +394,23 @@ class FedgeService:
                 except queue.Full:
                     continue
             else:
-                return wire.dump(pb.PushReply(accepted=False,
-                                    reason=f"round {task.round_num} closed"))
+                return wire.dump(pb.PushReply(accepted=False, reason=f"round {task.round_num} closed"))
             del update
             while not verdict.event.wait(0.2):
                 if task.closed and not verdict.event.is_set():
                     verdict.set(False, f"round {task.round_num} closed before the update was read")
         if not verdict.accepted:
-            log.warning("event=update_rejected node=%s client=%d reason=%r",
-                        node_id, node.client_id, verdict.reason)
+            log.warning("event=update_rejected node=%s client=%d reason=%r", node_id, node.client_id, verdict.reason)
         return wire.dump(pb.PushReply(accepted=verdict.accepted, reason=verdict.reason))
 
     def _task_problem(self, task: RoundTask | None, head: Any, cid: int) -> str:
         if task is None or task.closed:
             return f"update for round {head.round} refused: no round is open"
         if head.task_id != task.task_id:
-            return (f"update for task {head.task_id[:40]!r} (round {head.round}) refused: "
-                    f"round {task.round_num} of run {self.run_id} is open")
+            return (
+                f"update for task {head.task_id[:40]!r} (round {head.round}) refused: "
+                f"round {task.round_num} of run {self.run_id} is open"
+            )
         if cid not in task.client_ids:
             return f"client {cid} was not selected in round {task.round_num}"
         if cid in task.done:
@@ -373,8 +424,7 @@ class FedgeService:
             task.done.add(cid)
         return ClientFailure(cid, "fit", f"node reports: {head.error[:300]}")
 
-    def _receive(self, head: Any, rest: Iterator[bytes], cid: int,
-                 task: RoundTask) -> ClientUpdate:
+    def _receive(self, head: Any, rest: Iterator[bytes], cid: int, task: RoundTask) -> ClientUpdate:
         inc = wire.Incoming(head.update, max_bytes=self.max_update_bytes)
         size = len(head.SerializeToString())
         for raw in rest:
@@ -405,8 +455,7 @@ class FedgeService:
         cid, sa = node.client_id, self.secagg
         with self._lock:
             if sa is None or sa.closed or req.task_id != sa.task_id or req.stage != sa.stage:
-                reason = (f"secure aggregation stage {req.stage[:20]!r} of task {req.task_id[:40]!r} "
-                          "is not open")
+                reason = f"secure aggregation stage {req.stage[:20]!r} of task {req.task_id[:40]!r} is not open"
             elif cid not in sa.outbox:
                 reason = f"client {cid} is not expected in stage {sa.stage} of round {sa.setup.round_num}"
             elif cid in sa.answered:
@@ -429,17 +478,17 @@ class FedgeService:
                 reason = str(exc)
             else:
                 if type(msg).__name__ != SECAGG_REPLIES[stage] or msg.client_id != cid:
-                    reason = (f"expected {SECAGG_REPLIES[stage]} from client {cid}, got "
-                              f"{type(msg).__name__} from client {msg.client_id}")
+                    reason = (
+                        f"expected {SECAGG_REPLIES[stage]} from client {cid}, got "
+                        f"{type(msg).__name__} from client {msg.client_id}"
+                    )
                     msg = None
         sa.received_bytes[cid] = sa.received_bytes.get(cid, 0) + len(req.message)
         box.put((cid, msg))
         if reason:
-            log.warning("event=secagg_rejected node=%s client=%d stage=%s reason=%r", node_id, cid,
-                        stage, reason)
+            log.warning("event=secagg_rejected node=%s client=%d stage=%s reason=%r", node_id, cid, stage, reason)
             return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
-        return wire.dump(pb.SecAggReply(accepted=msg is not None,
-                                        reason="" if msg is not None else "withdrew"))
+        return wire.dump(pb.SecAggReply(accepted=msg is not None, reason="" if msg is not None else "withdrew"))
 
     def open_secagg(self, setup: Any) -> SecAggSession:
         sa = SecAggSession(f"{self.run_id}:{self.session}:{setup.round_num}:secagg", setup)
@@ -466,28 +515,34 @@ class FedgeService:
     def status(self) -> ServerStatus:
         now = time.time()
         with self._lock:
-            nodes = tuple(NodeStatus(n.node_id, n.client_id, n.profile, n.last_seen,
-                                     now - n.last_seen <= self.node_timeout_s, n.busy)
-                          for n in sorted(self._nodes.values(), key=lambda n: n.client_id))
+            nodes = tuple(
+                NodeStatus(
+                    n.node_id, n.client_id, n.profile, n.last_seen, now - n.last_seen <= self.node_timeout_s, n.busy
+                )
+                for n in sorted(self._nodes.values(), key=lambda n: n.client_id)
+            )
         task = self.task
         waiting = () if task is None or task.closed else tuple(sorted(task.client_ids - task.done))
         received = 0 if task is None else len(task.done)
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                 for k, v in self.last_metrics.items()}
-        return ServerStatus(self.run_id, self.phase, self.round_num, self.rounds, self.min_nodes,
-                            nodes, waiting, received, clean)
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.last_metrics.items()}
+        return ServerStatus(
+            self.run_id, self.phase, self.round_num, self.rounds, self.min_nodes, nodes, waiting, received, clean
+        )
 
     # -- rounds ------------------------------------------------------------------
-    def open_round(self, round_num: int, client_ids: Sequence[int], params: Params,
-                   ins: FitInstructions) -> RoundTask:
+    def open_round(self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions) -> RoundTask:
         out = wire.encode(encode_instructions(params, ins), self.chunk_size)
-        task = RoundTask(round_num, f"{self.run_id}:{self.session}:{round_num}", out.header,
-                         [wire.dump(c) for c in out.chunks()],
-                         frozenset(int(c) for c in client_ids), ParamSpec.of(params))
+        task = RoundTask(
+            round_num,
+            f"{self.run_id}:{self.session}:{round_num}",
+            out.header,
+            [wire.dump(c) for c in out.chunks()],
+            frozenset(int(c) for c in client_ids),
+            ParamSpec.of(params),
+        )
         del out
         self.round_num, self.phase, self.task = round_num, "training", task
-        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids),
-                 task.header.total_bytes)
+        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), task.header.total_bytes)
         return task
 
     def close_round(self, task: RoundTask) -> None:

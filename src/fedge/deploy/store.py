@@ -38,23 +38,29 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 
 
 def pack_state(state: StrategyState) -> tuple[bytes, bytes]:
-    out = wire.encode({"params": list(state.params), "round": state.round_num,
-                       "slots": {k: list(v) for k, v in state.slots.items()},
-                       "scalars": {k: float(v) for k, v in state.scalars.items()}})
+    out = wire.encode(
+        {
+            "params": list(state.params),
+            "round": state.round_num,
+            "slots": {k: list(v) for k, v in state.slots.items()},
+            "scalars": {k: float(v) for k, v in state.scalars.items()},
+        }
+    )
     return out.header.SerializeToString(), bytes(out.body)
 
 
 def unpack_state(header: bytes, body: bytes) -> StrategyState:
     h = wire.parse(pb.BundleHeader, header)
     size = h.chunk_size
-    chunks = (pb.Chunk(index=i, data=body[i * size:(i + 1) * size])
-              for i in range(len(h.chunk_sha256)))
+    chunks = (pb.Chunk(index=i, data=body[i * size : (i + 1) * size]) for i in range(len(h.chunk_sha256)))
     tree = wire.decode(h, chunks, max_bytes=len(body))
     f32 = [np.array(p, dtype=np.float32) for p in tree["params"]]
-    return StrategyState(params=f32, round_num=int(tree["round"]),
-                         slots={k: [np.array(p, dtype=np.float32) for p in v]
-                                for k, v in tree["slots"].items()},
-                         scalars={k: float(v) for k, v in tree["scalars"].items()})
+    return StrategyState(
+        params=f32,
+        round_num=int(tree["round"]),
+        slots={k: [np.array(p, dtype=np.float32) for p in v] for k, v in tree["slots"].items()},
+        scalars={k: float(v) for k, v in tree["scalars"].items()},
+    )
 
 
 class Store:
@@ -100,29 +106,29 @@ class Store:
     # -- node registry -----------------------------------------------------------
     def client_of(self, node_id: str) -> int | None:
         with self._lock:
-            row = self._db.execute("SELECT client_id FROM nodes WHERE node_id = ?",
-                                   (node_id,)).fetchone()
+            row = self._db.execute("SELECT client_id FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return None if row is None else int(row[0])
 
     def node_of(self, client_id: int) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT node_id FROM nodes WHERE client_id = ?",
-                                   (client_id,)).fetchone()
+            row = self._db.execute("SELECT node_id FROM nodes WHERE client_id = ?", (client_id,)).fetchone()
         return None if row is None else str(row[0])
 
     def register(self, node_id: str, client_id: int, profile: str) -> None:
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
-                       "SET profile = excluded.profile, last_seen = excluded.last_seen",
-                       (node_id, client_id, profile, now, now))
+            db.execute(
+                "INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
+                "SET profile = excluded.profile, last_seen = excluded.last_seen",
+                (node_id, client_id, profile, now, now),
+            )
 
     def nodes(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT node_id, client_id, profile, first_seen, last_seen "
-                                    "FROM nodes ORDER BY client_id").fetchall()
-        return [dict(zip(("node_id", "client_id", "profile", "first_seen", "last_seen"), r,
-                         strict=True)) for r in rows]
+            rows = self._db.execute(
+                "SELECT node_id, client_id, profile, first_seen, last_seen FROM nodes ORDER BY client_id"
+            ).fetchall()
+        return [dict(zip(("node_id", "client_id", "profile", "first_seen", "last_seen"), r, strict=True)) for r in rows]
 
     def used_clients(self) -> set[int]:
         with self._lock:
@@ -135,8 +141,7 @@ class Store:
         rec = json.dumps(record.to_json(), default=str)
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?)", (record.round, rec))
-            db.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?, ?, ?)",
-                       (state.round_num, header, body))
+            db.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?, ?, ?)", (state.round_num, header, body))
 
     def load_state(self) -> StrategyState | None:
         with self._lock:

@@ -32,9 +32,15 @@ log = logging.getLogger("fedge.deploy")
 class GrpcTransport:
     """A :class:`~fedge.transport.base.Transport` whose clients are remote nodes."""
 
-    def __init__(self, service: FedgeService, *, wait_s: float = 300.0,
-                 round_deadline_s: float = 600.0, round_min_nodes: int = 1,
-                 secagg_stage_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        service: FedgeService,
+        *,
+        wait_s: float = 300.0,
+        round_deadline_s: float = 600.0,
+        round_min_nodes: int = 1,
+        secagg_stage_s: float = 60.0,
+    ) -> None:
         self.service = service
         self.secagg_stage_s = secagg_stage_s
         self.round_min_nodes = round_min_nodes
@@ -66,8 +72,7 @@ class GrpcTransport:
                 return ids
             now = time.monotonic()
             missing = sorted(set(range(svc.num_clients)) - set(ids))
-            msg = (f"round {round_num}: {len(ids)} nodes connected, {need} needed "
-                   f"(missing client ids {_short(missing)})")
+            msg = f"round {round_num}: {len(ids)} nodes connected, {need} needed (missing client ids {_short(missing)})"
             if self.stopping.is_set():
                 raise TransportError(f"stopped while waiting for nodes; {msg}")
             if now - start >= self.wait_s:
@@ -77,8 +82,14 @@ class GrpcTransport:
                 last_log = now
             time.sleep(0.05)
 
-    def fit(self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions,
-            reducer: Reducer | None = None) -> Iterator[FitResult]:
+    def fit(
+        self,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        reducer: Reducer | None = None,
+    ) -> Iterator[FitResult]:
         svc = self.service
         task = svc.open_round(round_num, client_ids, params, ins)
         pending = set(task.client_ids)
@@ -88,8 +99,7 @@ class GrpcTransport:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     for cid in sorted(pending):
-                        yield ClientFailure(cid, "fit", f"missed the {self.round_deadline_s:.0f}s "
-                                                        "round deadline")
+                        yield ClientFailure(cid, "fit", f"missed the {self.round_deadline_s:.0f}s round deadline")
                     break
                 try:
                     update, verdict = task.results.get(timeout=min(0.1, left))
@@ -117,16 +127,18 @@ class GrpcTransport:
                     yield ClientFailure(cid, "rejected", str(exc))
                     continue
                 verdict.set(True)
-                metrics = {**update.metrics, "num_examples": float(update.num_examples),
-                           "uplink_bytes": float(update.uplink_bytes)}
+                metrics = {
+                    **update.metrics,
+                    "num_examples": float(update.num_examples),
+                    "uplink_bytes": float(update.uplink_bytes),
+                }
                 n, up = update.num_examples, update.uplink_bytes
                 del update
                 yield PartialSum(terms, [cid], n, [metrics], up)
         finally:
             svc.close_round(task)
 
-    def run_secagg(self, setup: Any, inputs: Mapping[int, npt.NDArray[Any]],
-                   drop: Mapping[str, set[int]]) -> Any:
+    def run_secagg(self, setup: Any, inputs: Mapping[int, npt.NDArray[Any]], drop: Mapping[str, set[int]]) -> Any:
         """The four stages of secure aggregation as message rounds with the cohort's nodes.
 
         The :class:`~fedge.secagg.transform.SecureAggregation` runner of a deployment:
@@ -160,8 +172,7 @@ class GrpcTransport:
             finally:
                 server_s += time.perf_counter() - t0
 
-        def stage(name: str, requests: Mapping[int, Any],
-                  take: Callable[[int, Any], None] | None = None) -> list[Any]:
+        def stage(name: str, requests: Mapping[int, Any], take: Callable[[int, Any], None] | None = None) -> list[Any]:
             packed = {cid: secagg_wire.pack(m) for cid, m in requests.items()}
             svc.secagg_stage(sa, name, packed)
             pending, got = set(packed), []
@@ -211,12 +222,18 @@ class GrpcTransport:
             svc.close_secagg(sa)
         res.server_seconds = server_s
         res.client_bytes = dict(sa.received_bytes)
-        log.info("event=secagg_done round=%d included=%d dropped=%d server_s=%.3f", setup.round_num,
-                 len(res.included), len(gone), server_s)
+        log.info(
+            "event=secagg_done round=%d included=%d dropped=%d server_s=%.3f",
+            setup.round_num,
+            len(res.included),
+            len(gone),
+            server_s,
+        )
         return res
 
-    def evaluate(self, round_num: int, client_ids: Sequence[int],
-                 params: Params) -> Iterator[EvalResult | ClientFailure]:
+    def evaluate(
+        self, round_num: int, client_ids: Sequence[int], params: Params
+    ) -> Iterator[EvalResult | ClientFailure]:
         for cid in client_ids:
             yield ClientFailure(cid, "evaluate", "federated evaluation is not offered over gRPC")
 

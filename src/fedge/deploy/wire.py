@@ -28,8 +28,9 @@ from fedge.deploy.proto import pb
 
 DEFAULT_CHUNK = 2 * 1024 * 1024
 MAX_CHUNK = 8 * 1024 * 1024
-DTYPES = frozenset({"float32", "float64", "float16", "int8", "int16", "int32", "int64",
-                    "uint8", "uint16", "uint32", "uint64", "bool"})
+DTYPES = frozenset(
+    {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
+)
 MAX_DIMS = 8
 
 
@@ -47,7 +48,7 @@ class Outgoing:
     def chunks(self, start: int = 0) -> Iterator[pb.Chunk]:
         size = self.header.chunk_size
         for i in range(start, len(self.header.chunk_sha256)):
-            yield pb.Chunk(index=i, data=bytes(self.body[i * size:(i + 1) * size]))
+            yield pb.Chunk(index=i, data=bytes(self.body[i * size : (i + 1) * size]))
 
 
 def _to_value(obj: Any, arrays: list[npt.NDArray[Any]], depth: int = 0) -> Any:
@@ -104,8 +105,7 @@ def encode(obj: Any, chunk_size: int = DEFAULT_CHUNK) -> Outgoing:
         off += a.nbytes
         header.tensors.add(dtype=a.dtype.name, shape=[int(d) for d in a.shape])
     view = memoryview(body)
-    header.chunk_sha256.extend(hashlib.sha256(view[i:i + chunk_size]).digest()
-                               for i in range(0, total, chunk_size))
+    header.chunk_sha256.extend(hashlib.sha256(view[i : i + chunk_size]).digest() for i in range(0, total, chunk_size))
     return Outgoing(header, view)
 
 
@@ -126,7 +126,7 @@ class Incoming:
             if t.dtype not in DTYPES:
                 raise WireError(f"tensor dtype {t.dtype[:20]!r} is not allowed")
             if len(t.shape) > MAX_DIMS or any(d < 0 for d in t.shape):
-                raise WireError(f"tensor shape {list(t.shape)[:MAX_DIMS + 1]} is not allowed")
+                raise WireError(f"tensor shape {list(t.shape)[: MAX_DIMS + 1]} is not allowed")
             dt = np.dtype(t.dtype).newbyteorder("<")
             n = int(np.prod(t.shape, dtype=object)) * dt.itemsize
             total += n
@@ -136,8 +136,9 @@ class Incoming:
         if total != header.total_bytes:
             raise WireError(f"bundle header says {header.total_bytes} bytes, tensors make {total}")
         if len(header.chunk_sha256) != -(-total // size):
-            raise WireError(f"bundle of {total} bytes needs {-(-total // size)} chunks, "
-                            f"header lists {len(header.chunk_sha256)}")
+            raise WireError(
+                f"bundle of {total} bytes needs {-(-total // size)} chunks, header lists {len(header.chunk_sha256)}"
+            )
         self.header = header
         self.body = bytearray(total)
         self.received = 0
@@ -160,14 +161,13 @@ class Incoming:
             raise WireError(f"chunk {i} has {len(chunk.data)} bytes, expected {expected}")
         if hashlib.sha256(chunk.data).digest() != self.header.chunk_sha256[i]:
             raise WireError(f"chunk {i} fails its SHA-256 checksum")
-        self.body[i * size:i * size + expected] = chunk.data
+        self.body[i * size : i * size + expected] = chunk.data
         self.received += 1
 
     def value(self) -> Any:
         """The decoded tree; arrays are views into the reassembled body."""
         if not self.complete:
-            raise WireError(f"bundle incomplete: {self.received} of "
-                            f"{len(self.header.chunk_sha256)} chunks")
+            raise WireError(f"bundle incomplete: {self.received} of {len(self.header.chunk_sha256)} chunks")
         arrays: list[npt.NDArray[Any]] = []
         off = 0
         buf = memoryview(self.body)
@@ -194,8 +194,7 @@ def _from_value(v: Any, arrays: list[npt.NDArray[Any]], depth: int) -> Any:
     if kind == "map":
         if len(v.map.keys) != len(v.map.values):
             raise WireError("bundle map has unequal key and value counts")
-        return {k: _from_value(x, arrays, depth + 1)
-                for k, x in zip(v.map.keys, v.map.values, strict=True)}
+        return {k: _from_value(x, arrays, depth + 1) for k, x in zip(v.map.keys, v.map.values, strict=True)}
     return getattr(v, kind)
 
 

@@ -47,20 +47,24 @@ class DevicesConfig:
     enabled: bool = opt(False, "simulate edge devices: virtual clock, cost model, availability")
     fleet: dict[str, float] = opt(  # noqa: RUF009 - opt builds a default_factory for dicts
         {"pi4": 0.5, "orin-nano": 0.3, "phone-mid": 0.2},
-        "device mix: catalog name -> share of clients (shares sum to 1)")
+        "device mix: catalog name -> share of clients (shares sum to 1)",
+    )
     profiles: str = opt("", "your own device profile TOML file, added to the catalog")
     speed_jitter: float = opt(0.25, "per-client speed variation: sigma of a lognormal multiplier", min=0)
     precision: str = opt("fp32", "training arithmetic the devices use", choices=("fp32", "int8"))
     policy: str = opt("wait_all", "round policy", choices=POLICIES)
-    deadline_s: float = opt(0.0, "with deadline / partial: round deadline in simulated seconds (0 = none)",
-                            min=0)
+    deadline_s: float = opt(0.0, "with deadline / partial: round deadline in simulated seconds (0 = none)", min=0)
     overcommit: float = opt(1.3, "with overcommit: select ceil(overcommit * K), keep the first K", min=1)
     selection: str = opt("uniform", "client selection", choices=SELECTIONS)
     availability: str = opt("always", "who is online when", choices=("always", "diurnal", "charging", "trace"))
     trace: str = opt("", "with availability = 'trace': FedScale client behaviour trace (pickle or JSON)")
     dropout: float = opt(0.0, "probability that a client drops out in the middle of a round", min=0, max=0.99)
-    straggler_fraction: float = opt(0.0, "share of each cohort that can do only 1..E epochs "
-                                    "(kept with policy = 'partial', dropped otherwise)", min=0, max=1)
+    straggler_fraction: float = opt(
+        0.0,
+        "share of each cohort that can do only 1..E epochs (kept with policy = 'partial', dropped otherwise)",
+        min=0,
+        max=1,
+    )
     oort_preferred_s: float = opt(0.0, "Oort: preferred round duration T in seconds (0 = its pacer)", min=0)
     oort_alpha: float = opt(2.0, "Oort: straggler penalty exponent α", min=0)
 
@@ -86,15 +90,24 @@ def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
     if not cfg.enabled:
         return None
     mix = parse_mix(cfg.fleet, catalog(cfg.profiles or None))
-    fleet = assign_fleet(mix, built.data.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]),
-                         cfg.speed_jitter)
+    fleet = assign_fleet(mix, built.data.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)
     model = count_learner(built.learner, built.data.feature_shape)
     oort = Oort(preferred_s=cfg.oort_preferred_s, alpha=cfg.oort_alpha) if cfg.selection == "oort" else None
     return DevicePolicy(
-        fleet=fleet, model=model, sizes=np.asarray(built.data.num_examples()), train=built.train,
-        policy=cfg.policy, deadline_s=cfg.deadline_s, overcommit=cfg.overcommit,
-        selection=cfg.selection, availability=make_availability(cfg, exp.seed), dropout=cfg.dropout,
-        straggler_fraction=cfg.straggler_fraction, precision=cfg.precision, oort=oort, seed=exp.seed,
+        fleet=fleet,
+        model=model,
+        sizes=np.asarray(built.data.num_examples()),
+        train=built.train,
+        policy=cfg.policy,
+        deadline_s=cfg.deadline_s,
+        overcommit=cfg.overcommit,
+        selection=cfg.selection,
+        availability=make_availability(cfg, exp.seed),
+        dropout=cfg.dropout,
+        straggler_fraction=cfg.straggler_fraction,
+        precision=cfg.precision,
+        oort=oort,
+        seed=exp.seed,
     )
 
 

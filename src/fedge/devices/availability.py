@@ -131,8 +131,10 @@ class TraceAvailability:
         return [c for c in ids if self.traces[c % len(self.traces)].online_at(t)]
 
 
-_SAFE = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float",
-                                    "str", "bytes", "bool", "complex")}
+_SAFE = {
+    ("builtins", n)
+    for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool", "complex")
+}
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -146,8 +148,10 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def _parse_trace(raw: Any, origin: str) -> list[ClientTrace]:
     if not isinstance(raw, Mapping) or not raw:
-        raise DataError(f"{origin}: not a client behaviour trace (expected a non-empty mapping "
-                        "of client id -> {active, inactive, finish_time})")
+        raise DataError(
+            f"{origin}: not a client behaviour trace (expected a non-empty mapping "
+            "of client id -> {active, inactive, finish_time})"
+        )
     out = []
     keys = sorted(raw, key=lambda k: (0, int(k)) if str(k).lstrip("-").isdigit() else (1, str(k)))
     for key in keys:
@@ -157,11 +161,15 @@ def _parse_trace(raw: Any, origin: str) -> list[ClientTrace]:
             inactive = tuple(float(v) for v in entry["inactive"])
             finish = float(entry["finish_time"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{origin}: client {key!r}: not a trace entry with active, inactive "
-                            f"and finish_time ({type(exc).__name__}: {exc})") from None
+            raise DataError(
+                f"{origin}: client {key!r}: not a trace entry with active, inactive "
+                f"and finish_time ({type(exc).__name__}: {exc})"
+            ) from None
         if len(active) != len(inactive) or not active or finish <= 0:
-            raise DataError(f"{origin}: client {key!r}: active and inactive must be equal-length, "
-                            "non-empty lists and finish_time > 0")
+            raise DataError(
+                f"{origin}: client {key!r}: active and inactive must be equal-length, "
+                "non-empty lists and finish_time > 0"
+            )
         if any(b < a for a, b in zip(active, inactive, strict=True)) or list(active) != sorted(active):
             raise DataError(f"{origin}: client {key!r}: windows must be sorted with active <= inactive")
         out.append(ClientTrace(active, inactive, finish))

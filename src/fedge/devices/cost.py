@@ -55,8 +55,9 @@ def linear_flops(in_features: int, out_features: int, bias: bool, rows: int = 1)
     return rows * (2 * in_features * out_features + (out_features if bias else 0))
 
 
-def conv_flops(in_channels: int, out_channels: int, kernel: Sequence[int], groups: int,
-               out_positions: int, bias: bool) -> int:
+def conv_flops(
+    in_channels: int, out_channels: int, kernel: Sequence[int], groups: int, out_positions: int, bias: bool
+) -> int:
     """FLOPs of a convolution with ``out_positions`` output positions per channel."""
     per_output = 2 * (in_channels // groups) * math.prod(kernel) + (1 if bias else 0)
     return out_channels * out_positions * per_output
@@ -70,8 +71,14 @@ def _leaf_flops(module: Any, out_numel: int, out_shape: Sequence[int], in_shape:
         return linear_flops(module.in_features, module.out_features, module.bias is not None, rows)
     if isinstance(module, nn.modules.conv._ConvNd):
         positions = math.prod(out_shape[2:])
-        return out_shape[0] * conv_flops(module.in_channels, module.out_channels, module.kernel_size,
-                                         module.groups, positions, module.bias is not None)
+        return out_shape[0] * conv_flops(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.groups,
+            positions,
+            module.bias is not None,
+        )
     if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
         return 2 * out_numel
     if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
@@ -85,8 +92,10 @@ def _leaf_flops(module: Any, out_numel: int, out_shape: Sequence[int], in_shape:
     if isinstance(module, nn.Embedding):
         return 0
     if any(True for _ in module.parameters(recurse=False)):
-        raise ModelError(f"cannot count the FLOPs of layer {type(module).__name__}; "
-                         "give the device simulation a model of Linear/Conv/Norm layers")
+        raise ModelError(
+            f"cannot count the FLOPs of layer {type(module).__name__}; "
+            "give the device simulation a model of Linear/Conv/Norm layers"
+        )
     return out_numel
 
 
@@ -142,8 +151,10 @@ def count_learner(learner: Any, feature_shape: Sequence[int]) -> ModelCost:
     module = getattr(learner, "module", None)
     if module is not None:
         return count_torch(module, feature_shape)
-    raise ModelError(f"cannot count the FLOPs of a {type(learner).__name__}: "
-                     "the device simulation needs a torch module or a NumPy MLP learner")
+    raise ModelError(
+        f"cannot count the FLOPs of a {type(learner).__name__}: "
+        "the device simulation needs a torch module or a NumPy MLP learner"
+    )
 
 
 def samples_for_steps(steps: int, n: int, batch_size: int) -> int:
@@ -177,11 +188,19 @@ def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
     return nbytes * 8.0 / (mbps * 1e6) + latency_ms / 1000.0
 
 
-def client_cost(profile: DeviceProfile, speed: float, model: ModelCost, *, samples: int, steps: int,
-                down_bytes: float, up_bytes: float, precision: str = "fp32") -> ClientCost:
+def client_cost(
+    profile: DeviceProfile,
+    speed: float,
+    model: ModelCost,
+    *,
+    samples: int,
+    steps: int,
+    down_bytes: float,
+    up_bytes: float,
+    precision: str = "fp32",
+) -> ClientCost:
     """Round time and energy of one client on ``profile`` (speed multiplier ``speed``)."""
-    compute = (model.train_flops(samples) / (profile.flops(precision) * speed)
-               + steps * profile.step_overhead_s / speed)
+    compute = model.train_flops(samples) / (profile.flops(precision) * speed) + steps * profile.step_overhead_s / speed
     down = transfer_s(down_bytes, profile.downlink_mbps, profile.latency_ms)
     up = transfer_s(up_bytes, profile.uplink_mbps, profile.latency_ms)
     energy = profile.power_train_w * compute + profile.power_comm_w * (down + up)

@@ -61,12 +61,24 @@ class _RoundState:
 class DevicePolicy(RoundPolicy):
     """Simulated devices behind the round loop; see the module docstring."""
 
-    def __init__(self, *, fleet: Fleet, model: ModelCost, sizes: npt.NDArray[np.int64],
-                 train: TrainConfig, policy: str = "wait_all", deadline_s: float = 0.0,
-                 overcommit: float = 1.3, selection: str = "uniform",
-                 availability: Availability | None = None, dropout: float = 0.0,
-                 straggler_fraction: float = 0.0, precision: str = "fp32",
-                 oort: Oort | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        fleet: Fleet,
+        model: ModelCost,
+        sizes: npt.NDArray[np.int64],
+        train: TrainConfig,
+        policy: str = "wait_all",
+        deadline_s: float = 0.0,
+        overcommit: float = 1.3,
+        selection: str = "uniform",
+        availability: Availability | None = None,
+        dropout: float = 0.0,
+        straggler_fraction: float = 0.0,
+        precision: str = "fp32",
+        oort: Oort | None = None,
+        seed: int = 0,
+    ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"devices.policy: {policy!r} is not one of {', '.join(POLICIES)}")
         if selection not in SELECTIONS:
@@ -103,8 +115,11 @@ class DevicePolicy(RoundPolicy):
         if train.max_steps is not None:
             self._full_steps = np.minimum(self._full_steps, train.max_steps)
         need = model.memory_bytes(train.batch_size, momentum=train.momentum > 0) / 2**20
-        self.ineligible = {c: f"memory: needs {need:.1f} MiB, {p.name} has {p.ram_mib:g} MiB"
-                           for c, p in enumerate(profs) if need > p.ram_mib}
+        self.ineligible = {
+            c: f"memory: needs {need:.1f} MiB, {p.name} has {p.ram_mib:g} MiB"
+            for c, p in enumerate(profs)
+            if need > p.ram_mib
+        }
         self._eligible = [c for c in range(len(profs)) if c not in self.ineligible]
         self._r = _RoundState()
 
@@ -115,13 +130,16 @@ class DevicePolicy(RoundPolicy):
         out: F64 = (full * n + np.minimum(rest * b, n)).astype(np.float64)
         return out
 
-    def phases(self, ids: npt.NDArray[np.int64], steps: npt.NDArray[np.int64] | None = None,
-               up_bytes: F64 | float | None = None) -> tuple[F64, F64, F64]:
+    def phases(
+        self,
+        ids: npt.NDArray[np.int64],
+        steps: npt.NDArray[np.int64] | None = None,
+        up_bytes: F64 | float | None = None,
+    ) -> tuple[F64, F64, F64]:
         """Predicted (download, compute, upload) seconds of ``ids`` doing ``steps`` steps."""
         steps = self._full_steps[ids] if steps is None else steps
         up = self.up_bytes if up_bytes is None else up_bytes
-        compute = (self.model.train_flops(1) * self._samples(ids, steps) / self._flops[ids]
-                   + steps * self._overhead[ids])
+        compute = self.model.train_flops(1) * self._samples(ids, steps) / self._flops[ids] + steps * self._overhead[ids]
         down = self.down_bytes / self._down[ids] + self._lat[ids]
         upload = up / self._up[ids] + self._lat[ids]
         return down, compute, upload
@@ -136,8 +154,16 @@ class DevicePolicy(RoundPolicy):
         """The cost of what ``cid`` really did (from its reported steps and uplink bytes)."""
         prof = self.fleet.profiles[cid]
         samples = samples_for_steps(steps, int(self.sizes[cid]), self.train.batch_size)
-        return client_cost(prof, float(self.fleet.speed[cid]), self.model, samples=samples, steps=steps,
-                           down_bytes=self.down_bytes, up_bytes=up_bytes, precision=self.precision)
+        return client_cost(
+            prof,
+            float(self.fleet.speed[cid]),
+            self.model,
+            samples=samples,
+            steps=steps,
+            down_bytes=self.down_bytes,
+            up_bytes=up_bytes,
+            precision=self.precision,
+        )
 
     def available(self, round_num: int, ids: list[int]) -> list[int]:
         allowed = set(ids)
@@ -145,8 +171,7 @@ class DevicePolicy(RoundPolicy):
         self._r = _RoundState(online=len(online))
         return online
 
-    def select(self, round_num: int, available: list[int], sampling: Sampling,
-               rng: np.random.Generator) -> list[int]:
+    def select(self, round_num: int, available: list[int], sampling: Sampling, rng: np.random.Generator) -> list[int]:
         if not available:
             return []
         k = sampling.how_many(len(available))
@@ -197,7 +222,7 @@ class DevicePolicy(RoundPolicy):
                 else:
                     keep[i] = False
                     dropped.setdefault("straggler", []).append(int(ids[i]))
-                    part = self.phases(ids[i:i + 1], np.array([s]))[1][0]
+                    part = self.phases(ids[i : i + 1], np.array([s]))[1][0]
                     wasted += float(part * self._p_train[ids[i]] + down[i] * self._p_comm[ids[i]])
             down, compute, upload = self.phases(ids, steps)
             total = down + compute + upload
@@ -224,7 +249,7 @@ class DevicePolicy(RoundPolicy):
         elif self.policy == "overcommit":
             cand = np.flatnonzero(keep)
             order = cand[np.argsort(total[cand], kind="stable")]
-            late = order[r.k:]
+            late = order[r.k :]
             if len(late):
                 end = float(total[order[r.k - 1]])
                 for i in late:
@@ -251,8 +276,11 @@ class DevicePolicy(RoundPolicy):
             c = self.cost(cid, steps, up)
             times[cid] = c.total_s
             energy += c.energy_j
-            observed[cid] = (float(m.get("num_examples", self.sizes[cid])),
-                             float(m.get("train_loss", math.nan)), c.total_s)
+            observed[cid] = (
+                float(m.get("num_examples", self.sizes[cid])),
+                float(m.get("train_loss", math.nan)),
+                c.total_s,
+            )
         ups = [float(m["uplink_bytes"]) for m in client_metrics.values() if "uplink_bytes" in m]
         if ups:
             self.up_bytes = float(np.mean(ups))
@@ -270,8 +298,14 @@ class DevicePolicy(RoundPolicy):
         for cid in client_metrics:
             name = self.fleet.profiles[cid].name
             mix[name] = mix.get(name, 0) + 1
-        record.extra.update({
-            "device_mix": mix,
-            "sim_time_s": duration, "sim_clock_s": self.clock, "energy_j": energy,
-            "energy_wasted_j": r.wasted_j, "online": r.online, "ineligible": len(self.ineligible),
-        })
+        record.extra.update(
+            {
+                "device_mix": mix,
+                "sim_time_s": duration,
+                "sim_clock_s": self.clock,
+                "energy_j": energy,
+                "energy_wasted_j": r.wasted_j,
+                "online": r.online,
+                "ineligible": len(self.ineligible),
+            }
+        )

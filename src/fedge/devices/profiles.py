@@ -56,8 +56,7 @@ class DeviceProfile:
 def _number(origin: str, name: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{origin}: device {name!r}: {key} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and key != "step_overhead_s"
-                                                 and key != "latency_ms"):
+    if not math.isfinite(value) or value < 0 or (value == 0 and key != "step_overhead_s" and key != "latency_ms"):
         raise ConfigError(f"{origin}: device {name!r}: {key} must be positive, got {value!r}")
     return float(value)
 
@@ -78,12 +77,21 @@ def parse_profiles(raw: Mapping[str, Any], origin: str) -> dict[str, DeviceProfi
             raise ConfigError(f"{origin}: device {name!r}: unknown field {unknown[0]!r}{hint}")
         nums = {k: _number(origin, name, k, table[k]) for k in REQUIRED}
         int8 = _number(origin, name, "flops_int8", table["flops_int8"]) if "flops_int8" in table else None
-        comm = (_number(origin, name, "power_comm_w", table["power_comm_w"])
-                if "power_comm_w" in table else nums["power_train_w"] / 2)
+        comm = (
+            _number(origin, name, "power_comm_w", table["power_comm_w"])
+            if "power_comm_w" in table
+            else nums["power_train_w"] / 2
+        )
         overhead = _number(origin, name, "step_overhead_s", table.get("step_overhead_s", 0.0))
-        out[name] = DeviceProfile(name=name, power_comm_w=comm, step_overhead_s=overhead,
-                                  flops_int8=int8, description=str(table.get("description", "")),
-                                  source=str(table.get("source", "")), **nums)
+        out[name] = DeviceProfile(
+            name=name,
+            power_comm_w=comm,
+            step_overhead_s=overhead,
+            flops_int8=int8,
+            description=str(table.get("description", "")),
+            source=str(table.get("source", "")),
+            **nums,
+        )
     return out
 
 
@@ -165,8 +173,9 @@ class Fleet:
         return out
 
 
-def assign_fleet(mix: list[tuple[DeviceProfile, float]], num_clients: int, rng: np.random.Generator,
-                 jitter: float = 0.0) -> Fleet:
+def assign_fleet(
+    mix: list[tuple[DeviceProfile, float]], num_clients: int, rng: np.random.Generator, jitter: float = 0.0
+) -> Fleet:
     """Assign profiles by the mix's shares (exact counts by largest remainder, shuffled) and
     draw each client's speed multiplier from ``lognormal(0, jitter)``."""
     if jitter < 0:

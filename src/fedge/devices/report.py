@@ -23,8 +23,7 @@ class Reached:
     total_energy_kj: float
 
 
-def time_to_target(history: History | Iterable[object], target: float,
-                   key: str = "test_accuracy") -> Reached:
+def time_to_target(history: History | Iterable[object], target: float, key: str = "test_accuracy") -> Reached:
     """The first round whose ``key`` is at least ``target``, with the simulated clock and
     the energy spent up to and including it."""
     rounds = list(history.rounds if isinstance(history, History) else history)
@@ -34,8 +33,10 @@ def time_to_target(history: History | Iterable[object], target: float,
     for rec in rounds:
         extra = getattr(rec, "extra", {})
         if "sim_clock_s" not in extra:
-            raise DataError(f"round {getattr(rec, 'round', '?')} has no simulated time: "
-                            "the run did not use the device simulation ([devices] enabled = true)")
+            raise DataError(
+                f"round {getattr(rec, 'round', '?')} has no simulated time: "
+                "the run did not use the device simulation ([devices] enabled = true)"
+            )
         clock = float(extra["sim_clock_s"])
         energy += float(extra.get("energy_j", 0.0))
         acc = getattr(rec, key, math.nan)
@@ -52,12 +53,15 @@ def time_to_target(history: History | Iterable[object], target: float,
 def tta_table(results: Mapping[str, Reached], target: float, baseline: str | None = None) -> str:
     """A plain-text table, one row per policy; ``speedup`` is against ``baseline``'s hours."""
     base = results[baseline].hours if baseline and baseline in results else math.nan
-    head = f"{'policy':<14} {'round':>6} {'hours to ' + format(target, '.0%'):>13} " \
-           f"{'kJ to target':>12} {'speedup':>8} {'final acc':>9}"
+    head = (
+        f"{'policy':<14} {'round':>6} {'hours to ' + format(target, '.0%'):>13} "
+        f"{'kJ to target':>12} {'speedup':>8} {'final acc':>9}"
+    )
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         speed = base / r.hours if r.hours and not math.isnan(r.hours) else math.nan
         rnd = "-" if r.round is None else str(r.round)
-        lines.append(f"{name:<14} {rnd:>6} {r.hours:>13.4g} {r.energy_kj:>12.4g} "
-                     f"{speed:>7.2f}x {r.final_accuracy:>9.3f}")
+        lines.append(
+            f"{name:<14} {rnd:>6} {r.hours:>13.4g} {r.energy_kj:>12.4g} {speed:>7.2f}x {r.final_accuracy:>9.3f}"
+        )
     return "\n".join(lines)

@@ -30,8 +30,9 @@ def select_uniform(available: Sequence[int], k: int, rng: np.random.Generator) -
     return sorted(int(i) for i in rng.choice(ids, size=min(k, len(ids)), replace=False))
 
 
-def select_weighted(available: Sequence[int], k: int, sizes: npt.NDArray[np.int64],
-                    rng: np.random.Generator) -> list[int]:
+def select_weighted(
+    available: Sequence[int], k: int, sizes: npt.NDArray[np.int64], rng: np.random.Generator
+) -> list[int]:
     """Without replacement, with probability proportional to the client's training examples."""
     ids = np.asarray(sorted(available), dtype=np.int64)
     w = sizes[ids].astype(np.float64) + 1e-12
@@ -74,8 +75,9 @@ class Oort:
             stat *= (pref / t) ** self.alpha
         return stat
 
-    def select(self, round_num: int, available: Sequence[int], k: int, predicted: Mapping[int, float],
-               rng: np.random.Generator) -> list[int]:
+    def select(
+        self, round_num: int, available: Sequence[int], k: int, predicted: Mapping[int, float], rng: np.random.Generator
+    ) -> list[int]:
         k = min(k, len(available))
         eps = max(self.min_exploration, self.exploration * self.exploration_decay ** (round_num - 1))
         explored = [c for c in available if c in self.stat]
@@ -109,6 +111,5 @@ class Oort:
         self.utility_log.append(sum(self.stat.get(c, 0.0) for c in results))
         w = self.pacer_window
         log = self.utility_log
-        if (self.preferred_s <= 0 and len(log) >= 2 * w and len(log) % w == 0
-                and sum(log[-w:]) < sum(log[-2 * w:-w])):
+        if self.preferred_s <= 0 and len(log) >= 2 * w and len(log) % w == 0 and sum(log[-w:]) < sum(log[-2 * w : -w]):
             self.pacer = min(1.0, self.pacer + self.pacer_step)

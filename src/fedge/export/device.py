@@ -48,8 +48,7 @@ class DeviceEstimate:
     note: str = ""
 
 
-def estimate(profile: Any, *, forward_flops: int, activations: int, model_bytes: int,
-             int8: bool) -> DeviceEstimate:
+def estimate(profile: Any, *, forward_flops: int, activations: int, model_bytes: int, int8: bool) -> DeviceEstimate:
     """Latency per sample and memory fit of a model on ``profile``."""
     precision, note = "fp32", ""
     throughput = float(profile.flops_fp32)
@@ -60,8 +59,13 @@ def estimate(profile: Any, *, forward_flops: int, activations: int, model_bytes:
             note = "the profile has no int8 throughput; its fp32 figure is used"
     need = (model_bytes + 4 * activations) / 2**20 + RUNTIME_MIB
     return DeviceEstimate(
-        device=profile.name, precision=precision, throughput_flops=throughput,
-        forward_flops=int(forward_flops), latency_ms_per_sample=1e3 * forward_flops / throughput,
-        memory_needed_mib=need, memory_available_mib=float(profile.ram_mib),
-        fits=need <= float(profile.ram_mib), note=note,
+        device=profile.name,
+        precision=precision,
+        throughput_flops=throughput,
+        forward_flops=int(forward_flops),
+        latency_ms_per_sample=1e3 * forward_flops / throughput,
+        memory_needed_mib=need,
+        memory_available_mib=float(profile.ram_mib),
+        fits=need <= float(profile.ram_mib),
+        note=note,
     )

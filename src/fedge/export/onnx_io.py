@@ -119,9 +119,18 @@ def export_onnx(module: Any, feature_shape: Sequence[int], path: Path) -> Path:
     sample = torch.zeros((2, *feature_shape), dtype=torch.float32)
     try:
         with _quiet():
-            torch.onnx.export(module, (sample,), str(path), dynamo=True, input_names=[INPUT],
-                              output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                              optimize=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(path),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                optimize=True,
+                external_data=False,
+                verbose=False,
+            )
     except Exception as exc:
         raise ModelError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     model = compact(onnx.load(str(path)))
@@ -142,8 +151,10 @@ def session(path: Path) -> Any:
 
 def predict(sess: Any, x: npt.NDArray[np.float32], batch: int = 512) -> npt.NDArray[np.float32]:
     """Run an ONNX Runtime session over ``x`` in batches; returns the logits."""
-    out = [sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)})[0]
-           for i in range(0, len(x), batch)]
+    out = [
+        sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)})[0]
+        for i in range(0, len(x), batch)
+    ]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -160,8 +171,7 @@ def accuracy(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> float
     return float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else float("nan")
 
 
-def validate(module: Any, path: Path, x: npt.NDArray[np.float32], *, atol: float = 1e-4,
-             rtol: float = 1e-3) -> float:
+def validate(module: Any, path: Path, x: npt.NDArray[np.float32], *, atol: float = 1e-4, rtol: float = 1e-3) -> float:
     """Max absolute difference between ONNX Runtime and PyTorch outputs on ``x``.
 
     Raises :class:`ModelError` when any output differs beyond ``atol + rtol * |torch|``.
@@ -172,8 +182,10 @@ def validate(module: Any, path: Path, x: npt.NDArray[np.float32], *, atol: float
         raise ModelError(f"{path.name}: ONNX Runtime output shape {got.shape} != PyTorch {want.shape}")
     diff = np.abs(got - want)
     if not np.all(diff <= atol + rtol * np.abs(want)):
-        raise ModelError(f"{path.name}: ONNX Runtime outputs differ from PyTorch by up to "
-                         f"{float(diff.max()):.3g} (tolerance {atol} + {rtol}·|y|)")
+        raise ModelError(
+            f"{path.name}: ONNX Runtime outputs differ from PyTorch by up to "
+            f"{float(diff.max()):.3g} (tolerance {atol} + {rtol}·|y|)"
+        )
     return float(diff.max()) if diff.size else 0.0
 
 
@@ -182,8 +194,7 @@ def _batches(x: npt.NDArray[np.float32], batch: int = 64) -> Iterator[dict[str, 
         yield {INPUT: np.ascontiguousarray(x[i : i + batch], np.float32)}
 
 
-def quantize(src: Path, dst: Path, mode: str,
-             calibration: npt.NDArray[np.float32] | None = None) -> Path:
+def quantize(src: Path, dst: Path, mode: str, calibration: npt.NDArray[np.float32] | None = None) -> Path:
     """Write an int8 version of ``src`` to ``dst`` (``dynamic``, or ``static``/``int8``)."""
     import onnx
     from onnxruntime.quantization import (
@@ -211,9 +222,15 @@ def quantize(src: Path, dst: Path, mode: str,
                 def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
                     return next(batches, None)
 
-            quantize_static(str(pre), str(dst), Reader(),
-                            quant_format=QuantFormat.QOperator, per_channel=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(pre),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QOperator,
+                per_channel=False,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     model = compact(onnx.load(str(dst)))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))

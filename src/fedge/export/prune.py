@@ -23,8 +23,19 @@ import numpy as np
 from fedge.core.errors import ModelError
 
 NORMS = ("l1", "l2")
-_PASSTHROUGH = ("ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "MaxPool2d", "AvgPool2d",
-                "Flatten", "Unflatten", "Dropout", "Identity")
+_PASSTHROUGH = (
+    "ReLU",
+    "LeakyReLU",
+    "Tanh",
+    "Sigmoid",
+    "GELU",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "Unflatten",
+    "Dropout",
+    "Identity",
+)
 
 
 @dataclass
@@ -60,8 +71,9 @@ def keep_count(units: int, ratio: float, layer: str) -> int:
         raise ModelError(f"pruning ratio must be in [0, 1), got {ratio!r}: 1 would remove every layer")
     keep = round(units * (1.0 - ratio))
     if keep < 1:
-        raise ModelError(f"pruning ratio {ratio} would remove the whole of {layer} "
-                         f"(all {units} units); use a smaller ratio")
+        raise ModelError(
+            f"pruning ratio {ratio} would remove the whole of {layer} (all {units} units); use a smaller ratio"
+        )
     return keep
 
 
@@ -114,9 +126,16 @@ def prune(module: Any, ratio: float, norm: str = "l1") -> PruneResult:
         if isinstance(cur, nn.Linear):
             new_cur = nn.Linear(cur.in_features, n_keep, bias=cur.bias is not None)
         else:
-            new_cur = nn.Conv2d(cur.in_channels, n_keep, cur.kernel_size, stride=cur.stride,
-                                padding=cur.padding, dilation=cur.dilation, bias=cur.bias is not None,
-                                padding_mode=cur.padding_mode)
+            new_cur = nn.Conv2d(
+                cur.in_channels,
+                n_keep,
+                cur.kernel_size,
+                stride=cur.stride,
+                padding=cur.padding,
+                dilation=cur.dilation,
+                bias=cur.bias is not None,
+                padding_mode=cur.padding_mode,
+            )
         with torch.no_grad():
             new_cur.weight.copy_(cur.weight[ki])
             if cur.bias is not None:
@@ -125,8 +144,9 @@ def prune(module: Any, ratio: float, norm: str = "l1") -> PruneResult:
         if isinstance(nxt, nn.Linear) and isinstance(cur, nn.Conv2d):
             per = nxt.in_features // units
             if per * units != nxt.in_features:
-                raise ModelError(f"layer {b} inputs ({nxt.in_features}) are not a whole number "
-                                 f"per channel of layer {a} ({units})")
+                raise ModelError(
+                    f"layer {b} inputs ({nxt.in_features}) are not a whole number per channel of layer {a} ({units})"
+                )
             in_idx = (ki[:, None] * per + torch.arange(per)[None, :]).reshape(-1)
         new_nxt: Any
         if isinstance(nxt, nn.Linear):
@@ -134,9 +154,16 @@ def prune(module: Any, ratio: float, norm: str = "l1") -> PruneResult:
         else:
             if isinstance(cur, nn.Linear):
                 raise ModelError(f"layer {b} is a convolution after a Linear layer; cannot prune layer {a}")
-            new_nxt = nn.Conv2d(len(in_idx), nxt.out_channels, nxt.kernel_size, stride=nxt.stride,
-                                padding=nxt.padding, dilation=nxt.dilation, bias=nxt.bias is not None,
-                                padding_mode=nxt.padding_mode)
+            new_nxt = nn.Conv2d(
+                len(in_idx),
+                nxt.out_channels,
+                nxt.kernel_size,
+                stride=nxt.stride,
+                padding=nxt.padding,
+                dilation=nxt.dilation,
+                bias=nxt.bias is not None,
+                padding_mode=nxt.padding_mode,
+            )
         with torch.no_grad():
             new_nxt.weight.copy_(nxt.weight[:, in_idx])
             if nxt.bias is not None:

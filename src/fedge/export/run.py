@@ -81,8 +81,9 @@ def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
             set_params(module, load_params_npz(npz))
     except (RuntimeError, ModelError, ValueError, OSError) as exc:
         src = pt if pt.is_file() else npz
-        raise DataError(f"{src}: does not hold weights for the configured "
-                        f"{exp.model.name} model: {str(exc).splitlines()[0]}") from None
+        raise DataError(
+            f"{src}: does not hold weights for the configured {exp.model.name} model: {str(exc).splitlines()[0]}"
+        ) from None
     module.eval()
     return exp, data, module
 
@@ -102,8 +103,10 @@ def finetune(exp: Any, data: Any, module: Any, hidden: list[int], rounds: int) -
     from fedge.experiment import build, execute
 
     if exp.model.name != "mlp":
-        raise ModelError(f"federated fine-tuning after pruning needs an mlp (its widths are "
-                         f"configurable); the run's model is {exp.model.name!r}")
+        raise ModelError(
+            f"federated fine-tuning after pruning needs an mlp (its widths are "
+            f"configurable); the run's model is {exp.model.name!r}"
+        )
     ft = copy.deepcopy(exp)
     ft.model.hidden = list(hidden)
     ft.model.framework = "torch"
@@ -157,8 +160,11 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
         tmp = Path(tmp_name)
         reference = onnx_io.export_onnx(module, data.feature_shape, tmp / "float32.onnx")
         onnx_io.validate(module, reference, x_test)
-        exported = (onnx_io.export_onnx(final_module, data.feature_shape, tmp / "pruned.onnx")
-                    if final_module is not module else reference)
+        exported = (
+            onnx_io.export_onnx(final_module, data.feature_shape, tmp / "pruned.onnx")
+            if final_module is not module
+            else reference
+        )
         max_diff = onnx_io.validate(final_module, exported, x_test)
         final = exported
         if opts.quantize != "none":
@@ -173,16 +179,34 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
     est: DeviceEstimate | None = None
     if profile is not None:
         cost = count_torch(final_module, data.feature_shape)
-        est = estimate(profile, forward_flops=cost.forward_flops, activations=cost.activations,
-                       model_bytes=len(blob), int8=opts.quantize != "none")
+        est = estimate(
+            profile,
+            forward_flops=cost.forward_flops,
+            activations=cost.activations,
+            model_bytes=len(blob),
+            int8=opts.quantize != "none",
+        )
     report = ExportReport(
-        run_dir=str(run), model=exp.model.name, quantize=opts.quantize, prune_ratio=float(opts.prune),
-        prune_norm=opts.norm, finetune_rounds=opts.finetune_rounds, params_before=params_before,
-        params_after=count_params(final_module), float32_onnx_bytes=ref_bytes, onnx_bytes=len(blob),
-        size_ratio=ref_bytes / len(blob) if blob else math.nan, accuracy_torch=acc_torch,
-        accuracy_pruned=acc_pruned, accuracy_onnx=acc_onnx, max_abs_diff=max_diff,
-        held_out=len(y_test), host_latency_ms_float32=1e3 * lat_float, host_latency_ms=1e3 * lat,
-        device=est, hidden=hidden,
+        run_dir=str(run),
+        model=exp.model.name,
+        quantize=opts.quantize,
+        prune_ratio=float(opts.prune),
+        prune_norm=opts.norm,
+        finetune_rounds=opts.finetune_rounds,
+        params_before=params_before,
+        params_after=count_params(final_module),
+        float32_onnx_bytes=ref_bytes,
+        onnx_bytes=len(blob),
+        size_ratio=ref_bytes / len(blob) if blob else math.nan,
+        accuracy_torch=acc_torch,
+        accuracy_pruned=acc_pruned,
+        accuracy_onnx=acc_onnx,
+        max_abs_diff=max_diff,
+        held_out=len(y_test),
+        host_latency_ms_float32=1e3 * lat_float,
+        host_latency_ms=1e3 * lat,
+        device=est,
+        hidden=hidden,
     )
     _write_atomic(out / "model.onnx", blob)
     _write_atomic(out / "report.json", report.dumps().encode())

@@ -50,7 +50,8 @@ def token_nll(model: Any, blocks: Blocks, batch_size: int = 16) -> tuple[float, 
             logits = model(input_ids=ids).logits[:, :-1].float()
             target = ids[:, 1:]
             nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+            )
             total += float(nll)
             correct += int((logits.argmax(-1) == target).sum())
             count += int(target.numel())
@@ -64,8 +65,9 @@ class LoraClient:
     over shuffled blocks; the optimiser state starts fresh every round, as in FedAvg.
     """
 
-    def __init__(self, client_id: int, adapter: Adapter, data: TextData, *,
-                 optimizer: str = "adamw", eval_batch_size: int = 16) -> None:
+    def __init__(
+        self, client_id: int, adapter: Adapter, data: TextData, *, optimizer: str = "adamw", eval_batch_size: int = 16
+    ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"llm.optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         self.client_id = client_id
@@ -105,9 +107,12 @@ class LoraClient:
                 losses.append(float(loss.detach()))
                 steps += 1
         model.eval()
-        return TrainResult(params=self.adapter.get(), steps=steps,
-                           loss=float(np.mean(losses)) if losses else math.nan,
-                           num_examples=len(blocks))
+        return TrainResult(
+            params=self.adapter.get(),
+            steps=steps,
+            loss=float(np.mean(losses)) if losses else math.nan,
+            num_examples=len(blocks),
+        )
 
     def loss(self, params: Params) -> float:
         self.adapter.set(params)
@@ -118,5 +123,6 @@ class LoraClient:
         self.adapter.set(params)
         blocks = self.data.test if len(self.data.test) else self.data.train
         nll, acc, n = token_nll(self.adapter.model, blocks, self.eval_batch_size)
-        return EvalResult(client_id=self.client_id, num_examples=n, loss=nll, accuracy=acc,
-                          metrics={"perplexity": math.exp(nll)})
+        return EvalResult(
+            client_id=self.client_id, num_examples=n, loss=nll, accuracy=acc, metrics={"perplexity": math.exp(nll)}
+        )

@@ -20,26 +20,60 @@ from fedge.core.errors import DataError
 _TOPICS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "car": (
         ["turn", "set", "call", "play", "navigate to", "open", "close", "find"],
-        ["the left lane", "the heater", "mom", "some jazz", "the nearest fuel station",
-         "the sunroof", "the windows", "a parking spot", "the radio", "home"],
+        [
+            "the left lane",
+            "the heater",
+            "mom",
+            "some jazz",
+            "the nearest fuel station",
+            "the sunroof",
+            "the windows",
+            "a parking spot",
+            "the radio",
+            "home",
+        ],
         ["now", "please", "in two minutes", "at the next exit", "quietly", "right away"],
     ),
     "repair": (
         ["replaced", "checked", "tightened", "cleaned", "measured", "inspected", "reset"],
-        ["the pump seal", "valve seven", "the drive belt", "the pressure gauge",
-         "the filter housing", "bearing two", "the control board", "the fan motor"],
+        [
+            "the pump seal",
+            "valve seven",
+            "the drive belt",
+            "the pressure gauge",
+            "the filter housing",
+            "bearing two",
+            "the control board",
+            "the fan motor",
+        ],
         ["no leaks found", "within tolerance", "needs follow up", "ok", "worn, swap next visit"],
     ),
     "recipe": (
         ["whisk", "chop", "simmer", "season", "fold in", "bake", "stir", "slice"],
-        ["the onions", "two eggs", "the butter", "a pinch of salt", "the flour",
-         "the tomatoes", "fresh basil", "the garlic"],
+        [
+            "the onions",
+            "two eggs",
+            "the butter",
+            "a pinch of salt",
+            "the flour",
+            "the tomatoes",
+            "fresh basil",
+            "the garlic",
+        ],
         ["for ten minutes", "until golden", "gently", "over low heat", "to taste"],
     ),
     "weather": (
         ["expect", "watch for", "there will be", "forecast shows", "look out for"],
-        ["light rain", "strong winds", "clear skies", "morning fog", "scattered showers",
-         "a cold front", "high pressure", "thunderstorms"],
+        [
+            "light rain",
+            "strong winds",
+            "clear skies",
+            "morning fog",
+            "scattered showers",
+            "a cold front",
+            "high pressure",
+            "thunderstorms",
+        ],
         ["this afternoon", "overnight", "by the weekend", "in the north", "along the coast"],
     ),
 }
@@ -81,20 +115,19 @@ def writer(client_id: int, seed: int = 0) -> Writer:
     return Writer(topic=topic, style=style, favourites=fav)
 
 
-def client_documents(client_id: int, num_docs: int, *, seed: int = 0,
-                     sentences: tuple[int, int] = (2, 5)) -> list[str]:
+def client_documents(client_id: int, num_docs: int, *, seed: int = 0, sentences: tuple[int, int] = (2, 5)) -> list[str]:
     """``num_docs`` short documents written by ``client_id``'s writer."""
     if num_docs < 1:
         raise DataError(f"synthetic corpus: num_docs must be >= 1, got {num_docs}")
     w = writer(client_id, seed)
     rng = np.random.default_rng([seed, client_id, 0xC0DE])
     lo, hi = sentences
-    return [" ".join(w.sentence(rng) for _ in range(int(rng.integers(lo, hi + 1))))
-            for _ in range(num_docs)]
+    return [" ".join(w.sentence(rng) for _ in range(int(rng.integers(lo, hi + 1)))) for _ in range(num_docs)]
 
 
-def write_corpus(folder: str | Path, num_clients: int, docs_per_client: int, *,
-                 seed: int = 0, fmt: str = "jsonl") -> list[Path]:
+def write_corpus(
+    folder: str | Path, num_clients: int, docs_per_client: int, *, seed: int = 0, fmt: str = "jsonl"
+) -> list[Path]:
     """Write one file per client (``client_000.jsonl`` or ``.txt``) and return their paths.
 
     JSON-lines files hold one ``{"text": ...}`` object per document; text files one

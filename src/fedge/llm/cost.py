@@ -49,12 +49,12 @@ class LoraCost:
         """Forward, backward through activations, and the adapter's weight gradients."""
         return float(blocks * (2 * self.forward_flops + self.adapter_flops))
 
-    def memory_bytes(self, batch_size: int, *, optimizer: str = "adamw",
-                     gradient_checkpointing: bool = False, num_layers: int = 1) -> int:
+    def memory_bytes(
+        self, batch_size: int, *, optimizer: str = "adamw", gradient_checkpointing: bool = False, num_layers: int = 1
+    ) -> int:
         """Frozen base + adapter copies + activations of a batch (one layer's with checkpointing)."""
         acts = self.activations // max(1, num_layers) if gradient_checkpointing else self.activations
-        return (self.base_bytes + OPTIMISER_COPIES[optimizer] * self.adapter_bytes
-                + batch_size * acts * FLOAT_BYTES)
+        return self.base_bytes + OPTIMISER_COPIES[optimizer] * self.adapter_bytes + batch_size * acts * FLOAT_BYTES
 
     def model_cost(self, batch_size: int = 8, *, optimizer: str = "adamw") -> ModelCost:
         """For fedge's device simulation: only the adapter counts as parameters (it travels).
@@ -68,8 +68,9 @@ class LoraCost:
         """
         extra = self.memory_bytes(batch_size, optimizer=optimizer) - 2 * self.adapter_bytes
         per_sample = -(-extra // (batch_size * FLOAT_BYTES))
-        return ModelCost(forward_flops=round(self.train_flops(1) / 3), num_params=self.adapter_params,
-                         activations=int(per_sample))
+        return ModelCost(
+            forward_flops=round(self.train_flops(1) / 3), num_params=self.adapter_params, activations=int(per_sample)
+        )
 
 
 def count_lora(adapter: Adapter, block_size: int) -> LoraCost:
@@ -92,8 +93,9 @@ def count_lora(adapter: Adapter, block_size: int) -> LoraCost:
             adapter_flops += f
         acts += int(output.numel())
 
-    layers = [m for m in model.modules()
-              if isinstance(m, torch.nn.Linear | Conv1D) and not any(True for _ in m.children())]
+    layers = [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear | Conv1D) and not any(True for _ in m.children())
+    ]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         model.eval()
@@ -107,6 +109,12 @@ def count_lora(adapter: Adapter, block_size: int) -> LoraCost:
     width = int(getattr(cfg, "n_embd", getattr(cfg, "hidden_size", 0)))
     flops += n_layer * 2 * 2 * block_size * block_size * width
     stats = adapter.base_stats()
-    return LoraCost(block_size=block_size, forward_flops=flops, adapter_flops=adapter_flops,
-                    adapter_params=adapter.num_params, base_params=stats["base_params"],
-                    base_bytes=stats["base_bytes"], activations=acts)
+    return LoraCost(
+        block_size=block_size,
+        forward_flops=flops,
+        adapter_flops=adapter_flops,
+        adapter_params=adapter.num_params,
+        base_params=stats["base_params"],
+        base_bytes=stats["base_bytes"],
+        activations=acts,
+    )

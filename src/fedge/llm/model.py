@@ -65,9 +65,16 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2,
-                    n_positions: int = 128, seed: int = 0,
-                    init_range: float = 0.2) -> Path:
+def build_tiny_base(
+    folder: str | Path,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_positions: int = 128,
+    seed: int = 0,
+    init_range: float = 0.2,
+) -> Path:
     """Save a tiny GPT-2-architecture model with random weights and a byte-level tokenizer.
 
     The folder is in the same format as a downloaded checkpoint (``config.json``,
@@ -87,13 +94,23 @@ def build_tiny_base(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([], vocab_size=TINY_VOCAB, special_tokens=[EOS], show_progress=False)
     tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS,
-                                  unk_token=EOS, pad_token=EOS)
+        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS
+    )
     eos = int(tok.convert_tokens_to_ids(EOS))  # type: ignore[arg-type]
-    cfg = GPT2Config(vocab_size=TINY_VOCAB, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                     n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     initializer_range=init_range)
+    cfg = GPT2Config(
+        vocab_size=TINY_VOCAB,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=init_range,
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(cfg)
     out = Path(folder)
@@ -113,13 +130,11 @@ def _quantization_config(quantization: str) -> Any:
     from transformers import BitsAndBytesConfig
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(f"llm.base_quantization = {quantization!r} needs bitsandbytes: "
-                          "pip install 'fedge[llm]'")
+        raise ConfigError(f"llm.base_quantization = {quantization!r} needs bitsandbytes: pip install 'fedge[llm]'")
     return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
 
 
-def load_base(name_or_path: str | Path, *, dtype: str = "float32",
-              quantization: str = "none") -> tuple[Any, Any]:
+def load_base(name_or_path: str | Path, *, dtype: str = "float32", quantization: str = "none") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local folder or from the local Hugging Face cache.
 
     Nothing is downloaded: a name that is neither an existing folder nor a cached
@@ -142,8 +157,9 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32",
             raise ModelError(f"base model path {ref} has no config.json (not a saved model folder)")
         ref = str(path)
     elif not _in_hf_cache(ref):
-        raise ModelError(f"base model {ref!r} is neither a local folder nor in the local "
-                         "Hugging Face cache (fedge never downloads)")
+        raise ModelError(
+            f"base model {ref!r} is neither a local folder nor in the local Hugging Face cache (fedge never downloads)"
+        )
     torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
     quant = _quantization_config(quantization)
     extra: dict[str, Any] = {} if quant is None else {"quantization_config": quant, "device_map": "cpu"}
@@ -153,8 +169,9 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32",
     except OSError as exc:
         if path.exists():
             raise ModelError(f"base model {ref}: cannot load it: {str(exc).splitlines()[0]}") from None
-        raise ModelError(f"base model {ref!r} is neither a local folder nor in the local "
-                         "Hugging Face cache (fedge never downloads)") from None
+        raise ModelError(
+            f"base model {ref!r} is neither a local folder nor in the local Hugging Face cache (fedge never downloads)"
+        ) from None
     if tokenizer.eos_token_id is None:
         raise ModelError(f"base model {ref}: its tokenizer has no end-of-text token")
     return model, tokenizer
@@ -204,18 +221,21 @@ def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = Fa
             shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
             raise ModelError(f"llm.target_modules: {t!r} matches no layer; the model's layers: {shown}")
     modules = dict(model.named_modules())
-    fan_in_fan_out = any(isinstance(modules[n], Conv1D) for n in names
-                         if any(_matches(n, t) for t in targets))
+    fan_in_fan_out = any(isinstance(modules[n], Conv1D) for n in names if any(_matches(n, t) for t in targets))
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    cfg = LoraConfig(r=spec.rank, lora_dropout=spec.dropout,
-                     lora_alpha=spec.alpha,  # type: ignore[arg-type]
-                     target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=spec.rank,
+        lora_dropout=spec.dropout,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]
+        target_modules=list(targets),
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         return get_peft_model(model, cfg)
@@ -268,9 +288,11 @@ class Adapter:
     def base_stats(self) -> dict[str, int]:
         """Frozen base parameter count and bytes (in its own dtype), for cost models."""
         frozen = [p for p in self.model.parameters() if not p.requires_grad]
-        return {"base_params": int(sum(p.numel() for p in frozen)),
-                "base_bytes": int(sum(p.numel() * p.element_size() for p in frozen)),
-                "adapter_params": self.num_params}
+        return {
+            "base_params": int(sum(p.numel() for p in frozen)),
+            "base_bytes": int(sum(p.numel() * p.element_size() for p in frozen)),
+            "adapter_params": self.num_params,
+        }
 
 
 def perplexity(nll: float) -> float:

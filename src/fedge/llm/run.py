@@ -73,16 +73,23 @@ def client_texts(cfg: LlmConfig, seed: int) -> list[list[str]]:
 
 def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
     """Load (or build, into ``workdir/base``) the base, attach LoRA, tokenise every client."""
-    spec = LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
-                    target_modules=tuple(cfg.target_modules))
+    spec = LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=tuple(cfg.target_modules))
     if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
     base = cfg.base_model
     if not base:
-        base = str(build_tiny_base(Path(workdir) / "base", n_layer=cfg.tiny_layers, n_embd=cfg.tiny_embd,
-                                   n_head=cfg.tiny_heads, n_positions=max(128, cfg.block_size), seed=seed))
+        base = str(
+            build_tiny_base(
+                Path(workdir) / "base",
+                n_layer=cfg.tiny_layers,
+                n_embd=cfg.tiny_embd,
+                n_head=cfg.tiny_heads,
+                n_positions=max(128, cfg.block_size),
+                seed=seed,
+            )
+        )
     model, tokenizer = load_base(base, dtype=cfg.base_dtype, quantization=cfg.base_quantization)
     max_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.block_size > max_pos:
@@ -95,10 +102,12 @@ def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
             raise DataError(f"client {cid}: {len(docs)} documents, need at least 2 (train and test)")
         train, test = split_documents(docs, cfg.test_fraction, np.random.default_rng([seed, cid, 0x7E57]))
         what = f"client {cid}"
-        test_blocks = (tokenise_and_pack(test, setup.encode, cfg.block_size, eos, what=f"{what} held-out text")
-                       if test else np.zeros((0, cfg.block_size), np.int64))
-        setup.data.append(TextData(tokenise_and_pack(train, setup.encode, cfg.block_size, eos, what=what),
-                                   test_blocks))
+        test_blocks = (
+            tokenise_and_pack(test, setup.encode, cfg.block_size, eos, what=f"{what} held-out text")
+            if test
+            else np.zeros((0, cfg.block_size), np.int64)
+        )
+        setup.data.append(TextData(tokenise_and_pack(train, setup.encode, cfg.block_size, eos, what=what), test_blocks))
     return setup
 
 
@@ -136,11 +145,22 @@ def personalised(setup: LoraSetup, params: Params, train: TrainConfig, *, seed: 
     return {"global": math.exp(total / count), "clients": per}
 
 
-def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_round: int,
-             train: TrainConfig, seed: int = 0, transforms: Sequence[Transform] = (),
-             callbacks: Sequence[Callback] = (), backend: str = "sequential",
-             eval_every: int = 1, federated_eval: bool = False, initial: Params | None = None,
-             policy: RoundPolicy | None = None) -> RunResult:
+def federate(
+    setup: LoraSetup,
+    strategy: Strategy,
+    *,
+    rounds: int,
+    clients_per_round: int,
+    train: TrainConfig,
+    seed: int = 0,
+    transforms: Sequence[Transform] = (),
+    callbacks: Sequence[Callback] = (),
+    backend: str = "sequential",
+    eval_every: int = 1,
+    federated_eval: bool = False,
+    initial: Params | None = None,
+    policy: RoundPolicy | None = None,
+) -> RunResult:
     """Run the rounds with the in-process transport; only the adapter travels.
 
     ``initial`` is the starting adapter (default: the one now loaded in the model).
@@ -152,17 +172,22 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
     stops reporting ``product_gap``.
     """
     if backend not in SHARED_MODEL_BACKENDS:
-        raise ConfigError(f"training.backend: {backend!r} cannot run LoRA clients, which share one base "
-                          f"model in this process; use one of {', '.join(SHARED_MODEL_BACKENDS)}")
+        raise ConfigError(
+            f"training.backend: {backend!r} cannot run LoRA clients, which share one base "
+            f"model in this process; use one of {', '.join(SHARED_MODEL_BACKENDS)}"
+        )
     on_sums = [type(t).__name__ for t in transforms if type(t).aggregate is not Transform.aggregate]
     if on_sums and isinstance(strategy, FlexLoRA):
-        raise ConfigError(f"strategy flexlora averages B @ A, which is not linear in the update, so it cannot "
-                          f"run with transforms that act on summed updates ({', '.join(on_sums)}); use lora-fedavg")
+        raise ConfigError(
+            f"strategy flexlora averages B @ A, which is not linear in the update, so it cannot "
+            f"run with transforms that act on summed updates ({', '.join(on_sums)}); use lora-fedavg"
+        )
     if on_sums and isinstance(strategy, LoraFedAvg):
         strategy.report_gap = False
     pipeline = Pipeline(transforms)
-    transport = InProcessTransport(setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline,
-                                   seed=seed, backend=BACKENDS[backend]())
+    transport = InProcessTransport(
+        setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline, seed=seed, backend=BACKENDS[backend]()
+    )
     held_out = np.concatenate([d.test for d in setup.data if len(d.test)] or [setup.data[0].train])
 
     def evaluator(params: list[np.ndarray]) -> tuple[float, float]:
@@ -172,11 +197,20 @@ def federate(setup: LoraSetup, strategy: Strategy, *, rounds: int, clients_per_r
 
     start = initial if initial is not None else setup.adapter.get()
     try:
-        return run(strategy=strategy, transport=transport, initial_params=start,
-                   rounds=rounds, sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
-                   train=train, pipeline=pipeline, evaluator=evaluator,
-                   eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
-                   seed=seed, callbacks=callbacks, policy=policy)
+        return run(
+            strategy=strategy,
+            transport=transport,
+            initial_params=start,
+            rounds=rounds,
+            sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
+            train=train,
+            pipeline=pipeline,
+            evaluator=evaluator,
+            eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
+            seed=seed,
+            callbacks=callbacks,
+            policy=policy,
+        )
     finally:
         transport.close()
 
@@ -201,10 +235,21 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
     model = count_lora(setup.adapter, block_size).model_cost(train.batch_size, optimizer=optimizer)
     oort = Oort(preferred_s=cfg.oort_preferred_s, alpha=cfg.oort_alpha) if cfg.selection == "oort" else None
     return DevicePolicy(
-        fleet=fleet, model=model, sizes=np.asarray([len(d.train) for d in setup.data]), train=train,
-        policy=cfg.policy, deadline_s=cfg.deadline_s, overcommit=cfg.overcommit, selection=cfg.selection,
-        availability=make_availability(cfg, exp.seed), dropout=cfg.dropout,
-        straggler_fraction=cfg.straggler_fraction, precision=cfg.precision, oort=oort, seed=exp.seed)
+        fleet=fleet,
+        model=model,
+        sizes=np.asarray([len(d.train) for d in setup.data]),
+        train=train,
+        policy=cfg.policy,
+        deadline_s=cfg.deadline_s,
+        overcommit=cfg.overcommit,
+        selection=cfg.selection,
+        availability=make_availability(cfg, exp.seed),
+        dropout=cfg.dropout,
+        straggler_fraction=cfg.straggler_fraction,
+        precision=cfg.precision,
+        oort=oort,
+        seed=exp.seed,
+    )
 
 
 def config_transforms(exp: Any) -> list[Transform]:
@@ -215,8 +260,11 @@ def config_transforms(exp: Any) -> list[Transform]:
     return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp)]
 
 
-def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | None = None,
-                   ) -> tuple[RunResult, Path, dict[str, Any]]:
+def run_experiment(
+    exp: Any,
+    callbacks: Sequence[Callback] = (),
+    output: str | None = None,
+) -> tuple[RunResult, Path, dict[str, Any]]:
     """Run an experiment whose ``[llm]`` section is enabled; returns result, folder, summary."""
     from fedge.config import to_toml
     from fedge.experiment import make_strategy
@@ -230,30 +278,45 @@ def run_experiment(exp: Any, callbacks: Sequence[Callback] = (), output: str | N
         initial = setup.adapter.get()
         before = perplexities(setup, initial)
         t = exp.training
-        train = TrainConfig(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                            momentum=t.momentum, weight_decay=t.weight_decay)
-        result = federate(setup, make_strategy(exp), rounds=exp.rounds,
-                          clients_per_round=t.clients_per_round or setup.num_clients, train=train,
-                          seed=exp.seed, callbacks=callbacks, backend=t.backend,
-                          transforms=config_transforms(exp),
-                          eval_every=exp.evaluation.every,
-                          policy=device_policy(exp, setup, train, cfg.block_size))
+        train = TrainConfig(
+            epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+        result = federate(
+            setup,
+            make_strategy(exp),
+            rounds=exp.rounds,
+            clients_per_round=t.clients_per_round or setup.num_clients,
+            train=train,
+            seed=exp.seed,
+            callbacks=callbacks,
+            backend=t.backend,
+            transforms=config_transforms(exp),
+            eval_every=exp.evaluation.every,
+            policy=device_policy(exp, setup, train, cfg.block_size),
+        )
         if result.history and all(r.participants == 0 for r in result.history):
-            first = next((f"{why} (clients {ids})" for r in result.history for why, ids in r.dropped.items()),
-                         "no client trained")
+            first = next(
+                (f"{why} (clients {ids})" for r in result.history for why, ids in r.dropped.items()),
+                "no client trained",
+            )
             raise ModelError(f"no client update was usable in any round; {first}")
         after = perplexities(setup, result.state.params)
         if cfg.personalise_epochs:
             local = replace(train, epochs=cfg.personalise_epochs)
-            extra: dict[str, Any] = {"perplexity_personalised": personalised(
-                setup, result.state.params, local, seed=exp.seed)}
+            extra: dict[str, Any] = {
+                "perplexity_personalised": personalised(setup, result.state.params, local, seed=exp.seed)
+            }
         else:
             extra = {}
         summary = {
-            "rounds": len(result.history), "base_model": cfg.base_model or "tiny random GPT-2",
-            "adapter_bytes": setup.adapter.nbytes, **setup.adapter.base_stats(),
+            "rounds": len(result.history),
+            "base_model": cfg.base_model or "tiny random GPT-2",
+            "adapter_bytes": setup.adapter.nbytes,
+            **setup.adapter.base_stats(),
             "uplink_bytes_per_client_round": [r.uplink_bytes / max(1, r.participants) for r in result.history],
-            "perplexity_base": before, "perplexity_final": after, **extra,
+            "perplexity_base": before,
+            "perplexity_final": after,
+            **extra,
             "wall_s": time.perf_counter() - t0,
         }
         (tmp / "config.toml").write_text(to_toml(exp, commented=False))
@@ -272,9 +335,12 @@ def save_adapter(setup: LoraSetup, params: Params, folder: Path, *, base: str | 
     """
     setup.adapter.set(params)
     setup.adapter.model.save_pretrained(folder / "adapter")
-    info = {"base": base or str(Path(setup.base).resolve() if Path(setup.base).exists() else setup.base),
-            "relative": base is not None, "base_dtype": setup.base_dtype,
-            "base_quantization": setup.quantization}
+    info = {
+        "base": base or str(Path(setup.base).resolve() if Path(setup.base).exists() else setup.base),
+        "relative": base is not None,
+        "base_dtype": setup.base_dtype,
+        "base_quantization": setup.quantization,
+    }
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -304,8 +370,15 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
         return PeftModel.from_pretrained(model, str(d / "adapter")), tokenizer
 
 
-def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 40, temperature: float = 0.8,
-             top_k: int = 0, seed: int = 0) -> str:
+def generate(
+    run_dir: str | Path,
+    prompt: str,
+    *,
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    seed: int = 0,
+) -> str:
     """Sample a continuation of ``prompt`` from the base plus the aggregated adapter."""
     import torch
 
@@ -320,8 +393,7 @@ def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 40, temp
     if enc["input_ids"].shape[1] == 0:
         enc = {"input_ids": torch.tensor([[tok.eos_token_id]])}
     sample = temperature > 0
-    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens,
-                              "pad_token_id": tok.eos_token_id}
+    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens, "pad_token_id": tok.eos_token_id}
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k)
     with torch.no_grad():

@@ -49,11 +49,11 @@ def lora_pairs(shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
     return pairs
 
 
-def products(params: Sequence[npt.NDArray[np.generic]], pairs: Sequence[tuple[int, int]],
-             factor: float = 1.0) -> list[F64]:
+def products(
+    params: Sequence[npt.NDArray[np.generic]], pairs: Sequence[tuple[int, int]], factor: float = 1.0
+) -> list[F64]:
     """``factor * B @ A`` of every layer, in float64."""
-    return [factor * (np.asarray(params[b], np.float64) @ np.asarray(params[a], np.float64))
-            for a, b in pairs]
+    return [factor * (np.asarray(params[b], np.float64) @ np.asarray(params[a], np.float64)) for a, b in pairs]
 
 
 def factorise(delta_w: npt.NDArray[np.floating], rank: int) -> tuple[F64, F64]:
@@ -76,8 +76,7 @@ def relative_error(exact: Sequence[F64], approx: Sequence[F64]) -> float:
 
 
 def _local(global_params: Params, delta: Params) -> list[F64]:
-    return [np.asarray(g, np.float64) + np.asarray(d, np.float64)
-            for g, d in zip(global_params, delta, strict=True)]
+    return [np.asarray(g, np.float64) + np.asarray(d, np.float64) for g, d in zip(global_params, delta, strict=True)]
 
 
 class _AdapterStrategy(Strategy):
@@ -105,8 +104,7 @@ class LoraFedAvg(_AdapterStrategy, FedAvg):
 
     name: ClassVar[str] = "lora-fedavg"
 
-    def __init__(self, *, server_lr: float = 1.0, weighting: str = "examples",
-                 report_gap: bool = True) -> None:
+    def __init__(self, *, server_lr: float = 1.0, weighting: str = "examples", report_gap: bool = True) -> None:
         super().__init__(server_lr=server_lr, weighting=weighting)
         self.report_gap = report_gap
 

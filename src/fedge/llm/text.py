@@ -60,8 +60,7 @@ def client_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def split_documents(docs: Sequence[str], test_fraction: float,
-                    rng: np.random.Generator) -> tuple[list[str], list[str]]:
+def split_documents(docs: Sequence[str], test_fraction: float, rng: np.random.Generator) -> tuple[list[str], list[str]]:
     """Shuffle and hold out ``test_fraction`` of the documents (at least one if any)."""
     if not 0 <= test_fraction < 1:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -74,8 +73,7 @@ def split_documents(docs: Sequence[str], test_fraction: float,
     return train, test
 
 
-def pack(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int,
-         *, what: str = "text") -> Blocks:
+def pack(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int, *, what: str = "text") -> Blocks:
     """Join token lists with ``eos_id`` and cut the stream into ``(n, block_size)`` blocks.
 
     The tail shorter than a block is dropped; text too short for one block is an error.
@@ -92,7 +90,8 @@ def pack(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int,
     return np.asarray(stream[: n * block_size], dtype=np.int64).reshape(n, block_size)
 
 
-def tokenise_and_pack(docs: Sequence[str], encode: Callable[[str], list[int]], block_size: int,
-                      eos_id: int, *, what: str = "text") -> Blocks:
+def tokenise_and_pack(
+    docs: Sequence[str], encode: Callable[[str], list[int]], block_size: int, eos_id: int, *, what: str = "text"
+) -> Blocks:
     """Tokenise each document with ``encode`` and :func:`pack` the result."""
     return pack([encode(d) for d in docs], block_size, eos_id, what=what)

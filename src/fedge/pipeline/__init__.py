@@ -64,17 +64,14 @@ class Transform:
     def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
         return sums
 
-    def downlink(self, params: Params, client_ids: Sequence[int],
-                 rctx: RoundContext) -> Downlink | None:
+    def downlink(self, params: Params, client_ids: Sequence[int], rctx: RoundContext) -> Downlink | None:
         return None
 
     sums_cohort: bool = False
     """True for a transform that sums the round's cohort itself (secure aggregation):
     the loop then hands it every arriving update through :meth:`sum_cohort`."""
 
-    def sum_cohort(
-        self, updates: list[ClientUpdate], rctx: RoundContext
-    ) -> tuple[Terms, int, dict[str, list[int]]]:
+    def sum_cohort(self, updates: list[ClientUpdate], rctx: RoundContext) -> tuple[Terms, int, dict[str, list[int]]]:
         """The summed terms, how many clients they hold, and who was lost (reason -> ids)."""
         raise NotImplementedError(f"{self.name} does not sum cohorts")
 
@@ -103,8 +100,7 @@ class Pipeline:
             sums = t.aggregate(sums, rctx)
         return sums
 
-    def downlink(self, params: Params, client_ids: Sequence[int],
-                 rctx: RoundContext) -> Downlink | None:
+    def downlink(self, params: Params, client_ids: Sequence[int], rctx: RoundContext) -> Downlink | None:
         result: Downlink | None = None
         for t in self.transforms:
             d = t.downlink(params if result is None else result.params, client_ids, rctx)

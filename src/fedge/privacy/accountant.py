@@ -58,32 +58,37 @@ def check_epsilon_delta(epsilon: float | None, delta: float, where: str = "") ->
         raise ConfigError(f"{where}delta must be in (0, 1), got {delta}")
 
 
-def round_event(noise_multiplier: float, *, sampling: SamplingKind, population: int,
-                cohort: int) -> dp_accounting.DpEvent:
+def round_event(
+    noise_multiplier: float, *, sampling: SamplingKind, population: int, cohort: int
+) -> dp_accounting.DpEvent:
     """The DP event of one round: ``cohort`` of ``population`` clients, Gaussian noise ``z * C``."""
     if not noise_multiplier > 0:
         raise ConfigError(f"noise multiplier must be > 0 with DP on, got {noise_multiplier}")
     if not 1 <= cohort <= population:
         raise ConfigError(f"clients per round must be in [1, population = {population}], got {cohort}")
     if sampling == "poisson":
-        return dp_accounting.PoissonSampledDpEvent(
-            cohort / population, dp_accounting.GaussianDpEvent(noise_multiplier))
+        return dp_accounting.PoissonSampledDpEvent(cohort / population, dp_accounting.GaussianDpEvent(noise_multiplier))
     if sampling == "fixed":
         return dp_accounting.SampledWithoutReplacementDpEvent(
-            population, cohort, dp_accounting.GaussianDpEvent(noise_multiplier / 2))
+            population, cohort, dp_accounting.GaussianDpEvent(noise_multiplier / 2)
+        )
     raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
 
 
 def fresh_accountant(kind: AccountantKind, sampling: SamplingKind) -> dp_accounting.PrivacyAccountant:
     """A new dp-accounting accountant with the neighbouring relation ``sampling`` needs."""
-    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if sampling == "fixed"
-                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    relation = (
+        dp_accounting.NeighboringRelation.REPLACE_ONE
+        if sampling == "fixed"
+        else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
     if kind == "rdp":
         return rdp.RdpAccountant(neighboring_relation=relation)
     if kind == "pld":
         if sampling == "fixed":
-            raise ConfigError("the pld accountant supports poisson sampling only; "
-                              "use accountant = 'rdp' with fixed-size sampling")
+            raise ConfigError(
+                "the pld accountant supports poisson sampling only; use accountant = 'rdp' with fixed-size sampling"
+            )
         return pld.PLDAccountant(neighboring_relation=relation)
     raise ConfigError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {kind!r}")
 
@@ -103,8 +108,7 @@ class Accountant:
     def __post_init__(self) -> None:
         fresh_accountant(self.kind, self.sampling)
         if not 1 <= self.cohort <= self.population:
-            raise ConfigError(
-                f"clients per round must be in [1, population = {self.population}], got {self.cohort}")
+            raise ConfigError(f"clients per round must be in [1, population = {self.population}], got {self.cohort}")
 
     @property
     def sampling_rate(self) -> float:
@@ -116,8 +120,7 @@ class Accountant:
 
     def step(self, noise_multiplier: float, rounds: int = 1) -> None:
         """Record ``rounds`` more rounds with this noise multiplier."""
-        event = round_event(noise_multiplier, sampling=self.sampling, population=self.population,
-                            cohort=self.cohort)
+        event = round_event(noise_multiplier, sampling=self.sampling, population=self.population, cohort=self.cohort)
         if self.steps and self.steps[-1][0] == noise_multiplier:
             self.steps[-1] = (noise_multiplier, self.steps[-1][1] + rounds)
         else:
@@ -134,29 +137,50 @@ class Accountant:
         if extra is not None:
             acc = copy.deepcopy(acc) if acc is not None else fresh_accountant(self.kind, self.sampling)
             with _quiet():
-                acc.compose(round_event(extra[0], sampling=self.sampling, population=self.population,
-                                        cohort=self.cohort), extra[1])
+                acc.compose(
+                    round_event(extra[0], sampling=self.sampling, population=self.population, cohort=self.cohort),
+                    extra[1],
+                )
         if acc is None:
             return 0.0
         with _quiet():
             return float(acc.get_epsilon(delta))
 
     def describe(self) -> str:
-        how = ("Poisson sampling, add/remove-one client" if self.sampling == "poisson"
-               else "fixed-size sampling without replacement, replace-one client")
+        how = (
+            "Poisson sampling, add/remove-one client"
+            if self.sampling == "poisson"
+            else "fixed-size sampling without replacement, replace-one client"
+        )
         return f"{self.kind.upper()} accountant, {how}, q = {self.sampling_rate:.6g}"
 
 
-def epsilon_for(noise_multiplier: float, *, delta: float, rounds: int, cohort: int, population: int,
-                sampling: SamplingKind = "poisson", accountant: AccountantKind = "rdp") -> float:
+def epsilon_for(
+    noise_multiplier: float,
+    *,
+    delta: float,
+    rounds: int,
+    cohort: int,
+    population: int,
+    sampling: SamplingKind = "poisson",
+    accountant: AccountantKind = "rdp",
+) -> float:
     """ε after ``rounds`` identical rounds."""
     acc = Accountant(accountant, sampling, population, cohort)
     acc.step(noise_multiplier, rounds)
     return acc.epsilon(delta)
 
 
-def plan_noise(*, epsilon: float, delta: float, rounds: int, cohort: int, population: int,
-               sampling: SamplingKind = "poisson", accountant: AccountantKind = "rdp") -> float:
+def plan_noise(
+    *,
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    cohort: int,
+    population: int,
+    sampling: SamplingKind = "poisson",
+    accountant: AccountantKind = "rdp",
+) -> float:
     """The smallest noise multiplier ``z`` whose run of ``rounds`` rounds is (ε, δ)-DP."""
     check_epsilon_delta(epsilon, delta)
     if rounds < 1:
@@ -167,26 +191,53 @@ def plan_noise(*, epsilon: float, delta: float, rounds: int, cohort: int, popula
 
     def event(z: float) -> dp_accounting.DpEvent:
         return dp_accounting.SelfComposedDpEvent(
-            round_event(z, sampling=sampling, population=population, cohort=cohort), rounds)
+            round_event(z, sampling=sampling, population=population, cohort=cohort), rounds
+        )
 
     with _quiet():
         return _calibrate(event, epsilon, delta, sampling, accountant)
 
 
-def _calibrate(event: Callable[[float], dp_accounting.DpEvent], epsilon: float, delta: float,
-               sampling: SamplingKind, accountant: AccountantKind) -> float:
-    rdp_z = float(dp_accounting.calibrate_dp_mechanism(
-        lambda: fresh_accountant("rdp", sampling), event, epsilon, delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-5))
+def _calibrate(
+    event: Callable[[float], dp_accounting.DpEvent],
+    epsilon: float,
+    delta: float,
+    sampling: SamplingKind,
+    accountant: AccountantKind,
+) -> float:
+    rdp_z = float(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: fresh_accountant("rdp", sampling),
+            event,
+            epsilon,
+            delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
+            tol=1e-5,
+        )
+    )
     if accountant == "rdp":
         return rdp_z
     # RDP is never tighter than PLD, so its z bounds the search from above; a very small
     # lower end would make the PLD discretisation huge.
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: fresh_accountant("pld", sampling), event, epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(min(max(0.2, rdp_z / 3), rdp_z / 2), rdp_z * 1.001),
-        tol=1e-4))
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: fresh_accountant("pld", sampling),
+            event,
+            epsilon,
+            delta,
+            bracket_interval=dp_accounting.ExplicitBracketInterval(min(max(0.2, rdp_z / 3), rdp_z / 2), rdp_z * 1.001),
+            tol=1e-4,
+        )
+    )
 
 
-__all__ = ["ACCOUNTANTS", "SAMPLINGS", "Accountant", "check_epsilon_delta", "epsilon_for",
-           "fresh_accountant", "plan_noise", "round_event"]
+__all__ = [
+    "ACCOUNTANTS",
+    "SAMPLINGS",
+    "Accountant",
+    "check_epsilon_delta",
+    "epsilon_for",
+    "fresh_accountant",
+    "plan_noise",
+    "round_event",
+]

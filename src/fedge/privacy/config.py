@@ -38,27 +38,39 @@ if TYPE_CHECKING:
 
 @dataclass
 class PrivacyConfig:
-    mode: str = opt("off", "differential privacy: central (DP-FedAvg) or local (noise on the client)",
-                    choices=("off", "central", "local"))
-    clip_norm: float = opt(1.0, "L2 bound C on each client's update (adaptive: its starting value)",
-                           min=0, exclusive_min=True)
-    clip_at: str = opt("server", "where updates are clipped; client composes with secure aggregation",
-                       choices=("server", "client"))
-    noise_multiplier: float = opt(1.0, "central: z, noise stddev z*C on the sum (plan it with "
-                                       "`fedge privacy plan`)", min=0)
+    mode: str = opt(
+        "off",
+        "differential privacy: central (DP-FedAvg) or local (noise on the client)",
+        choices=("off", "central", "local"),
+    )
+    clip_norm: float = opt(
+        1.0, "L2 bound C on each client's update (adaptive: its starting value)", min=0, exclusive_min=True
+    )
+    clip_at: str = opt(
+        "server", "where updates are clipped; client composes with secure aggregation", choices=("server", "client")
+    )
+    noise_multiplier: float = opt(
+        1.0, "central: z, noise stddev z*C on the sum (plan it with `fedge privacy plan`)", min=0
+    )
     delta: float = opt(1e-5, "δ at which ε is reported", min=0, exclusive_min=True, max=1)
     target_epsilon: float = opt(0.0, "central: privacy budget ε (0 = none)", min=0)
     stop_on_budget: bool = opt(True, "central: stop the run before a round would exceed target_epsilon")
-    accountant: str = opt("rdp", "dp-accounting accountant (pld needs poisson sampling)",
-                          choices=("rdp", "pld"))
-    sampling: str = opt("fixed", "central: client sampling the accounting assumes: a fixed-size cohort, "
-                                 "or poisson (each client joins with rate clients_per_round / N)",
-                        choices=("fixed", "poisson"))
+    accountant: str = opt("rdp", "dp-accounting accountant (pld needs poisson sampling)", choices=("rdp", "pld"))
+    sampling: str = opt(
+        "fixed",
+        "central: client sampling the accounting assumes: a fixed-size cohort, "
+        "or poisson (each client joins with rate clients_per_round / N)",
+        choices=("fixed", "poisson"),
+    )
     adaptive_clip: bool = opt(False, "central: adapt C to a quantile of the update norms (Andrew et al.)")
     target_quantile: float = opt(0.5, "adaptive clipping: target share of unclipped updates", min=0, max=1)
     clip_lr: float = opt(0.2, "adaptive clipping: geometric step size", min=0, exclusive_min=True)
-    count_noise: float = opt(0.0, "adaptive clipping: stddev of the noise on the unclipped count "
-                                  "(0 = max(clients per round / 20, noise_multiplier))", min=0)
+    count_noise: float = opt(
+        0.0,
+        "adaptive clipping: stddev of the noise on the unclipped count "
+        "(0 = max(clients per round / 20, noise_multiplier))",
+        min=0,
+    )
     local_mechanism: str = opt("gaussian", "local: noise mechanism", choices=("gaussian", "laplace"))
     local_epsilon: float = opt(8.0, "local: ε of each client's update per round", min=0)
     local_delta: float = opt(1e-5, "local, gaussian: δ of each client's update per round", min=0, max=1)
@@ -70,9 +82,11 @@ register_section("privacy", PrivacyConfig)
 def cohort_size(exp: Experiment, population: int) -> int:
     """The expected number of clients per round ``m``."""
     t = exp.training
-    return Sampling(count=t.clients_per_round or None,
-                    fraction=t.fraction if not t.clients_per_round else None,
-                    minimum=t.min_clients).how_many(population)
+    return Sampling(
+        count=t.clients_per_round or None,
+        fraction=t.fraction if not t.clients_per_round else None,
+        minimum=t.min_clients,
+    ).how_many(population)
 
 
 def check_central(exp: Experiment, strategy: type[Strategy] | None) -> None:
@@ -81,14 +95,20 @@ def check_central(exp: Experiment, strategy: type[Strategy] | None) -> None:
     if strategy is None:
         return
     if strategy.needs_individual_updates:
-        raise ConfigError(f"privacy.mode = 'central' cannot be combined with strategy {name!r}: it "
-                          "aggregates individual updates, so the noised sum is never used")
+        raise ConfigError(
+            f"privacy.mode = 'central' cannot be combined with strategy {name!r}: it "
+            "aggregates individual updates, so the noised sum is never used"
+        )
     if strategy.contribution is not Strategy.contribution:
-        raise ConfigError(f"privacy.mode = 'central' cannot bound the sensitivity of strategy {name!r}, "
-                          "which sums terms of its own; use fedavg, fedprox, fedavgm or the fedopt family")
+        raise ConfigError(
+            f"privacy.mode = 'central' cannot bound the sensitivity of strategy {name!r}, "
+            "which sums terms of its own; use fedavg, fedprox, fedavgm or the fedopt family"
+        )
     if exp.strategy.weighting != "uniform":
-        raise ConfigError("privacy.mode = 'central' needs strategy.weighting = 'uniform': example-count "
-                          f"weights make one client's influence unbounded (got {exp.strategy.weighting!r})")
+        raise ConfigError(
+            "privacy.mode = 'central' needs strategy.weighting = 'uniform': example-count "
+            f"weights make one client's influence unbounded (got {exp.strategy.weighting!r})"
+        )
 
 
 def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
@@ -103,26 +123,39 @@ def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
         return [LocalDP(p.local_mechanism, p.clip_norm, p.local_epsilon, p.local_delta)]
     check_epsilon_delta(p.target_epsilon or None, p.delta, "privacy.")
     if not p.noise_multiplier > 0:
-        raise ConfigError(f"privacy.noise_multiplier must be > 0 with privacy.mode = 'central', got "
-                          f"{p.noise_multiplier} (plan one with `fedge privacy plan`)")
+        raise ConfigError(
+            f"privacy.noise_multiplier must be > 0 with privacy.mode = 'central', got "
+            f"{p.noise_multiplier} (plan one with `fedge privacy plan`)"
+        )
     check_central(exp, REGISTRY.get(exp.strategy.name))
     secagg = exp.extensions.get("secagg")
     if secagg is not None and getattr(secagg, "enabled", False):
         if p.clip_at == "server":
-            raise ConfigError("privacy.clip_at = 'server' cannot see masked updates under [secagg]; "
-                              "set privacy.clip_at = 'client'")
+            raise ConfigError(
+                "privacy.clip_at = 'server' cannot see masked updates under [secagg]; set privacy.clip_at = 'client'"
+            )
         if p.adaptive_clip:
-            raise ConfigError("privacy.adaptive_clip sends each client's clipping bit in the clear, "
-                              "which [secagg] would not protect; turn one of them off")
+            raise ConfigError(
+                "privacy.adaptive_clip sends each client's clipping bit in the clear, "
+                "which [secagg] would not protect; turn one of them off"
+            )
     population = exp.data.num_clients
     m = cohort_size(exp, population)
     accountant = Accountant(p.accountant, p.sampling, population, m)  # type: ignore[arg-type]
     adaptive = None
     if p.adaptive_clip:
-        adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr,
-                                    p.count_noise or max(m / 20, p.noise_multiplier))
-    return [CentralDP(clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, expected_clients=m,
-                      accountant=accountant, delta=p.delta, clip_at=p.clip_at, adaptive=adaptive)]
+        adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr, p.count_noise or max(m / 20, p.noise_multiplier))
+    return [
+        CentralDP(
+            clip_norm=p.clip_norm,
+            noise_multiplier=p.noise_multiplier,
+            expected_clients=m,
+            accountant=accountant,
+            delta=p.delta,
+            clip_at=p.clip_at,
+            adaptive=adaptive,
+        )
+    ]
 
 
 class PrivacyBudget(Callback):
@@ -145,17 +178,23 @@ class PrivacyBudget(Callback):
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         if "epsilon" not in record.extra:
-            record.extra.update(epsilon=self.epsilon(), delta=self.dp.delta,
-                                sampling=self.accountant.sampling,
-                                sampling_rate=self.accountant.sampling_rate,
-                                accountant=self.accountant.kind, dp_rounds=self.accountant.rounds)
+            record.extra.update(
+                epsilon=self.epsilon(),
+                delta=self.dp.delta,
+                sampling=self.accountant.sampling,
+                sampling_rate=self.accountant.sampling_rate,
+                accountant=self.accountant.kind,
+                dp_rounds=self.accountant.rounds,
+            )
         record.extra["privacy"] = self.accountant.describe()
         if self.target and self.stop:
             nxt = self.accountant.epsilon(self.dp.delta, extra=(self.dp.noise_multiplier, 1))
             if nxt > self.target:
-                raise StopRun(f"privacy budget: epsilon = {record.extra['epsilon']:.4g} after round "
-                              f"{record.round}, one more round would reach {nxt:.4g} > target "
-                              f"{self.target:g} (delta = {self.dp.delta:g})")
+                raise StopRun(
+                    f"privacy budget: epsilon = {record.extra['epsilon']:.4g} after round "
+                    f"{record.round}, one more round would reach {nxt:.4g} > target "
+                    f"{self.target:g} (delta = {self.dp.delta:g})"
+                )
 
 
 def privacy_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
@@ -167,8 +206,10 @@ def privacy_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
         return []
     acc = dps[0].accountant
     if acc is not None and acc.population != built.data.num_clients:
-        raise ConfigError(f"privacy: the data has {built.data.num_clients} clients but the accounting "
-                          f"assumed data.num_clients = {acc.population}; set data.num_clients to match")
+        raise ConfigError(
+            f"privacy: the data has {built.data.num_clients} clients but the accounting "
+            f"assumed data.num_clients = {acc.population}; set data.num_clients to match"
+        )
     return [PrivacyBudget(dps[0], p.target_epsilon, p.stop_on_budget)]
 
 
@@ -180,8 +221,7 @@ class PoissonSampling(RoundPolicy):
             raise ConfigError(f"poisson sampling rate must be in (0, 1], got {rate}")
         self.rate = rate
 
-    def select(self, round_num: int, available: list[int], sampling: Sampling,
-               rng: np.random.Generator) -> list[int]:
+    def select(self, round_num: int, available: list[int], sampling: Sampling, rng: np.random.Generator) -> list[int]:
         ids = np.asarray(sorted(available), dtype=np.int64)
         return [int(i) for i in ids[rng.random(len(ids)) < self.rate]]
 
@@ -211,5 +251,13 @@ def _install() -> None:
 
 _install()
 
-__all__ = ["PoissonSampling", "PrivacyBudget", "PrivacyConfig", "check_central", "cohort_size",
-           "privacy_callbacks", "privacy_policy", "privacy_transforms"]
+__all__ = [
+    "PoissonSampling",
+    "PrivacyBudget",
+    "PrivacyConfig",
+    "check_central",
+    "cohort_size",
+    "privacy_callbacks",
+    "privacy_policy",
+    "privacy_transforms",
+]

@@ -44,8 +44,7 @@ def clip_l1(params: Sequence[npt.NDArray[np.generic]], bound: float) -> tuple[Pa
         raise ConfigError(f"clipping bound must be > 0, got {bound}")
     norm = float(sum(np.abs(np.asarray(p, dtype=np.float64)).sum() for p in params))
     factor = min(1.0, bound / norm) if norm > 0 else 1.0
-    return [(np.asarray(p, dtype=np.float64) * factor * (1 - 1e-7)).astype(np.float32)
-            for p in params], norm
+    return [(np.asarray(p, dtype=np.float64) * factor * (1 - 1e-7)).astype(np.float32) for p in params], norm
 
 
 def split_noise(noise_multiplier: float, count_stddev: float) -> float:
@@ -58,16 +57,16 @@ def split_noise(noise_multiplier: float, count_stddev: float) -> float:
         raise ConfigError(f"noise multiplier must be > 0 with DP on, got {noise_multiplier}")
     if not count_stddev > 0:
         return noise_multiplier
-    inv = noise_multiplier ** -2 - (2 * count_stddev) ** -2
+    inv = noise_multiplier**-2 - (2 * count_stddev) ** -2
     if inv <= 0:
         raise ConfigError(
             f"adaptive clipping count noise {count_stddev} is too small for noise multiplier "
-            f"{noise_multiplier}: need count_noise > {noise_multiplier / 2:.4g}")
-    return float(inv ** -0.5)
+            f"{noise_multiplier}: need count_noise > {noise_multiplier / 2:.4g}"
+        )
+    return float(inv**-0.5)
 
 
-def adaptive_clip_update(bound: float, unclipped_fraction: float, *, target_quantile: float,
-                         lr: float) -> float:
+def adaptive_clip_update(bound: float, unclipped_fraction: float, *, target_quantile: float, lr: float) -> float:
     """Andrew et al.'s geometric update ``C <- C * exp(-lr * (b - gamma))``."""
     return float(bound * math.exp(-lr * (unclipped_fraction - target_quantile)))
 
@@ -92,5 +91,4 @@ def laplace_scale(epsilon: float, sensitivity: float) -> float:
     return sensitivity / epsilon
 
 
-__all__ = ["adaptive_clip_update", "clip_l1", "clip_l2", "gaussian_sigma", "laplace_scale",
-           "split_noise"]
+__all__ = ["adaptive_clip_update", "clip_l1", "clip_l2", "gaussian_sigma", "laplace_scale", "split_noise"]

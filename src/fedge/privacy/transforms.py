@@ -73,13 +73,18 @@ class CentralDP(Transform):
             raise ConfigError(f"expected clients per round must be > 0, got {self.expected_clients}")
         if self.clip_at not in ("client", "server"):
             raise ConfigError(f"privacy.clip_at must be 'client' or 'server', got {self.clip_at!r}")
-        self.update_multiplier = (mech.split_noise(self.noise_multiplier, self.adaptive.count_stddev)
-                                  if self.adaptive else self.noise_multiplier)
+        self.update_multiplier = (
+            mech.split_noise(self.noise_multiplier, self.adaptive.count_stddev)
+            if self.adaptive
+            else self.noise_multiplier
+        )
 
     def _clip(self, update: ClientUpdate) -> ClientUpdate:
         if update.extras:
-            raise ConfigError("central DP cannot bound the sensitivity of updates with extra tensors "
-                              f"({', '.join(sorted(update.extras))})")
+            raise ConfigError(
+                "central DP cannot bound the sensitivity of updates with extra tensors "
+                f"({', '.join(sorted(update.extras))})"
+            )
         update.delta, norm = mech.clip_l2(update.delta, self.clip_norm)
         update.metrics[UNCLIPPED] = 1.0 if norm <= self.clip_norm else 0.0
         return update
@@ -111,15 +116,19 @@ class CentralDP(Transform):
         }
         if self.accountant is not None:
             self.accountant.step(self.noise_multiplier)
-            info.update(epsilon=self.accountant.epsilon(self.delta), delta=self.delta,
-                        sampling=self.accountant.sampling, sampling_rate=self.accountant.sampling_rate,
-                        accountant=self.accountant.kind, dp_rounds=self.accountant.rounds)
+            info.update(
+                epsilon=self.accountant.epsilon(self.delta),
+                delta=self.delta,
+                sampling=self.accountant.sampling,
+                sampling_rate=self.accountant.sampling_rate,
+                accountant=self.accountant.kind,
+                dp_rounds=self.accountant.rounds,
+            )
         if self.adaptive is not None:
             a = self.adaptive
             count = self._counts.pop(rctx.round_num, 0.0) + rctx.rng.normal(0.0, a.count_stddev)
             frac = count / self.expected_clients
-            self.clip_norm = mech.adaptive_clip_update(self.clip_norm, frac,
-                                                       target_quantile=a.target_quantile, lr=a.lr)
+            self.clip_norm = mech.adaptive_clip_update(self.clip_norm, frac, target_quantile=a.target_quantile, lr=a.lr)
             info.update(unclipped_fraction=frac, next_clip_norm=self.clip_norm)
         rctx.info.update(info)
         return out
@@ -163,9 +172,12 @@ class LocalDP(Transform):
         return update
 
     def aggregate(self, sums: Terms, rctx: RoundContext) -> Terms:
-        rctx.info.update(local_mechanism=self.mechanism, local_epsilon=self.epsilon,
-                         local_delta=self.delta if self.mechanism == "gaussian" else 0.0,
-                         local_noise_scale=self.scale)
+        rctx.info.update(
+            local_mechanism=self.mechanism,
+            local_epsilon=self.epsilon,
+            local_delta=self.delta if self.mechanism == "gaussian" else 0.0,
+            local_noise_scale=self.scale,
+        )
         return sums
 
 

@@ -47,14 +47,18 @@ def callbacks_from_config(exp: Experiment, built: Built | None = None) -> Sequen
     out: list[Callback] = []
     d: DashboardConfig = exp.section("dashboard")
     if d.enabled:
-        out.append(DashboardCallback(host=d.host, port=d.port, token=d.token or None,
-                                     linger_s=d.linger_s, announce=_announce))
+        out.append(
+            DashboardCallback(host=d.host, port=d.port, token=d.token or None, linger_s=d.linger_s, announce=_announce)
+        )
     t: TrackingConfig = exp.section("tracking")
     if t.tensorboard:
         out.append(TensorBoardCallback(t.tensorboard))
     if t.mlflow:
         params = to_dict(exp)
         params.get("dashboard", {}).pop("token", None)
-        out.append(MLflowCallback(tracking_uri=t.mlflow_uri, experiment=t.mlflow_experiment,
-                                  params=params, run_name=exp.output_dir()))
+        out.append(
+            MLflowCallback(
+                tracking_uri=t.mlflow_uri, experiment=t.mlflow_experiment, params=params, run_name=exp.output_dir()
+            )
+        )
     return out

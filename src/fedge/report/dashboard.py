@@ -76,10 +76,15 @@ class RunStatus(Callback):
             history = list(self._records[-MAX_ROUNDS_SENT:])
             current = history[-1]["round"] if history else 0
             return {
-                "name": self.name, "mode": "simulation", "state": self._state,
-                "round": current, "rounds": self._rounds_total,
-                "round_progress": None, "elapsed_s": time.time() - self._started,
-                "history": history, "nodes": [],
+                "name": self.name,
+                "mode": "simulation",
+                "state": self._state,
+                "round": current,
+                "rounds": self._rounds_total,
+                "round_progress": None,
+                "elapsed_s": time.time() - self._started,
+                "history": history,
+                "nodes": [],
             }
 
 
@@ -96,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         given = (query.get("token") or [""])[0]
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            given = auth[len("Bearer "):]
+            given = auth[len("Bearer ") :]
         return hmac.compare_digest(given.encode(), token.encode())
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
@@ -153,8 +158,9 @@ class Dashboard:
     always requires it.
     """
 
-    def __init__(self, source: StatusSource, *, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, source: StatusSource, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"dashboard.port: must be in 0..65535, got {port}")
         if token is None:
@@ -165,8 +171,9 @@ class Dashboard:
             raise ConfigError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror}") from None
         self.host = host
         self.token = token
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fedge-dashboard",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fedge-dashboard", kwargs={"poll_interval": 0.2}, daemon=True
+        )
         self._thread.start()
 
     @property
@@ -197,8 +204,15 @@ class DashboardCallback(Callback):
     After the run it keeps serving for ``linger_s`` seconds, so the final curves can be seen.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 linger_s: float = 0.0, announce: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        linger_s: float = 0.0,
+        announce: Any = None,
+    ) -> None:
         self.status = RunStatus()
         self.host, self.port, self.token = host, port, token
         self.linger_s = linger_s

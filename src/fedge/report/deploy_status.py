@@ -38,8 +38,7 @@ class ServerStatusSource:
         self._lock = threading.Lock()
         self._rounds: dict[int, dict[str, Any]] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, args=(poll_s,), name="fedge-status-poll",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._poll, args=(poll_s,), name="fedge-status-poll", daemon=True)
         self._thread.start()
 
     def _poll(self, every: float) -> None:
@@ -62,21 +61,37 @@ class ServerStatusSource:
         nodes = []
         for n in s.get("nodes", ()):
             state = "busy" if n.get("busy") else ("online" if n.get("connected") else "offline")
-            nodes.append({"id": n.get("client_id"), "node": str(n.get("node_id", ""))[:16],
-                          "profile": n.get("profile") or "–", "state": state,
-                          "last_heartbeat": n.get("last_heartbeat"),
-                          "heartbeat_age_s": now - float(n.get("last_heartbeat") or now)})
+            nodes.append(
+                {
+                    "id": n.get("client_id"),
+                    "node": str(n.get("node_id", ""))[:16],
+                    "profile": n.get("profile") or "–",
+                    "state": state,
+                    "last_heartbeat": n.get("last_heartbeat"),
+                    "heartbeat_age_s": now - float(n.get("last_heartbeat") or now),
+                }
+            )
         waiting = list(s.get("waiting_on", ()))
         received = int(s.get("received", 0))
         phase = str(s.get("phase", ""))
-        progress = ({"received": received, "expected": received + len(waiting), "waiting_on": waiting}
-                    if phase == "training" else None)
+        progress = (
+            {"received": received, "expected": received + len(waiting), "waiting_on": waiting}
+            if phase == "training"
+            else None
+        )
         with self._lock:
             history = [self._rounds[k] for k in sorted(self._rounds)][-MAX_ROUNDS_SENT:]
-        return {"name": f"{self.name} {s.get('run_id', '')}".strip(), "mode": "deployment",
-                "state": phase, "round": int(s.get("round", 0)), "rounds": int(s.get("rounds", 0)),
-                "round_progress": progress, "history": history, "nodes": nodes,
-                "min_nodes": s.get("min_nodes")}
+        return {
+            "name": f"{self.name} {s.get('run_id', '')}".strip(),
+            "mode": "deployment",
+            "state": phase,
+            "round": int(s.get("round", 0)),
+            "rounds": int(s.get("rounds", 0)),
+            "round_progress": progress,
+            "history": history,
+            "nodes": nodes,
+            "min_nodes": s.get("min_nodes"),
+        }
 
     def close(self) -> None:
         self._stop.set()
@@ -90,8 +105,15 @@ class ServeDashboard:
     dashboard lives until :meth:`close` (or the process ends).
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 announce: Callable[[str], None] | None = None, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        announce: Callable[[str], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
         self.host, self.port, self.token, self.poll_s = host, port, token, poll_s
         self.announce = announce or (lambda url: None)
         self.source: ServerStatusSource | None = None
@@ -109,8 +131,7 @@ class ServeDashboard:
             self.source.close()
 
 
-def serve_dashboard_hook(exp: Experiment, announce: Callable[[str], None] | None = None
-                         ) -> ServeDashboard | None:
+def serve_dashboard_hook(exp: Experiment, announce: Callable[[str], None] | None = None) -> ServeDashboard | None:
     """The :class:`ServeDashboard` that ``[dashboard]`` asks for; ``None`` when it is off."""
     cfg = exp.section("dashboard")
     if not cfg.enabled:

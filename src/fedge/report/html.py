@@ -41,11 +41,15 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
         ("dataset", run.dataset or "–"),
         ("rounds", str(len(h))),
         ("final test accuracy", _fmt(h.final_accuracy)),
-        ("best test accuracy", _fmt(max((r.test_accuracy for r in h if not math.isnan(r.test_accuracy)),
-                                        default=math.nan))),
+        (
+            "best test accuracy",
+            _fmt(max((r.test_accuracy for r in h if not math.isnan(r.test_accuracy)), default=math.nan)),
+        ),
         ("final test loss", _fmt(h.last("test_loss"))),
-        ("uplink / downlink", f"{sum(r.uplink_bytes for r in h) / 1e6:.3f} MB / "
-                              f"{sum(r.downlink_bytes for r in h) / 1e6:.3f} MB"),
+        (
+            "uplink / downlink",
+            f"{sum(r.uplink_bytes for r in h) / 1e6:.3f} MB / {sum(r.downlink_bytes for r in h) / 1e6:.3f} MB",
+        ),
         ("dropped clients", str(sum(r.failed for r in h))),
         ("wall time", f"{sum(r.wall_s for r in h):.2f} s"),
     ]
@@ -58,8 +62,11 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
 
 
 def _table(rows: Sequence[tuple[str, str]]) -> str:
-    return "<table>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
 
 
 def _figure(plot: Plot, filename: str) -> str:
@@ -69,8 +76,10 @@ def _figure(plot: Plot, filename: str) -> str:
     data = base64.b64encode(plot.png).decode("ascii")
     if plot.note:
         head += f'<p class="note">{html.escape(plot.note)}</p>'
-    return (f'<figure id="{plot.name}">{head}<img class="plot" alt="{html.escape(plot.title)}" '
-            f'data-file="{html.escape(filename)}" src="data:image/png;base64,{data}"></figure>')
+    return (
+        f'<figure id="{plot.name}">{head}<img class="plot" alt="{html.escape(plot.title)}" '
+        f'data-file="{html.escape(filename)}" src="data:image/png;base64,{data}"></figure>'
+    )
 
 
 def render(runs: Sequence[RunData]) -> tuple[str, dict[str, bytes]]:
@@ -97,8 +106,10 @@ def render(runs: Sequence[RunData]) -> tuple[str, dict[str, bytes]]:
             if plot.png is not None:
                 pngs[name] = plot.png
             body.append(_figure(plot, name))
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
     return page, pngs
 
 

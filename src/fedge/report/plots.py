@@ -74,8 +74,9 @@ def accuracy(run: RunData) -> Plot:
 
 def loss(run: RunData) -> Plot:
     fig, ax = _figure()
-    ok = _lines(ax, run, [("train_loss", "train"), ("test_loss", "held-out test"),
-                          ("fed_test_loss", "clients' own test")])
+    ok = _lines(
+        ax, run, [("train_loss", "train"), ("test_loss", "held-out test"), ("fed_test_loss", "clients' own test")]
+    )
     ax.set_ylabel("loss")
     ax.set_title("loss per round")
     return Plot("loss", "Loss per round", _png(fig) if ok else None, "" if ok else NOT_RECORDED)
@@ -93,13 +94,19 @@ def time_unit(max_hours: float) -> tuple[float, str]:
 def sim_time(run: RunData) -> Plot:
     hours = run.sim_hours()
     if hours is None:
-        return Plot("sim_time", "Accuracy and loss per simulated time", None,
-                    f"simulated time (sim_clock_s / sim_time_s) {NOT_RECORDED}")
+        return Plot(
+            "sim_time",
+            "Accuracy and loss per simulated time",
+            None,
+            f"simulated time (sim_clock_s / sim_time_s) {NOT_RECORDED}",
+        )
     fig, (a1, a2) = _figure(9.0, 3.6, ncols=2)
     factor, unit = time_unit(max(hours, default=0.0))
     by_round = {rec.round: h * factor for rec, h in zip(run.history, hours, strict=True)}
-    for ax, keys, ylabel in ((a1, ("test_accuracy", "fed_test_accuracy"), "accuracy"),
-                             (a2, ("train_loss", "test_loss"), "loss")):
+    for ax, keys, ylabel in (
+        (a1, ("test_accuracy", "fed_test_accuracy"), "accuracy"),
+        (a2, ("train_loss", "test_loss"), "loss"),
+    ):
         for key in keys:
             rounds, values = run.series(key)
             if values:
@@ -171,7 +178,7 @@ def device_mix_of(extra: dict[str, Any]) -> dict[str, float]:
     prefix = DEVICE_MIX_KEY + "/"
     for k, v in extra.items():
         if k.startswith(prefix) and isinstance(v, int | float):
-            mix[k[len(prefix):]] = float(v)
+            mix[k[len(prefix) :]] = float(v)
     return mix
 
 
@@ -188,8 +195,12 @@ def device_mix(run: RunData) -> Plot:
         ax.barh(names, [fleet[n] for n in names], color="#2a9d8f")
         ax.set_xlabel("share of the fleet")
         ax.set_title("configured device mix ([devices] fleet)")
-        return Plot("device_mix", "Device mix of the fleet", _png(fig),
-                    "per-round mix not recorded in this run; the configured fleet shares are shown")
+        return Plot(
+            "device_mix",
+            "Device mix of the fleet",
+            _png(fig),
+            "per-round mix not recorded in this run; the configured fleet shares are shown",
+        )
     fig, ax = _figure()
     rounds = [r.round for r in run.history]
     bottom = [0.0] * len(rounds)
@@ -208,15 +219,15 @@ def fairness(run: RunData) -> Plot:
     accs = run.client_accuracy()
     title = "Per-client accuracy (fairness)"
     if not accs:
-        return Plot("fairness", title, None,
-                    f"per-client accuracy {NOT_RECORDED} (set evaluation.federated_clients)")
+        return Plot("fairness", title, None, f"per-client accuracy {NOT_RECORDED} (set evaluation.federated_clients)")
     fig, ax = _figure()
     ax.hist(accs, bins=min(30, max(5, len(accs) // 3)), range=(0.0, 1.0), color="#264653")
     mean = sum(accs) / len(accs)
     worst = sorted(accs)[: max(1, math.ceil(0.1 * len(accs)))]
     ax.axvline(mean, color="#e76f51", label=f"mean {mean:.3f}")
-    ax.axvline(sum(worst) / len(worst), color="#f4a261", linestyle="--",
-               label=f"worst 10% mean {sum(worst) / len(worst):.3f}")
+    ax.axvline(
+        sum(worst) / len(worst), color="#f4a261", linestyle="--", label=f"worst 10% mean {sum(worst) / len(worst):.3f}"
+    )
     ax.set_xlabel("accuracy on the client's own test data")
     ax.set_ylabel("clients")
     ax.set_title(f"distribution of per-client accuracy ({len(accs)} clients)")
@@ -245,7 +256,16 @@ def partition(run: RunData) -> Plot:
 
 
 SINGLE: tuple[Callable[[RunData], Plot], ...] = (
-    accuracy, loss, sim_time, participants, traffic, epsilon, energy, device_mix, fairness, partition,
+    accuracy,
+    loss,
+    sim_time,
+    participants,
+    traffic,
+    epsilon,
+    energy,
+    device_mix,
+    fairness,
+    partition,
 )
 
 

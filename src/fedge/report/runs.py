@@ -138,5 +138,4 @@ def load_run(path: str | Path) -> RunData:
             config = tomllib.loads((p / "config.toml").read_text())
         except tomllib.TOMLDecodeError as exc:
             raise DataError(f"{p / 'config.toml'}: corrupt TOML: {exc}") from None
-    return RunData(path=p, history=history, summary=summary, label_histogram=hist, dataset=dataset,
-                   config=config)
+    return RunData(path=p, history=history, summary=summary, label_histogram=hist, dataset=dataset, config=config)

@@ -76,8 +76,14 @@ class MLflowCallback(Callback):
     empty means MLflow's own default.
     """
 
-    def __init__(self, *, tracking_uri: str = "", experiment: str = "fedge",
-                 params: dict[str, Any] | None = None, run_name: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tracking_uri: str = "",
+        experiment: str = "fedge",
+        params: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.params = _flatten(params or {})
@@ -106,7 +112,7 @@ class MLflowCallback(Callback):
 
         items = [Param(k, v) for k, v in sorted(self.params.items())]
         for i in range(0, len(items), 100):
-            client.log_batch(self.run_id, params=items[i:i + 100])
+            client.log_batch(self.run_id, params=items[i : i + 100])
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         if self._client is None or self.run_id is None:

@@ -29,25 +29,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class RobustConfig:
-    byzantine: int = opt(-1, "krum, multi-krum, bulyan: Byzantine updates f tolerated per round "
-                             "(-1 = the most the round's n allows: (n-3)//2, bulyan (n-3)//4)", min=-1)
-    trim_fraction: float = opt(0.1, "trimmed-mean: share of values dropped at each end, in [0, 0.5)",
-                               min=0)
+    byzantine: int = opt(
+        -1,
+        "krum, multi-krum, bulyan: Byzantine updates f tolerated per round "
+        "(-1 = the most the round's n allows: (n-3)//2, bulyan (n-3)//4)",
+        min=-1,
+    )
+    trim_fraction: float = opt(0.1, "trimmed-mean: share of values dropped at each end, in [0, 0.5)", min=0)
     multi_krum_m: int = opt(0, "multi-krum: updates averaged (0 = n - f)", min=0)
-    norm_bound: float = opt(0.0, "norm-bound: clip every update to this L2 norm (0 = the median norm)",
-                            min=0)
-    clip_tau: float = opt(0.0, "centered-clip: clipping radius tau (0 = the median distance to the centre)",
-                          min=0)
+    norm_bound: float = opt(0.0, "norm-bound: clip every update to this L2 norm (0 = the median norm)", min=0)
+    clip_tau: float = opt(0.0, "centered-clip: clipping radius tau (0 = the median distance to the centre)", min=0)
     clip_iters: int = opt(1, "centered-clip: clipping iterations per round", min=1)
 
 
 @dataclass
 class AttackConfig:
     kind: str = opt("none", "simulated attack by the malicious clients", choices=ATTACKS)
-    fraction: float = opt(0.2, "share of the population that is malicious (chosen from the seed)",
-                          min=0, max=1)
-    scale: float = opt(0.0, "sign-flip: send -scale x delta (0 = 10); scaling: boost gamma "
-                            "(0 = clients per round / server_lr)", min=0)
+    fraction: float = opt(0.2, "share of the population that is malicious (chosen from the seed)", min=0, max=1)
+    scale: float = opt(
+        0.0, "sign-flip: send -scale x delta (0 = 10); scaling: boost gamma (0 = clients per round / server_lr)", min=0
+    )
     noise_std: float = opt(1.0, "gaussian: standard deviation of the random update", min=0)
     alie_z: float = opt(0.0, "alie: z of mu - z sigma (0 = Baruch et al.'s z_max)", min=0)
     colluders: int = opt(10, "alie: malicious clients whose honest updates estimate mu and sigma", min=1)
@@ -70,18 +71,21 @@ def check_robust(exp: Experiment) -> Sequence[Transform]:
     if _secagg_enabled(exp):
         raise ConfigError(
             f"strategy {exp.strategy.name!r} needs every individual update, which secure aggregation "
-            "hides; disable [secagg] or use a streaming strategy such as fedavg")
+            "hides; disable [secagg] or use a streaming strategy such as fedavg"
+        )
     r: RobustConfig = exp.section("robust")
     if not 0 <= r.trim_fraction < 0.5:
         raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {r.trim_fraction}")
     n = exp.training.clients_per_round
     if n and r.byzantine >= 0:
-        need = {"krum": 2 * r.byzantine + 3, "multi-krum": 2 * r.byzantine + 3,
-                "bulyan": 4 * r.byzantine + 3}.get(exp.strategy.name)
+        need = {"krum": 2 * r.byzantine + 3, "multi-krum": 2 * r.byzantine + 3, "bulyan": 4 * r.byzantine + 3}.get(
+            exp.strategy.name
+        )
         if need is not None and n < need:
             raise ConfigError(
                 f"{exp.strategy.name} with robust.byzantine = {r.byzantine} needs at least {need} "
-                f"clients per round, got training.clients_per_round = {n}")
+                f"clients per round, got training.clients_per_round = {n}"
+            )
     return []
 
 
@@ -103,9 +107,19 @@ def build_attack(exp: Experiment, num_clients: int, num_classes: int) -> Attack:
     mal = malicious_ids(num_clients, a.fraction, exp.seed) if a.kind != "none" else frozenset()
     t = exp.training
     cohort = t.clients_per_round or max(1, round(t.fraction * num_clients))
-    return Attack(kind=a.kind, malicious=mal, num_classes=num_classes, seed=exp.seed, scale=a.scale,
-                  noise_std=a.noise_std, z=a.alie_z, cohort=cohort, server_lr=exp.strategy.server_lr,
-                  colluders=a.colluders, population=num_clients)
+    return Attack(
+        kind=a.kind,
+        malicious=mal,
+        num_classes=num_classes,
+        seed=exp.seed,
+        scale=a.scale,
+        noise_std=a.noise_std,
+        z=a.alie_z,
+        cohort=cohort,
+        server_lr=exp.strategy.server_lr,
+        colluders=a.colluders,
+        population=num_clients,
+    )
 
 
 def attack_clients(exp: Experiment, data: FederatedDataset, client_fn: ClientFn) -> ClientFn:
@@ -136,5 +150,4 @@ def _install() -> None:
 
 _install()
 
-__all__ = ["AttackConfig", "AttackLabels", "RobustConfig", "attack_callbacks", "build_attack",
-           "check_robust"]
+__all__ = ["AttackConfig", "AttackLabels", "RobustConfig", "attack_callbacks", "build_attack", "check_robust"]

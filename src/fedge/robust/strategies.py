@@ -37,9 +37,17 @@ class RobustStrategy(Strategy):
     needs_individual_updates: ClassVar[bool] = True
     config_section: ClassVar[str] = "robust"
 
-    def __init__(self, *, server_lr: float = 1.0, byzantine: int = -1, trim_fraction: float = 0.1,
-                 multi_krum_m: int = 0, norm_bound: float = 0.0, clip_tau: float = 0.0,
-                 clip_iters: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        server_lr: float = 1.0,
+        byzantine: int = -1,
+        trim_fraction: float = 0.1,
+        multi_krum_m: int = 0,
+        norm_bound: float = 0.0,
+        clip_tau: float = 0.0,
+        clip_iters: int = 1,
+    ) -> None:
         super().__init__(server_lr=server_lr, weighting="uniform")
         if byzantine < -1:
             raise ConfigError(f"robust.byzantine must be >= 0 (or -1 for the most n allows), got {byzantine}")
@@ -67,14 +75,16 @@ class RobustStrategy(Strategy):
     def rule(self, x: F64, state: StrategyState) -> tuple[F64, Metrics]:
         raise NotImplementedError
 
-    def aggregate_updates(
-        self, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[StrategyState, Metrics]:
+    def aggregate_updates(self, state: StrategyState, updates: list[ClientUpdate]) -> tuple[StrategyState, Metrics]:
         x = stack(updates)
         vec, metrics = self.rule(x, state)
         step = unflatten(vec.astype(np.float32), ParamSpec.of(state.params))
-        new = replace(state, params=apply_step(state.params, step, self.server_lr),
-                      round_num=state.round_num + 1, slots={**state.slots, **self.slots_after(step)})
+        new = replace(
+            state,
+            params=apply_step(state.params, step, self.server_lr),
+            round_num=state.round_num + 1,
+            slots={**state.slots, **self.slots_after(step)},
+        )
         return new, {"robust_updates": float(len(updates)), **metrics}
 
     def slots_after(self, step: Params) -> dict[str, Params]:
@@ -156,7 +166,13 @@ class CenteredClip(RobustStrategy):
 
 
 ROBUST_STRATEGIES: tuple[type[RobustStrategy], ...] = (
-    Median, TrimmedMean, Krum, MultiKrum, Bulyan, NormBound, CenteredClip,
+    Median,
+    TrimmedMean,
+    Krum,
+    MultiKrum,
+    Bulyan,
+    NormBound,
+    CenteredClip,
 )
 
 __all__ = [

@@ -40,8 +40,10 @@ def build_transforms(exp: Experiment) -> Sequence[Transform]:
 
     comp = exp.extensions.get("compression")
     if comp is not None and getattr(comp, "codec", "none") != "none":
-        raise ConfigError(f"compression.codec = {comp.codec!r} encodes updates before [secagg] could mask "
-                          "them; secagg's fixed-point encoding already quantises, so set codec = 'none'")
+        raise ConfigError(
+            f"compression.codec = {comp.codec!r} encodes updates before [secagg] could mask "
+            "them; secagg's fixed-point encoding already quantises, so set codec = 'none'"
+        )
 
     t = exp.training
     cohort = t.clients_per_round or max(t.min_clients, round(t.fraction * exp.data.num_clients))

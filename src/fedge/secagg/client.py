@@ -74,8 +74,13 @@ def advertise(setup: RoundSetup, client_id: int) -> tuple[ClientSecrets, Adverti
     return secrets, AdvertiseKeys(client_id, setup.round_num, enc_pk, mask_pk)
 
 
-def _plaintext(setup: RoundSetup, sender: int, recipient: int, key_share: npt.NDArray[np.uint64],
-               seed_share: npt.NDArray[np.uint64]) -> bytes:
+def _plaintext(
+    setup: RoundSetup,
+    sender: int,
+    recipient: int,
+    key_share: npt.NDArray[np.uint64],
+    seed_share: npt.NDArray[np.uint64],
+) -> bytes:
     body = np.concatenate([key_share, seed_share]).astype(">u4").tobytes()
     return _HEADER.pack(setup.round_num, sender, recipient) + body
 
@@ -103,13 +108,13 @@ def share_keys(secrets: ClientSecrets, roster: KeyRoster) -> ShareKeys:
     keys = crypto.agree_many(secrets.enc_sk, [roster.keys[v][0] for v in live], info(SHARE_INFO, setup.round_num))
     out: dict[int, bytes] = {}
     for j, (v, key) in enumerate(zip(live, keys, strict=True)):
-        out[v] = crypto.seal(key, _plaintext(setup, me, v, key_shares[j], seed_shares[j]),
-                             _associated(setup, me, v))
+        out[v] = crypto.seal(key, _plaintext(setup, me, v, key_shares[j], seed_shares[j]), _associated(setup, me, v))
     return ShareKeys(me, setup.round_num, crypto.commit(secrets.self_seed, SEED_LABEL), out)
 
 
-def _open_share(secrets: ClientSecrets, sender: int, sealed: bytes, key: bytes) -> tuple[
-        npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+def _open_share(
+    secrets: ClientSecrets, sender: int, sealed: bytes, key: bytes
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     setup, me = secrets.setup, secrets.client_id
     try:
         plain = crypto.open_sealed(key, sealed, _associated(setup, sender, me))
@@ -118,7 +123,7 @@ def _open_share(secrets: ClientSecrets, sender: int, sealed: bytes, key: bytes) 
     rnd, src, dst = _HEADER.unpack_from(plain)
     if (rnd, src, dst) != (setup.round_num, sender, me) or len(plain) != _HEADER.size + 8 * CHUNKS:
         raise ProtocolError(f"share from client {sender} to client {me} has a wrong header or length")
-    body = np.frombuffer(plain[_HEADER.size:], dtype=">u4").astype(np.uint64)
+    body = np.frombuffer(plain[_HEADER.size :], dtype=">u4").astype(np.uint64)
     return body[:CHUNKS], body[CHUNKS:]
 
 
@@ -133,7 +138,8 @@ def masked_input(secrets: ClientSecrets, inbox: ShareInbox, words: npt.NDArray[A
     dtype = np.dtype(words.dtype)
     if words.ndim != 1 or words.size != setup.length or dtype.itemsize * 8 != setup.bits or dtype.kind != "u":
         raise ProtocolError(
-            f"client {me}'s input has {words.size} {dtype} values, expected {setup.length} uint{setup.bits}")
+            f"client {me}'s input has {words.size} {dtype} values, expected {setup.length} uint{setup.bits}"
+        )
     roster = secrets.roster
     senders = sorted(inbox.ciphertexts)
     strangers = [u for u in senders if u not in roster.keys or u not in setup.graph()[me]]
@@ -145,10 +151,18 @@ def masked_input(secrets: ClientSecrets, inbox: ShareInbox, words: npt.NDArray[A
         raise ProtocolError(f"client {me} received {len(held)} shares, below the threshold {setup.t}")
     secrets.held = held
     y = words.astype(dtype, copy=True)
-    seeds = dict(zip(held, crypto.agree_many(secrets.mask_sk, [roster.keys[v][1] for v in held],
-                                             info(MASK_INFO, setup.round_num)), strict=True))
-    crypto.add_masks(y, add=[secrets.self_seed, *(s for v, s in seeds.items() if v > me)],
-                     subtract=[s for v, s in seeds.items() if v < me])
+    seeds = dict(
+        zip(
+            held,
+            crypto.agree_many(secrets.mask_sk, [roster.keys[v][1] for v in held], info(MASK_INFO, setup.round_num)),
+            strict=True,
+        )
+    )
+    crypto.add_masks(
+        y,
+        add=[secrets.self_seed, *(s for v, s in seeds.items() if v > me)],
+        subtract=[s for v, s in seeds.items() if v < me],
+    )
     return MaskedInput(me, setup.round_num, y)
 
 
@@ -163,8 +177,10 @@ def unmask(secrets: ClientSecrets, request: UnmaskRequest) -> UnmaskResponse:
     if survivors & dropped:
         raise ProtocolError("unmask request lists a client as both survivor and dropped")
     if len(survivors) < setup.t or me not in survivors:
-        raise ProtocolError(f"unmask request names {len(survivors)} survivors (threshold {setup.t}) "
-                            f"{'' if me in survivors else 'and not this client'}".rstrip())
+        raise ProtocolError(
+            f"unmask request names {len(survivors)} survivors (threshold {setup.t}) "
+            f"{'' if me in survivors else 'and not this client'}".rstrip()
+        )
     secrets.answered = True
     seed = {u: s for u, (_, s) in secrets.held.items() if u in survivors}
     keys = {u: k for u, (k, _) in secrets.held.items() if u in dropped}

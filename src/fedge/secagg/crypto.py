@@ -49,8 +49,7 @@ def new_keypair() -> tuple[bytes, bytes]:
 
 
 def private_bytes(sk: X25519PrivateKey) -> bytes:
-    return sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                            serialization.NoEncryption())
+    return sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def public_of(private_raw: bytes) -> bytes:
@@ -62,15 +61,20 @@ def public_of(private_raw: bytes) -> bytes:
 def agree(private_raw: bytes, peer_public_raw: bytes, info: bytes) -> bytes:
     """X25519 shared secret, stretched by HKDF-SHA256 into a 256-bit key bound to ``info``."""
     shared = X25519PrivateKey.from_private_bytes(private_raw).exchange(
-        X25519PublicKey.from_public_bytes(peer_public_raw))
+        X25519PublicKey.from_public_bytes(peer_public_raw)
+    )
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
 
 def agree_many(private_raw: bytes, peers_public_raw: Sequence[bytes], info: bytes) -> list[bytes]:
     """:func:`agree` with one private key against several peers (the key is loaded once)."""
     sk = X25519PrivateKey.from_private_bytes(private_raw)
-    return [HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(
-        sk.exchange(X25519PublicKey.from_public_bytes(pk))) for pk in peers_public_raw]
+    return [
+        HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(
+            sk.exchange(X25519PublicKey.from_public_bytes(pk))
+        )
+        for pk in peers_public_raw
+    ]
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:

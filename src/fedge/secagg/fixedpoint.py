@@ -47,8 +47,9 @@ def check_overflow(n: int, clip: float, scale: float, bits: int = 32) -> None:
         )
 
 
-def encode(x: npt.NDArray[np.floating[Any]], *, clip: float, scale: float, rng: np.random.Generator,
-           bits: int = 32) -> npt.NDArray[Any]:
+def encode(
+    x: npt.NDArray[np.floating[Any]], *, clip: float, scale: float, rng: np.random.Generator, bits: int = 32
+) -> npt.NDArray[Any]:
     """Clip, scale and stochastically round ``x`` into ring words of ``bits`` bits."""
     v = np.clip(np.asarray(x, dtype=np.float64), -clip, clip)
     v *= scale

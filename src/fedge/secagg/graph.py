@@ -64,7 +64,7 @@ def choose_parameters(n: int, dropout: float = 0.1, sigma: int = 20, *, k: int =
         raise ConfigError(f"secagg: secure aggregation needs at least 2 clients, got {n}")
     if k:
         return validate(n, k, t or k // 2 + 1)
-    target = 2.0 ** -sigma / n
+    target = 2.0**-sigma / n
     k = 2 * math.ceil(math.log2(n))
     while k < n - 1:
         if _too_few_survive(k, k // 2 + 1, dropout) <= target:

@@ -40,9 +40,13 @@ class ProtocolResult:
     client_bytes: dict[int, int] = field(default_factory=dict)
 
 
-def run_protocol(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], *,
-                 drop: Mapping[str, set[int] | frozenset[int]] | None = None,
-                 tamper: Tamper | None = None) -> ProtocolResult:
+def run_protocol(
+    setup: RoundSetup,
+    inputs: Mapping[int, npt.NDArray[Any]],
+    *,
+    drop: Mapping[str, set[int] | frozenset[int]] | None = None,
+    tamper: Tamper | None = None,
+) -> ProtocolResult:
     """One secure aggregation round over ``setup.cohort``; ``inputs`` are the ring vectors.
 
     ``drop[stage]`` are clients that vanish just before sending that stage's message (a

@@ -38,8 +38,10 @@ class SecAggAbort(AggregationError):
 
 def _need(setup: RoundSetup, have: int, stage: str) -> None:
     if have < setup.t:
-        raise SecAggAbort(f"secure aggregation aborted in round {setup.round_num}: {have} clients left "
-                          f"after {stage}, threshold is {setup.t}")
+        raise SecAggAbort(
+            f"secure aggregation aborted in round {setup.round_num}: {have} clients left "
+            f"after {stage}, threshold is {setup.t}"
+        )
 
 
 def collect_keys(setup: RoundSetup, msgs: list[AdvertiseKeys]) -> tuple[KeyRoster, dict[int, str]]:
@@ -89,8 +91,9 @@ def route_shares(setup: RoundSetup, roster: KeyRoster, msgs: list[ShareKeys]) ->
         for v, ct in m.ciphertexts.items():
             boxes[v][m.client_id] = ct
     _need(setup, len(commitments), "sharing keys")
-    inboxes = {v: ShareInbox(setup.round_num, v, {u: c for u, c in boxes[v].items() if u in commitments})
-               for v in commitments}
+    inboxes = {
+        v: ShareInbox(setup.round_num, v, {u: c for u, c in boxes[v].items() if u in commitments}) for v in commitments
+    }
     return Shared(inboxes, commitments, rejected)
 
 
@@ -132,15 +135,18 @@ class MaskedSum:
         return UnmaskRequest(self.setup.round_num, tuple(sorted(alive)), dropped)
 
 
-def _reconstruct(setup: RoundSetup, pieces: dict[int, dict[int, npt.NDArray[np.uint64]]],
-                 check: Any, what: str) -> dict[int, bytes]:
+def _reconstruct(
+    setup: RoundSetup, pieces: dict[int, dict[int, npt.NDArray[np.uint64]]], check: Any, what: str
+) -> dict[int, bytes]:
     """Reconstruct each owner's secret from exactly ``t`` shares, grouped by share holders
     so the Lagrange coefficients and the field arithmetic are shared across owners."""
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for owner, by_holder in pieces.items():
         if len(by_holder) < setup.t:
-            raise SecAggAbort(f"secure aggregation aborted in round {setup.round_num}: {len(by_holder)} "
-                              f"shares of client {owner}'s {what}, threshold is {setup.t}")
+            raise SecAggAbort(
+                f"secure aggregation aborted in round {setup.round_num}: {len(by_holder)} "
+                f"shares of client {owner}'s {what}, threshold is {setup.t}"
+            )
         groups[tuple(sorted(by_holder)[: setup.t])].append(owner)
     out: dict[int, bytes] = {}
     for holders, owners in groups.items():
@@ -158,25 +164,28 @@ def _reconstruct(setup: RoundSetup, pieces: dict[int, dict[int, npt.NDArray[np.u
     return out
 
 
-def _retry(setup: RoundSetup, owner: int, by_holder: dict[int, npt.NDArray[np.uint64]],
-           check: Any, what: str) -> bytes:
+def _retry(setup: RoundSetup, owner: int, by_holder: dict[int, npt.NDArray[np.uint64]], check: Any, what: str) -> bytes:
     """A reconstruction failed its commitment: try the other windows of ``t`` holders."""
     holders = sorted(by_holder)
     for start in range(1, len(holders) - setup.t + 1):
         chosen = holders[start : start + setup.t]
         try:
-            secret = shamir.combine_secret([setup.point(h) for h in chosen],
-                                           np.stack([by_holder[h] for h in chosen]), crypto.SEED_BYTES)
+            secret = shamir.combine_secret(
+                [setup.point(h) for h in chosen], np.stack([by_holder[h] for h in chosen]), crypto.SEED_BYTES
+            )
         except shamir.ShamirError:
             continue
         if check(owner, secret):
             return secret
-    raise SecAggAbort(f"secure aggregation aborted in round {setup.round_num}: client {owner}'s {what} "
-                      "does not match its commitment (a share was tampered with)")
+    raise SecAggAbort(
+        f"secure aggregation aborted in round {setup.round_num}: client {owner}'s {what} "
+        "does not match its commitment (a share was tampered with)"
+    )
 
 
-def unmask(setup: RoundSetup, roster: KeyRoster, shared: Shared, summed: MaskedSum,
-           responses: list[UnmaskResponse]) -> npt.NDArray[Any]:
+def unmask(
+    setup: RoundSetup, roster: KeyRoster, shared: Shared, summed: MaskedSum, responses: list[UnmaskResponse]
+) -> npt.NDArray[Any]:
     """Stage 3: remove the survivors' self masks and the dropped clients' pairwise masks.
 
     Returns the sum of the survivors' inputs modulo 2^b.
@@ -199,10 +208,8 @@ def unmask(setup: RoundSetup, roster: KeyRoster, shared: Shared, summed: MaskedS
                     pieces[owner][r.client_id] = np.asarray(share, dtype=np.uint64)
     _need(setup, len(responders), "unmasking")
     commits = shared.commitments
-    seeds = _reconstruct(setup, seed_pieces, lambda o, s: crypto.commit(s, SEED_LABEL) == commits[o],
-                         "self-mask seed")
-    keys = _reconstruct(setup, key_pieces, lambda o, s: crypto.public_of(s) == roster.keys[o][1],
-                        "mask key")
+    seeds = _reconstruct(setup, seed_pieces, lambda o, s: crypto.commit(s, SEED_LABEL) == commits[o], "self-mask seed")
+    keys = _reconstruct(setup, key_pieces, lambda o, s: crypto.public_of(s) == roster.keys[o][1], "mask key")
     total = summed.total.copy()
     plus: list[bytes] = []
     minus = [seeds[u] for u in sorted(alive)]

@@ -40,27 +40,30 @@ deployment :meth:`fedge.deploy.transport.GrpcTransport.run_secagg`, which relays
 messages between the nodes (``inputs`` is then empty: the input words never leave them)."""
 
 
-def run_in_process(setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]],
-                   drop: Mapping[str, set[int]]) -> ProtocolResult:
+def run_in_process(
+    setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], drop: Mapping[str, set[int]]
+) -> ProtocolResult:
     return run_protocol(setup, inputs, drop=drop)
 
 
 @dataclass
 class SecAggConfig:
     enabled: bool = opt(False, "mask every update so the server learns only the cohort's sum")
-    neighbours: int = opt(0, "SecAgg+ neighbours k per client (0 = chosen from the cohort size; "
-                              "n - 1 = classic SecAgg)", min=0)
+    neighbours: int = opt(
+        0, "SecAgg+ neighbours k per client (0 = chosen from the cohort size; n - 1 = classic SecAgg)", min=0
+    )
     threshold: int = opt(0, "Shamir threshold t, a majority of the neighbours (0 = floor(k/2) + 1)", min=0)
     expected_dropout: float = opt(0.1, "dropout rate the default k is chosen to survive", min=0, max=0.49)
-    clip: float = opt(1.0, "clipping range [-clip, clip] of each update value before encoding",
-                       min=0, exclusive_min=True)
+    clip: float = opt(
+        1.0, "clipping range [-clip, clip] of each update value before encoding", min=0, exclusive_min=True
+    )
     scale: float = opt(0.0, "fixed-point scale (0 = the largest that cannot overflow the ring)", min=0)
-    max_weight: float = opt(1000.0, "cap on a client's weight (examples); terms are encoded divided by it",
-                             min=0, exclusive_min=True)
+    max_weight: float = opt(
+        1000.0, "cap on a client's weight (examples); terms are encoded divided by it", min=0, exclusive_min=True
+    )
     bits: int = opt(32, "ring Z_{2^bits} of the masked vector", choices=(32, 64))
     simulate_dropout: float = opt(0.0, "simulation only: share of each cohort that vanishes", min=0, max=1)
-    dropout_stage: str = opt("masked_input", "simulation only: the stage they vanish before",
-                              choices=STAGES)
+    dropout_stage: str = opt("masked_input", "simulation only: the stage they vanish before", choices=STAGES)
 
 
 class SecureAggregation(Transform):
@@ -71,8 +74,10 @@ class SecureAggregation(Transform):
 
     def __init__(self, cfg: SecAggConfig, strategy: Strategy, *, max_cohort: int) -> None:
         if strategy.needs_individual_updates:
-            raise ConfigError(f"secagg: strategy {strategy.name!r} needs individual updates, which secure "
-                              "aggregation hides from the server; choose a strategy that aggregates sums")
+            raise ConfigError(
+                f"secagg: strategy {strategy.name!r} needs individual updates, which secure "
+                "aggregation hides from the server; choose a strategy that aggregates sums"
+            )
         if max_cohort < 2:
             raise ConfigError(f"secagg: secure aggregation needs cohorts of at least 2 clients, got {max_cohort}")
         self.cfg = cfg
@@ -84,8 +89,7 @@ class SecureAggregation(Transform):
         self.scale = cfg.scale or fixedpoint.max_scale(max_cohort, self.range, cfg.bits)
         fixedpoint.check_overflow(max_cohort, self.range, self.scale, cfg.bits)
         if cfg.neighbours or cfg.threshold:
-            choose_parameters(max_cohort, cfg.expected_dropout, k=cfg.neighbours or max_cohort - 1,
-                              t=cfg.threshold)
+            choose_parameters(max_cohort, cfg.expected_dropout, k=cfg.neighbours or max_cohort - 1, t=cfg.threshold)
 
     def _terms(self, update: ClientUpdate) -> tuple[Layout, npt.NDArray[np.float64]]:
         terms = self.strategy.contribution(update)
@@ -94,18 +98,27 @@ class SecureAggregation(Transform):
         return layout, np.concatenate(flat) / self.max_weight
 
     def layout(self, spec: ParamSpec) -> Layout:
-        probe = ClientUpdate(client_id=-1, delta=zeros_like([np.zeros(s, np.float32) for s in spec.shapes]),
-                             num_examples=1)
+        probe = ClientUpdate(
+            client_id=-1, delta=zeros_like([np.zeros(s, np.float32) for s in spec.shapes]), num_examples=1
+        )
         return self._terms(probe)[0]
 
     def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
         c = self.cfg.clip
-        capped = replace(update, delta=[np.clip(d, -c, c) for d in update.delta],
-                         num_examples=int(min(update.num_examples, self.cfg.max_weight)))
+        capped = replace(
+            update,
+            delta=[np.clip(d, -c, c) for d in update.delta],
+            num_examples=int(min(update.num_examples, self.cfg.max_weight)),
+        )
         _, values = self._terms(capped)
         words = fixedpoint.encode(values, clip=self.range, scale=self.scale, rng=ctx.rng, bits=self.cfg.bits)
-        return replace(update, delta=[], extras={}, payload={**update.payload, PAYLOAD_KEY: words},
-                       uplink_bytes=int(words.nbytes) + 8)
+        return replace(
+            update,
+            delta=[],
+            extras={},
+            payload={**update.payload, PAYLOAD_KEY: words},
+            uplink_bytes=int(words.nbytes) + 8,
+        )
 
     def sum_cohort(self, updates: list[ClientUpdate], rctx: RoundContext) -> tuple[Terms, int, dict[str, list[int]]]:
         """Run the protocol over the round's updates; the summed terms, how many, who dropped."""
@@ -113,18 +126,25 @@ class SecureAggregation(Transform):
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
         if len(cohort) > self.max_cohort:
-            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: {len(cohort)} clients "
-                              f"exceed the {self.max_cohort} the fixed-point scale was sized for")
+            raise SecAggAbort(
+                f"secure aggregation aborted in round {rctx.round_num}: {len(cohort)} clients "
+                f"exceed the {self.max_cohort} the fixed-point scale was sized for"
+            )
         if len(cohort) < 2:
-            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: "
-                              f"{len(cohort)} client(s), need at least 2")
-        p = choose_parameters(len(cohort), self.cfg.expected_dropout,
-                              k=min(self.cfg.neighbours, len(cohort) - 1), t=self.cfg.threshold)
+            raise SecAggAbort(
+                f"secure aggregation aborted in round {rctx.round_num}: {len(cohort)} client(s), need at least 2"
+            )
+        p = choose_parameters(
+            len(cohort), self.cfg.expected_dropout, k=min(self.cfg.neighbours, len(cohort) - 1), t=self.cfg.threshold
+        )
         if p.t > p.k:
-            raise SecAggAbort(f"secure aggregation aborted in round {rctx.round_num}: threshold {p.t} "
-                              f"above the {p.k} neighbours of {len(cohort)} clients")
-        setup = RoundSetup(rctx.round_num, cohort, p.k, p.t, length, self.cfg.bits,
-                           graph_seed=int(rctx.rng.integers(2**62)))
+            raise SecAggAbort(
+                f"secure aggregation aborted in round {rctx.round_num}: threshold {p.t} "
+                f"above the {p.k} neighbours of {len(cohort)} clients"
+            )
+        setup = RoundSetup(
+            rctx.round_num, cohort, p.k, p.t, length, self.cfg.bits, graph_seed=int(rctx.rng.integers(2**62))
+        )
         inputs = {u.client_id: u.payload[PAYLOAD_KEY] for u in updates if PAYLOAD_KEY in u.payload}
         drop: dict[str, set[int]] = {}
         if self.cfg.simulate_dropout:
@@ -141,7 +161,12 @@ class SecureAggregation(Transform):
                 size = int(np.prod(shape))
                 terms[name].append(values[at : at + size].reshape(shape))
                 at += size
-        rctx.info.update({"secagg_k": float(p.k), "secagg_t": float(p.t),
-                          "secagg_server_s": res.server_seconds,
-                          "secagg_protocol_bytes": float(sum(res.client_bytes.values()))})
+        rctx.info.update(
+            {
+                "secagg_k": float(p.k),
+                "secagg_t": float(p.t),
+                "secagg_server_s": res.server_seconds,
+                "secagg_protocol_bytes": float(sum(res.client_bytes.values())),
+            }
+        )
         return terms, len(res.included), {f"secagg {k}": v for k, v in res.dropped.items()}

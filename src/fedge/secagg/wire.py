@@ -30,8 +30,16 @@ from fedge.secagg.messages import (
 )
 
 MAGIC = b"FSA1"
-MESSAGE_TYPES: tuple[type, ...] = (RoundSetup, AdvertiseKeys, KeyRoster, ShareKeys, ShareInbox,
-                                   MaskedInput, UnmaskRequest, UnmaskResponse)
+MESSAGE_TYPES: tuple[type, ...] = (
+    RoundSetup,
+    AdvertiseKeys,
+    KeyRoster,
+    ShareKeys,
+    ShareInbox,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 _ALLOWED_DTYPES = {"<u4", "<u8", ">u4", ">u8"}
 _HEAD = struct.Struct(">4sBI")
 

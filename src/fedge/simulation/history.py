@@ -13,8 +13,17 @@ from typing import Any
 from fedge.core.errors import DataError
 
 COLUMNS = (
-    "round", "participants", "failed", "train_loss", "test_loss", "test_accuracy",
-    "fed_test_loss", "fed_test_accuracy", "uplink_bytes", "downlink_bytes", "wall_s",
+    "round",
+    "participants",
+    "failed",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "fed_test_loss",
+    "fed_test_accuracy",
+    "uplink_bytes",
+    "downlink_bytes",
+    "wall_s",
 )
 
 

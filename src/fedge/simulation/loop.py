@@ -68,15 +68,13 @@ class RoundPolicy:
     def available(self, round_num: int, ids: list[int]) -> list[int]:
         return ids
 
-    def select(self, round_num: int, available: list[int], sampling: Sampling,
-               rng: np.random.Generator) -> list[int]:
+    def select(self, round_num: int, available: list[int], sampling: Sampling, rng: np.random.Generator) -> list[int]:
         return sampling.sample(available, rng)
 
     def plan(self, round_num: int, selected: list[int], rng: np.random.Generator) -> RoundPlan:
         return RoundPlan(train=selected)
 
-    def finish(self, round_num: int, record: RoundRecord,
-               client_metrics: dict[int, Metrics]) -> None:
+    def finish(self, round_num: int, record: RoundRecord, client_metrics: dict[int, Metrics]) -> None:
         """Add the round's accounting (simulated time, energy ...) to ``record.extra``."""
 
 
@@ -148,13 +146,14 @@ def run_round(
     # A transform that sums the cohort itself (secure aggregation) gets every update.
     cohort = next((t for t in pipeline.transforms if t.sums_cohort), None)
     if cohort is not None and strategy.needs_individual_updates:
-        raise ConfigError(f"strategy {strategy.name!r} needs individual updates, which {cohort.name} "
-                          "hides from the server; choose a strategy that aggregates sums")
+        raise ConfigError(
+            f"strategy {strategy.name!r} needs individual updates, which {cohort.name} "
+            "hides from the server; choose a strategy that aggregates sums"
+        )
     individual = strategy.needs_individual_updates or cohort is not None
     down = pipeline.downlink(state.params, plan.train, rctx)
     sent = state.params if down is None else down.params
-    for item in transport.fit(round_num, plan.train, sent, ins,
-                              None if individual else reducer):
+    for item in transport.fit(round_num, plan.train, sent, ins, None if individual else reducer):
         if isinstance(item, ClientFailure):
             drop(item.client_id, f"{item.stage}: {item.reason}")
         elif isinstance(item, PartialSum):
@@ -179,8 +178,11 @@ def run_round(
                 drop(item.client_id, f"rejected: {exc}")
                 continue
             losses.append((item.metrics.get("train_loss", math.nan), float(item.num_examples)))
-            client_metrics[item.client_id] = {**item.metrics, "num_examples": float(item.num_examples),
-                                              "uplink_bytes": float(item.uplink_bytes)}
+            client_metrics[item.client_id] = {
+                **item.metrics,
+                "num_examples": float(item.num_examples),
+                "uplink_bytes": float(item.uplink_bytes),
+            }
 
     aborted = ""
     if cohort is not None:
@@ -194,15 +196,18 @@ def run_round(
             aborted = str(exc)
         updates = []
     n_ok = len(updates) if strategy.needs_individual_updates else acc.count
-    record = RoundRecord(round=round_num, participants=n_ok,
-                         failed=sum(len(v) for v in dropped.values()), dropped=dropped,
-                         uplink_bytes=uplink)
+    record = RoundRecord(
+        round=round_num,
+        participants=n_ok,
+        failed=sum(len(v) for v in dropped.values()),
+        dropped=dropped,
+        uplink_bytes=uplink,
+    )
     config_bytes = sum(nbytes(v) for v in ins.config.values() if isinstance(v, list))
     if down is None:
         record.downlink_bytes = len(plan.train) * (nbytes(state.params) + config_bytes)
     else:
-        sent_bytes = {cid: down.bytes_per_client.get(cid, nbytes(state.params)) + config_bytes
-                      for cid in plan.train}
+        sent_bytes = {cid: down.bytes_per_client.get(cid, nbytes(state.params)) + config_bytes for cid in plan.train}
         record.downlink_bytes = sum(sent_bytes.values())
         for cid, b in sent_bytes.items():
             if cid in client_metrics:
@@ -251,8 +256,9 @@ def run(
     pipeline = pipeline if pipeline is not None else Pipeline()
     eval_plan = eval_plan or EvalPlan()
     if state is None:
-        state = strategy.init([np.asarray(p, dtype=np.float32) for p in initial_params],
-                              num_clients=transport.num_clients())
+        state = strategy.init(
+            [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
+        )
     validator = Validator(ParamSpec.of(state.params), max_norm=max_update_norm)
     history = History()
     client_acc: dict[int, float] = {}
@@ -262,9 +268,17 @@ def run(
     for round_num in range(state.round_num + 1, rounds + 1):
         t0 = time.perf_counter()
         state, record = run_round(
-            round_num=round_num, state=state, strategy=strategy, transport=transport,
-            sampling=sampling, train=train, pipeline=pipeline, validator=validator, seed=seed,
-            min_updates=min_updates, policy=policy,
+            round_num=round_num,
+            state=state,
+            strategy=strategy,
+            transport=transport,
+            sampling=sampling,
+            train=train,
+            pipeline=pipeline,
+            validator=validator,
+            seed=seed,
+            min_updates=min_updates,
+            policy=policy,
         )
         state.round_num = round_num
         if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):

@@ -16,8 +16,7 @@ from fedge.strategies.qfedavg import QFedAvg
 from fedge.strategies.scaffold import Scaffold
 
 REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, QFedAvg)
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, QFedAvg)
 }
 
 
@@ -33,9 +32,7 @@ def build_strategy(name: str, **kwargs: Any) -> Strategy:
     if cls is None:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"unknown strategy {name!r}{hint}; valid: {', '.join(sorted(REGISTRY))}"
-        )
+        raise ConfigError(f"unknown strategy {name!r}{hint}; valid: {', '.join(sorted(REGISTRY))}")
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -59,8 +59,10 @@ def as_f64(params: Sequence[npt.NDArray[np.generic]], factor: float = 1.0) -> li
 
 def apply_step(params: Sequence[Array], step: Sequence[npt.NDArray[np.generic]], lr: float = 1.0) -> Params:
     """``params + lr * step`` in float32."""
-    return [(p + np.float32(lr) * np.asarray(s, dtype=np.float32)).astype(np.float32)
-            for p, s in zip(params, step, strict=True)]
+    return [
+        (p + np.float32(lr) * np.asarray(s, dtype=np.float32)).astype(np.float32)
+        for p, s in zip(params, step, strict=True)
+    ]
 
 
 class Accumulator:
@@ -80,9 +82,7 @@ class Accumulator:
                 self.sums[name] = [np.array(t, dtype=np.float64, copy=True) for t in tensors]
             else:
                 if len(acc) != len(tensors):
-                    raise AggregationError(
-                        f"term {name!r} has {len(tensors)} tensors, expected {len(acc)}"
-                    )
+                    raise AggregationError(f"term {name!r} has {len(tensors)} tensors, expected {len(acc)}")
                 for a, t in zip(acc, tensors, strict=True):
                     a += t
         self.count += count

@@ -72,13 +72,10 @@ class Strategy:
 
     def aggregate(self, state: StrategyState, sums: Terms) -> tuple[StrategyState, Metrics]:
         mean = self.mean_delta(sums)
-        new = replace(state, params=apply_step(state.params, mean, self.server_lr),
-                      round_num=state.round_num + 1)
+        new = replace(state, params=apply_step(state.params, mean, self.server_lr), round_num=state.round_num + 1)
         return new, {}
 
-    def aggregate_updates(
-        self, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[StrategyState, Metrics]:
+    def aggregate_updates(self, state: StrategyState, updates: list[ClientUpdate]) -> tuple[StrategyState, Metrics]:
         raise NotImplementedError(f"{self.name} aggregates streamed sums, not update lists")
 
     @staticmethod

@@ -28,8 +28,7 @@ def momentum_step(velocity: Params, mean_delta: Params, beta: float) -> Params:
 class FedAvgM(Strategy):
     name: ClassVar[str] = "fedavgm"
 
-    def __init__(self, *, momentum: float = 0.9, server_lr: float = 1.0,
-                 weighting: Weighting = "examples") -> None:
+    def __init__(self, *, momentum: float = 0.9, server_lr: float = 1.0, weighting: Weighting = "examples") -> None:
         super().__init__(server_lr=server_lr, weighting=weighting)
         if not 0 <= momentum < 1:
             raise ConfigError(f"strategy.momentum must be in [0, 1), got {momentum}")
@@ -42,5 +41,9 @@ class FedAvgM(Strategy):
 
     def aggregate(self, state: StrategyState, sums: Terms) -> tuple[StrategyState, Metrics]:
         v = momentum_step(state.slots["velocity"], self.mean_delta(sums), self.momentum)
-        return replace(state, params=apply_step(state.params, v, self.server_lr),
-                       slots={**state.slots, "velocity": v}, round_num=state.round_num + 1), {}
+        return replace(
+            state,
+            params=apply_step(state.params, v, self.server_lr),
+            slots={**state.slots, "velocity": v},
+            round_num=state.round_num + 1,
+        ), {}

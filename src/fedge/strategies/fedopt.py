@@ -54,8 +54,15 @@ class FedOpt(Strategy):
     name: ClassVar[str] = "fedopt"
     variant: ClassVar[Variant] = "adam"
 
-    def __init__(self, *, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, weighting: Weighting = "examples") -> None:
+    def __init__(
+        self,
+        *,
+        server_lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        weighting: Weighting = "examples",
+    ) -> None:
         super().__init__(server_lr=server_lr, weighting=weighting)
         for key, val in (("beta1", beta1), ("beta2", beta2)):
             if not 0 <= val < 1:
@@ -73,12 +80,9 @@ class FedOpt(Strategy):
     def aggregate(self, state: StrategyState, sums: Terms) -> tuple[StrategyState, Metrics]:
         delta = self.mean_delta(sums)
         m = [first_moment(mi, d, self.beta1) for mi, d in zip(state.slots["m"], delta, strict=True)]
-        v = [second_moment(vi, d, self.beta2, self.variant)
-             for vi, d in zip(state.slots["v"], delta, strict=True)]
-        x = [adaptive_step(xi, mi, vi, self.server_lr, self.tau)
-             for xi, mi, vi in zip(state.params, m, v, strict=True)]
-        return replace(state, params=x, slots={**state.slots, "m": m, "v": v},
-                       round_num=state.round_num + 1), {}
+        v = [second_moment(vi, d, self.beta2, self.variant) for vi, d in zip(state.slots["v"], delta, strict=True)]
+        x = [adaptive_step(xi, mi, vi, self.server_lr, self.tau) for xi, mi, vi in zip(state.params, m, v, strict=True)]
+        return replace(state, params=x, slots={**state.slots, "m": m, "v": v}, round_num=state.round_num + 1), {}
 
 
 class FedAdam(FedOpt):

@@ -17,8 +17,7 @@ from fedge.strategies.base import Strategy, StrategyState, Weighting
 class FedProx(Strategy):
     name: ClassVar[str] = "fedprox"
 
-    def __init__(self, *, mu: float = 0.01, server_lr: float = 1.0,
-                 weighting: Weighting = "examples") -> None:
+    def __init__(self, *, mu: float = 0.01, server_lr: float = 1.0, weighting: Weighting = "examples") -> None:
         super().__init__(server_lr=server_lr, weighting=weighting)
         if mu < 0:
             raise ConfigError(f"strategy.mu must be >= 0, got {mu}")

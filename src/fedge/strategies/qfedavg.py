@@ -44,8 +44,7 @@ class QFedAvg(Strategy):
 
     def configure(self, state: StrategyState, round_num: int, train: TrainConfig) -> FitInstructions:
         lip = self.lipschitz if self.lipschitz is not None else 1.0 / train.lr
-        return FitInstructions(round_num=round_num, train=train,
-                               config={"report_initial_loss": True, "lipschitz": lip})
+        return FitInstructions(round_num=round_num, train=train, config={"report_initial_loss": True, "lipschitz": lip})
 
     def contribution(self, update: ClientUpdate) -> Terms:
         if INITIAL_LOSS not in update.metrics:

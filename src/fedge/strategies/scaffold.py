@@ -26,8 +26,7 @@ STATE_KEY = "scaffold_c"
 def new_client_control(c_i: Params, c: Params, delta: Params, steps: int, lr: float) -> Params:
     """Option II: ``c_i - c + (x - y) / (K η_l)`` with ``x - y = -delta``."""
     k = 1.0 / (max(steps, 1) * lr)
-    return [(ci - cg - np.float32(k) * d).astype(np.float32)
-            for ci, cg, d in zip(c_i, c, delta, strict=True)]
+    return [(ci - cg - np.float32(k) * d).astype(np.float32) for ci, cg, d in zip(c_i, c, delta, strict=True)]
 
 
 class Scaffold(Strategy):
@@ -53,8 +52,7 @@ class Scaffold(Strategy):
         n = float(state.scalars["num_clients"])
         c = [(cg + (s / n)).astype(np.float32) for cg, s in zip(state.slots["c"], sums["dc"], strict=True)]
         x = apply_step(state.params, self.mean_delta(sums), self.server_lr)
-        return replace(state, params=x, slots={**state.slots, "c": c},
-                       round_num=state.round_num + 1), {}
+        return replace(state, params=x, slots={**state.slots, "c": c}, round_num=state.round_num + 1), {}
 
     # -- client side ---------------------------------------------------------------
     def client_prepare(self, ins: FitInstructions, ctx: ClientContext) -> TrainConfig:

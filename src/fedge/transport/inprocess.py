@@ -31,13 +31,11 @@ class ClientRuntime:
         self.seed = seed
 
     def context(self, cid: int, round_num: int, state: dict[str, Any]) -> ClientContext:
-        return ClientContext(client_id=cid, round_num=round_num,
-                             rng=client_rng(self.seed, round_num, cid), state=state)
+        return ClientContext(client_id=cid, round_num=round_num, rng=client_rng(self.seed, round_num, cid), state=state)
 
     def fit(self, cid: int, params: Params, ins: FitInstructions, state: dict[str, Any]) -> Any:
         ctx = self.context(cid, ins.round_num, state)
-        return run_fit(self.client_fn(cid), params, ins, ctx,
-                       strategy=self.strategy, pipeline=self.pipeline)
+        return run_fit(self.client_fn(cid), params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
 
     def evaluate(self, cid: int, params: Params) -> EvalResult:
         return self.client_fn(cid).evaluate(params)

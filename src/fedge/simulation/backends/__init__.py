@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 class EngineConfig:
     workers: int = opt(0, "processes/ray: worker processes or actors (0 = the CPU count)", min=0)
     ray_address: str = opt("", "ray: address of a running cluster, host:port ('' = start a local one)")
-    ray_connect_timeout_s: float = opt(15.0, "ray: give up on an address that does not answer after this",
-                                       min=0, exclusive_min=True)
-    worker_timeout_s: float = opt(0.0, "processes/ray: a worker still busy after this many seconds of a "
-                                  "round is stopped and its clients count as lost (0 = no limit)", min=0)
+    ray_connect_timeout_s: float = opt(
+        15.0, "ray: give up on an address that does not answer after this", min=0, exclusive_min=True
+    )
+    worker_timeout_s: float = opt(
+        0.0,
+        "processes/ray: a worker still busy after this many seconds of a "
+        "round is stopped and its clients count as lost (0 = no limit)",
+        min=0,
+    )
     vectorized_chunk: int = opt(2048, "vectorized: clients trained together in one batched pass", min=1)
 
 

@@ -64,13 +64,31 @@ class Task:
     pipeline: Pipeline
 
 
-def split_round(runtime: ClientRuntime, round_num: int, client_ids: Sequence[int], params: Params,
-                ins: FitInstructions, states: dict[int, dict[str, Any]], reducer: Reducer | None,
-                workers: int) -> list[Task]:
+def split_round(
+    runtime: ClientRuntime,
+    round_num: int,
+    client_ids: Sequence[int],
+    params: Params,
+    ins: FitInstructions,
+    states: dict[int, dict[str, Any]],
+    reducer: Reducer | None,
+    workers: int,
+) -> list[Task]:
     """The round's cohort as one :class:`Task` per worker, balanced by training-set size."""
     shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], workers)
-    return [Task(round_num, share, params, ins, {c: states.setdefault(c, {}) for c in share},
-                 reducer, runtime.strategy, runtime.pipeline) for share in shares]
+    return [
+        Task(
+            round_num,
+            share,
+            params,
+            ins,
+            {c: states.setdefault(c, {}) for c in share},
+            reducer,
+            runtime.strategy,
+            runtime.pipeline,
+        )
+        for share in shares
+    ]
 
 
 @dataclass
@@ -85,8 +103,7 @@ class Outcome:
 
 
 def client_metrics(update: ClientUpdate) -> Metrics:
-    return {**update.metrics, "num_examples": float(update.num_examples),
-            "uplink_bytes": float(update.uplink_bytes)}
+    return {**update.metrics, "num_examples": float(update.num_examples), "uplink_bytes": float(update.uplink_bytes)}
 
 
 class PartialReducer:
@@ -117,12 +134,19 @@ class PartialReducer:
         self.examples += item.num_examples
 
     def result(self) -> PartialSum:
-        return PartialSum(terms=self.acc.sums, client_ids=self.ids, num_examples=self.examples,
-                          metrics=self.metrics, uplink_bytes=self.uplink, failures=self.failures)
+        return PartialSum(
+            terms=self.acc.sums,
+            client_ids=self.ids,
+            num_examples=self.examples,
+            metrics=self.metrics,
+            uplink_bytes=self.uplink,
+            failures=self.failures,
+        )
 
 
-def fit_one(runtime: ClientRuntime, cid: int, params: Params, ins: FitInstructions,
-            state: dict[str, Any]) -> ClientUpdate | ClientFailure:
+def fit_one(
+    runtime: ClientRuntime, cid: int, params: Params, ins: FitInstructions, state: dict[str, Any]
+) -> ClientUpdate | ClientFailure:
     """Run one client; an error becomes a :class:`ClientFailure` (the round goes on)."""
     try:
         out: ClientUpdate = runtime.fit(cid, params, ins, state)
@@ -136,8 +160,7 @@ def run_task(runtime: ClientRuntime, task: Task) -> Outcome:
     cpu0 = time.process_time()
     runtime.strategy = task.strategy
     runtime.pipeline = task.pipeline
-    items = (fit_one(runtime, cid, task.params, task.ins, task.states.setdefault(cid, {}))
-             for cid in task.client_ids)
+    items = (fit_one(runtime, cid, task.params, task.ins, task.states.setdefault(cid, {})) for cid in task.client_ids)
     if task.reducer is None:
         updates = list(items)
         return Outcome(None, updates, task.states, time.process_time() - cpu0)

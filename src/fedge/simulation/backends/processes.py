@@ -78,8 +78,7 @@ class _Worker:
         parent, child = ctx.Pipe()
         _RUNTIME = runtime
         try:
-            self.process: BaseProcess = ctx.Process(target=_worker_main, args=(child, threads),
-                                                    daemon=True)
+            self.process: BaseProcess = ctx.Process(target=_worker_main, args=(child, threads), daemon=True)
             self.process.start()
         finally:
             _RUNTIME = None
@@ -165,8 +164,9 @@ class ProcessesBackend:
                 worker.stop(kill=True)
                 self._pool.remove(worker)
 
-    def _collect(self, pending: dict[int, tuple[_Worker, list[int]]],
-                 states: dict[int, dict[str, Any]]) -> Iterator[FitResult]:
+    def _collect(
+        self, pending: dict[int, tuple[_Worker, list[int]]], states: dict[int, dict[str, Any]]
+    ) -> Iterator[FitResult]:
         """Yield each worker's result as it arrives; a dead or overdue worker's share becomes failures."""
         deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
         while pending:
@@ -177,8 +177,9 @@ class ProcessesBackend:
             if not ready:
                 for key, (worker, share) in list(pending.items()):
                     del pending[key]
-                    yield from self._lose(worker, share, f"worker process {worker.process.pid} "
-                                                         f"timed out after {self.timeout_s:g} s")
+                    yield from self._lose(
+                        worker, share, f"worker process {worker.process.pid} timed out after {self.timeout_s:g} s"
+                    )
                 return
             for key, (worker, share) in list(pending.items()):
                 if worker.conn in ready or worker.conn.poll():

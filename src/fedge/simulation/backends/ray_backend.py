@@ -67,8 +67,14 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str = "", workers: int = 0, connect_timeout_s: float = 15.0,
-                 threads_per_worker: int = 1, timeout_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        address: str = "",
+        workers: int = 0,
+        connect_timeout_s: float = 15.0,
+        threads_per_worker: int = 1,
+        timeout_s: float = 0.0,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.workers = workers
@@ -94,14 +100,23 @@ class RayBackend:
                 wait_for_address(self.address, self.connect_timeout_s)
             try:
                 if self.address:
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                             logging_level=logging.WARNING)
+                    ray.init(
+                        address=self.address,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
                 else:
-                    ray.init(num_cpus=self.workers or None, include_dashboard=False,
-                             log_to_driver=False, logging_level=logging.WARNING)
+                    ray.init(
+                        num_cpus=self.workers or None,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
             except (ConnectionError, RuntimeError, TimeoutError) as exc:
-                raise TransportError(f"engine.ray_address: cannot join Ray at "
-                                     f"{self.address or 'a new local instance'}: {exc}") from None
+                raise TransportError(
+                    f"engine.ray_address: cannot join Ray at {self.address or 'a new local instance'}: {exc}"
+                ) from None
             self._started = True
         return ray
 

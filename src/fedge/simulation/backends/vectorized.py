@@ -145,16 +145,27 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
     use_prox = bool(mu.any())
     corr: list[torch.Tensor] | None = None
     if any(j.cfg.grad_correction is not None for j in jobs):
-        corr = [torch.from_numpy(np.stack([
-            np.asarray(j.cfg.grad_correction[m], dtype=np.float32) if j.cfg.grad_correction is not None
-            else np.zeros(p.shape, np.float32) for j in jobs])) for m, p in enumerate(params)]
+        corr = [
+            torch.from_numpy(
+                np.stack(
+                    [
+                        np.asarray(j.cfg.grad_correction[m], dtype=np.float32)
+                        if j.cfg.grad_correction is not None
+                        else np.zeros(p.shape, np.float32)
+                        for j in jobs
+                    ]
+                )
+            )
+            for m, p in enumerate(params)
+        ]
     xt, yt = torch.from_numpy(x_pad), torch.from_numpy(y_pad)
     idx_t, mask_t = torch.from_numpy(idx), torch.from_numpy(mask)
     rows = torch.arange(k).unsqueeze(1)
     loss_fn = torch.nn.functional.cross_entropy
 
-    def batch_loss(ps: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor,
-                   m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_loss(
+        ps: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = functional_call(module, dict(zip(names, ps, strict=True)), (x,))
         total = (loss_fn(out, y, reduction="none") * m).sum()
         return total / m.sum().clamp(min=1.0), total
@@ -176,10 +187,15 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
             loss_sum += totals.to(torch.float64)
     seen = mask.sum(axis=(1, 2))
     out_params = [t.numpy() for t in theta]
-    return [TrainResult(params=[p[i] for p in out_params],
-                        steps=len(j.batches), loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
-                        num_examples=sizes[i])
-            for i, j in enumerate(jobs)]
+    return [
+        TrainResult(
+            params=[p[i] for p in out_params],
+            steps=len(j.batches),
+            loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
+            num_examples=sizes[i],
+        )
+        for i, j in enumerate(jobs)
+    ]
 
 
 class VectorizedBackend:
@@ -232,8 +248,9 @@ class VectorizedBackend:
         spec = ParamSpec.of(params)
         for start in range(0, len(client_ids), max(self.chunk, 1)):
             part = PartialReducer(reducer) if reducer is not None else None
-            for item in self._chunk(runtime, round_num, client_ids[start : start + self.chunk],
-                                    params, ins, states, spec):
+            for item in self._chunk(
+                runtime, round_num, client_ids[start : start + self.chunk], params, ins, states, spec
+            ):
                 if part is None:
                     yield item
                 else:
@@ -241,9 +258,16 @@ class VectorizedBackend:
             if part is not None and (part.ids or part.failures):
                 yield part.result()
 
-    def _chunk(self, runtime: ClientRuntime, round_num: int, ids: Sequence[int], params: Params,
-               ins: FitInstructions, states: dict[int, dict[str, Any]],
-               spec: ParamSpec) -> Iterator[ClientUpdate | ClientFailure]:
+    def _chunk(
+        self,
+        runtime: ClientRuntime,
+        round_num: int,
+        ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        states: dict[int, dict[str, Any]],
+        spec: ParamSpec,
+    ) -> Iterator[ClientUpdate | ClientFailure]:
         groups: dict[tuple[int, int], list[_Job]] = {}
         for cid in ids:
             state = states.setdefault(cid, {})
@@ -267,8 +291,9 @@ class VectorizedBackend:
         for jobs in groups.values():
             yield from self._train_group(runtime, params, ins, jobs)
 
-    def _train_group(self, runtime: ClientRuntime, params: Params, ins: FitInstructions,
-                     jobs: list[_Job]) -> Iterator[ClientUpdate | ClientFailure]:
+    def _train_group(
+        self, runtime: ClientRuntime, params: Params, ins: FitInstructions, jobs: list[_Job]
+    ) -> Iterator[ClientUpdate | ClientFailure]:
         learner: Any = jobs[0].client.learner
         try:
             results = train_cohort(learner.module, params, jobs)
@@ -279,7 +304,13 @@ class VectorizedBackend:
             return
         for job, result in zip(jobs, results, strict=True):
             try:
-                yield run_fit(_Trained(job.client, result), params, ins, job.ctx,
-                              strategy=runtime.strategy, pipeline=runtime.pipeline)
+                yield run_fit(
+                    _Trained(job.client, result),
+                    params,
+                    ins,
+                    job.ctx,
+                    strategy=runtime.strategy,
+                    pipeline=runtime.pipeline,
+                )
             except Exception as exc:
                 yield ClientFailure(job.client.client_id, "fit", f"{type(exc).__name__}: {exc}")
