@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up fedge in .venv and run its whole test suite.
+# Set up fedge in .venv, check lint, formatting and types, and run the whole test suite.
 #
 # The browser tests (HTML report, live dashboard) drive Debian's Chromium; when it is
 # missing and this runs as root on Debian/Ubuntu, it is installed first.
@@ -18,6 +18,11 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -c constraints.txt -e ".[all,dev]"
+
+# Lint, formatting and types first: any of them failing fails the run.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 
 set +e
 .venv/bin/python -m pytest "$@"
