@@ -191,3 +191,20 @@ def test_config_transforms_act_on_the_adapter_deltas(tmp_path: Path) -> None:
     (sent,) = summary["uplink_bytes_per_client_round"]
     assert 0 < sent < 0.6 * summary["adapter_bytes"]
     assert summary["perplexity_final"]["global"] < summary["perplexity_base"]["global"]
+
+
+def test_initial_adapter_depends_on_the_seed_not_on_what_ran_before(tiny_base: Path, tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(1)
+    first = small(tiny_base, tmp_path / "a").adapter.get()
+    torch.rand(1000)  # what an earlier test in the same process would draw
+    torch.manual_seed(2)
+    second = small(tiny_base, tmp_path / "b").adapter.get()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    other = prepare(
+        LlmConfig(base_model=str(tiny_base), num_clients=3, docs_per_client=24, block_size=32, rank=4),
+        seed=1,
+        workdir=tmp_path / "c",
+    ).adapter.get()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))

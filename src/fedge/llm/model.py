@@ -206,11 +206,14 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = False) -> Any:
+def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = False, seed: int = 0) -> Any:
     """Freeze ``model`` and insert LoRA adapters on ``spec.target_modules``.
 
+    The adapters' initial values come from ``seed`` alone (drawn inside a forked torch
+    generator), so a run starts from the same adapter whatever ran before it in the process.
     A target that matches no linear layer is an error listing the model's layer names.
     """
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
@@ -236,8 +239,9 @@ def attach_lora(model: Any, spec: LoraSpec, *, gradient_checkpointing: bool = Fa
         fan_in_fan_out=fan_in_fan_out,
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.manual_seed(seed)
         return get_peft_model(model, cfg)
 
 

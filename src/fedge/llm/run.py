@@ -94,7 +94,7 @@ def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
     max_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.block_size > max_pos:
         raise ModelError(f"llm.block_size: {cfg.block_size} exceeds the model's context of {max_pos} tokens")
-    adapter = Adapter(attach_lora(model, spec, gradient_checkpointing=cfg.gradient_checkpointing))
+    adapter = Adapter(attach_lora(model, spec, gradient_checkpointing=cfg.gradient_checkpointing, seed=seed))
     setup = LoraSetup(adapter, tokenizer, [], base, cfg.base_dtype, cfg.optimizer, cfg.base_quantization)
     eos = int(tokenizer.eos_token_id)
     for cid, docs in enumerate(client_texts(cfg, seed)):
