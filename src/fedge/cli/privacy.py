@@ -80,17 +80,17 @@ def register(cli: click.Group) -> None:
             cohort=cohort,
             population=population,
             sampling=sampling,  # type: ignore[arg-type]
-            accountant=accountant,
-        )  # type: ignore[arg-type]
+            accountant=accountant,  # type: ignore[arg-type]
+        )
         eps = epsilon_for(
             z,
             delta=delta,
             rounds=rounds,
             cohort=cohort,
             population=population,
-            sampling=sampling,
-            accountant=accountant,
-        )  # type: ignore[arg-type]
+            sampling=sampling,  # type: ignore[arg-type]
+            accountant=accountant,  # type: ignore[arg-type]
+        )
         out = {
             "noise_multiplier": z,
             "epsilon": eps,
@@ -131,9 +131,9 @@ def register(cli: click.Group) -> None:
             rounds=rounds,
             cohort=cohort,
             population=population,
-            sampling=sampling,
-            accountant=accountant,
-        )  # type: ignore[arg-type]
+            sampling=sampling,  # type: ignore[arg-type]
+            accountant=accountant,  # type: ignore[arg-type]
+        )
         if as_json:
             click.echo(
                 json.dumps(
