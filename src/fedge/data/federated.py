@@ -49,7 +49,9 @@ class FederatedDataset:
     """Features and labels of all clients, plus each client's train/test index lists.
 
     ``x_central``/``y_central`` is the held-out set for centralised evaluation; when not
-    given it is the union of the clients' test parts.
+    given it is the union of the clients' test parts. ``client_names[k]`` and
+    ``label_names[c]`` are the original names of client ``k`` and class ``c`` when the data
+    named them (``car-00``, ``drowsy``); the run folder records them.
     """
 
     x: npt.NDArray[np.float32]
@@ -60,6 +62,8 @@ class FederatedDataset:
     name: str = "custom"
     x_central: npt.NDArray[np.float32] | None = None
     y_central: npt.NDArray[np.int64] | None = None
+    client_names: list[str] | None = None
+    label_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -68,6 +72,10 @@ class FederatedDataset:
             raise DataError(f"{self.name}: train and test index lists differ in client count")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
             raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        if self.client_names is not None and len(self.client_names) != len(self.train):
+            raise DataError(f"{self.name}: {len(self.client_names)} client names for {len(self.train)} clients")
+        if self.label_names is not None and len(self.label_names) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.label_names)} label names for {self.num_classes} classes")
 
     @property
     def num_clients(self) -> int:

@@ -260,6 +260,15 @@ def load_keyvalue(
     bounds = np.searchsorted(owner, np.arange(len(clients) + 1))
     parts = [np.arange(bounds[k], bounds[k + 1], dtype=np.int64) for k in range(len(clients))]
     train, test = split_local(parts, test_fraction, np.random.default_rng(seed))
-    data = FederatedDataset(x=x, y=y, train=train, test=test, num_classes=len(names), name=Path(path).name)
+    data = FederatedDataset(
+        x=x,
+        y=y,
+        train=train,
+        test=test,
+        num_classes=len(names),
+        name=Path(path).name,
+        client_names=clients,
+        label_names=names,
+    )
     measured = collisions((k for r in ordered for k in r.features), hasher)
     return KeyValueData(data, names, clients, stats, measured)
