@@ -166,3 +166,93 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
         proc.wait(timeout=30)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+SHORT_TOML = """
+seed = 0
+rounds = 2
+[data]
+num_clients = 6
+[model]
+name = "logreg"
+framework = "numpy"
+[training]
+clients_per_round = 2
+local_epochs = 1
+[dashboard]
+port = 0
+"""
+
+
+def _run_cmd(tmp_path: Path, extra: str = "") -> list[str]:
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(SHORT_TOML + extra)
+    return [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q", "-o", str(tmp_path / "run")]
+
+
+def test_linger_default_is_until_ctrl_c_on_a_terminal_and_none_elsewhere() -> None:
+    from fedge.report.dashboard import LINGER_UNTIL_CTRL_C, linger_seconds
+
+    assert linger_seconds(LINGER_UNTIL_CTRL_C, tty=True) == math.inf
+    assert linger_seconds(LINGER_UNTIL_CTRL_C, tty=False) == 0.0
+    assert linger_seconds(2.5, tty=True) == linger_seconds(2.5, tty=False) == 2.5
+
+
+def test_a_non_interactive_run_with_dashboard_returns_by_itself(tmp_path: Path) -> None:
+    out = subprocess.run(_run_cmd(tmp_path), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert "dashboard: http://127.0.0.1:" in out.stderr
+    assert "still at" not in out.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_configured_linger_keeps_the_finished_dashboard_then_returns(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _run_cmd(tmp_path, "linger_s = 30\n"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = next(ln for ln in proc.stderr if ln.startswith("run finished; dashboard still at "))
+        url = line.split(" still at ", 1)[1].split(" for ", 1)[0]
+        assert "for 30 s" in line
+        assert (tmp_path / "run" / "metrics.jsonl").exists(), "the run folder is written before the wait"
+        code, snap = _get(url + "api/status")
+        assert code == 200 and snap["state"] == "finished" and snap["round"] == 2
+        proc.send_signal(__import__("signal").SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill() if proc.poll() is None else None
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_on_a_terminal_the_finished_dashboard_waits_for_ctrl_c(tmp_path: Path) -> None:
+    import os
+    import pty
+    import signal
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(_run_cmd(tmp_path), stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    try:
+        seen = b""
+        while b"Ctrl-C to exit" not in seen:
+            chunk = os.read(leader, 4096)
+            assert chunk, "the run ended without offering its dashboard"
+            seen += chunk
+        text = seen.decode(errors="replace").replace("\r", "")
+        url = text.split("run finished; dashboard still at ", 1)[1].split(" ", 1)[0]
+        assert _get(url + "healthz")[0] == 200
+        assert (tmp_path / "run" / "summary.json").exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(url + "healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)

@@ -20,7 +20,11 @@ class DashboardConfig:
     host: str = opt("127.0.0.1", "address to listen on; anything but loopback requires a token")
     port: int = opt(8765, "port to listen on (0 = any free port)", min=0, max=65535)
     token: str = opt("", "token the page and API require ('' = none on loopback, a random one elsewhere)")
-    linger_s: float = opt(0.0, "keep serving this many seconds after the run ends", min=0)
+    linger_s: float = opt(
+        -1.0,
+        "after the run, keep serving this many seconds (-1 = until Ctrl-C from a terminal, none otherwise)",
+        min=-1,
+    )
 
 
 @dataclass
@@ -46,7 +50,7 @@ def callbacks_from_config(exp: Experiment, built: Built | None = None) -> Sequen
 
     out: list[Callback] = []
     d: DashboardConfig = exp.section("dashboard")
-    if d.enabled:
+    if d.enabled and not (built is not None and built.deployed):  # `fedge serve` starts its own over the server
         out.append(
             DashboardCallback(host=d.host, port=d.port, token=d.token or None, linger_s=d.linger_s, announce=_announce)
         )

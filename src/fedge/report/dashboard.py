@@ -13,8 +13,10 @@ import hmac
 import json
 import math
 import secrets
+import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -198,10 +200,62 @@ class Dashboard:
         self.close()
 
 
+LINGER_UNTIL_CTRL_C = -1.0
+"""``linger_s`` value meaning: until Ctrl-C when run from a terminal, not at all otherwise."""
+
+_finished: list[tuple[Dashboard, float]] = []
+_finished_lock = threading.Lock()
+
+
+def interactive() -> bool:
+    """Whether a person is at the keyboard: stdin and stdout are both terminals."""
+    return sys.stdin is not None and sys.stdout is not None and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def linger_seconds(linger_s: float, *, tty: bool) -> float:
+    """How long a finished run's dashboard keeps serving: ``math.inf`` = until Ctrl-C.
+
+    ``linger_s >= 0`` is taken as given; :data:`LINGER_UNTIL_CTRL_C` (the default) means
+    until Ctrl-C on a terminal and 0 elsewhere, so CI and scripts are never held up.
+    """
+    if linger_s >= 0:
+        return linger_s
+    return math.inf if tty else 0.0
+
+
+def linger_finished(announce: Callable[[str], None] | None = None) -> None:
+    """Keeps the finished runs' dashboards serving as their ``linger_s`` asks, then closes them.
+
+    ``fedge run`` calls this after the run folder is written, so waiting here risks no
+    result; Ctrl-C ends the wait (and only the wait). ``announce`` gets one line per dashboard.
+    """
+    say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
+    with _finished_lock:
+        pending = list(_finished)
+        _finished.clear()
+    try:
+        for dashboard, seconds in pending:
+            if math.isinf(seconds):
+                say(f"run finished; dashboard still at {dashboard.url} — Ctrl-C to exit")
+                threading.Event().wait()
+            else:
+                say(f"run finished; dashboard still at {dashboard.url} for {seconds:g} s — Ctrl-C to exit sooner")
+                time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for dashboard, _ in pending:
+            dashboard.close()
+
+
 class DashboardCallback(Callback):
     """Starts a :class:`Dashboard` over a :class:`RunStatus` when the run starts.
 
-    After the run it keeps serving for ``linger_s`` seconds, so the final curves can be seen.
+    When the run ends the dashboard keeps serving, so its final curves can be seen: for
+    ``linger_s`` seconds, or by default until Ctrl-C when run from a terminal (see
+    :func:`linger_seconds`). The round loop is never held up: a dashboard that should
+    linger is handed to :func:`linger_finished`, which ``fedge run`` calls once the run
+    folder is written; without that call it serves until the process ends.
     """
 
     def __init__(
@@ -210,7 +264,7 @@ class DashboardCallback(Callback):
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
-        linger_s: float = 0.0,
+        linger_s: float = LINGER_UNTIL_CTRL_C,
         announce: Any = None,
     ) -> None:
         self.status = RunStatus()
@@ -229,8 +283,12 @@ class DashboardCallback(Callback):
 
     def on_run_end(self, history: History, state: StrategyState) -> None:
         self.status.on_run_end(history, state)
-        if self.dashboard is not None:
-            if self.linger_s > 0:
-                time.sleep(self.linger_s)
+        if self.dashboard is None:
+            return
+        seconds = linger_seconds(self.linger_s, tty=interactive())
+        if seconds > 0:
+            with _finished_lock:
+                _finished.append((self.dashboard, seconds))
+        else:
             self.dashboard.close()
-            self.dashboard = None
+        self.dashboard = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from fedge.core.errors import DataError
 from fedge.core.files import atomic_folder
 from fedge.report import plots
+from fedge.report.header import settings_rows
 from fedge.report.plots import Plot
 from fedge.report.runs import RunData, load_run
 
@@ -25,6 +26,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; } td, th { padding: 2px 10px; border-bottom: 1px solid #eee; text-align: left; }
+.cols { display: flex; flex-wrap: wrap; gap: 0 3em; } .cols h3 { margin: .4em 0; }
 figure { margin: 1em 0; } img { max-width: 100%; } .note { color: #777; font-style: italic; }
 """
 
@@ -59,6 +61,14 @@ def _summary_rows(run: RunData) -> list[tuple[str, str]]:
     if run.summary.get("stopped_early"):
         rows.append(("stopped early", str(run.summary["stopped_early"])))
     return rows
+
+
+def _population(run: RunData) -> int | None:
+    """The number of clients the run really had: its summary's count, else its partition's."""
+    n = run.summary.get("num_clients")
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    return len(run.label_histogram) if run.label_histogram else None
 
 
 def _table(rows: Sequence[tuple[str, str]]) -> str:
@@ -99,7 +109,12 @@ def render(runs: Sequence[RunData]) -> tuple[str, dict[str, bytes]]:
     for i, run in enumerate(runs):
         prefix = f"{i + 1:02d}-{run.name}-" if multi else ""
         body.append(f"<h2>{html.escape(run.name)}</h2><p>{html.escape(str(run.path))}</p>")
-        body.append(_table(_summary_rows(run)))
+        settings = settings_rows(run.config, num_clients=_population(run))
+        if settings:
+            body.append(f'<div class="cols"><div><h3>Settings</h3>{_table(settings)}</div>')
+            body.append(f"<div><h3>Results</h3>{_table(_summary_rows(run))}</div></div>")
+        else:
+            body.append(_table(_summary_rows(run)))
         for make in plots.SINGLE:
             plot = make(run)
             name = f"{prefix}{plot.name}.png"
@@ -132,7 +147,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     if target.is_dir() and any(target.iterdir()) and not (target / REPORT_FILE).exists():
         raise DataError(f"{target}: a non-empty folder that holds no earlier report; choose another --output")
     page, pngs = render(runs)
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, kind="report", overwrite=True) as tmp:
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)
         (tmp / REPORT_FILE).write_text(page, encoding="utf-8")

@@ -119,30 +119,90 @@ def sim_time(run: RunData) -> Plot:
     return Plot("sim_time", "Accuracy and loss per simulated time", _png(fig))
 
 
+MAX_BARS = 100
+"""Per-round bar charts with more rounds than this aggregate the rounds into this many bins at most."""
+
+
+def round_bins(rounds: Sequence[int], max_bars: int = MAX_BARS) -> list[tuple[int, int]]:
+    """``(start, stop)`` index ranges of consecutive rounds, at most ``max_bars`` of them.
+
+    One bin per round up to ``max_bars`` rounds; past that, bins of ``ceil(n / max_bars)``
+    rounds, so no bar is drawn thinner than a few pixels (thinner bars alias unevenly).
+    """
+    n = len(rounds)
+    width = max(1, math.ceil(n / max_bars))
+    return [(i, min(i + width, n)) for i in range(0, n, width)]
+
+
+def stacked_bars(
+    ax: Any, rounds: Sequence[int], layers: Sequence[tuple[str, Sequence[float]]], *, max_bars: int = MAX_BARS
+) -> int:
+    """Draws per-round stacked bars, binned past ``max_bars`` rounds; returns the bin width in rounds.
+
+    A binned bar spans its rounds and shows their mean, so its height reads as per round.
+    """
+    bins = round_bins(rounds, max_bars)
+    width = bins[0][1] - bins[0][0] if bins else 1
+    lefts = [rounds[a] - 0.5 for a, _ in bins]
+    widths = [rounds[b - 1] - rounds[a] + 1 for a, b in bins]
+    bottom = [0.0] * len(bins)
+    for label, values in layers:
+        means = [sum(values[a:b]) / (b - a) for a, b in bins]
+        ax.bar(lefts, means, width=widths, bottom=bottom, align="edge", label=label, linewidth=0)
+        bottom = [x + m for x, m in zip(bottom, means, strict=True)]
+    if rounds:
+        ax.set_xlim(rounds[0] - 0.5, rounds[-1] + 0.5)
+    return width
+
+
+def _integer_counts(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _per_round(width: int) -> str:
+    return "per round" if width == 1 else f"per round (mean of {width}-round bins)"
+
+
 def participants(run: RunData) -> Plot:
     rounds = [r.round for r in run.history]
     reasons = sorted({k for r in run.history for k in r.dropped})
     fig, ax = _figure()
-    ax.bar(rounds, [r.participants for r in run.history], label="aggregated", color="#2a9d8f")
-    bottom = [float(r.participants) for r in run.history]
-    for reason in reasons:
-        counts = [len(r.dropped.get(reason, [])) for r in run.history]
-        ax.bar(rounds, counts, bottom=bottom, label=f"dropped: {reason}"[:60])
-        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    layers: list[tuple[str, Sequence[float]]] = [("aggregated", [float(r.participants) for r in run.history])]
+    layers += [(f"dropped: {reason}"[:60], [len(r.dropped.get(reason, [])) for r in run.history]) for reason in reasons]
+    width = stacked_bars(ax, rounds, layers)
+    _integer_counts(ax)
     ax.set_xlabel("round")
     ax.set_ylabel("clients")
-    ax.set_title("participants and drop reasons per round")
-    ax.legend(fontsize=7)
+    ax.set_title(f"participants and drop reasons {_per_round(width)}")
+    _legend_outside(ax, len(layers))
     return Plot("participants", "Participants and drop reasons per round", _png(fig))
+
+
+def byte_axis(axis: Any) -> None:
+    """Byte counts with their unit (B, kB, MB, GB) on the tick labels and no offset or 1eN factor."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    axis.set_major_formatter(EngFormatter(unit="B", places=None, sep=" "))
+    axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+
+
+def _legend_outside(ax: Any, entries: int) -> None:
+    """A legend right of the axes (constrained layout makes room for it), so it never covers the bars."""
+    if entries:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
 
 
 def traffic(run: RunData) -> Plot:
     fig, ax = _figure()
     rounds = [r.round for r in run.history]
-    ax.plot(rounds, [r.uplink_bytes / 1e6 for r in run.history], label="uplink (clients → server)")
-    ax.plot(rounds, [r.downlink_bytes / 1e6 for r in run.history], label="downlink (server → clients)")
+    ax.plot(rounds, [r.uplink_bytes for r in run.history], label="uplink (clients → server)")
+    ax.plot(rounds, [r.downlink_bytes for r in run.history], label="downlink (server → clients)", linestyle="--")
+    ax.set_ylim(bottom=0)
+    byte_axis(ax.yaxis)
     ax.set_xlabel("round")
-    ax.set_ylabel("MB per round")
+    ax.set_ylabel("bytes per round")
     ax.set_title("bytes on the wire per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -203,15 +263,12 @@ def device_mix(run: RunData) -> Plot:
         )
     fig, ax = _figure()
     rounds = [r.round for r in run.history]
-    bottom = [0.0] * len(rounds)
-    for p in profiles:
-        counts = [m.get(p, 0.0) for m in mixes]
-        ax.bar(rounds, counts, bottom=bottom, label=p)
-        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    width = stacked_bars(ax, rounds, [(p, [m.get(p, 0.0) for m in mixes]) for p in profiles])
+    _integer_counts(ax)
     ax.set_xlabel("round")
     ax.set_ylabel("clients")
-    ax.set_title("device mix of the round's clients")
-    ax.legend(fontsize=7)
+    ax.set_title(f"device mix of the round's clients {_per_round(width)}")
+    _legend_outside(ax, len(profiles))
     return Plot("device_mix", title, _png(fig))
 
 
@@ -246,7 +303,10 @@ def partition(run: RunData) -> Plot:
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     fig, ax = _figure(7.0, min(8.0, 2.0 + 0.04 * len(counts)))
     im = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
-    if counts.shape[1] <= 30:
+    names = run.label_names if run.label_names and len(run.label_names) == counts.shape[1] else None
+    if counts.shape[1] <= 30 and names:
+        ax.set_xticks(range(counts.shape[1]), labels=names, rotation=45, ha="right")
+    elif counts.shape[1] <= 30:
         ax.set_xticks(range(counts.shape[1]))
     ax.set_xlabel("label")
     ax.set_ylabel("client")
@@ -320,14 +380,15 @@ def compare_traffic(runs: Sequence[RunData]) -> Plot:
         for rec in run.history:
             total += rec.uplink_bytes
             if not math.isnan(rec.test_accuracy):
-                xs.append(total / 1e6)
+                xs.append(total)
                 ys.append(rec.test_accuracy)
         if ys:
             ax.plot(xs, ys, label=run.name)
             drawn = True
     if not drawn:
         return Plot("compare_traffic", title, None, f"test accuracy {NOT_RECORDED}s")
-    ax.set_xlabel("cumulative uplink (MB)")
+    byte_axis(ax.xaxis)
+    ax.set_xlabel("cumulative uplink")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)

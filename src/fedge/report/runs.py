@@ -29,6 +29,8 @@ class RunData:
     label_histogram: list[list[int]] | None = None
     dataset: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    label_names: list[str] | None = None
+    """Class names when the data's labels were names (the run's ``labels.json``)."""
 
     @property
     def name(self) -> str:
@@ -87,6 +89,16 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def _label_names(path: Path) -> list[str] | None:
+    """``labels.json`` (``{"0": "alert", "1": "drowsy"}``) as a list indexed by class, when present."""
+    if not path.exists():
+        return None
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
+        raise DataError(f"{path}: expected an object mapping class numbers to names")
+    return [str(raw[k]) for k in sorted(raw, key=int)]
+
+
 def _check_lines(path: Path) -> None:
     """Each non-blank line must be a JSON object with an integer ``round``."""
     for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
@@ -138,4 +150,12 @@ def load_run(path: str | Path) -> RunData:
             config = tomllib.loads((p / "config.toml").read_text())
         except tomllib.TOMLDecodeError as exc:
             raise DataError(f"{p / 'config.toml'}: corrupt TOML: {exc}") from None
-    return RunData(path=p, history=history, summary=summary, label_histogram=hist, dataset=dataset, config=config)
+    return RunData(
+        path=p,
+        history=history,
+        summary=summary,
+        label_histogram=hist,
+        dataset=dataset,
+        config=config,
+        label_names=_label_names(p / "labels.json"),
+    )
