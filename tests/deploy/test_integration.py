@@ -50,7 +50,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def spawn(procs: list[subprocess.Popen[bytes]], args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as f:
-        p = subprocess.Popen([*FEDGE, *args], stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.Popen([*FEDGE, *args], stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
     procs.append(p)
     return p
 

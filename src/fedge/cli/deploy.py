@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fedge.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedge.config.schema import Experiment
 
 
 def _logging(verbose: bool) -> None:
@@ -43,7 +47,20 @@ def _logging(verbose: bool) -> None:
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Also write model.npz and metrics.jsonl here at the end.",
+    help="Run folder written when the run ends, as `fedge run` writes it (default: the config's `output`).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier fedge run in the output folder.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set training.lr=0.05 (with --resume: deploy.* keys only).",
+)
+@click.option(
+    "--downgrade-security",
+    is_flag=True,
+    help="With --resume: allow fewer protections (TLS, client CA, allow-list, revocation list) than the run stored.",
 )
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port, token: [dashboard]).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
@@ -60,23 +77,38 @@ def serve_cmd(
     tls_key: str | None,
     client_ca: str | None,
     output: Path | None,
+    overwrite: bool,
+    settings: tuple[str, ...],
+    downgrade_security: bool,
     dashboard: bool,
     quiet: bool,
 ) -> None:
     """Run the federation in CONFIG for remote nodes (`fedge join`) over gRPC.
 
-    The run's state (config, nodes, per-round metrics, model and strategy state) is kept
-    in SQLite after every round; after a crash, `fedge serve --resume` continues it.
-    SIGTERM finishes the current round, checkpoints it and stops.
-    """
-    from fedge.deploy.server import experiment_for, serve
-    from fedge.plugins import load_plugins
+    The run's state (config, security settings, nodes, per-round metrics, model and
+    strategy state) is kept in SQLite after every round; after a crash, `fedge serve
+    --resume` continues it with the stored TLS files, allow-list and revocation list
+    unless new ones are given. A finished run leaves the same run folder as `fedge run`.
 
-    _logging(not quiet)
-    load_plugins()
-    exp = experiment_for(
-        config,
-        {
+    SIGTERM stops the server at any point with exit code 143: during start-up and while
+    waiting for nodes at once, mid-round after that round is finished and checkpointed
+    (a second SIGTERM stops at once). `fedge serve --resume` continues from the last
+    checkpointed round.
+    """
+    stopper = _SigTerm()
+    signal.signal(signal.SIGTERM, stopper)
+    try:
+        from fedge.deploy.server import experiment_for
+        from fedge.plugins import load_plugins
+
+        _logging(not quiet)
+        load_plugins()
+        if downgrade_security and not resume:
+            raise ConfigError("--downgrade-security goes with --resume")
+        fixed = [s for s in settings if not s.strip().startswith("deploy.")]
+        if resume and fixed:
+            raise ConfigError(f"--resume continues the stored run as it was: --set {fixed[0]} cannot change it")
+        deploy_options = {
             "host": host,
             "port": port,
             "state": state,
@@ -86,26 +118,59 @@ def serve_cmd(
             "tls_cert": tls_cert,
             "tls_key": tls_key,
             "client_ca": client_ca,
-        },
-    )
-    stop: list[Any] = []
+        }
+        exp = experiment_for(config, deploy_options, settings)
+        if dashboard:
+            exp.section("dashboard").enabled = True
+        _serve(exp, stopper, output, resume=resume, overwrite=overwrite, downgrade_security=downgrade_security)
+    except _Terminated as exc:
+        click.echo(f"fedge serve: stopped by SIGTERM ({exc}); `fedge serve --resume` continues the run", err=True)
+        sys.exit(EXIT_SIGTERM)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        click.echo("fedge serve: SIGTERM, finishing the current round", err=True)
-        for t in stop:
-            t.stopping.set()
 
-    signal.signal(signal.SIGTERM, on_term)
+EXIT_SIGTERM = 143
+"""Exit code of ``fedge serve`` stopped by SIGTERM (128 + 15, what a shell reports for the signal)."""
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler while nothing is left to finish."""
+
+
+class _SigTerm:
+    """SIGTERM handler: before the round loop runs, stop at once; in a round, finish and checkpoint it first."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.transport is None:
+            raise _Terminated("during start-up")
+        if self.signals > 1:
+            raise _Terminated("second SIGTERM")
+        click.echo("fedge serve: SIGTERM, finishing the current round (SIGTERM again: stop now)", err=True)
+        self.transport.stopping.set()
+
+
+def _serve(
+    exp: Experiment, stopper: _SigTerm, output: Path | None, *, resume: bool, overwrite: bool, downgrade_security: bool
+) -> None:
+    from fedge.deploy.server import StopServing, serve
 
     def ready(p: int) -> None:
         click.echo(f"fedge serve: listening on {exp.section('deploy').host}:{p}", err=True)
 
-    hooks: list[Any] = [stop.append]
+    def attach(transport: Any) -> None:
+        stopper.transport = transport
+        if stopper.signals:
+            transport.stopping.set()
+
+    hooks: list[Any] = [attach]
     board = None
-    if dashboard:
+    if exp.section("dashboard").enabled:
         from fedge.report import serve_dashboard_hook
 
-        exp.section("dashboard").enabled = True
         board = serve_dashboard_hook(exp, lambda url: click.echo(f"fedge serve: dashboard at {url}", err=True))
         hooks.append(board)
 
@@ -114,22 +179,29 @@ def serve_cmd(
             hook(transport)
 
     try:
-        served = serve(exp, resume=resume, on_ready=ready, transport_hook=transport_hook)
+        served = serve(
+            exp,
+            resume=resume,
+            on_ready=ready,
+            transport_hook=transport_hook,
+            downgrade_security=downgrade_security,
+            on_warning=lambda msg: click.echo(f"fedge serve: WARNING: {msg}", err=True),
+            output=output or "default",
+            overwrite=overwrite,
+        )
+    except StopServing as exc:
+        raise _Terminated(str(exc)) from None
     finally:
         if board is not None:
             board.close()
-    if output is not None:
-        from fedge.experiment import save_params_npz
-        from fedge.simulation.history import write_jsonl
-
-        output.mkdir(parents=True, exist_ok=True)
-        save_params_npz(served.result.state.params, output / "model.npz")
-        write_jsonl(served.history, output / "metrics.jsonl")
     h = served.history
     click.echo(
         f"run {served.run_id}: {len(h)} rounds, final accuracy {h.final_accuracy:.4f}"
         + (f" (stopped: {served.result.stopped_early})" if served.result.stopped_early else "")
+        + (f"; wrote {served.output}" if served.output else "")
     )
+    if stopper.signals:
+        raise _Terminated(f"after round {served.result.state.round_num}, checkpointed")
 
 
 @click.command("join")
@@ -154,6 +226,13 @@ def serve_cmd(
     help="Train on this CSV/Parquet/.npz file (a real device's data).",
 )
 @click.option("--label", default="label", show_default=True, help="Label column of --data.")
+@click.option(
+    "--project",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder of your model/data code ([model] factory, [data] loader), put on the import path.",
+)
 @click.option("--num-classes", type=int, default=0, help="Classes of the model with --data (0 = from labels).")
 @click.option(
     "--ca",
@@ -188,6 +267,7 @@ def join_cmd(
     partition: int,
     data: Path | None,
     label: str,
+    project: Path,
     num_classes: int,
     ca: Path | None,
     cert: Path | None,
@@ -200,8 +280,10 @@ def join_cmd(
     """Join the federation at SERVER and train until the run ends."""
     from fedge.deploy.auth import Signer, load_private
     from fedge.deploy.node import Backoff, Node, file_client
+    from fedge.usercode import add_search_paths
 
     _logging(not quiet)
+    add_search_paths([project])
     if data is not None and partition >= 0:
         raise ConfigError("--data and --partition exclude each other")
     if (cert is None) != (cert_key is None):
@@ -247,13 +329,25 @@ def keys_new(out: Path, name: str) -> None:
 
 @click.command("status")
 @click.option("--server", required=True, help="HOST:PORT of the fedge server.")
-@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path), help="PEM CA for TLS.")
+@click.option(
+    "--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM CA of the server certificate: TLS."
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM client certificate when the server wants mutual TLS (with --cert-key).",
+)
+@click.option("--cert-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM key of --cert.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
-def status_cmd(server: str, ca: Path | None, as_json: bool) -> None:
+def status_cmd(server: str, ca: Path | None, cert: Path | None, cert_key: Path | None, as_json: bool) -> None:
     """Show a running server's nodes, current round and last metrics."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # failures are explained in one line, not by gRPC's log
     from fedge.deploy.client import fetch_status
 
-    st = fetch_status(server, root_ca=ca.read_bytes() if ca else None)
+    if (cert is None) != (cert_key is None):
+        raise ConfigError("--cert and --cert-key go together")
+    chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
+    st = fetch_status(server, root_ca=ca.read_bytes() if ca else None, cert_chain=chain)
     if as_json:
         click.echo(st.to_json())
         return
@@ -272,8 +366,47 @@ def status_cmd(server: str, ca: Path | None, as_json: bool) -> None:
         )
 
 
+@click.group("certs")
+def certs_group() -> None:
+    """TLS certificates for `fedge serve`, `fedge join` and `fedge status`."""
+
+
+@certs_group.command("new")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for ca.pem/ca.key, server.pem/server.key and NAME.pem/NAME.key (keys mode 0600).",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="Name or IP address nodes use to reach the server (repeat for several).",
+)
+@click.option("--client", "clients", multiple=True, help="Also a node certificate NAME.pem for mutual TLS (repeat).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of every certificate.")
+def certs_new(out: Path, hosts: tuple[str, ...], clients: tuple[str, ...], days: int) -> None:
+    """Write a private CA and a server certificate for the given hosts; never overwrites a file.
+
+    Then: `fedge serve --tls-cert OUT/server.pem --tls-key OUT/server.key` (add
+    `--client-ca OUT/ca.pem` for mutual TLS); copy OUT/ca.pem to each device for
+    `fedge join --ca` and `fedge status --ca` (and NAME.pem/NAME.key for `--cert/--cert-key`).
+    Keep ca.key off the server and the devices.
+    """
+    from fedge.deploy.certs import new_certs
+
+    files = new_certs(out, hosts, clients, days=days)
+    click.echo(f"wrote {files.ca} and {files.ca_key} (the CA: keep the key safe)")
+    click.echo(f"wrote {files.server} and {files.server_key} for {', '.join(hosts)}: fedge serve --tls-cert/--tls-key")
+    for name, (cert, key) in files.clients.items():
+        click.echo(f"wrote {cert} and {key} for node {name}: fedge join --cert/--cert-key")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(serve_cmd)
     cli.add_command(join_cmd)
     cli.add_command(keys_group)
+    cli.add_command(certs_group)
     cli.add_command(status_cmd)

@@ -20,7 +20,7 @@ import random
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedge.clients.base import Client, ClientData, LearnerClient, run_fit
+from fedge.clients.base import Client, ClientData, Learner, LearnerClient, run_fit
 from fedge.config.schema import CORE_SECTIONS, Experiment, from_dict
 from fedge.core.errors import DataError, TransportError
 from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client_rng
@@ -84,13 +84,30 @@ def load_experiment(text: str) -> Experiment:
 
 
 def partition_client(exp: Experiment, cid: int) -> Client:
-    """Client ``cid`` of the experiment's own dataset (demos and tests)."""
+    """Client ``cid`` of the experiment's own data: its ``[data] loader`` called for ``cid`` only, or its dataset."""
     from fedge.experiment import load_dataset
+
+    d = exp.data
+    if d.loader:
+        from fedge.data.usercode_source import load_client
+
+        x, y, xt, yt = load_client(d.loader, cid, num_clients=d.num_clients, seed=exp.seed)
+        classes = exp.model.num_classes or int(max(y.max(initial=0), yt.max(initial=0))) + 1
+        return LearnerClient(cid, exp_learner(exp, x.shape[1:], classes), ClientData(x, y, xt, yt))
+    data = load_dataset(exp)
+    return LearnerClient(
+        cid, exp_learner(exp, data.feature_shape, exp.model.num_classes or data.num_classes), data.client(cid)
+    )
+
+
+def exp_learner(exp: Experiment, feature_shape: Sequence[int], num_classes: int) -> Learner:
+    """The experiment's learner (built-in model or ``[model] factory``, ``[training] loss``) for this data."""
     from fedge.models import build_learner
 
-    data = load_dataset(exp)
-    learner = build_learner(exp.model.name, exp.model.framework, data.feature_shape, data.num_classes, exp.model.hidden)
-    return LearnerClient(cid, learner, data.client(cid))
+    m = exp.model
+    return build_learner(
+        m.name, m.framework, feature_shape, num_classes, m.hidden, factory=m.factory, loss=exp.training.loss
+    )
 
 
 def file_client(path: str, label: str = "label", num_classes: int = 0) -> ClientFactory:
@@ -98,15 +115,12 @@ def file_client(path: str, label: str = "label", num_classes: int = 0) -> Client
 
     def make(exp: Experiment, cid: int) -> Client:
         from fedge.data.loaders import load_files
-        from fedge.models import build_learner
 
         x, y, _ = load_files(path, label=label)
         n_test = int(len(y) * exp.data.test_fraction)
         order = np.random.default_rng([exp.seed, cid]).permutation(len(y))
         te, tr = order[:n_test], order[n_test:]
-        learner = build_learner(
-            exp.model.name, exp.model.framework, x.shape[1:], num_classes or int(y.max()) + 1, exp.model.hidden
-        )
+        learner = exp_learner(exp, x.shape[1:], num_classes or exp.model.num_classes or int(y.max()) + 1)
         return LearnerClient(cid, learner, ClientData(x[tr], y[tr], x[te], y[te]))
 
     return make
@@ -311,6 +325,7 @@ class Node:
             return self.rounds_trained
         finally:
             self._stop.set()
+            beat.join(timeout=30)  # a heartbeat still in a call when the process exits can abort it
             self.channel.close()
 
     def fetch(self, reply: Any) -> Any:
