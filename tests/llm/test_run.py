@@ -208,3 +208,35 @@ def test_initial_adapter_depends_on_the_seed_not_on_what_ran_before(tiny_base: P
         workdir=tmp_path / "c",
     ).adapter.get()
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_central_dp_on_lora_accounts_every_writer_training_every_round(tmp_path: Path) -> None:
+    """The population is the run's writers, not ``[data] num_clients``; ε is recorded every round."""
+    import fedge.llm
+    import fedge.privacy  # noqa: F401
+    from fedge.privacy.accountant import Accountant
+
+    exp = from_dict(
+        {
+            "rounds": 2,
+            "strategy": {"name": "fedavg", "weighting": "uniform"},
+            "data": {"num_clients": 100},
+            "training": {"clients_per_round": 0, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
+            "privacy": {"mode": "central", "noise_multiplier": 1.0, "clip_norm": 1.0},
+            "llm": {
+                "enabled": True,
+                "num_clients": 3,
+                "docs_per_client": 10,
+                "block_size": 16,
+                "tiny_embd": 16,
+                "rank": 2,
+            },
+        }
+    )
+    result, _, _ = run_experiment(exp, output=str(tmp_path / "run"))
+    truth = Accountant("rdp", "fixed", 3, 3)
+    for rec in result.history:
+        truth.step(1.0)
+        assert rec.participants == 3
+        assert rec.extra["sampling_rate"] == 1.0
+        assert rec.extra["epsilon"] == pytest.approx(truth.epsilon(1e-5))

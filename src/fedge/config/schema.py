@@ -40,12 +40,36 @@ def opt(
 @dataclass
 class DataConfig:
     dataset: str = opt(
-        "digits", "built-in dataset, or 'files' for your own", choices=("digits", "synthetic", "synthetic-iid", "files")
+        "digits",
+        "built-in dataset, 'files' for your own files, 'hf' for Hugging Face datasets, 'leaf' for LEAF JSON "
+        "(see docs/data.md)",
+        choices=("digits", "synthetic", "synthetic-iid", "files", "hf", "leaf"),
     )
-    path: str = opt("", "with dataset = 'files': a CSV/Parquet/.npz file, or a folder of one file per client")
-    label_column: str = opt("label", "with dataset = 'files': the label column (or .npz array)")
-    client_column: str = opt("", "with dataset = 'files': column of client ids ('' = partition the rows)")
-    num_clients: int = opt(100, "clients to split the data among (synthetic: number of devices)", min=1)
+    path: str = opt(
+        "", "'files': a CSV/Parquet/.npz file or a folder of one file per client; 'leaf': a LEAF train folder or file"
+    )
+    label_column: str = opt("label", "with dataset = 'files' or 'hf': the label column (or .npz array)")
+    client_column: str = opt(
+        "", "with dataset = 'files' or 'hf': column of client ids, one client per id ('' = partition the rows)"
+    )
+    feature_columns: list[str] = opt(  # noqa: RUF009
+        [], "with dataset = 'files' or 'hf': the feature columns ([] = all but the label and client columns)"
+    )
+    hf_name: str = opt("", "with dataset = 'hf': a hub name, a save_to_disk folder, or local CSV/Parquet/JSON files")
+    hf_split: str = opt("train", "with dataset = 'hf': the split to read")
+    text_features: int = opt(
+        1024, "with dataset = 'leaf' (Sent140): size of the hashed bag-of-words vector of a tweet", min=1
+    )
+    num_clients: int = opt(
+        100,
+        "clients to split pooled data among (synthetic: number of devices); not used when the data names "
+        "its clients (client column, one file per client, LEAF)",
+        min=1,
+    )
+    loader: str = opt(
+        "", "your own data: 'package.module:function' called as f(client_id, num_clients, seed) (see docs/usercode.md)"
+    )
+    test_loader: str = opt("", "with loader: 'package.module:function' returning the central (x, y) test set")
     partition: str = opt(
         "dirichlet", "how pooled data is split among clients", choices=("iid", "dirichlet", "shards", "powerlaw")
     )
@@ -65,6 +89,9 @@ class ModelConfig:
     framework: str = opt("torch", "torch, or numpy for devices without PyTorch", choices=("torch", "numpy"))
     hidden: list[int] = opt([64], "hidden layer sizes of the mlp")  # noqa: RUF009
     num_classes: int = opt(0, "output size (0 = one per label found in the data)", min=0)
+    factory: str = opt(
+        "", "your own model: 'package.module:function' returning an nn.Module or a Learner (name is then ignored)"
+    )
 
 
 @dataclass
@@ -84,7 +111,9 @@ class StrategyConfig:
 
 @dataclass
 class TrainingConfig:
-    clients_per_round: int = opt(20, "clients selected each round (0 = use fraction)", min=0)
+    clients_per_round: int = opt(
+        20, "clients selected each round (0 = use fraction); the default 20 takes all of a smaller population", min=0
+    )
     fraction: float = opt(0.0, "with clients_per_round = 0: share of available clients per round", min=0, max=1)
     min_clients: int = opt(1, "fewest usable updates for a round to change the model", min=1)
     local_epochs: int = opt(5, "local epochs per round", min=1)
@@ -94,6 +123,13 @@ class TrainingConfig:
     weight_decay: float = opt(0.0, "local SGD weight decay", min=0)
     backend: str = opt("sequential", "how the cohort is executed (see `fedge run --help`)")
     max_update_norm: float = opt(0.0, "reject updates whose L2 norm exceeds this (0 = no bound)", min=0)
+    threads: int = opt(
+        0,
+        "CPU threads of PyTorch and BLAS per training process (0 = auto: $OMP_NUM_THREADS, else 1, "
+        "vectorized min(cores, 4); processes/ray workers always 1)",
+        min=0,
+    )
+    loss: str = opt("", "your own loss: 'package.module:function' (logits, targets) -> scalar ('' = cross-entropy)")
 
 
 @dataclass
@@ -108,7 +144,9 @@ class Experiment:
     seed: int = opt(0, "seed of every random choice: same seed, same history and model")
     rounds: int = opt(100, "federated rounds", min=1)
     output: str = opt(
-        "runs/{dataset}-{strategy}-seed{seed}", "output folder ({dataset}, {strategy}, {seed} are filled in)"
+        "runs/{dataset}-{strategy}-seed{seed}",
+        "output folder: {dataset}, {strategy}, {model}, {seed}, {timestamp} are filled in; "
+        "a name already taken gets -2, -3 ... (see docs/engine.md)",
     )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,8 +163,27 @@ class Experiment:
             self.extensions[name] = SECTIONS[name]()
         return self.extensions[name]
 
-    def output_dir(self) -> str:
-        return self.output.format(dataset=self.data.dataset, strategy=self.strategy.name, seed=self.seed)
+    def output_dir(self, **fill: str) -> str:
+        """The ``output`` template filled in (``{timestamp}`` is the local time, YYYYmmdd-HHMMSS).
+
+        ``fill`` replaces a key's value (``fedge finetune`` names its runs ``dataset = "llm"``).
+        """
+        import time
+
+        keys = {
+            "dataset": self.data.dataset,
+            "strategy": self.strategy.name,
+            "model": self.model.name,
+            "seed": self.seed,
+            "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+            **fill,
+        }
+        try:
+            return self.output.format(**keys)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"output: {self.output!r} is not a valid template ({exc}); it may use {{{'}, {'.join(keys)}}}"
+            ) from None
 
 
 CORE_SECTIONS = ("data", "model", "strategy", "training", "evaluation")
@@ -222,6 +279,10 @@ def from_dict(raw: dict[str, Any]) -> Experiment:
     extra = {k: v for k, v in raw.items() if k not in known}
     for key, value in extra.items():
         if key not in SECTIONS:
+            from fedge.plugins import missing_section
+
+            if (why := missing_section(key)) is not None:
+                raise ConfigError(why)
             raise _unknown(key, [*known, *SECTIONS], "")
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table")
@@ -239,6 +300,9 @@ def load(path: str) -> Experiment:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
+    from fedge.usercode import add_search_paths
+
+    add_search_paths([p.resolve().parent])  # entry points import from the experiment file's folder
     try:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -275,11 +339,22 @@ def _section_lines(obj: Any) -> list[str]:
     return lines
 
 
-def to_toml(exp: Experiment, *, commented: bool = True) -> str:
-    """The experiment as TOML; with ``commented`` every key carries its documentation."""
+def to_toml(
+    exp: Experiment, *, commented: bool = True, used: bool = False, only: typing.Collection[str] | None = None
+) -> str:
+    """The experiment as TOML; with ``commented`` every key carries its documentation.
+
+    By default every registered section is written (``fedge init`` documents them all). With
+    ``used`` only the extension sections the experiment holds (set in its file, or read by a
+    part of the run) are written: what a run folder keeps. ``only`` further limits them to
+    those names (what a deployed node receives).
+    """
     out = _section_lines(exp)
     sections = [(name, getattr(exp, name)) for name in CORE_SECTIONS]
-    sections += [(name, exp.section(name)) for name in sorted(set(SECTIONS) | set(exp.extensions))]
+    names = set(exp.extensions) if used or only is not None else set(SECTIONS) | set(exp.extensions)
+    if only is not None:
+        names &= set(only)
+    sections += [(name, exp.section(name)) for name in sorted(names)]
     for name, sec in sections:
         out += ["", f"[{name}]", *_section_lines(sec)]
     text = "\n".join(out) + "\n"

@@ -10,30 +10,35 @@ the last completed round.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
 from fedge.config.schema import Experiment, from_dict, to_toml
-from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import Params
-from fedge.deploy import wire
+from fedge.deploy import security, wire
 from fedge.deploy.auth import Verifier
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.service import FedgeService, Metadata, Refused
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
+from fedge.pipeline import Transform
 from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.loop import Callback, EvalPlan, RunResult, StopRun, run
 from fedge.strategies.base import StrategyState
+
+if TYPE_CHECKING:
+    from fedge.experiment import Built
 
 log = logging.getLogger("fedge.deploy")
 SERVICE = "fedge.deploy.Fedge"
@@ -128,14 +133,22 @@ def start_grpc(svc: FedgeService, cfg: DeployConfig) -> tuple[grpc.Server, int]:
     return server, port
 
 
+STOPPED_BY_SIGNAL = "stopped by signal"
+"""``stopped_early`` of a run interrupted by SIGTERM: it continues with ``--resume``. Any other
+early stop (a privacy budget, a target accuracy) ends the run."""
+
+
 class _Checkpoint(Callback):
     """Checkpoints each round and publishes it to the status API; stops on request."""
 
-    def __init__(self, store: Store, svc: FedgeService, transport: GrpcTransport) -> None:
+    def __init__(
+        self, store: Store, svc: FedgeService, transport: GrpcTransport, transforms: Sequence[Transform] = ()
+    ) -> None:
         self.store, self.svc, self.transport = store, svc, transport
+        self.transforms = list(transforms)
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        self.store.checkpoint(record, state)
+        self.store.checkpoint(record, state, transform_states(self.transforms))
         self.svc.record_round(
             {
                 "round": record.round,
@@ -156,32 +169,101 @@ class _Checkpoint(Callback):
             record.wall_s,
         )
         if self.transport.stopping.is_set():
-            raise StopRun("stopped by signal")
+            raise StopRun(STOPPED_BY_SIGNAL)
 
 
 @dataclass
 class Served:
+    """What :func:`serve` leaves: this process's result, every round of the run, and the run folder."""
+
     result: RunResult
     history: History
     run_id: str
+    built: Built
+    output: Path | None = None
 
 
-def prepare(exp: Experiment, cfg: DeployConfig, *, resume: bool) -> tuple[Experiment, Store, str, StrategyState | None]:
-    """Open the store; on resume, take the run's own config and last checkpoint from it."""
+class StopServing(BaseException):
+    """A stop was requested (SIGTERM) before or between rounds; the store holds the last completed round.
+
+    A :class:`BaseException`, so that no ``except Exception`` on the way swallows it.
+    """
+
+
+OutputChoice = Path | Literal["default"] | None
+
+
+def prepare(
+    exp: Experiment, cfg: DeployConfig, *, resume: bool, downgrade_security: bool = False
+) -> tuple[Experiment, Store, str, StrategyState | None, list[str]]:
+    """Open the store; on resume, take the run's own config, security settings and last checkpoint from it.
+
+    Returns the experiment, the store, the run id, the checkpoint (None for a new run) and
+    the warnings about the security settings to show (see :mod:`fedge.deploy.security`).
+    """
     store = Store(cfg.state)
+    try:
+        return _open_run(store, exp, cfg, resume=resume, downgrade_security=downgrade_security)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _open_run(
+    store: Store, exp: Experiment, cfg: DeployConfig, *, resume: bool, downgrade_security: bool
+) -> tuple[Experiment, Store, str, StrategyState | None, list[str]]:
     run_id = store.meta("run_id")
-    if resume:
-        text = store.meta("config")
-        if run_id is None or text is None:
-            raise ConfigError(f"{cfg.state}: no run to resume")
-        stored = from_dict(tomllib.loads(text))
-        stored.extensions["deploy"] = cfg
-        return stored, store, run_id, store.load_state()
-    if run_id is not None:
-        raise ConfigError(f"{cfg.state} already holds run {run_id}; pass --resume or use another state file")
-    run_id = uuid.uuid4().hex[:12]
-    store.set_meta(run_id=run_id, config=to_toml(exp, commented=False))
-    return exp, store, run_id, None
+    if not resume:
+        if run_id is not None:
+            raise ConfigError(f"{cfg.state} already holds run {run_id}; pass --resume or use another state file")
+        kept = security.record(cfg)
+        run_id = uuid.uuid4().hex[:12]
+        store.set_meta(run_id=run_id, config=to_toml(exp, commented=False))
+        store.set_security(kept)
+        return exp, store, run_id, None, []
+    text = store.meta("config")
+    if run_id is None or text is None:
+        raise ConfigError(f"{cfg.state}: no run to resume")
+    stored = from_dict(tomllib.loads(text))
+    stored.extensions["deploy"] = cfg
+    previous = store.security()
+    notes = security.restore(cfg, previous or {}, downgrade=downgrade_security)
+    if previous is None:
+        notes.append(f"{cfg.state} holds no security settings (an older fedge made it); using the command line's")
+    store.set_security(security.merged(previous or {}, security.record(cfg)))
+    return stored, store, run_id, store.load_state(), notes
+
+
+CLIENT_SECTIONS = ("privacy", "compression", "secagg")
+"""The extension sections a node's side of a round reads (clipping and local noise, the update
+codec, masking). Nothing else is sent: ``[deploy]`` names the server's key files, ``[dashboard]``
+holds its token, and a node need not have the extras of server-only sections."""
+
+
+def node_experiment(exp: Experiment, num_classes: int) -> Experiment:
+    """The experiment as nodes receive it: the model's output size fixed, since a node sees only its own labels."""
+    return dataclasses.replace(
+        exp, model=dataclasses.replace(exp.model, num_classes=exp.model.num_classes or num_classes)
+    )
+
+
+def node_sections(exp: Experiment) -> list[str]:
+    """The client-side sections this run's nodes need; ``[privacy]`` only when it acts on the node."""
+    names = [n for n in CLIENT_SECTIONS if n in exp.extensions]
+    if "privacy" in names:
+        p = exp.section("privacy")
+        if p.mode == "off" or (p.mode == "central" and p.clip_at == "server"):
+            names.remove("privacy")  # noise, clipping and accounting all happen on the server
+    return names
+
+
+def node_config(exp: Experiment, num_classes: int) -> str:
+    """The TOML a node receives: the core sections and the client-side sections it needs.
+
+    A node therefore needs only the extras of what it runs (``fedge[client]`` for a NumPy
+    model without local DP), and no server secret ever reaches it.
+    """
+    return to_toml(node_experiment(exp, num_classes), commented=False, only=node_sections(exp))
 
 
 def serve(
@@ -191,13 +273,64 @@ def serve(
     on_ready: Callable[[int], None] | None = None,
     transport_hook: Callable[[GrpcTransport], None] | None = None,
     linger_s: float | None = None,
+    downgrade_security: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+    output: OutputChoice = None,
+    overwrite: bool = False,
 ) -> Served:
-    """Run the whole federation; returns the history of this process's rounds and all rounds."""
-    from fedge.experiment import build
+    """Run the whole federation; returns this process's result and the history of all rounds.
 
+    ``output`` is where the run folder of a finished run goes (the folder ``fedge run``
+    writes, by the same rules: :func:`fedge.experiment.claim_run_folder`): a path,
+    ``"default"`` for the experiment's ``output`` template, or None for none. It is claimed
+    before the server starts, so an unusable location fails first. Security warnings (no
+    allow-list, no TLS, a resume that changes them) go to ``on_warning`` (default: the
+    log). A requested stop while waiting for nodes raises :class:`StopServing`.
+    """
+    from fedge.experiment import build, claim_run_folder, write_run_files
+    from fedge.preflight import check_extras
+
+    t0 = time.perf_counter()
+    warn = on_warning or log.warning
     cfg: DeployConfig = exp.section("deploy")
-    exp, store, run_id, state = prepare(exp, cfg, resume=resume)
-    built = build(exp)
+    exp, store, run_id, state, notes = prepare(exp, cfg, resume=resume, downgrade_security=downgrade_security)
+    folder = None
+    try:
+        check_extras(exp)
+        if output is not None:
+            folder = claim_run_folder(exp, None if output == "default" else output, overwrite=overwrite)
+        for note in [*notes, *security.startup_warnings(cfg)]:
+            warn(note)
+        built = build(exp, deployed=True)
+        result = _run_served(built, cfg, store, run_id, state, on_ready, transport_hook, linger_s)
+        history = History(store.records())
+        out = None
+        if folder is not None and result.stopped_early != STOPPED_BY_SIGNAL:
+            whole = dataclasses.replace(result, history=history)
+            write_run_files(built, whole, folder.tmp, time.perf_counter() - t0)
+            out = folder.commit()
+        elif folder is not None:
+            folder.discard()
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+    finally:
+        store.close()
+    return Served(result, history, run_id, built, out)
+
+
+def _run_served(
+    built: Built,
+    cfg: DeployConfig,
+    store: Store,
+    run_id: str,
+    state: StrategyState | None,
+    on_ready: Callable[[int], None] | None,
+    transport_hook: Callable[[GrpcTransport], None] | None,
+    linger_s: float | None,
+) -> RunResult:
+    exp = built.exp
     verifier = Verifier(
         Path(cfg.allow_list) if cfg.allow_list else None,
         Path(cfg.revoked) if cfg.revoked else None,
@@ -207,7 +340,7 @@ def serve(
         store=store,
         verifier=verifier,
         run_id=run_id,
-        config_toml=to_toml(exp, commented=False),
+        config_toml=node_config(exp, built.data.num_classes),
         num_clients=built.data.num_clients,
         rounds=exp.rounds,
         min_nodes=cfg.min_nodes,
@@ -228,16 +361,34 @@ def serve(
         transport_hook(transport)
     _relay_secagg(built.pipeline.transforms, transport)
     server, port = start_grpc(svc, cfg)
-    log.info(
-        "event=listening address=%s:%d run=%s resume=%s from_round=%d",
-        cfg.host,
-        port,
-        run_id,
-        resume,
-        0 if state is None else state.round_num,
-    )
-    if on_ready is not None:
-        on_ready(port)
+    try:
+        log.info(
+            "event=listening address=%s:%d run=%s from_round=%d",
+            cfg.host,
+            port,
+            run_id,
+            0 if state is None else state.round_num,
+        )
+        if on_ready is not None:
+            on_ready(port)
+        result = _loop(built, transport, store, svc, state)
+        if result.stopped_early != STOPPED_BY_SIGNAL:
+            svc.phase = "finished"
+            transport.close()
+            _linger(svc, cfg.heartbeat_s * 2 if linger_s is None else linger_s)
+        else:
+            svc.phase = "stopped"
+            log.info("event=stopped round=%d reason=%r", result.state.round_num, result.stopped_early)
+        return result
+    finally:
+        server.stop(grace=1.0).wait()
+
+
+def _loop(
+    built: Built, transport: GrpcTransport, store: Store, svc: FedgeService, state: StrategyState | None
+) -> RunResult:
+    """The simulation's round loop over the gRPC transport, checkpointing every round."""
+    exp = built.exp
     x_c, y_c = built.data.central()
     evaluator: Callable[[Params], tuple[float, float]] | None = None
     if exp.evaluation.centralized and len(y_c):
@@ -245,8 +396,14 @@ def serve(
         def evaluator(params: Params) -> tuple[float, float]:
             return built.learner.evaluate(params, x_c, y_c)
 
+    from fedge.experiment import round_extras
+
+    transforms = built.pipeline.transforms
+    if state is not None:
+        restore_transforms(transforms, store.transform_states())
+    extra, policy = round_extras(built)
     try:
-        result = run(
+        return run(
             strategy=built.strategy,
             transport=transport,
             initial_params=built.initial,
@@ -257,22 +414,36 @@ def serve(
             evaluator=evaluator,
             eval_plan=EvalPlan(every=exp.evaluation.every),
             seed=exp.seed,
-            callbacks=[_Checkpoint(store, svc, transport)],
+            callbacks=[*extra, _Checkpoint(store, svc, transport, transforms)],
             state=state,
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
+            policy=policy,
         )
-        if result.stopped_early is None:
-            svc.phase = "finished"
-            transport.close()
-            _linger(svc, cfg.heartbeat_s * 2 if linger_s is None else linger_s)
-        else:
-            svc.phase = "stopped"
-            log.info("event=stopped round=%d reason=%r", result.state.round_num, result.stopped_early)
-        return Served(result, History(store.records()), run_id)
-    finally:
-        server.stop(grace=1.0).wait()
-        store.close()
+    except TransportError as exc:
+        if transport.stopping.is_set():
+            raise StopServing(str(exc)) from None
+        raise
+
+
+def transform_states(transforms: Sequence[Transform]) -> list[dict[str, Any]]:
+    """Each transform's name and checkpoint state, in pipeline order."""
+    return [{"name": t.name, "state": t.state_dict()} for t in transforms]
+
+
+def restore_transforms(transforms: Sequence[Transform], stored: list[Any] | None) -> None:
+    """Put the checkpointed states back into a resumed run's transforms (same pipeline, same order)."""
+    if stored is None:
+        return
+    names = [t.name for t in transforms]
+    if [s.get("name") for s in stored] != names:
+        raise ConfigError(
+            f"the stored run's pipeline was {[s.get('name') for s in stored]}, this one is {names}; "
+            "resume with the same sections"
+        )
+    for t, s in zip(transforms, stored, strict=True):
+        if s.get("state") is not None:
+            t.load_state_dict(s["state"])
 
 
 def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:
@@ -291,11 +462,12 @@ def _linger(svc: FedgeService, seconds: float) -> None:
         time.sleep(0.05)
 
 
-def experiment_for(path: Path | None, overrides: dict[str, Any]) -> Experiment:
-    """Load an experiment file and apply ``[deploy]`` overrides given on the command line."""
+def experiment_for(path: Path | None, overrides: dict[str, Any], settings: Sequence[str] = ()) -> Experiment:
+    """Load an experiment file, apply ``--set KEY=VALUE`` settings, then the ``[deploy]`` command-line options."""
     from fedge.config import load
+    from fedge.config.overrides import apply_overrides
 
-    exp = load(str(path)) if path else Experiment()
+    exp = apply_overrides(load(str(path)) if path else Experiment(), settings)
     cfg: DeployConfig = exp.section("deploy")
     for k, v in overrides.items():
         if v is not None:

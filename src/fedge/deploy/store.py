@@ -1,4 +1,4 @@
-"""The server's state in SQLite: run config, node registry, per-round metrics, checkpoints.
+"""The server's state in SQLite: run config, security settings, node registry, per-round metrics, checkpoints.
 
 WAL mode, and each round's record and full :class:`StrategyState` (parameters, slots,
 scalars) are written in one transaction, so a ``kill -9`` at any instant leaves either
@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,14 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def security(self) -> dict[str, Any] | None:
+        """The run's stored security settings (see :mod:`fedge.deploy.security`); None for older stores."""
+        text = self.meta("security")
+        return None if text is None else dict(json.loads(text))
+
+    def set_security(self, record: Mapping[str, Any]) -> None:
+        self.set_meta(security=json.dumps(dict(record), sort_keys=True))
+
     # -- node registry -----------------------------------------------------------
     def client_of(self, node_id: str) -> int | None:
         with self._lock:
@@ -135,13 +143,20 @@ class Store:
             return {int(r[0]) for r in self._db.execute("SELECT client_id FROM nodes")}
 
     # -- rounds and checkpoints --------------------------------------------------
-    def checkpoint(self, record: RoundRecord, state: StrategyState) -> None:
-        """Write the round's record and the full strategy state in one transaction."""
+    def checkpoint(self, record: RoundRecord, state: StrategyState, transforms: list[Any] | None = None) -> None:
+        """Write the round's record, the full strategy state and the transforms' state in one transaction."""
         header, body = pack_state(state)
         rec = json.dumps(record.to_json(), default=str)
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?)", (record.round, rec))
             db.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?, ?, ?)", (state.round_num, header, body))
+            if transforms is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('transforms', ?)", (json.dumps(transforms),))
+
+    def transform_states(self) -> list[Any] | None:
+        """The pipeline's transform states at the last checkpoint (None: none stored)."""
+        text = self.meta("transforms")
+        return None if text is None else list(json.loads(text))
 
     def load_state(self) -> StrategyState | None:
         with self._lock:

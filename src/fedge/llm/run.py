@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.errors import ConfigError, DataError, ModelError
-from fedge.core.files import atomic_folder
+from fedge.core.files import output_folder
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
 from fedge.llm.client import LoraClient, TextData, token_nll
@@ -252,6 +252,22 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
     )
 
 
+def federation_view(exp: Any, num_clients: int) -> Any:
+    """``exp`` as the transforms must see a LoRA federation: its own writers are the population.
+
+    ``[llm]`` brings its own clients, so ``[data] num_clients`` says nothing about them; the
+    cohort is ``clients_per_round`` (0 = every writer, every round). Secure aggregation's
+    range and the privacy accountant are sized from this view.
+    """
+    t = exp.training
+    cohort = min(t.clients_per_round, num_clients) if t.clients_per_round else num_clients
+    return replace(
+        exp,
+        data=replace(exp.data, num_clients=num_clients),
+        training=replace(t, clients_per_round=cohort, fraction=0.0),
+    )
+
+
 def config_transforms(exp: Any) -> list[Transform]:
     """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...)."""
     from fedge import experiment
@@ -260,20 +276,38 @@ def config_transforms(exp: Any) -> list[Transform]:
     return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp)]
 
 
+def config_callbacks(exp: Any, transforms: Sequence[Transform], num_clients: int) -> list[Callback]:
+    """The callbacks the experiment's sections ask for that apply to a LoRA run: the privacy budget."""
+    from fedge.config.schema import SECTIONS
+
+    if "privacy" not in SECTIONS:
+        return []
+    from fedge.privacy.config import budget_callbacks
+
+    return budget_callbacks(exp, transforms, num_clients)
+
+
 def run_experiment(
     exp: Any,
     callbacks: Sequence[Callback] = (),
     output: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> tuple[RunResult, Path, dict[str, Any]]:
-    """Run an experiment whose ``[llm]`` section is enabled; returns result, folder, summary."""
+    """Run an experiment whose ``[llm]`` section is enabled; returns result, folder, summary.
+
+    The folder follows the rules of :mod:`fedge.core.files`, as for ``fedge run``: ``output``,
+    or the config's template with a ``-2``, ``-3`` ... suffix when taken.
+    """
     from fedge.config import to_toml
     from fedge.experiment import make_strategy
     from fedge.simulation.history import write_csv, write_jsonl
 
     cfg: LlmConfig = exp.section("llm")
     t0 = time.perf_counter()
-    out = Path(output or exp.output.format(dataset="llm", strategy=exp.strategy.name, seed=exp.seed)).resolve()
-    with atomic_folder(out) as tmp:
+    target = output or exp.output_dir(dataset="llm")
+    with output_folder(target, overwrite=overwrite, unique=not output and not overwrite) as folder:
+        tmp = folder.tmp
         setup = prepare(cfg, seed=exp.seed, workdir=tmp)
         initial = setup.adapter.get()
         before = perplexities(setup, initial)
@@ -281,16 +315,18 @@ def run_experiment(
         train = TrainConfig(
             epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
         )
+        view = federation_view(exp, setup.num_clients)
+        transforms = config_transforms(view)
         result = federate(
             setup,
             make_strategy(exp),
             rounds=exp.rounds,
-            clients_per_round=t.clients_per_round or setup.num_clients,
+            clients_per_round=view.training.clients_per_round,
             train=train,
             seed=exp.seed,
-            callbacks=callbacks,
+            callbacks=[*config_callbacks(view, transforms, setup.num_clients), *callbacks],
             backend=t.backend,
-            transforms=config_transforms(exp),
+            transforms=transforms,
             eval_every=exp.evaluation.every,
             policy=device_policy(exp, setup, train, cfg.block_size),
         )
@@ -319,12 +355,12 @@ def run_experiment(
             **extra,
             "wall_s": time.perf_counter() - t0,
         }
-        (tmp / "config.toml").write_text(to_toml(exp, commented=False))
+        (tmp / "config.toml").write_text(to_toml(exp, commented=False, used=True))
         write_jsonl(result.history, tmp / "metrics.jsonl")
         write_csv(result.history, tmp / "metrics.csv")
         save_adapter(setup, result.state.params, tmp, base=None if cfg.base_model else "base")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    return result, out, summary
+    return result, folder.target, summary
 
 
 def save_adapter(setup: LoraSetup, params: Params, folder: Path, *, base: str | None = None) -> None:

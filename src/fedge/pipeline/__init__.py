@@ -67,6 +67,17 @@ class Transform:
     def downlink(self, params: Params, client_ids: Sequence[int], rctx: RoundContext) -> Downlink | None:
         return None
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """What of this transform's server-side state a checkpoint must keep (JSON-able), or None.
+
+        A deployed run stores it with every round's checkpoint, so that ``--resume`` carries
+        on exactly (the privacy accountant's rounds, an adaptive clipping bound).
+        """
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     sums_cohort: bool = False
     """True for a transform that sums the round's cohort itself (secure aggregation):
     the loop then hands it every arriving update through :meth:`sum_cohort`."""

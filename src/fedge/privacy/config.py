@@ -81,12 +81,9 @@ register_section("privacy", PrivacyConfig)
 
 def cohort_size(exp: Experiment, population: int) -> int:
     """The expected number of clients per round ``m``."""
-    t = exp.training
-    return Sampling(
-        count=t.clients_per_round or None,
-        fraction=t.fraction if not t.clients_per_round else None,
-        minimum=t.min_clients,
-    ).how_many(population)
+    from fedge.simulation.sampling import cohort_size as training_cohort
+
+    return training_cohort(exp.training, population)
 
 
 def check_central(exp: Experiment, strategy: type[Strategy] | None) -> None:
@@ -197,20 +194,25 @@ class PrivacyBudget(Callback):
                 )
 
 
-def privacy_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
+def budget_callbacks(exp: Experiment, transforms: Sequence[Transform], population: int) -> list[Callback]:
+    """The :class:`PrivacyBudget` of a run whose pipeline holds central DP over ``population`` clients."""
     if "privacy" not in exp.extensions:
         return []
     p: PrivacyConfig = exp.section("privacy")
-    dps = [t for t in built.pipeline.transforms if isinstance(t, CentralDP)]
+    dps = [t for t in transforms if isinstance(t, CentralDP)]
     if p.mode != "central" or not dps:
         return []
     acc = dps[0].accountant
-    if acc is not None and acc.population != built.data.num_clients:
+    if acc is not None and acc.population != population:
         raise ConfigError(
-            f"privacy: the data has {built.data.num_clients} clients but the accounting "
+            f"privacy: the data has {population} clients but the accounting "
             f"assumed data.num_clients = {acc.population}; set data.num_clients to match"
         )
     return [PrivacyBudget(dps[0], p.target_epsilon, p.stop_on_budget)]
+
+
+def privacy_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
+    return budget_callbacks(exp, built.pipeline.transforms, built.data.num_clients)
 
 
 class PoissonSampling(RoundPolicy):

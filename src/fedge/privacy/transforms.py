@@ -79,6 +79,19 @@ class CentralDP(Transform):
             else self.noise_multiplier
         )
 
+    def state_dict(self) -> dict[str, Any] | None:
+        steps = self.accountant.steps if self.accountant is not None else []
+        return {"clip_norm": self.clip_norm, "steps": [[z, n] for z, n in steps]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replay the stored rounds into a fresh accountant and take the stored clipping bound."""
+        self.clip_norm = float(state["clip_norm"])
+        if self.accountant is not None:
+            if self.accountant.rounds:
+                raise ConfigError("central DP: a checkpoint can only be restored into a fresh accountant")
+            for z, n in state["steps"]:
+                self.accountant.step(float(z), int(n))
+
     def _clip(self, update: ClientUpdate) -> ClientUpdate:
         if update.extras:
             raise ConfigError(

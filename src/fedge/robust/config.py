@@ -105,8 +105,9 @@ class AttackLabels(Callback):
 def build_attack(exp: Experiment, num_clients: int, num_classes: int) -> Attack:
     a: AttackConfig = exp.section("attack")
     mal = malicious_ids(num_clients, a.fraction, exp.seed) if a.kind != "none" else frozenset()
-    t = exp.training
-    cohort = t.clients_per_round or max(1, round(t.fraction * num_clients))
+    from fedge.simulation.sampling import cohort_size
+
+    cohort = cohort_size(exp.training, num_clients)
     return Attack(
         kind=a.kind,
         malicious=mal,

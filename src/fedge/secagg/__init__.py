@@ -45,9 +45,9 @@ def build_transforms(exp: Experiment) -> Sequence[Transform]:
             "them; secagg's fixed-point encoding already quantises, so set codec = 'none'"
         )
 
-    t = exp.training
-    cohort = t.clients_per_round or max(t.min_clients, round(t.fraction * exp.data.num_clients))
-    cohort = min(cohort, exp.data.num_clients)
+    from fedge.simulation.sampling import cohort_size
+
+    cohort = cohort_size(exp.training, exp.data.num_clients)
     return [SecureAggregation(cfg, make_strategy(exp), max_cohort=cohort)]
 
 

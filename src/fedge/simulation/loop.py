@@ -19,7 +19,7 @@ import numpy as np
 from fedge.core.errors import AggregationError, ConfigError, FedgeError
 from fedge.core.params import ParamSpec, nbytes
 from fedge.core.types import ClientUpdate, EvalResult, Metrics, TrainConfig
-from fedge.pipeline import Pipeline, RoundContext
+from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.aggregate import Accumulator
@@ -230,6 +230,22 @@ def run_round(
     return state, record
 
 
+def check_pipeline(strategy: Strategy, pipeline: Pipeline) -> None:
+    """Refuse a strategy that aggregates individual updates with a transform that acts on sums.
+
+    Such a strategy never sees the summed terms, so a transform's ``aggregate`` (central DP
+    noise, for one) would silently not happen: no noise, no ε.
+    """
+    if not strategy.needs_individual_updates:
+        return
+    on_sums = [t.name for t in pipeline.transforms if type(t).aggregate is not Transform.aggregate or t.sums_cohort]
+    if on_sums:
+        raise ConfigError(
+            f"strategy {strategy.name!r} aggregates individual updates, so {', '.join(on_sums)}, "
+            "which act on the summed updates, would do nothing; choose a strategy that aggregates sums"
+        )
+
+
 def run(
     *,
     strategy: Strategy,
@@ -254,6 +270,7 @@ def run(
     sampling = sampling or Sampling()
     train = train or TrainConfig()
     pipeline = pipeline if pipeline is not None else Pipeline()
+    check_pipeline(strategy, pipeline)
     eval_plan = eval_plan or EvalPlan()
     if state is None:
         state = strategy.init(

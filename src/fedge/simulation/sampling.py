@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedge.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedge.config.schema import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,23 @@ class Sampling:
         k = self.how_many(len(available))
         ids = np.asarray(sorted(available), dtype=np.int64)
         return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
+
+
+def training_sampling(t: TrainingConfig) -> Sampling:
+    """The sampling that ``[training]`` describes: ``clients_per_round``, else ``fraction``, at least ``min_clients``.
+
+    The one place a config becomes a cohort size: the round loop, secure aggregation's
+    fixed-point range, the attack simulation and the privacy accountant all read it from here.
+    """
+    if not t.clients_per_round and not t.fraction:
+        raise ConfigError("training: set clients_per_round or fraction")
+    return Sampling(
+        count=t.clients_per_round or None,
+        fraction=t.fraction if not t.clients_per_round else None,
+        minimum=t.min_clients,
+    )
+
+
+def cohort_size(t: TrainingConfig, population: int) -> int:
+    """How many of ``population`` clients a round of ``[training]`` ``t`` selects."""
+    return training_sampling(t).how_many(population)
