@@ -29,3 +29,24 @@ def test_readme_opens_with_two_commands() -> None:
     assert "scripts/test.sh" in bash[1]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
+
+
+def test_first_command_installs_the_light_run_extra() -> None:
+    import tomllib
+
+    first = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)[0]
+    assert re.search(r'-e "\.\[run\]"', first), first
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", req)[0] for req in extras["run"]}
+    assert names == {"torch", "scikit-learn"}
+    assert '".[all,dev]"' in (README.parent / "scripts" / "test.sh").read_text()
+    for extra in extras:
+        assert f"- `{extra}` —" in README.read_text() or extra == "dev", f"extra {extra!r} is not listed in the README"
+
+
+def test_readme_links_point_at_files_in_the_repo() -> None:
+    text = README.read_text()
+    assert "BENCHMARKS.md" not in text
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (README.parent / target).exists(), target

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedge.clients.base import ClientData, Learner, LearnerClient
-from fedge.core.errors import DataError
+from fedge.core.errors import ConfigError, DataError
+from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
 from fedge.pipeline import Pipeline, Transform
+from fedge.preflight import check_client_features
 from fedge.simulation.loop import Callback, EvalPlan, RunResult
 from fedge.simulation.loop import run as run_rounds
 from fedge.simulation.sampling import Sampling
@@ -33,13 +35,44 @@ def _backend(name: str) -> Any:
     return make_backend(name)
 
 
+def _strategy(strategy: Strategy | str | None, kwargs: Mapping[str, Any] | None) -> Strategy:
+    """A strategy object, built by name (``"fedprox"``, with ``kwargs``) when a string is given."""
+    if strategy is None:
+        strategy = "fedavg" if kwargs else FedAvg()
+    if isinstance(strategy, Strategy):
+        if kwargs:
+            raise ConfigError("strategy_kwargs: only with a strategy given by name")
+        return strategy
+    if not isinstance(strategy, str):
+        raise ConfigError(f"strategy: expected a Strategy or a name, got {type(strategy).__name__}")
+    from fedge.strategies import REGISTRY, build_strategy
+
+    if strategy not in REGISTRY:
+        from fedge.plugins import load_plugins
+
+        load_plugins()
+    return build_strategy(strategy, **dict(kwargs or {}))
+
+
+def _check_ranges(*, rounds: int, local_epochs: int, batch_size: int, lr: float, threads: int) -> None:
+    """The same limits a config file has, so a typo fails at once instead of training backwards or not at all."""
+    for name, value, low in (("rounds", rounds, 1), ("local_epochs", local_epochs, 1), ("batch_size", batch_size, 1)):
+        if value < low:
+            raise ConfigError(f"{name} = {value} must be >= {low}")
+    if threads < 0:
+        raise ConfigError(f"threads = {threads} must be >= 0 (0 = auto)")
+    if not lr > 0:
+        raise ConfigError(f"lr = {lr} must be > 0")
+
+
 def run(
     model: Any,
     clients: Sequence[ArrayPair],
     *,
-    strategy: Strategy | None = None,
+    strategy: Strategy | str | None = None,
+    strategy_kwargs: Mapping[str, Any] | None = None,
     rounds: int = 10,
-    clients_per_round: int = 10,
+    clients_per_round: int | None = None,
     local_epochs: int = 1,
     batch_size: int = 10,
     lr: float = 0.05,
@@ -48,15 +81,26 @@ def run(
     callbacks: Sequence[Callback] = (),
     backend: str = "sequential",
     seed: int = 0,
+    threads: int = 0,
 ) -> RunResult:
     """Federate ``model`` (an ``nn.Module`` or any :class:`Learner`) over ``clients``.
 
     ``clients`` holds one ``(x, y)`` pair of arrays per client; ``test`` is an optional
-    held-out ``(x, y)`` for centralised evaluation. Returns the history and final state
-    (``result.state.params``).
+    held-out ``(x, y)`` for centralised evaluation. ``strategy`` is a :class:`Strategy` or
+    a name from ``fedge strategies`` (its hyperparameters in ``strategy_kwargs``, e.g.
+    ``strategy="fedprox", strategy_kwargs={"mu": 0.1}``). ``clients_per_round`` defaults to
+    ``min(10, len(clients))``; ``threads`` is ``[training] threads`` (0 = auto, see
+    :mod:`fedge.core.threads`). Every client's features are checked against the model
+    before the first round. Returns the history and final state (``result.state.params``).
     """
     if not clients:
         raise DataError("no clients given")
+    _check_ranges(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, threads=threads)
+    if clients_per_round is None:
+        clients_per_round = min(10, len(clients))
+    if not 1 <= clients_per_round <= len(clients):
+        raise ConfigError(f"clients_per_round = {clients_per_round} must lie in [1, {len(clients)}], the clients given")
+    apply_threads(threads, backend)
     learner: Learner
     if isinstance(model, Learner):
         learner = model
@@ -70,12 +114,15 @@ def run(
         if len(xa) != len(ya) or len(ya) == 0:
             raise DataError(f"client {k}: {len(xa)} feature rows and {len(ya)} labels")
         data.append(ClientData(xa, ya))
-    strategy = strategy or FedAvg()
+    chosen = _strategy(strategy, strategy_kwargs)
+    initial = learner.init_params(seed)
+    num_classes = max(int(d.y_train.max()) for d in data) + 1
+    check_client_features(learner, initial, [d.x_train for d in data], num_classes)
     pipeline = Pipeline(transforms)
     transport = InProcessTransport(
         lambda cid: LearnerClient(cid, learner, data[cid]),
         len(data),
-        strategy=strategy,
+        strategy=chosen,
         pipeline=pipeline,
         seed=seed,
         backend=_backend(backend),
@@ -89,11 +136,11 @@ def run(
 
     try:
         return run_rounds(
-            strategy=strategy,
+            strategy=chosen,
             transport=transport,
-            initial_params=learner.init_params(seed),
+            initial_params=initial,
             rounds=rounds,
-            sampling=Sampling(count=min(clients_per_round, len(data))),
+            sampling=Sampling(count=clients_per_round),
             train=TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr),
             pipeline=pipeline,
             evaluator=evaluator,

@@ -2,14 +2,21 @@
 
 The folder holds ``config.toml`` (resolved), ``metrics.jsonl`` and ``metrics.csv`` (one
 row per round), ``model.npz`` and ``model.pt`` (PyTorch state dict, for torch models),
-``partition.json`` (label histogram per client) and ``summary.json``. It is written to a
-temporary sibling and renamed into place, so a failed run leaves nothing half-written.
+``partition.json`` (label histogram per client), ``summary.json``, and ``clients.json`` /
+``labels.json`` (``{"0": "car-00", ...}``) when the data named its clients or labels. It is
+written to a temporary sibling and renamed into place, so a failed run leaves nothing
+half-written, and it never replaces a folder fedge did not write (:mod:`fedge.core.files`).
+A run stopped by Ctrl-C or by a diverging loss keeps its finished rounds, marked
+``"partial": true`` in ``summary.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,20 +27,22 @@ import numpy as np
 
 from fedge.clients.base import Learner, LearnerClient
 from fedge.config.schema import Experiment, to_dict, to_toml
-from fedge.core.errors import ConfigError, ModelError
-from fedge.core.files import atomic_folder
+from fedge.core.errors import ConfigError, FedgeError, ModelError
+from fedge.core.files import OutputFolder, claim_output
 from fedge.core.params import Params
+from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
-from fedge.data.datasets import digits, federate, synthetic
+from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
-from fedge.data.loaders import load_files
+from fedge.data.names import mapping
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
-from fedge.simulation.history import write_csv, write_jsonl
-from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, run
-from fedge.simulation.sampling import Sampling
+from fedge.preflight import check_dataset, check_extras
+from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
+from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, StopRun, run
+from fedge.simulation.sampling import Sampling, training_sampling
 from fedge.strategies import REGISTRY, build_strategy
-from fedge.strategies.base import Strategy
+from fedge.strategies.base import Strategy, StrategyState
 from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
 
 # Other parts of fedge contribute pipeline transforms and callbacks built from their own
@@ -51,6 +60,10 @@ POLICY_FACTORIES: list[PolicyFactory] = []
 
 def load_dataset(exp: Experiment) -> FederatedDataset:
     d = exp.data
+    if d.loader:
+        from fedge.data.usercode_source import load_user_dataset
+
+        return load_user_dataset(d.loader, num_clients=d.num_clients, seed=exp.seed, test_loader=d.test_loader)
     if d.dataset == "digits":
         return digits(
             num_clients=d.num_clients,
@@ -70,27 +83,9 @@ def load_dataset(exp: Experiment) -> FederatedDataset:
             test_fraction=d.test_fraction,
             seed=exp.seed,
         )
-    if not d.path:
-        raise ConfigError("data.path: required when data.dataset = 'files'")
-    x, y, parts = load_files(d.path, label=d.label_column, client=d.client_column or None)
-    rng = np.random.default_rng(exp.seed)
-    if parts is None:
-        return federate(
-            x,
-            y,
-            num_clients=d.num_clients,
-            scheme=d.partition,
-            test_fraction=d.test_fraction,
-            rng=rng,
-            name=Path(d.path).name,
-            alpha=d.alpha,
-            shards_per_client=d.shards_per_client,
-            exponent=d.powerlaw_exponent,
-        )
-    from fedge.data.federated import split_local
+    from fedge.data.sources import load_source
 
-    train, test = split_local(parts, d.test_fraction, rng)
-    return FederatedDataset(x=x, y=y, train=train, test=test, num_classes=int(y.max()) + 1, name=Path(d.path).name)
+    return load_source(d, seed=exp.seed)
 
 
 def make_strategy(exp: Experiment) -> Strategy:
@@ -126,6 +121,8 @@ class Built:
     initial: Params
     train: TrainConfig
     sampling: Sampling
+    deployed: bool = False
+    """Built for ``fedge serve``: the rounds run over gRPC, so simulation-only parts stay out."""
 
 
 def check_model(learner: Learner, params: Params, data: FederatedDataset) -> None:
@@ -138,7 +135,12 @@ def check_model(learner: Learner, params: Params, data: FederatedDataset) -> Non
         raise ModelError(f"model does not accept the data's {data.feature_shape} features: {exc}") from None
 
 
-def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
+def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed: bool = False) -> Built:
+    """Load the data and build the model, strategy, pipeline and transport, checking that they fit.
+
+    Applies ``[training] threads`` first (before PyTorch and the BLAS pools start working).
+    """
+    apply_threads(exp.training.threads, exp.training.backend)
     data = dataset or load_dataset(exp)
     learner = build_learner(
         exp.model.name,
@@ -146,9 +148,13 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
         data.feature_shape,
         exp.model.num_classes or data.num_classes,
         exp.model.hidden,
+        factory=exp.model.factory,
+        loss=exp.training.loss,
     )
     initial = learner.init_params(exp.seed)
+    apply_threads(exp.training.threads, exp.training.backend)  # PyTorch is loaded by now
     check_model(learner, initial, data)
+    check_dataset(exp, learner, initial, data)
     strategy = make_strategy(exp)
     transforms = [t for f in TRANSFORM_FACTORIES for t in f(exp)]
     pipeline = Pipeline(transforms)
@@ -156,13 +162,7 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
     train = TrainConfig(
         epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
     )
-    sampling = Sampling(
-        count=t.clients_per_round or None,
-        fraction=t.fraction if not t.clients_per_round else None,
-        minimum=t.min_clients,
-    )
-    if not t.clients_per_round and not t.fraction:
-        raise ConfigError("training: set clients_per_round or fraction")
+    sampling = training_sampling(t)
 
     def client_fn(cid: int) -> LearnerClient:
         return LearnerClient(cid, learner, data.client(cid))
@@ -178,7 +178,17 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None) -> Built:
         seed=exp.seed,
         backend=make_backend(t.backend),
     )
-    return Built(exp, data, learner, strategy, pipeline, transport, initial, train, sampling)
+    return Built(exp, data, learner, strategy, pipeline, transport, initial, train, sampling, deployed)
+
+
+def round_extras(built: Built) -> tuple[list[Callback], RoundPolicy | None]:
+    """The callbacks and the round policy the experiment's sections add, for a simulated or deployed run."""
+    exp = built.exp
+    extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
+    policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
+    if len(policies) > 1:
+        raise ConfigError("more than one round policy is configured")
+    return extra, policies[0] if policies else None
 
 
 def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
@@ -190,11 +200,9 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
         def evaluator(params: Params) -> tuple[float, float]:
             return built.learner.evaluate(params, x_c, y_c)
 
-    extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
-    policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
-    if len(policies) > 1:
-        raise ConfigError("more than one round policy is configured")
+    extra, policy = round_extras(built)
     fed = exp.evaluation.federated_clients
+    everyone = [*extra, *callbacks]
     try:
         return run(
             strategy=built.strategy,
@@ -207,11 +215,14 @@ def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
             evaluator=evaluator,
             eval_plan=EvalPlan(every=exp.evaluation.every, federated_clients=fed if fed >= 0 else 10**9),
             seed=exp.seed,
-            callbacks=[*extra, *callbacks],
+            callbacks=everyone,
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
-            policy=policies[0] if policies else None,
+            policy=policy,
         )
+    except KeyboardInterrupt:
+        _end_interrupted(everyone)
+        raise
     finally:
         built.transport.close()
 
@@ -226,49 +237,212 @@ def load_params_npz(path: Path) -> Params:
         return [f[k].astype(np.float32) for k in sorted(f.files)]
 
 
-def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float) -> Path:
-    """Write the run folder atomically (temporary sibling, then rename)."""
-    out = out.resolve()
-    with atomic_folder(out) as tmp:
-        (tmp / "config.toml").write_text(to_toml(built.exp, commented=False))
-        write_jsonl(result.history, tmp / "metrics.jsonl")
-        write_csv(result.history, tmp / "metrics.csv")
-        save_params_npz(result.state.params, tmp / "model.npz")
-        module = getattr(built.learner, "module", None)
-        if module is not None:
-            import torch
+def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float, *, overwrite: bool = False) -> Path:
+    """Write the run folder ``out`` by the rules of :mod:`fedge.core.files` (never over a user's folder).
 
-            from fedge.clients.torch_learner import set_params
+    ``overwrite`` allows replacing an earlier fedge run there. Long-running callers claim the
+    folder before training instead (:func:`~fedge.core.files.claim_output`) and call
+    :func:`write_run_files` into it.
+    """
+    folder = claim_output(out, overwrite=overwrite)
+    try:
+        write_run_files(built, result, folder.tmp, wall_s)
+        return folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
 
-            set_params(module, result.state.params)
-            torch.save(module.state_dict(), tmp / "model.pt")
-        hist = built.data.label_histogram()
-        (tmp / "partition.json").write_text(
-            json.dumps(
-                {
-                    "dataset": built.data.name,
-                    "num_classes": built.data.num_classes,
-                    "label_histogram": hist.tolist(),
-                }
-            )
+
+def write_run_files(built: Built, result: RunResult, tmp: Path, wall_s: float, *, stopped: str | None = None) -> None:
+    """Write a run's files into the fresh folder ``tmp``.
+
+    ``stopped`` marks a partial run (``"interrupted"``, ``"diverged"``): ``summary.json`` then
+    has ``"partial": true`` and the files hold the rounds that finished.
+    """
+    (tmp / "config.toml").write_text(to_toml(built.exp, commented=False, used=True))
+    write_jsonl(result.history, tmp / "metrics.jsonl")
+    write_csv(result.history, tmp / "metrics.csv")
+    save_params_npz(result.state.params, tmp / "model.npz")
+    module = getattr(built.learner, "module", None)
+    if module is not None:
+        import torch
+
+        from fedge.clients.torch_learner import set_params
+
+        set_params(module, result.state.params)
+        torch.save(module.state_dict(), tmp / "model.pt")
+    hist = built.data.label_histogram()
+    (tmp / "partition.json").write_text(
+        json.dumps(
+            {
+                "dataset": built.data.name,
+                "num_classes": built.data.num_classes,
+                "label_histogram": hist.tolist(),
+            }
         )
-        summary: dict[str, Any] = {
-            "rounds": len(result.history),
-            "final_test_accuracy": result.history.final_accuracy,
-            "final_test_loss": result.history.last("test_loss"),
-            "wall_s": wall_s,
-            "stopped_early": result.stopped_early,
-            "client_accuracy": {str(k): v for k, v in sorted(result.client_accuracy.items())},
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return out
+    )
+    for file, names in (("clients.json", built.data.client_names), ("labels.json", built.data.label_names)):
+        if names is not None:
+            (tmp / file).write_text(json.dumps(mapping(names), indent=2, ensure_ascii=False))
+    summary: dict[str, Any] = {
+        "rounds": len(result.history),
+        "num_clients": built.data.num_clients,
+        "final_test_accuracy": result.history.final_accuracy,
+        "final_test_loss": result.history.last("test_loss"),
+        "wall_s": wall_s,
+        "stopped_early": result.stopped_early,
+        "partial": stopped is not None,
+        "stopped": stopped,
+        "client_accuracy": {str(k): v for k, v in sorted(result.client_accuracy.items())},
+    }
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+DIVERGENCE_FACTOR = 1e3
+"""A loss this many times the initial model's (or non-finite) stops the run as diverged."""
+
+
+NON_FINITE = "NaN or Inf"
+"""What the update validator's rejection says (:mod:`fedge.transport.base`): a cohort of only those diverged."""
+
+
+class TrainingDiverged(FedgeError):
+    """The training loss became non-finite or exploded; the finished rounds were kept as a partial run."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; ``out`` holds the finished rounds as a partial run (None if none finished)."""
+
+    def __init__(self, rounds: int, out: Path | None) -> None:
+        super().__init__(f"interrupted after {rounds} finished rounds")
+        self.rounds = rounds
+        self.out = out
+
+
+class _Recorder(Callback):
+    """Keeps the finished rounds and the latest state, for a run that is interrupted."""
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.state: StrategyState | None = None
+
+    def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        self.state = state
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        self.history.append(record)
+        self.state = state
+
+
+class DivergenceGuard(Callback):
+    """Stops a diverging run: a loss turns NaN/Inf or exceeds ``factor`` × the initial model's.
+
+    A round whose every update was rejected for NaN/Inf values counts too: the model could
+    never move again. ``reference`` is the initial model's loss on the held-out set (None: the first round's
+    train loss). A round in which every client failed prints one warning with the reason.
+    """
+
+    def __init__(self, reference: float | None, factor: float = DIVERGENCE_FACTOR) -> None:
+        self.reference = reference if reference is not None and math.isfinite(reference) else None
+        self.factor = factor
+        self.diverged: str | None = None
+        self._warned = False
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        if record.participants == 0 and record.dropped and all(NON_FINITE in r for r in record.dropped):
+            self.diverged = f"every client's update had NaN or Inf values in round {record.round}"
+            raise StopRun(f"diverged: {self.diverged}")
+        if record.participants == 0 and record.failed and not self._warned:
+            self._warned = True
+            reason = next(iter(record.dropped), "unknown")
+            print(f"warning: round {record.round}: no client update was usable ({reason})", file=sys.stderr)
+        train_loss = record.train_loss if record.participants else math.nan
+        losses = [("train loss", train_loss), ("test loss", record.test_loss)]
+        if self.reference is None and math.isfinite(record.train_loss):
+            self.reference = max(abs(record.train_loss), 1e-3)
+        limit = self.factor * max(self.reference or 0.0, 1e-3)
+        for what, value in losses:
+            if math.isinf(value) or (what == "train loss" and record.participants and math.isnan(value)):
+                self.diverged = f"the {what} became {value} in round {record.round}"
+            elif self.reference is not None and math.isfinite(value) and value > limit:
+                self.diverged = (
+                    f"the {what} reached {value:.3g} in round {record.round}, over {self.factor:g} × the initial "
+                    f"{self.reference:.3g}"
+                )
+            if self.diverged:
+                raise StopRun(f"diverged: {self.diverged}")
+
+
+def _end_interrupted(callbacks: Sequence[Callback]) -> None:
+    """After Ctrl-C, end every callback with the finished rounds, so trackers flush and servers stop."""
+    recorder = next((cb for cb in callbacks if isinstance(cb, _Recorder)), None)
+    if recorder is None or recorder.state is None:
+        return
+    for cb in callbacks:
+        with contextlib.suppress(Exception):
+            cb.on_run_end(recorder.history, recorder.state)
+
+
+def _initial_loss(built: Built) -> float | None:
+    x_c, y_c = built.data.central()
+    if not len(y_c):
+        return None
+    try:
+        return float(built.learner.evaluate(built.initial, x_c, y_c)[0])
+    except Exception:
+        return None
+
+
+def claim_run_folder(exp: Experiment, output: str | Path | None, *, overwrite: bool = False) -> OutputFolder:
+    """Claim the run's output folder before any work: ``output`` as given, else the config's
+    ``output`` template with a ``-2``, ``-3`` ... suffix when taken (unless ``overwrite``)."""
+    if output:
+        return claim_output(output, overwrite=overwrite)
+    return claim_output(exp.output_dir(), overwrite=overwrite, unique=True)
 
 
 def run_experiment(
-    exp: Experiment, callbacks: Sequence[Callback] = (), output: str | None = None
+    exp: Experiment,
+    callbacks: Sequence[Callback] = (),
+    output: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> tuple[RunResult, Path]:
+    """Check, build, run and write one experiment; returns the result and its run folder.
+
+    Everything that can be checked is checked before round 1 (extras, output folder, data
+    and model shapes, cohort size). Ctrl-C raises :class:`RunInterrupted` after writing the
+    finished rounds as a partial run; a diverging loss raises :class:`TrainingDiverged` after
+    the same.
+    """
     t0 = time.perf_counter()
-    built = build(exp)
-    result = execute(built, callbacks)
-    out = write_outputs(built, result, Path(output or exp.output_dir()), time.perf_counter() - t0)
+    check_extras(exp)
+    folder = claim_run_folder(exp, output, overwrite=overwrite)
+    try:
+        built = build(exp)
+        recorder, guard = _Recorder(), DivergenceGuard(_initial_loss(built))
+        try:
+            result = execute(built, [recorder, *callbacks, guard])
+        except KeyboardInterrupt:
+            raise _interrupted(built, recorder, folder, time.perf_counter() - t0) from None
+        stopped = "diverged" if guard.diverged else None
+        write_run_files(built, result, folder.tmp, time.perf_counter() - t0, stopped=stopped)
+        out = folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    if guard.diverged:
+        raise TrainingDiverged(
+            f"training diverged: {guard.diverged}; lower training.lr (the finished rounds are in {out}, marked partial)"
+        )
     return result, out
+
+
+def _interrupted(built: Built, recorder: _Recorder, folder: OutputFolder, wall_s: float) -> RunInterrupted:
+    """Write the finished rounds as a partial run and return the exception that reports it."""
+    if recorder.state is None or not len(recorder.history):
+        folder.discard()
+        return RunInterrupted(0, None)
+    result = RunResult(history=recorder.history, state=recorder.state, stopped_early="interrupted")
+    write_run_files(built, result, folder.tmp, wall_s, stopped="interrupted")
+    return RunInterrupted(len(result.history), folder.commit())

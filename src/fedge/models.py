@@ -1,4 +1,4 @@
-"""Built-in models by name, for configs and the CLI: ``logreg``, ``mlp`` and ``cnn``.
+"""Built-in models by name, for configs and the CLI: ``logreg``, ``mlp`` and ``cnn``, or the user's factory.
 
 Each exists as a PyTorch module and (``logreg``, ``mlp``) as a NumPy-only learner with
 the same parameter layout, so the two can be mixed in one federation.
@@ -52,8 +52,18 @@ def torch_module(name: str, feature_shape: Sequence[int], num_classes: int, hidd
 
 
 def build_learner(
-    name: str, framework: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)
+    name: str,
+    framework: str,
+    feature_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] = (64,),
+    *,
+    factory: str = "",
+    loss: str = "",
 ) -> Learner:
+    """The learner for a built-in model by name, or for the user's ``factory`` entry point when set."""
+    if factory:
+        return user_learner(factory, feature_shape, num_classes, hidden, loss=loss)
     if framework == "numpy":
         if name == "cnn":
             raise ConfigError("model 'cnn' has no NumPy implementation; use framework = 'torch'")
@@ -65,7 +75,48 @@ def build_learner(
     from fedge.clients.torch_learner import TorchLearner
 
     torch_module(name, feature_shape, num_classes, hidden)  # fail early on a bad name or shape
-    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden)))
+    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden)), loss=loss)
+
+
+def user_learner(
+    spec: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,), loss: str = ""
+) -> Learner:
+    """The learner for ``[model] factory = spec``: a user callable returning an ``nn.Module`` or a Learner.
+
+    The factory is called with those of ``feature_shape``, ``num_classes`` and ``hidden`` it
+    accepts. A module is wrapped in a :class:`TorchLearner` whose builder re-imports the
+    factory by name, so worker processes can rebuild it.
+    """
+    factory = UserFactory(spec, tuple(feature_shape), num_classes, tuple(hidden))
+    made = factory()
+    if isinstance(made, Learner):
+        return made
+    try:
+        from torch import nn
+    except ModuleNotFoundError:
+        nn = None  # type: ignore[assignment]
+    if nn is None or not isinstance(made, nn.Module):
+        raise ConfigError(
+            f"model.factory: {spec} returned a {type(made).__name__}, not a torch nn.Module or a fedge Learner"
+        )
+    from fedge.clients.torch_learner import TorchLearner
+
+    return TorchLearner(factory, loss=loss)
+
+
+class UserFactory:
+    """A picklable zero-argument builder that imports and calls a user model factory by name."""
+
+    def __init__(self, spec: str, shape: tuple[int, ...], classes: int, hidden: tuple[int, ...]):
+        self.spec = spec
+        self.args = (shape, classes, hidden)
+
+    def __call__(self) -> Any:
+        from fedge.usercode import call, resolve
+
+        shape, classes, hidden = self.args
+        fn = resolve(self.spec, key="model.factory")
+        return call(fn, self.spec, key="model.factory", feature_shape=shape, num_classes=classes, hidden=list(hidden))
 
 
 class _ModuleFactory:

@@ -23,7 +23,36 @@ OPTIONAL_MODULES: list[str] = [
 ]
 """Modules imported for their registrations; one that is not there is skipped."""
 
+SECTION_MODULES = {
+    "engine": "fedge.simulation.backends",
+    "devices": "fedge.devices",
+    "privacy": "fedge.privacy",
+    "robust": "fedge.robust",
+    "attack": "fedge.robust",
+    "compression": "fedge.compression",
+    "secagg": "fedge.secagg",
+    "deploy": "fedge.deploy",
+    "dashboard": "fedge.report",
+    "tracking": "fedge.report",
+    "llm": "fedge.llm",
+}
+"""The optional module that registers each config section."""
+
+SKIPPED: dict[str, str] = {}
+"""Optional module -> the missing package that made :func:`load_plugins` skip it."""
+
 _loaded = False
+
+
+def missing_section(section: str) -> str | None:
+    """Why config section ``section`` is unknown when its module was skipped (the extra to install)."""
+    from fedge.core.extras import missing_message
+
+    module = SECTION_MODULES.get(section)
+    missing = SKIPPED.get(module or "")
+    if missing is None:
+        return None
+    return missing_message(missing, f"the [{section}] section") or f"[{section}]: {module} needs {missing}"
 
 
 def load_plugins() -> None:
@@ -39,4 +68,5 @@ def load_plugins() -> None:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] == "fedge":
                 raise
+            SKIPPED[name] = exc.name or "an optional package"
             continue

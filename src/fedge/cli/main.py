@@ -14,10 +14,11 @@ import click
 from fedge.core.errors import FedgeError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 class FedgeGroup(click.Group):
-    """Turns a :class:`FedgeError` into one line on stderr and exit code 2."""
+    """Turns a :class:`FedgeError`, or a missing optional package, into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -25,9 +26,21 @@ class FedgeGroup(click.Group):
         except FedgeError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except click.UsageError as exc:
+            where = f"fedge {exc.ctx.command_path.partition(' ')[2]}".rstrip() if exc.ctx else "fedge"
+            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except ModuleNotFoundError as exc:
+            from fedge.core.extras import missing_message
+
+            message = missing_message(exc.name or "")
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
 
 
-@click.group(cls=FedgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FedgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(package_name="fedge")
 def cli() -> None:
     """fedge: federated learning for edge devices."""
@@ -39,9 +52,11 @@ def cli() -> None:
 @click.option(
     "--output",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a file there is refused by claim_output, in one line
     help="Output folder (default: the config's `output`).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an earlier fedge run in the output folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--backend", help="Execution backend: debug, sequential, vectorized, processes or ray.")
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -51,6 +66,8 @@ def run_cmd(
     config: Path | None,
     rounds: int | None,
     output: Path | None,
+    overwrite: bool,
+    overrides: tuple[str, ...],
     backend: str | None,
     seed: int | None,
     quiet: bool,
@@ -65,11 +82,12 @@ def run_cmd(
     """
     from fedge.cli.progress import ProgressCallback, print_summary
     from fedge.config import Experiment, load
-    from fedge.experiment import run_experiment
+    from fedge.config.overrides import apply_overrides
+    from fedge.experiment import RunInterrupted, run_experiment
     from fedge.plugins import load_plugins
 
     load_plugins()
-    exp = load(str(config)) if config else Experiment()
+    exp = apply_overrides(load(str(config)) if config else Experiment(), overrides)
     if rounds is not None:
         if rounds < 1:
             raise click.BadParameter("must be >= 1", param_hint="--rounds")
@@ -83,8 +101,18 @@ def run_cmd(
     if tensorboard:
         exp.section("tracking").tensorboard = tensorboard
     callbacks = [] if quiet else [ProgressCallback()]
-    result, out = run_experiment(exp, callbacks, output=str(output) if output else None)
+    try:
+        result, out = run_experiment(exp, callbacks, output=str(output) if output else None, overwrite=overwrite)
+    except KeyboardInterrupt as stop:
+        done = stop.out if isinstance(stop, RunInterrupted) else None
+        where = f"; the finished rounds are in {done} (marked partial)" if done else "; nothing was written"
+        click.echo(f"interrupted{where}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     print_summary(exp, result, out)
+    if "fedge.report.dashboard" in sys.modules:  # the finished run's dashboard may linger ([dashboard] linger_s)
+        from fedge.report.dashboard import linger_finished
+
+        linger_finished()
 
 
 @cli.command("init")
@@ -102,18 +130,6 @@ def init_cmd(path: Path, force: bool) -> None:
     click.echo(f"wrote {path}")
 
 
-@cli.command("strategies")
-def strategies_cmd() -> None:
-    """List the available strategies."""
-    from fedge.plugins import load_plugins
-    from fedge.strategies import REGISTRY
-
-    load_plugins()
-    for name, cls in sorted(REGISTRY.items()):
-        doc = ((cls.__module__ and sys.modules[cls.__module__].__doc__) or "").strip().splitlines()
-        click.echo(f"{name:14s} {doc[0] if doc else ''}")
-
-
 COMMAND_MODULES = (
     "fedge.cli.devices",
     "fedge.cli.deploy",
@@ -121,6 +137,8 @@ COMMAND_MODULES = (
     "fedge.cli.compression",
     "fedge.cli.report",
     "fedge.cli.llm",
+    "fedge.cli.new",
+    "fedge.cli.strategies",
 )
 """Modules that add subcommands: each defines ``register(cli: click.Group)``."""
 
@@ -134,7 +152,21 @@ def _register_commands() -> None:
             importlib.import_module(name).register(cli)
 
 
+def _full_short_help(group: click.Group) -> None:
+    """Give every command the whole first sentence of its help as its line in ``--help``.
+
+    Click otherwise cuts that line to the terminal's width with "..."; the formatter wraps
+    a long sentence onto the next lines instead.
+    """
+    for cmd in group.commands.values():
+        if not cmd.short_help:
+            cmd.short_help = cmd.get_short_help_str(limit=sys.maxsize)
+        if isinstance(cmd, click.Group):
+            _full_short_help(cmd)
+
+
 _register_commands()
+_full_short_help(cli)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,37 @@ class ProgressCallback(Callback):
             self.progress.stop()
 
 
+def _partition(d: Any) -> str:
+    """How the clients' data was split, in words: the natural partition when the data has one."""
+    if d.loader:
+        return "from your loader"
+    if d.dataset == "leaf":
+        return "LEAF users"
+    if d.dataset.startswith("synthetic"):
+        return "one per device"
+    if d.client_column:
+        return f"one per {d.client_column!r}"
+    if d.dataset == "files" and d.path and Path(d.path).is_dir():
+        return "one per file"
+    return str(d.partition)
+
+
+def _num_clients(exp: Any, out: Path) -> int:
+    """The federation's real size, as the run folder's ``summary.json`` records it."""
+    try:
+        return int(json.loads((out / "summary.json").read_text())["num_clients"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(exp.data.num_clients)
+
+
 def print_summary(exp: Any, result: RunResult, out: Path) -> None:
     h = result.history
     table = Table(title="fedge run", show_header=False)
-    table.add_row("dataset", f"{exp.data.dataset} ({exp.data.num_clients} clients, {exp.data.partition})")
-    table.add_row("model / strategy", f"{exp.model.name} ({exp.model.framework}) / {exp.strategy.name}")
+    table.add_column()
+    table.add_column(overflow="fold")  # a long output path wraps instead of being cut with "…"
+    table.add_row("dataset", f"{exp.data.dataset} ({_num_clients(exp, out)} clients, {_partition(exp.data)})")
+    model = exp.model.factory or f"{exp.model.name} ({exp.model.framework})"
+    table.add_row("model / strategy", f"{model} / {exp.strategy.name}")
     table.add_row("rounds", str(len(h)))
     table.add_row("final test accuracy", f"{h.final_accuracy:.4f}")
     table.add_row("final test loss", f"{h.last('test_loss'):.4f}")

@@ -37,14 +37,38 @@ def set_params(module: nn.Module, params: Params) -> None:
 
 
 class TorchLearner:
-    """Train and evaluate an ``nn.Module`` classifier with cross-entropy."""
+    """Train and evaluate an ``nn.Module`` classifier with cross-entropy, or the ``loss`` entry point.
 
-    def __init__(self, module_fn: Callable[[], nn.Module] | nn.Module) -> None:
+    ``loss`` is ``"package.module:function"`` naming a ``(logits, targets) -> scalar tensor``
+    callable used for the training and the evaluation loss (accuracy stays the argmax's);
+    it is imported by name on first use, so the learner stays picklable.
+    """
+
+    def __init__(self, module_fn: Callable[[], nn.Module] | nn.Module, *, loss: str = "") -> None:
         self.module_fn = module_fn if callable(module_fn) and not isinstance(module_fn, nn.Module) else None
         self._module: nn.Module | None = module_fn if isinstance(module_fn, nn.Module) else None
+        self.loss = loss
+        self._loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __getstate__(self) -> dict[str, object]:
-        return {"module_fn": self.module_fn, "_module": self._module}
+        return {"module_fn": self.module_fn, "_module": self._module, "loss": self.loss, "_loss_fn": None}
+
+    @property
+    def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training and evaluation loss: cross-entropy unless ``loss`` names another."""
+        if not self.loss:
+            return nn.functional.cross_entropy
+        if self._loss_fn is None:
+            from fedge.usercode import resolve
+
+            self._loss_fn = resolve(self.loss, key="training.loss")
+        return self._loss_fn
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = self.loss_fn(out, y)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ModelError(f"training.loss: {self.loss} must return a scalar tensor, got {type(value).__name__}")
+        return value
 
     @property
     def module(self) -> nn.Module:
@@ -83,7 +107,7 @@ class TorchLearner:
         n = len(yt)
         epochs, max_steps = step_budget(cfg, n)
         steps, loss_sum, seen = 0, 0.0, 0
-        loss_fn = nn.functional.cross_entropy
+        loss_fn = self._loss
         for _ in range(epochs):
             if steps >= max_steps:
                 break
@@ -121,6 +145,6 @@ class TorchLearner:
             yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
             if out.shape[-1] <= int(yt.max()):
                 raise ModelError(f"model outputs {out.shape[-1]} classes but the labels go up to {int(yt.max())}")
-            loss = float(nn.functional.cross_entropy(out, yt))
+            loss = float(self._loss(out, yt))
             acc = float((out.argmax(dim=-1) == yt).float().mean())
         return loss, acc

@@ -87,7 +87,7 @@ def make_availability(cfg: DevicesConfig, seed: int) -> Availability:
 def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
     """The :class:`DevicePolicy` an experiment's ``[devices]`` section asks for (None when off)."""
     cfg: DevicesConfig = exp.section("devices")
-    if not cfg.enabled:
+    if not cfg.enabled or built.deployed:  # a deployed run has real devices, not simulated ones
         return None
     mix = parse_mix(cfg.fleet, catalog(cfg.profiles or None))
     fleet = assign_fleet(mix, built.data.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)

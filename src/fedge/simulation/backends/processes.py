@@ -19,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
@@ -27,6 +28,7 @@ from typing import Any
 
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params
+from fedge.core.threads import apply_threads
 from fedge.core.types import FitInstructions
 from fedge.simulation.backends._shard import (
     Outcome,
@@ -45,13 +47,13 @@ _RUNTIME: ClientRuntime | None = None
 
 
 def _worker_main(conn: Connection, threads: int) -> None:
-    """Serve tasks until told to stop, the pipe closes, or the parent process is gone."""
-    try:
-        import torch
+    """Serve tasks until told to stop, the pipe closes, or the parent process is gone.
 
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    Ctrl-C reaches the whole process group; the parent handles it (keeping the finished
+    rounds) and closes the workers, so a worker ignores SIGINT rather than print a traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    apply_threads(threads)
     runtime = _RUNTIME
     assert runtime is not None
     parent = os.getppid()

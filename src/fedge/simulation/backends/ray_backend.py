@@ -50,9 +50,9 @@ class _Actor:
     """The body of a Ray actor: a client runtime and the worker loop of one share."""
 
     def __init__(self, runtime: ClientRuntime, threads: int) -> None:
-        import torch
+        from fedge.core.threads import apply_threads
 
-        torch.set_num_threads(threads)
+        apply_threads(threads)
         self.runtime = runtime
 
     def run(self, task: Task) -> Outcome:

@@ -85,6 +85,8 @@ def unsupported(client: Any, spec: ParamSpec) -> str | None:
     learner = client.learner
     if not isinstance(learner, TorchLearner) or type(learner).train is not TorchLearner.train:
         return f"learner {type(learner).__name__} is not a plain TorchLearner"
+    if learner.loss:
+        return f"custom loss {learner.loss} is not vectorised"
     module = learner.module
     if any(True for _ in module.buffers()):
         return f"model {type(module).__name__} has buffers (e.g. BatchNorm statistics)"
