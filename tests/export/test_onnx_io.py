@@ -26,11 +26,23 @@ from fedge.models import torch_module
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, np.ndarray]:
+    # A trained model: an untrained one's logits are near-ties, so whether int8 keeps its
+    # argmax depends on rounding noise and on the CPU's int8 kernels, not on quantisation.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data[:600] / 16.0).astype(np.float32)
+    y = torch.as_tensor(digits.target[:600])
     torch.manual_seed(0)
-    module = torch_module("mlp", (64,), 10, [64]).eval()
+    module = torch_module("mlp", (64,), 10, [64])
+    opt = torch.optim.Adam(module.parameters(), lr=0.01)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(torch.as_tensor(x)), y).backward()
+        opt.step()
+    module.eval()
     path = export_onnx(module, (64,), tmp_path_factory.mktemp("onnx") / "m.onnx")
-    x = np.random.default_rng(0).normal(size=(200, 64)).astype(np.float32)
-    return module, path, x
+    return module, path, x[:200]
 
 
 def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported) -> None:
@@ -68,7 +80,7 @@ def test_int8_model_is_smaller_and_agrees_with_float(exported, tmp_path: Path, m
     assert any(t.data_type in int8_types for t in onnx.load(str(q)).graph.initializer)
     ref = np.argmax(torch_logits(module, x), axis=1)
     agree = accuracy(predict(session(q), x), ref)
-    assert agree > 0.9
+    assert agree > 0.95
 
 
 def test_static_quantisation_needs_calibration_data(exported, tmp_path: Path) -> None:

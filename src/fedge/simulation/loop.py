@@ -238,6 +238,12 @@ def check_pipeline(strategy: Strategy, pipeline: Pipeline) -> None:
     """
     if not strategy.needs_individual_updates:
         return
+    hiding = next((t for t in pipeline.transforms if t.sums_cohort), None)
+    if hiding is not None:
+        raise ConfigError(
+            f"strategy {strategy.name!r} needs individual updates, which {hiding.name} "
+            "hides from the server; choose a strategy that aggregates sums"
+        )
     on_sums = [t.name for t in pipeline.transforms if type(t).aggregate is not Transform.aggregate or t.sums_cohort]
     if on_sums:
         raise ConfigError(
