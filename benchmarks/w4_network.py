@@ -77,7 +77,7 @@ def role_server(a: argparse.Namespace) -> None:
         node_timeout_s=60.0,
     )
     transport = GrpcTransport(svc, wait_s=600, round_deadline_s=600)
-    server, _ = start_grpc(svc, DeployConfig(port=a.port, workers=64, max_decoding=4))
+    server, _ = start_grpc(svc, DeployConfig(port=a.port, workers=64, max_decoding=4, insecure=True))
 
     class Save(Callback):
         def on_round_end(self, record: Any, state: Any) -> None:
@@ -131,6 +131,7 @@ def role_nodes(a: argparse.Namespace) -> None:
             client_factory=lambda exp, cid: Trivial(cid),
             backoff=Backoff(give_up_s=120),
             state_dir=Path(a.keys),
+            insecure=True,
         )
         t = threading.Thread(target=node.run, daemon=True)
         t.start()

@@ -259,7 +259,10 @@ def write_run_files(built: Built, result: RunResult, tmp: Path, wall_s: float, *
     ``stopped`` marks a partial run (``"interrupted"``, ``"diverged"``): ``summary.json`` then
     has ``"partial": true`` and the files hold the rounds that finished.
     """
-    (tmp / "config.toml").write_text(to_toml(built.exp, commented=False, used=True))
+    from fedge.report.config import without_secrets
+
+    # The run folder is shared and archived: it keeps no dashboard token or tracking credentials.
+    (tmp / "config.toml").write_text(to_toml(without_secrets(built.exp), commented=False, used=True))
     write_jsonl(result.history, tmp / "metrics.jsonl")
     write_csv(result.history, tmp / "metrics.csv")
     save_params_npz(result.state.params, tmp / "model.npz")

@@ -39,6 +39,7 @@ node_timeout_s = {timeout}
 wait_s = 60
 round_deadline_s = 60
 allow_list = "{allow}"
+insecure = true
 """
 
 

@@ -35,11 +35,10 @@ def test_join_refuses_contradictory_options(tmp_path: Path) -> None:
     runner.invoke(cli, ["keys", "new", "--out", str(tmp_path), "--name", "n"])
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((4, 2)), label=np.zeros(4))
-    res = runner.invoke(
-        cli, ["join", "--server", "127.0.0.1:1", "--key", str(key), "--data", str(data), "--partition", "1"]
-    )
+    args = ["join", "--server", "127.0.0.1:1", "--key", str(key), "--data", str(data), "--partition", "1"]
+    res = runner.invoke(cli, [*args, "--insecure"])
     assert res.exit_code == 2 and "exclude each other" in res.output
-    res = runner.invoke(cli, ["join", "--server", "127.0.0.1:1", "--key", str(data)])
+    res = runner.invoke(cli, ["join", "--server", "127.0.0.1:1", "--key", str(data), "--insecure"])
     assert res.exit_code == 2 and "not a readable private key" in res.output
 
 

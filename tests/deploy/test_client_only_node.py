@@ -117,7 +117,7 @@ def test_a_client_only_node_finishes_a_federation_of_a_fully_installed_server(
             with open(tmp_path / f"node{i}.log", "wb") as log:
                 args = ["join", "--server", f"127.0.0.1:{port}", "--key", str(key), "--partition", str(i)]
                 node = subprocess.Popen(
-                    [*client_only(tmp_path), *args, "--give-up", "60", "--state-dir", str(tmp_path)],
+                    [*client_only(tmp_path), *args, "--give-up", "60", "--state-dir", str(tmp_path), "--insecure"],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=tmp_path,

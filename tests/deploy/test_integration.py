@@ -180,7 +180,16 @@ def test_a_server_killed_with_sigkill_resumes_to_the_uninterrupted_final_model(
 ) -> None:
     keys, allow = make_keys(4)
     port = free_port()
-    exp_path = write_experiment(allow=allow, clients=4, rounds=6, port=port, strategy="fedadam", model="mlp", epochs=3)
+    exp_path = write_experiment(
+        allow=allow,
+        clients=4,
+        rounds=6,
+        port=port,
+        strategy="fedadam",
+        model="mlp",
+        epochs=3,
+        deploy_extra="examples_cap = 0.0\nnorm_cap = 0.0\n",  # the simulation has no influence bounds
+    )
     reference = execute(build(load(str(exp_path))))
     db, out = tmp_path / "state.db", tmp_path / "out"
     with processes() as procs:
@@ -200,6 +209,7 @@ def test_a_server_killed_with_sigkill_resumes_to_the_uninterrupted_final_model(
                     str(tmp_path / "nodes"),
                     "--give-up",
                     "60",
+                    "--insecure",
                 ],
                 tmp_path / f"node{i}.log",
             )

@@ -111,7 +111,8 @@ def test_a_node_elsewhere_without_project_stops_with_one_line_naming_data_loader
         server = subprocess.Popen(serve, cwd=proj, stdout=log, stderr=subprocess.STDOUT)
     try:
         key = str(proj / "keys" / "node1.key")
-        node = fedge("join", "--server", f"127.0.0.1:{port}", "--key", key, "--give-up", "60", cwd=elsewhere)
+        join = ["join", "--server", f"127.0.0.1:{port}", "--key", key, "--give-up", "60", "--insecure"]
+        node = fedge(*join, cwd=elsewhere)
     finally:
         server.kill()
         server.wait()

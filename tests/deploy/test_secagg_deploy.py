@@ -56,6 +56,7 @@ def join(procs: list[subprocess.Popen[bytes]], tmp_path: Path, port: int, keys: 
                 str(tmp_path / "nodes"),
                 "--give-up",
                 "30",
+                "--insecure",
             ],
             tmp_path / f"node{i}.log",
         )
@@ -133,7 +134,7 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
                 received.append(raw)
                 reply = post(raw, md)
                 msg = pb.SecAggPost.FromString(raw)
-                node = dict(md)["fedge-node"]
+                node = md.node_id  # the Caller the gRPC gate authenticated
                 if (msg.round, msg.stage) == (1, "share") and svc._nodes[node].client_id == victim:
                     os.kill(nodes[victim].pid, signal.SIGKILL)  # it has shared its keys, now it vanishes
                 return reply  # type: ignore[no-any-return]

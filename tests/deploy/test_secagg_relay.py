@@ -123,7 +123,7 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
     from fedge.deploy.node import Node
 
     key, _ = new_keys(tmp_path, "node")
-    node = Node("127.0.0.1:1", Signer(load_private(key)))
+    node = Node("127.0.0.1:1", Signer(load_private(key)), insecure=True)
     node.client_id = 1
     node._secagg_words = (1, np.zeros(LENGTH, np.uint32))
     posts: list[Any] = []

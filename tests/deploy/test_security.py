@@ -72,7 +72,9 @@ def test_downgrade_drops_stored_protections_only_when_asked_and_names_them(tmp_p
 
 
 def test_startup_warnings_say_what_an_open_server_does() -> None:
-    assert security.startup_warnings(DeployConfig()) == [security.NO_ALLOW_LIST, security.NO_TLS]
+    assert security.startup_warnings(DeployConfig(insecure=True)) == [security.NO_ALLOW_LIST, security.NO_TLS]
+    with pytest.raises(ConfigError, match=r"no TLS: pass --tls-cert/--tls-key .* or --insecure"):
+        security.startup_warnings(DeployConfig())
     assert "every node will be refused" in security.NO_ALLOW_LIST
     safe = DeployConfig(allow_list="a", tls_cert="c", tls_key="k")
     assert security.startup_warnings(safe) == []

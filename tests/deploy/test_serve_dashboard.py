@@ -35,6 +35,7 @@ def test_serve_dashboard_shows_nodes_and_rounds(tmp_path: Path, make_keys, write
                 "--state-dir",
                 str(tmp_path),
                 "-q",
+                "--insecure",
             ],
             cwd=tmp_path,
         )

@@ -101,12 +101,12 @@ def test_resume_keeps_the_stored_tls_and_allow_list_and_refuses_to_lose_them(
 
     with processes() as procs:
         log = tmp_path / "downgraded.log"
-        args = ["serve", "--state", state, "--resume", "--port", str(port), "--downgrade-security"]
+        args = ["serve", "--state", state, "--resume", "--port", str(port), "--downgrade-security", "--insecure"]
         down = spawn(procs, args, log)
         text = wait_for_text(log, "listening on", down)
         assert "WARNING: DOWNGRADE: resuming without TLS, the allow-list" in text
         assert "WARNING: no allow-list: every node will be refused; pass --allow FILE" in text
-        assert "WARNING: no TLS: models and updates travel in plaintext" in text
+        assert "WARNING: no TLS (--insecure): models and updates travel in plaintext" in text
         wrong = fedge("status", "--server", target, "--ca", str(certs["ca"]), cwd=tmp_path)
         assert wrong.returncode == 2
         assert wrong.stderr.strip() == f"error: status of {target}: the server does not use TLS: drop --ca"
@@ -167,7 +167,7 @@ def test_served_run_writes_the_run_folder_that_report_and_export_read(
         wait_for_text(tmp_path / "server.log", "listening on", server)
         node = spawn(
             procs,
-            ["join", "--server", f"127.0.0.1:{port}", "--key", str(keys[0]), "--partition", "0", "-q"],
+            ["join", "--server", f"127.0.0.1:{port}", "--key", str(keys[0]), "--partition", "0", "-q", "--insecure"],
             tmp_path / "node.log",
         )
         assert server.wait(120) == 0, (tmp_path / "server.log").read_text()[-2000:]
@@ -194,6 +194,7 @@ def test_sigterm_mid_run_checkpoints_the_round_and_writes_no_run_folder(
         server = spawn(procs, ["serve", str(exp), "-o", str(tmp_path / "out")], log)
         wait_for_text(log, "listening on", server)
         join = ["join", "--server", f"127.0.0.1:{port}", "--key", str(keys[0]), "--partition", "0", "--give-up", "5"]
+        join.append("--insecure")
         spawn(procs, join, tmp_path / "node.log")
         wait_for_text(log, "event=round_done round=1 ", server)
         assert stop(server) == EXIT_SIGTERM

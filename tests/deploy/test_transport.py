@@ -69,7 +69,7 @@ def server(
     wait: float = 30.0,
     cfg: DeployConfig | None = None,
 ) -> Iterator[tuple[FedgeService, GrpcTransport, int]]:
-    cfg = cfg or DeployConfig(port=0)
+    cfg = cfg or DeployConfig(port=0, insecure=True)
     svc = FedgeService(
         store=Store(tmp_path / "s.db"),
         verifier=Verifier(allow),
@@ -113,6 +113,7 @@ def start_node(
         partition=partition,
         client_factory=factory,
         backoff=Backoff(give_up_s=10),
+        insecure="root_ca" not in kw,
         **kw,
     )
     t = threading.Thread(target=node.run, daemon=True)
@@ -135,7 +136,8 @@ def federate(transport: GrpcTransport, initial: Params, rounds: int = 1) -> RunR
 def test_a_50_mb_model_round_trips_in_chunks(tmp_path: Path, make_keys: Any) -> None:
     keys, allow = make_keys(1)
     big = [(np.arange(12_500_000) % 1000).astype(np.float32).reshape(2500, 5000), np.ones(7, np.float32)]
-    with server(tmp_path, allow, num_clients=1, cfg=DeployConfig(port=0, chunk_kib=4096)) as (_svc, tr, port):
+    cfg = DeployConfig(port=0, chunk_kib=4096, insecure=True)
+    with server(tmp_path, allow, num_clients=1, cfg=cfg) as (_svc, tr, port):
         start_node(port, keys[0], lambda exp, cid: AddClient(cid), 0)
         result = federate(tr, big)
     rec = result.history.rounds[0]
@@ -170,6 +172,7 @@ def test_a_silent_node_fails_at_the_round_deadline(tmp_path: Path, make_keys: An
             Signer(load_private(keys[1])),
             partition=1,
             client_factory=lambda exp, cid: AddClient(cid),
+            insecure=True,
         )
         silent.join()
         stop = threading.Event()
@@ -220,6 +223,7 @@ def test_scaffold_over_grpc_ends_where_the_simulation_ends(tmp_path: Path, make_
                 "min_nodes": 3,
                 "heartbeat_s": 0.2,
                 "allow_list": str(allow),
+                "insecure": True,
             },
         }
     )
@@ -318,6 +322,7 @@ def test_a_graceful_stop_keeps_nodes_waiting_and_resume_finishes_the_run(tmp_pat
         "min_nodes": 2,
         "heartbeat_s": 0.2,
         "allow_list": str(allow),
+        "insecure": True,
     }
 
     class StopAfterFirst:

@@ -72,14 +72,14 @@ def test_token_required_means_401_without_it() -> None:
             code, body = _get(base + path)
             assert code == 401 and "token" in body["error"]
         assert _get(base + "/api/status?token=wrong")[0] == 401
-        assert _get(base + "/api/status?token=t0ken-abc")[0] == 200
+        assert _get(base + "/api/status?token=t0ken-abc")[0] == 401  # never in a URL
         assert _get(base + "/api/status", {"Authorization": "Bearer t0ken-abc"})[0] == 200
         assert _get(base + "/api/status", {"Authorization": "Bearer nope"})[0] == 401
 
 
 def test_bound_beyond_loopback_gets_a_random_token() -> None:
     with Dashboard(RunStatus(), host="0.0.0.0", port=0) as dash:
-        assert len(dash.token) >= 24 and f"token={dash.token}" in dash.url
+        assert len(dash.token) >= 24 and dash.token not in dash.url and dash.token not in dash.login_url()
         assert _get(f"http://127.0.0.1:{dash.port}/api/status")[0] == 401
 
 
@@ -147,9 +147,13 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
             if line.startswith("dashboard: "):
                 url = line.split(" ", 1)[1].strip()
                 break
-        assert url.startswith("http://127.0.0.1:") and "token=browser-test-token" in url
-        assert _get(url.split("?")[0] + "api/status")[0] == 401
+        assert url.startswith("http://127.0.0.1:") and "/login?code=" in url and "browser-test-token" not in url
+        base = url.split("login?")[0]
+        assert _get(base + "api/status")[0] == 401
         browser.get(url)
+        assert browser.current_url == base  # the one-time link redirected to the page, its cookie set
+        cookies = browser.get_cookies()
+        assert [(c["value"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("browser-test-token", True, "Strict")]
         WebDriverWait(browser, 60, poll_frequency=0.2).until(
             lambda d: d.execute_script("return /^round [1-9]/.test(document.getElementById('round').textContent)")
         )

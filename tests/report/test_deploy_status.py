@@ -82,6 +82,7 @@ def test_dashboard_of_a_real_grpc_server_with_two_nodes(tmp_path: Path) -> None:
                 "min_nodes": 2,
                 "heartbeat_s": 0.2,
                 "allow_list": str(allow),
+                "insecure": True,
                 "wait_s": 60,
                 "round_deadline_s": 60,
             },
@@ -112,6 +113,7 @@ def test_dashboard_of_a_real_grpc_server_with_two_nodes(tmp_path: Path) -> None:
                 profile=("zonal-ecu", "orin-nano")[i],
                 state_dir=tmp_path / f"n{i}",
                 backoff=Backoff(give_up_s=20),
+                insecure=True,
             )
             for i, k in enumerate(keys)
         ]
@@ -123,12 +125,14 @@ def test_dashboard_of_a_real_grpc_server_with_two_nodes(tmp_path: Path) -> None:
             t.join(20)
         assert "served" in done and len(done["served"].history) == 3
         url = urls[0]
-        assert "token=ops-token" in url
+        assert "/login?code=" in url and "ops-token" not in url
         with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(url.split("?")[0] + "api/status", timeout=10)
+            urllib.request.urlopen(url.split("login?")[0] + "api/status", timeout=10)
         assert denied.value.code == 401
         denied.value.close()
-        req = urllib.request.Request(url.split("?")[0] + "api/status", headers={"Authorization": "Bearer ops-token"})
+        req = urllib.request.Request(
+            url.split("login?")[0] + "api/status", headers={"Authorization": "Bearer ops-token"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             snap = json.loads(r.read())
         assert sorted(n["profile"] for n in snap["nodes"]) == ["orin-nano", "zonal-ecu"]

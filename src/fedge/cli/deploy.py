@@ -44,6 +44,12 @@ def _logging(verbose: bool) -> None:
 @click.option("--tls-key", help="PEM key of the certificate (deploy.tls_key).")
 @click.option("--client-ca", help="PEM CA of node certificates: mutual TLS (deploy.client_ca).")
 @click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Serve plaintext without --tls-cert/--tls-key: a trusted network only (deploy.insecure).",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
@@ -76,6 +82,7 @@ def serve_cmd(
     tls_cert: str | None,
     tls_key: str | None,
     client_ca: str | None,
+    insecure: bool | None,
     output: Path | None,
     overwrite: bool,
     settings: tuple[str, ...],
@@ -118,8 +125,13 @@ def serve_cmd(
             "tls_cert": tls_cert,
             "tls_key": tls_key,
             "client_ca": client_ca,
+            "insecure": insecure,
         }
         exp = experiment_for(config, deploy_options, settings)
+        if not resume:  # a resume may take its TLS files from the store: checked once they are restored
+            from fedge.deploy.security import check_plaintext
+
+            check_plaintext(exp.section("deploy"))
         if dashboard:
             exp.section("dashboard").enabled = True
         _serve(exp, stopper, output, resume=resume, overwrite=overwrite, downgrade_security=downgrade_security)
@@ -245,6 +257,7 @@ def _serve(
     help="PEM client certificate for mutual TLS (with --cert-key).",
 )
 @click.option("--cert-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --cert.")
+@click.option("--insecure", is_flag=True, help="Connect in plaintext without --ca: a trusted network only.")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -272,12 +285,16 @@ def join_cmd(
     ca: Path | None,
     cert: Path | None,
     cert_key: Path | None,
+    insecure: bool,
     state_dir: Path,
     profile: str,
     give_up: float,
     quiet: bool,
 ) -> None:
-    """Join the federation at SERVER and train until the run ends."""
+    """Join the federation at SERVER and train until the run ends.
+
+    TLS with --ca; plaintext only with an explicit --insecure.
+    """
     from fedge.deploy.auth import Signer, load_private
     from fedge.deploy.node import Backoff, Node, file_client
     from fedge.usercode import add_search_paths
@@ -288,6 +305,7 @@ def join_cmd(
         raise ConfigError("--data and --partition exclude each other")
     if (cert is None) != (cert_key is None):
         raise ConfigError("--cert and --cert-key go together")
+    _plaintext_choice(ca, insecure, "join")
     chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
     state_dir.mkdir(parents=True, exist_ok=True)
     node = Node(
@@ -300,6 +318,7 @@ def join_cmd(
         cert_chain=chain,
         profile=profile,
         backoff=Backoff(give_up_s=give_up),
+        insecure=insecure,
     )
     rounds = node.run()
     click.echo(f"node {node.signer.node_id} (client {node.client_id}): trained {rounds} rounds")
@@ -327,6 +346,18 @@ def keys_new(out: Path, name: str) -> None:
     click.echo(f"wrote {key} and {pub} (node id {node_id})")
 
 
+def _plaintext_choice(ca: Path | None, insecure: bool, command: str) -> None:
+    """``--ca`` or ``--insecure``, never both; plaintext is said out loud."""
+    from fedge.deploy.node import PLAINTEXT
+
+    if ca is not None and insecure:
+        raise ConfigError("--ca and --insecure exclude each other")
+    if ca is None and not insecure:
+        raise ConfigError(PLAINTEXT)
+    if insecure:
+        click.echo(f"fedge {command}: WARNING: --insecure: no TLS, everything travels in plaintext", err=True)
+
+
 @click.command("status")
 @click.option("--server", required=True, help="HOST:PORT of the fedge server.")
 @click.option(
@@ -338,16 +369,21 @@ def keys_new(out: Path, name: str) -> None:
     help="PEM client certificate when the server wants mutual TLS (with --cert-key).",
 )
 @click.option("--cert-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM key of --cert.")
+@click.option("--insecure", is_flag=True, help="Read a plaintext server's status (no --ca): a trusted network only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
-def status_cmd(server: str, ca: Path | None, cert: Path | None, cert_key: Path | None, as_json: bool) -> None:
+def status_cmd(
+    server: str, ca: Path | None, cert: Path | None, cert_key: Path | None, insecure: bool, as_json: bool
+) -> None:
     """Show a running server's nodes, current round and last metrics."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # failures are explained in one line, not by gRPC's log
     from fedge.deploy.client import fetch_status
 
     if (cert is None) != (cert_key is None):
         raise ConfigError("--cert and --cert-key go together")
+    if ca is not None and insecure:
+        raise ConfigError("--ca and --insecure exclude each other")
     chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
-    st = fetch_status(server, root_ca=ca.read_bytes() if ca else None, cert_chain=chain)
+    st = fetch_status(server, root_ca=ca.read_bytes() if ca else None, cert_chain=chain, insecure=insecure)
     if as_json:
         click.echo(st.to_json())
         return

@@ -126,7 +126,10 @@ def _problem(obj: Any, labels: Sequence[str] | None) -> str | dict[str, float]:
     out: dict[str, float] = {}
     for k, v in feats.items():
         if type(v) is float or (type(v) is int):
-            f = float(v)
+            try:
+                f = float(v)
+            except OverflowError:
+                return "feature value out of float range"
             if math.isfinite(f):
                 out[k] = f
                 continue
@@ -150,8 +153,9 @@ def read_records(
 ) -> tuple[list[Record], ReadStats]:
     """Read JSON-lines records from a file or a folder of ``.jsonl`` files.
 
-    A bad record (corrupt JSON, missing label or client id, non-numeric value, a label
-    outside ``labels``) is skipped and counted by reason, or with ``strict`` raises a
+    A bad record (corrupt JSON, JSON nested too deeply, an integer beyond Python's digit
+    limit, a value beyond float range, missing label or client id, non-numeric value, a
+    label outside ``labels``) is skipped and counted by reason, or with ``strict`` raises a
     :class:`DataError` naming file and line.
     """
     records: list[Record] = []
@@ -167,6 +171,10 @@ def read_records(
                     checked = _problem(obj, labels)
                 except json.JSONDecodeError:
                     checked = "corrupt JSON"
+                except RecursionError:
+                    checked = "JSON nested too deeply"
+                except ValueError:  # an integer beyond Python's digit limit (sys.get_int_max_str_digits)
+                    checked = "integer too large"
                 if isinstance(checked, str):
                     if strict:
                         raise DataError(f"{f}:{i}: {checked}")

@@ -7,10 +7,14 @@ holds::
     ed25519 <base64 public key> <name>
 
 A node's id is the first 16 hex digits of the SHA-256 of its public key. Every request
-carries, as gRPC metadata, the node id, a timestamp, a random nonce and an Ed25519
-signature over ``method, SHA-256(body), timestamp, nonce``. The server refuses unknown
-keys (UNAUTHENTICATED), revoked keys (PERMISSION_DENIED), bad signatures, timestamps
-outside its window and nonces it has already seen (replays).
+carries, as gRPC metadata, the node id, the SHA-256 of its body, a timestamp, a random
+nonce and an Ed25519 signature over ``method, SHA-256(body), timestamp, nonce``. Since
+the digest travels in the metadata, the server verifies a call (:meth:`Verifier.authenticate`)
+before it reads a byte of the body, and then checks that the body it reads has the
+signed digest (:meth:`Caller.check`). It refuses unknown keys (UNAUTHENTICATED), bad
+signatures, timestamps outside its window, nonces it has already seen (replays) and,
+only once the signature holds, revoked keys (PERMISSION_DENIED): nobody can learn
+whether a node id is revoked without its private key.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedge.core.errors import ConfigError, TransportError
 
-H_NODE, H_TS, H_NONCE, H_SIG = "fedge-node", "fedge-ts", "fedge-nonce", "fedge-sig"
+H_NODE, H_SHA, H_TS, H_NONCE, H_SIG = "fedge-node", "fedge-sha256", "fedge-ts", "fedge-nonce", "fedge-sig"
 
 
 class AuthError(TransportError):
@@ -98,10 +102,9 @@ def parse_keys(text: str, where: str) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def signed_message(method: str, body: bytes, ts: str, nonce: str) -> bytes:
-    return b"\n".join(
-        [b"fedge-v1", method.encode(), hashlib.sha256(body).hexdigest().encode(), ts.encode(), nonce.encode()]
-    )
+def signed_message(method: str, digest: str, ts: str, nonce: str) -> bytes:
+    """What a node signs: ``digest`` is the hex SHA-256 of the request body."""
+    return b"\n".join([b"fedge-v1", method.encode(), digest.encode(), ts.encode(), nonce.encode()])
 
 
 class Signer:
@@ -114,8 +117,25 @@ class Signer:
     def metadata(self, method: str, body: bytes) -> list[tuple[str, str]]:
         ts = f"{time.time():.3f}"
         nonce = secrets.token_hex(16)
-        sig = self.key.sign(signed_message(method, body, ts, nonce))
-        return [(H_NODE, self.node_id), (H_TS, ts), (H_NONCE, nonce), (H_SIG, base64.b64encode(sig).decode())]
+        digest = hashlib.sha256(body).hexdigest()
+        sig = base64.b64encode(self.key.sign(signed_message(method, digest, ts, nonce))).decode()
+        return [(H_NODE, self.node_id), (H_SHA, digest), (H_TS, ts), (H_NONCE, nonce), (H_SIG, sig)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A call whose signed metadata the server has verified; its body is checked against ``digest``."""
+
+    node_id: str
+    method: str
+    digest: str
+
+    def check(self, method: str, body: bytes) -> None:
+        """Raise :class:`AuthError` unless ``body`` is the body of this signed ``method`` call."""
+        if method != self.method or hashlib.sha256(body).hexdigest() != self.digest:
+            raise AuthError(
+                "UNAUTHENTICATED", f"bad signature from node {self.node_id}: the {method} body is not the signed one"
+            )
 
 
 @dataclass
@@ -160,14 +180,19 @@ class Verifier:
         self._revoked.get()
 
     def verify(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]]) -> str:
-        """Return the authenticated node id, or raise :class:`AuthError`."""
+        """Return the authenticated node id of a whole request, or raise :class:`AuthError`."""
+        caller = self.authenticate(method, metadata)
+        caller.check(method, body)
+        return caller.node_id
+
+    def authenticate(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> Caller:
+        """Check a call's signed metadata alone (no body read yet); raise :class:`AuthError` if refused."""
         md = {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in metadata}
-        node, ts, nonce, sig = (md.get(h, "") for h in (H_NODE, H_TS, H_NONCE, H_SIG))
-        if not (node and ts and nonce and sig):
+        node, digest, ts, nonce, sig = (md.get(h, "")[:128] for h in (H_NODE, H_SHA, H_TS, H_NONCE, H_SIG))
+        if not (node and digest and ts and nonce and sig):
             raise AuthError("UNAUTHENTICATED", "request is not signed (missing fedge-* metadata)")
-        if node in self._revoked.get():
-            raise AuthError("PERMISSION_DENIED", f"node {node[:16]} is revoked")
-        pub = self._allow.get().get(node) or self._extra.get(node)
+        revoked = self._revoked.get()
+        pub = self._allow.get().get(node) or self._extra.get(node) or revoked.get(node)
         if pub is None:
             raise AuthError("UNAUTHENTICATED", f"node {node[:16]!r} is not in the allow-list")
         try:
@@ -178,9 +203,11 @@ class Verifier:
         if not abs(now - t) <= self.window_s:
             raise AuthError("UNAUTHENTICATED", f"stale request from node {node}: timestamp {now - t:+.0f}s off")
         try:
-            pub.verify(base64.b64decode(sig, validate=True), signed_message(method, body, ts, nonce))
+            pub.verify(base64.b64decode(sig, validate=True), signed_message(method, digest, ts, nonce))
         except (InvalidSignature, ValueError):
             raise AuthError("UNAUTHENTICATED", f"bad signature from node {node}") from None
+        if node in revoked:
+            raise AuthError("PERMISSION_DENIED", f"node {node} is revoked")
         key = f"{node}:{nonce}"
         with self._lock:
             if key in self._seen:
@@ -192,4 +219,4 @@ class Verifier:
                 self._seen.discard(self._seen_order.popleft()[1])
             self._seen.add(key)
             self._seen_order.append((now, key))
-        return node
+        return Caller(node, method, digest)

@@ -5,6 +5,8 @@ asked without ``--ca`` ("the server uses TLS: pass --ca FILE"), a plaintext serv
 with ``--ca``, or a TLS handshake that failed (wrong CA, missing client certificate).
 Which of these it is, :func:`speaks_tls` finds out with a TLS handshake of its own that
 verifies nothing: a server that answers it, or refuses it with a TLS alert, speaks TLS.
+Plaintext is used only when asked for (``insecure=True``, ``fedge status --insecure``);
+without ``--ca`` or ``--insecure`` the same probe names the option the server needs.
 """
 
 from __future__ import annotations
@@ -70,18 +72,32 @@ def explain(server: str, exc: grpc.RpcError, *, tls: bool) -> str:
     return f"status of {server}: no fedge server answers at {server} ({code.name})"
 
 
+def _needs_option(server: str) -> str:
+    """Why a status call without ``--ca`` or ``--insecure`` is not made, naming the option to add."""
+    answers = speaks_tls(server)
+    if answers is None:
+        return f"status of {server}: nothing is listening at {server} (is `fedge serve` running there?)"
+    if answers:
+        return f"status of {server}: the server uses TLS: pass --ca FILE"
+    return f"status of {server}: the server speaks plaintext: pass --insecure to read its status anyway"
+
+
 def fetch_status(
     server: str,
     *,
     root_ca: bytes | None = None,
     cert_chain: tuple[bytes, bytes] | None = None,
     timeout: float = 10.0,
+    insecure: bool = False,
 ) -> ServerStatus:
     """The :class:`ServerStatus` snapshot of the server at ``HOST:PORT``.
 
-    ``root_ca`` turns on TLS; ``cert_chain`` is ``(key PEM, certificate PEM)`` for mutual TLS.
+    ``root_ca`` turns on TLS; ``cert_chain`` is ``(key PEM, certificate PEM)`` for mutual TLS;
+    plaintext needs ``insecure=True``.
     """
     split_address(server)
+    if root_ca is None and not insecure:
+        raise TransportError(_needs_option(server))
     if root_ca is not None:
         key, cert = cert_chain if cert_chain else (None, None)
         channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(root_ca, key, cert))

@@ -27,17 +27,55 @@ class DeployConfig:
     allow_list: str = opt("", "file of allowed node public keys, one 'ed25519 <key> <name>' per line")
     revoked: str = opt("", "file of revoked node public keys (same format); refused even if allowed")
     window_s: float = opt(60.0, "accepted clock skew of signed requests, seconds", min=0, exclusive_min=True)
-    tls_cert: str = opt("", "PEM server certificate ('' = no TLS: loopback and tests only)")
+    tls_cert: str = opt("", "PEM server certificate ('' = no TLS: refused unless insecure = true)")
     tls_key: str = opt("", "PEM private key of tls_cert")
     client_ca: str = opt("", "PEM CA that signs node certificates: turns on mutual TLS")
-    workers: int = opt(32, "gRPC server threads", min=2)
+    workers: int = opt(
+        32,
+        "gRPC server threads, also the most calls served at once (more are refused, nodes retry); "
+        "Push and Fetch streams may use all but a quarter (at least 2), kept for Join, Poll and Status",
+        min=2,
+    )
+    insecure: bool = opt(False, "serve plaintext without tls_cert/tls_key: loopback and tests only (--insecure)")
+    call_deadline_s: float = opt(
+        3600.0, "the server cancels any call still running after this long", min=0, exclusive_min=True
+    )
+    stall_s: float = opt(
+        60.0,
+        "a call whose next message does not arrive (or whose node takes no Fetch chunk) for this long is cut; "
+        "bounds a stalled link, not a slow one",
+        min=0,
+        exclusive_min=True,
+    )
+    refusal_log_s: float = opt(
+        10.0,
+        "refused requests: 5 of each kind are logged per this many seconds, then one line with the counts",
+        min=0,
+        exclusive_min=True,
+    )
     secagg_stage_s: float = opt(
         60.0,
         "with [secagg]: a protocol stage waits this long for the nodes' answers; missing nodes count as dropped",
         min=0,
         exclusive_min=True,
     )
-    max_decoding: int = opt(4, "updates decoded at once (bounds server memory)", min=1)
+    max_decoding: int = opt(4, "updates decoded at once (CPU; memory is bounded by max_inflight_mib)", min=1)
+    max_inflight_mib: float = opt(
+        4096.0,
+        "update bytes being received at once, all nodes together, MiB (at least max_update_mib); "
+        "a push beyond it is refused and its node retries",
+        min=0,
+        exclusive_min=True,
+    )
+    examples_cap: float = opt(
+        10.0, "a node's example-count weight is capped at this x the median of recent updates (0 = no cap)", min=0
+    )
+    norm_cap: float = opt(
+        3.0,
+        "with [training] max_update_norm = 0: an update's L2 norm is clipped to this x the median "
+        "of recent updates (0 = off)",
+        min=0,
+    )
 
 
 register_section("deploy", DeployConfig)

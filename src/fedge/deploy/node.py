@@ -30,7 +30,7 @@ import numpy as np
 
 from fedge.clients.base import Client, ClientData, Learner, LearnerClient, run_fit
 from fedge.config.schema import CORE_SECTIONS, Experiment, from_dict
-from fedge.core.errors import DataError, TransportError
+from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client_rng
 from fedge.deploy import wire
 from fedge.deploy.auth import Signer
@@ -49,6 +49,9 @@ RETRY = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.INTERNAL,
 }
+UNARY_DEADLINE_S = 30.0
+"""Deadline of each Join, Poll and SecAgg call."""
+PLAINTEXT = "no CA given: pass --ca FILE (the server's CA) for TLS, or --insecure for plaintext on a trusted network"
 
 
 class Stopped(TransportError):
@@ -205,8 +208,19 @@ class Node:
         profile: str = "",
         backoff: Backoff | None = None,
         max_task_bytes: int = 2**33,
+        insecure: bool = False,
+        stream_deadline_s: float = 3600.0,
     ) -> None:
+        """``root_ca`` turns on TLS; a plaintext channel needs ``insecure=True``.
+
+        Every call has a deadline: :data:`UNARY_DEADLINE_S` for short calls and
+        ``stream_deadline_s`` for a model's Fetch or an update's Push, generous because a
+        slow link is slow, not stalled (the server cuts a stalled stream after its ``stall_s``).
+        """
+        if root_ca is None and cert_chain is None and not insecure:
+            raise ConfigError(PLAINTEXT)
         self.server, self.signer, self.partition = server, signer, partition
+        self.stream_deadline_s = stream_deadline_s
         self.client_factory = client_factory or partition_client
         self.state_dir = state_dir
         self.profile = profile
@@ -238,7 +252,7 @@ class Node:
     def _unary(self, method: str, msg: Any) -> bytes:
         body = msg.SerializeToString()
         stub = self.channel.unary_unary(PREFIX + method)
-        return stub(body, metadata=self.signer.metadata(method, body), timeout=30)  # type: ignore[no-any-return]
+        return stub(body, metadata=self.signer.metadata(method, body), timeout=UNARY_DEADLINE_S)  # type: ignore[no-any-return]
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         last: grpc.RpcError | None = None
@@ -334,7 +348,7 @@ class Node:
         def attempt() -> None:
             req = pb.FetchRequest(task_id=reply.task_id, start=inc.received).SerializeToString()
             stream = self.channel.unary_stream(PREFIX + "Fetch")
-            for raw in stream(req, metadata=self.signer.metadata("Fetch", req), timeout=600):
+            for raw in stream(req, metadata=self.signer.metadata("Fetch", req), timeout=self.stream_deadline_s):
                 inc.add(wire.parse(pb.Chunk, raw))
 
         self._retrying("fetch", attempt)
@@ -388,7 +402,8 @@ class Node:
 
         def attempt() -> bytes:
             stub = self.channel.stream_unary(PREFIX + "Push")
-            return stub(messages(), metadata=self.signer.metadata("Push", head), timeout=600)  # type: ignore[no-any-return]
+            md = self.signer.metadata("Push", head)
+            return stub(messages(), metadata=md, timeout=self.stream_deadline_s)  # type: ignore[no-any-return]
 
         try:
             rep = wire.parse(pb.PushReply, self._retrying("push", attempt))

@@ -35,7 +35,14 @@ PROTECTION = {
     "revoked": "the revocation list",
 }
 NO_ALLOW_LIST = "no allow-list: every node will be refused; pass --allow FILE (the NAME.pub lines of `fedge keys new`)"
-NO_TLS = "no TLS: models and updates travel in plaintext; pass --tls-cert/--tls-key (make them with `fedge certs new`)"
+NO_TLS = (
+    "no TLS (--insecure): models and updates travel in plaintext; pass --tls-cert/--tls-key "
+    "(make them with `fedge certs new`)"
+)
+NEED_TLS = (
+    "no TLS: pass --tls-cert/--tls-key (make them with `fedge certs new`), "
+    "or --insecure (deploy.insecure = true) to serve plaintext on a trusted network"
+)
 
 
 class Entry(TypedDict):
@@ -102,10 +109,21 @@ def merged(stored: Record, current: Record) -> Record:
 
 
 def startup_warnings(cfg: DeployConfig) -> list[str]:
-    """Warnings about a server that is easy to get wrong: no allow-list, no TLS."""
+    """Warnings about a server that is easy to get wrong: no allow-list, plaintext by ``insecure``.
+
+    A server with neither TLS nor ``insecure`` is a :class:`ConfigError`: plaintext is
+    never what a missing option silently gives.
+    """
     out = []
     if not cfg.allow_list:
         out.append(NO_ALLOW_LIST)
-    if not (cfg.tls_cert and cfg.tls_key):
+    check_plaintext(cfg)
+    if not (cfg.tls_cert or cfg.tls_key):
         out.append(NO_TLS)
     return out
+
+
+def check_plaintext(cfg: DeployConfig) -> None:
+    """Raise :class:`ConfigError` for a server with neither TLS files nor ``insecure``."""
+    if not (cfg.tls_cert or cfg.tls_key or cfg.insecure):
+        raise ConfigError(NEED_TLS)

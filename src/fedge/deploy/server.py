@@ -13,9 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import tomllib
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,81 +23,38 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 
 from fedge.config.schema import Experiment, from_dict, to_toml
-from fedge.core.errors import ConfigError, FedgeError, TransportError
+from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.core.params import Params
 from fedge.deploy import security, wire
 from fedge.deploy.auth import Verifier
 from fedge.deploy.config import DeployConfig
-from fedge.deploy.service import FedgeService, Metadata, Refused
-from fedge.deploy.store import Store
+from fedge.deploy.guard import Gate
+from fedge.deploy.node import Backoff
+from fedge.deploy.service import FedgeService
+from fedge.deploy.store import Opened, Store
 from fedge.deploy.transport import GrpcTransport
 from fedge.pipeline import Transform
 from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.loop import Callback, EvalPlan, RunResult, StopRun, run
 from fedge.strategies.base import StrategyState
+from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 
 if TYPE_CHECKING:
     from fedge.experiment import Built
 
 log = logging.getLogger("fedge.deploy")
-SERVICE = "fedge.deploy.Fedge"
 MESSAGE_LIMIT = wire.MAX_CHUNK + (1 << 20)
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_LIMIT), ("grpc.max_send_message_length", MESSAGE_LIMIT)]
 
 
-def _status(code: str) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)  # type: ignore[no-any-return]
+def grpc_handler(svc: FedgeService, cfg: DeployConfig) -> Gate:
+    """The service's handlers behind authentication from metadata, call limits and the stall watchdog."""
+    return Gate(svc, max_streams=max_streams(cfg.workers), stall_s=cfg.stall_s, deadline_s=cfg.call_deadline_s)
 
 
-def _refuse(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
-    if isinstance(exc, Refused):
-        context.abort(_status(exc.code), str(exc))
-    if isinstance(exc, FedgeError):
-        log.warning("event=refused method=%s code=INVALID_ARGUMENT reason=%r", method, str(exc))
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    log.exception("event=handler_error method=%s", method)
-    context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
-
-
-def grpc_handler(svc: FedgeService) -> grpc.GenericRpcHandler:
-    """The service's handlers on raw bytes (the signature covers the exact bytes sent)."""
-
-    def unary(method: str, fn: Callable[[bytes, Metadata], bytes]) -> grpc.RpcMethodHandler:
-        def handle(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                return fn(raw, context.invocation_metadata())
-            except Exception as exc:
-                _refuse(context, method, exc)
-                raise
-
-        return grpc.unary_unary_rpc_method_handler(handle)
-
-    def fetch(raw: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        try:
-            chunks = svc.fetch(raw, context.invocation_metadata())
-        except Exception as exc:
-            _refuse(context, "Fetch", exc)
-            raise
-        yield from chunks
-
-    def push(messages: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
-        try:
-            return svc.push(messages, context.invocation_metadata())
-        except Exception as exc:
-            _refuse(context, "Push", exc)
-            raise
-
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Join": unary("Join", svc.join),
-            "Poll": unary("Poll", svc.poll),
-            "Fetch": grpc.unary_stream_rpc_method_handler(fetch),
-            "Push": grpc.stream_unary_rpc_method_handler(push),
-            "Status": unary("Status", svc.status_reply),
-            "SecAgg": unary("SecAgg", svc.secagg_post),
-        },
-    )
+def max_streams(workers: int) -> int:
+    """Push and Fetch streams in flight at once: a quarter of the threads (at least 2) stay for short calls."""
+    return max(1, workers - max(2, workers // 4))
 
 
 def _read(path: str, what: str) -> bytes:
@@ -109,9 +65,20 @@ def _read(path: str, what: str) -> bytes:
 
 
 def start_grpc(svc: FedgeService, cfg: DeployConfig) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on ``cfg.host:cfg.port`` (port 0 = any free port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers), options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((grpc_handler(svc),))
+    """Start the gRPC server on ``cfg.host:cfg.port`` (port 0 = any free port).
+
+    Without ``tls_cert``/``tls_key`` it serves plaintext only with ``cfg.insecure``. At most
+    ``cfg.workers`` calls run at once; gRPC answers any further one RESOURCE_EXHAUSTED at
+    once rather than queueing it behind slow ones.
+    """
+    security.check_plaintext(cfg)
+    svc.refusals.window_s = cfg.refusal_log_s
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.workers),
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=cfg.workers,
+    )
+    server.add_generic_rpc_handlers((grpc_handler(svc, cfg),))
     address = f"{cfg.host}:{cfg.port}"
     if cfg.tls_cert or cfg.tls_key:
         if not (cfg.tls_cert and cfg.tls_key):
@@ -142,13 +109,20 @@ class _Checkpoint(Callback):
     """Checkpoints each round and publishes it to the status API; stops on request."""
 
     def __init__(
-        self, store: Store, svc: FedgeService, transport: GrpcTransport, transforms: Sequence[Transform] = ()
+        self,
+        store: Store,
+        svc: FedgeService,
+        transport: GrpcTransport,
+        transforms: Sequence[Transform] = (),
+        influence: InfluenceBound | None = None,
     ) -> None:
         self.store, self.svc, self.transport = store, svc, transport
         self.transforms = list(transforms)
+        self.influence = influence
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        self.store.checkpoint(record, state, transform_states(self.transforms))
+        window = None if self.influence is None else self.influence.state_dict()
+        self.store.checkpoint(record, state, transform_states(self.transforms), window)
         self.svc.record_round(
             {
                 "round": record.round,
@@ -193,45 +167,85 @@ class StopServing(BaseException):
 OutputChoice = Path | Literal["default"] | None
 
 
-def prepare(
-    exp: Experiment, cfg: DeployConfig, *, resume: bool, downgrade_security: bool = False
-) -> tuple[Experiment, Store, str, StrategyState | None, list[str]]:
-    """Open the store; on resume, take the run's own config, security settings and last checkpoint from it.
+@dataclass
+class Prepared:
+    """The run :func:`prepare` opened: its experiment, store and id, checkpoint and security notes."""
 
-    Returns the experiment, the store, the run id, the checkpoint (None for a new run) and
-    the warnings about the security settings to show (see :mod:`fedge.deploy.security`).
+    exp: Experiment
+    store: Store
+    run_id: str
+    state: StrategyState | None
+    """The last checkpoint; None for a new run, or a resumed one that had no round done."""
+    notes: list[str]
+    finished: str | None = None
+    """Set when the resumed run had already ended: why (its nodes are only told that it is over)."""
+
+
+def prepare(exp: Experiment, cfg: DeployConfig, *, resume: bool, downgrade_security: bool = False) -> Prepared:
+    """Open the store; on resume, check all of it, then take the run's config, security settings and checkpoint.
+
+    A damaged store is a one-line :class:`DataError` naming the file, raised here, before
+    any data is loaded or any node served. The security notes are warnings to show (see
+    :mod:`fedge.deploy.security`).
     """
-    store = Store(cfg.state)
+    if not resume:
+        store = Store(cfg.state)
+        try:
+            return _new_run(store, exp, cfg)
+        except BaseException:
+            store.close()
+            raise
+    store, opened = Store.open(cfg.state)
     try:
-        return _open_run(store, exp, cfg, resume=resume, downgrade_security=downgrade_security)
+        return _open_run(store, opened, exp, cfg, downgrade_security=downgrade_security)
     except BaseException:
         store.close()
         raise
 
 
-def _open_run(
-    store: Store, exp: Experiment, cfg: DeployConfig, *, resume: bool, downgrade_security: bool
-) -> tuple[Experiment, Store, str, StrategyState | None, list[str]]:
+def _new_run(store: Store, exp: Experiment, cfg: DeployConfig) -> Prepared:
     run_id = store.meta("run_id")
-    if not resume:
-        if run_id is not None:
-            raise ConfigError(f"{cfg.state} already holds run {run_id}; pass --resume or use another state file")
-        kept = security.record(cfg)
-        run_id = uuid.uuid4().hex[:12]
-        store.set_meta(run_id=run_id, config=to_toml(exp, commented=False))
-        store.set_security(kept)
-        return exp, store, run_id, None, []
-    text = store.meta("config")
-    if run_id is None or text is None:
-        raise ConfigError(f"{cfg.state}: no run to resume")
-    stored = from_dict(tomllib.loads(text))
+    if run_id is not None:
+        raise ConfigError(f"{cfg.state} already holds run {run_id}; pass --resume or use another state file")
+    kept = security.record(cfg)
+    run_id = uuid.uuid4().hex[:12]
+    store.set_meta(run_id=run_id, config=stored_config(exp))
+    store.set_security(kept)
+    return Prepared(exp, store, run_id, None, [])
+
+
+def stored_config(exp: Experiment) -> str:
+    """The config a state database keeps: no dashboard token and no tracking credentials.
+
+    A resume takes its dashboard from the command line (a fresh one-time login) and its
+    tracking credentials from MLflow's environment (``MLFLOW_TRACKING_USERNAME``,
+    ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``).
+    """
+    from fedge.report.config import without_secrets
+
+    return to_toml(without_secrets(exp), commented=False)
+
+
+def _open_run(
+    store: Store, opened: Opened, exp: Experiment, cfg: DeployConfig, *, downgrade_security: bool
+) -> Prepared:
+    try:
+        stored = from_dict(opened.config)
+    except ConfigError as exc:
+        raise DataError(f"{cfg.state}: damaged state database: the stored config is refused ({exc})") from None
     stored.extensions["deploy"] = cfg
     previous = store.security()
     notes = security.restore(cfg, previous or {}, downgrade=downgrade_security)
     if previous is None:
         notes.append(f"{cfg.state} holds no security settings (an older fedge made it); using the command line's")
+    done = 0 if opened.state is None else opened.state.round_num
+    finished = opened.finished or (f"all {stored.rounds} rounds done" if done >= stored.rounds else None)
+    if opened.state is None:
+        log.info(
+            "event=resume run=%s state=%s: no round checkpointed yet, starting from round 1", opened.run_id, cfg.state
+        )
     store.set_security(security.merged(previous or {}, security.record(cfg)))
-    return stored, store, run_id, store.load_state(), notes
+    return Prepared(stored, store, opened.run_id, opened.state, notes, finished)
 
 
 CLIENT_SECTIONS = ("privacy", "compression", "secagg")
@@ -241,10 +255,26 @@ holds its token, and a node need not have the extras of server-only sections."""
 
 
 def node_experiment(exp: Experiment, num_classes: int) -> Experiment:
-    """The experiment as nodes receive it: the model's output size fixed, since a node sees only its own labels."""
+    """The experiment as nodes receive it: the model's output size fixed, since a node sees only its own labels.
+
+    The server's own paths are blanked: its ``output`` folder, ``data.path`` and a local
+    ``data.hf_name`` name the server's disk and mean nothing on a device, which brings its
+    own data (``fedge join --data``) or its own loader.
+    """
+    data = exp.data
+    hf_name = "" if _local_path(data.hf_name) else data.hf_name
     return dataclasses.replace(
-        exp, model=dataclasses.replace(exp.model, num_classes=exp.model.num_classes or num_classes)
+        exp,
+        output=Experiment().output,
+        data=dataclasses.replace(data, path="", hf_name=hf_name),
+        model=dataclasses.replace(exp.model, num_classes=exp.model.num_classes or num_classes),
     )
+
+
+def _local_path(name: str) -> bool:
+    """Whether a ``data.hf_name`` is a file or folder of the server rather than a hub name."""
+    p = Path(name)
+    return bool(name) and (p.is_absolute() or name.startswith((".", "~")) or bool(p.suffix) or p.exists())
 
 
 def node_sections(exp: Experiment) -> list[str]:
@@ -293,16 +323,17 @@ def serve(
     t0 = time.perf_counter()
     warn = on_warning or log.warning
     cfg: DeployConfig = exp.section("deploy")
-    exp, store, run_id, state, notes = prepare(exp, cfg, resume=resume, downgrade_security=downgrade_security)
+    run = prepare(exp, cfg, resume=resume, downgrade_security=downgrade_security)
+    exp, store = run.exp, run.store
     folder = None
     try:
         check_extras(exp)
-        if output is not None:
+        if output is not None and run.finished is None:
             folder = claim_run_folder(exp, None if output == "default" else output, overwrite=overwrite)
-        for note in [*notes, *security.startup_warnings(cfg)]:
+        for note in [*run.notes, *security.startup_warnings(cfg)]:
             warn(note)
         built = build(exp, deployed=True)
-        result = _run_served(built, cfg, store, run_id, state, on_ready, transport_hook, linger_s)
+        result = _run_served(built, cfg, store, run.run_id, run.state, on_ready, transport_hook, linger_s, run.finished)
         history = History(store.records())
         out = None
         if folder is not None and result.stopped_early != STOPPED_BY_SIGNAL:
@@ -317,7 +348,7 @@ def serve(
         raise
     finally:
         store.close()
-    return Served(result, history, run_id, built, out)
+    return Served(result, history, run.run_id, built, out)
 
 
 def _run_served(
@@ -329,7 +360,9 @@ def _run_served(
     on_ready: Callable[[int], None] | None,
     transport_hook: Callable[[GrpcTransport], None] | None,
     linger_s: float | None,
+    finished: str | None = None,
 ) -> RunResult:
+    """Serve the rounds left; a run that had already ended (``finished``) only tells its nodes so."""
     exp = built.exp
     verifier = Verifier(
         Path(cfg.allow_list) if cfg.allow_list else None,
@@ -349,6 +382,7 @@ def _run_served(
         chunk_size=cfg.chunk_kib * 1024,
         max_update_bytes=int(cfg.max_update_mib * 2**20),
         max_decoding=cfg.max_decoding,
+        max_inflight_bytes=int(cfg.max_inflight_mib * 2**20),
     )
     transport = GrpcTransport(
         svc,
@@ -360,6 +394,10 @@ def _run_served(
     if transport_hook is not None:
         transport_hook(transport)
     _relay_secagg(built.pipeline.transforms, transport)
+    if finished is not None and state is not None:
+        svc.round_num = state.round_num
+        svc.phase = "finished"
+        transport.close()
     server, port = start_grpc(svc, cfg)
     try:
         log.info(
@@ -371,8 +409,12 @@ def _run_served(
         )
         if on_ready is not None:
             on_ready(port)
+        if finished is not None and state is not None:
+            window = max(cfg.node_timeout_s, 2 * Backoff().max_s) if linger_s is None else linger_s
+            return _tell_finished(svc, transport, state, finished, window)
         result = _loop(built, transport, store, svc, state)
         if result.stopped_early != STOPPED_BY_SIGNAL:
+            store.set_finished(result.stopped_early or f"all {exp.rounds} rounds done")
             svc.phase = "finished"
             transport.close()
             _linger(svc, cfg.heartbeat_s * 2 if linger_s is None else linger_s)
@@ -382,6 +424,25 @@ def _run_served(
         return result
     finally:
         server.stop(grace=1.0).wait()
+
+
+def _tell_finished(
+    svc: FedgeService, transport: GrpcTransport, state: StrategyState, why: str, seconds: float
+) -> RunResult:
+    """A resumed run that had already ended: answer STOP to the nodes that come back, then return.
+
+    Nodes of a server that went away retry with backoff, so the server waits ``seconds``
+    (by default a node timeout, and at least two of a node's longest retry waits) for them,
+    then as long as a node it told is still polling.
+    """
+    log.info("event=already_finished run=%s round=%d reason=%r", svc.run_id, state.round_num, why)
+    transport.stopping.wait(seconds)
+    _linger(svc, svc.heartbeat_s * 2)
+    return RunResult(
+        history=History(svc.store.records()),
+        state=state,
+        stopped_early=f"the run was already finished ({why}); its nodes were told to stop",
+    )
 
 
 def _loop(
@@ -402,6 +463,11 @@ def _loop(
     if state is not None:
         restore_transforms(transforms, store.transform_states())
     extra, policy = round_extras(built)
+    influence = InfluenceBound(influence_limits(exp))
+    if state is not None:
+        window = store.influence_window()
+        if window is not None:
+            influence.load_state_dict(window)
     try:
         return run(
             strategy=built.strategy,
@@ -414,16 +480,23 @@ def _loop(
             evaluator=evaluator,
             eval_plan=EvalPlan(every=exp.evaluation.every),
             seed=exp.seed,
-            callbacks=[*extra, _Checkpoint(store, svc, transport, transforms)],
+            callbacks=[*extra, _Checkpoint(store, svc, transport, transforms, influence)],
             state=state,
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
             policy=policy,
+            influence=influence,
         )
     except TransportError as exc:
         if transport.stopping.is_set():
             raise StopServing(str(exc)) from None
         raise
+
+
+def influence_limits(exp: Experiment) -> InfluenceLimits:
+    """A deployed run's bounds on one node's weight and norm; a set ``max_update_norm`` replaces the norm bound."""
+    cfg: DeployConfig = exp.section("deploy")
+    return InfluenceLimits(cfg.examples_cap, 0.0 if exp.training.max_update_norm else cfg.norm_cap)
 
 
 def transform_states(transforms: Sequence[Transform]) -> list[dict[str, Any]]:

@@ -21,17 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from fedge.core.errors import TransportError
+from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientUpdate, FitInstructions, Metrics
 from fedge.deploy import wire
-from fedge.deploy.auth import AuthError, Verifier
+from fedge.deploy.auth import AuthError, Caller, Verifier
 from fedge.deploy.proto import pb
+from fedge.deploy.ratelimit import RefusalLog
 from fedge.deploy.store import Store
 from fedge.transport.base import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
-Metadata = Sequence[tuple[str, str | bytes]]
+Metadata = Sequence[tuple[str, str | bytes]] | Caller
+"""A request's signed metadata, or the :class:`Caller` the gRPC gate already authenticated from it."""
 
 
 class Refused(TransportError):
@@ -205,6 +207,67 @@ class SecAggSession:
         return 65536 + 1024 * len(self.setup.cohort)
 
 
+class ByteBudget:
+    """Bytes held by updates being received: at most ``total`` server-wide and ``per_node`` for one node.
+
+    Reserved chunk by chunk as chunks arrive — never from a size a header claims —
+    and released when the update has been reduced or refused, so a stream that stalls holds
+    only what it has really sent. It never blocks: a chunk that does not fit is refused and
+    the node retries later, so a full budget cannot hang a worker thread.
+    """
+
+    def __init__(self, total: int, per_node: int) -> None:
+        self.total, self.per_node = total, per_node
+        self.used = 0
+        self._by_node: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, node: str, n: int) -> str:
+        """Reserve ``n`` bytes for ``node``: '' when granted, otherwise why not."""
+        with self._lock:
+            mine = self._by_node.get(node, 0) + n
+            if mine > self.per_node:
+                return f"node {node} would hold {mine} update bytes in flight, above its limit of {self.per_node}"
+            if self.used + n > self.total:
+                return (
+                    f"server busy: the in-flight update budget ({self.total / 2**20:g} MiB, "
+                    "deploy.max_inflight_mib) is in use; retry later"
+                )
+            self.used += n
+            self._by_node[node] = mine
+            return ""
+
+    def give(self, node: str, n: int) -> None:
+        with self._lock:
+            self.used -= n
+            left = self._by_node.pop(node, 0) - n
+            if left > 0:
+                self._by_node[node] = left
+
+    def reserve(self, node: str) -> Reservation:
+        return Reservation(self, node)
+
+
+class Reservation:
+    """One push's share of the :class:`ByteBudget`, given back when the push ends, whatever the outcome."""
+
+    def __init__(self, budget: ByteBudget, node: str) -> None:
+        self.budget, self.node, self.bytes = budget, node, 0
+
+    def take(self, n: int) -> None:
+        reason = self.budget.take(self.node, n)
+        if reason:
+            raise Refused("RESOURCE_EXHAUSTED", reason)
+        self.bytes += n
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.give(self.node, self.bytes)
+        self.bytes = 0
+
+
 class FedgeService:
     """Node registry, round tasks and the handlers (Join, Poll, Fetch, Push, SecAgg, Status)."""
 
@@ -223,6 +286,7 @@ class FedgeService:
         chunk_size: int = wire.DEFAULT_CHUNK,
         max_update_bytes: int = 2**31,
         max_decoding: int = 4,
+        max_inflight_bytes: int = 2**32,
     ) -> None:
         self.store, self.verifier = store, verifier
         self.run_id, self.config_toml = run_id, config_toml
@@ -230,6 +294,12 @@ class FedgeService:
         self.num_clients, self.rounds, self.min_nodes = num_clients, rounds, min_nodes
         self.heartbeat_s, self.node_timeout_s = heartbeat_s, node_timeout_s
         self.chunk_size, self.max_update_bytes = chunk_size, max_update_bytes
+        if max_inflight_bytes < max_update_bytes:
+            raise ConfigError(
+                f"deploy.max_inflight_mib ({max_inflight_bytes / 2**20:g}) is below deploy.max_update_mib "
+                f"({max_update_bytes / 2**20:g}): an update of the largest allowed size could never be received"
+            )
+        self.budget = ByteBudget(max_inflight_bytes, max_update_bytes)
         self._decoding = threading.BoundedSemaphore(max_decoding)
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
@@ -239,6 +309,7 @@ class FedgeService:
         self.round_num = 0
         self.finished = False
         self.last_metrics: dict[str, Any] = {}
+        self.refusals = RefusalLog(log)
 
     # -- registry ----------------------------------------------------------------
     def connected(self) -> list[int]:
@@ -251,11 +322,13 @@ class FedgeService:
         return client_id in self.connected()
 
     def _auth(self, method: str, raw: bytes, md: Metadata) -> str:
+        """The node id of a request whose body ``raw`` is the one its metadata signs."""
         try:
-            return self.verifier.verify(method, raw, md)
+            caller = md if isinstance(md, Caller) else self.verifier.authenticate(method, md)
+            caller.check(method, raw)
         except AuthError as exc:
-            log.warning("event=refused method=%s code=%s reason=%r", method, exc.code, str(exc))
             raise Refused(exc.code, str(exc)) from None
+        return caller.node_id
 
     def _session_node(self, node_id: str, session: str) -> _Node | None:
         with self._lock:
@@ -373,18 +446,22 @@ class FedgeService:
         node.last_seen = time.time()
         reason = self._task_problem(task, head, node.client_id)
         if reason:
-            log.warning("event=update_refused node=%s client=%d reason=%r", node_id, node.client_id, reason)
+            self.refusals.refused(
+                "Push", "REFUSED", reason, event="update_refused", node=node_id, client=node.client_id
+            )
             return wire.dump(pb.PushReply(accepted=False, reason=reason))
         assert task is not None
-        with self._decoding:
+        with self.budget.reserve(node_id) as held:
             try:
                 update: ClientUpdate | ClientFailure = (
                     self._failure(head, node.client_id, task)
                     if head.error
-                    else self._receive(head, it, node.client_id, task)
+                    else self._receive(head, it, node.client_id, task, held)
                 )
-            except (wire.WireError, TransportError, ValueError) as exc:
-                log.warning("event=update_refused node=%s client=%d reason=%r", node_id, node.client_id, str(exc))
+            except Refused:
+                raise
+            except (FedgeError, ValueError) as exc:
+                self.refusals.refused("Push", "REFUSED", str(exc), event="update_refused", node=node_id)
                 return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
             verdict = _Verdict()
             while not task.closed:
@@ -400,7 +477,7 @@ class FedgeService:
                 if task.closed and not verdict.event.is_set():
                     verdict.set(False, f"round {task.round_num} closed before the update was read")
         if not verdict.accepted:
-            log.warning("event=update_rejected node=%s client=%d reason=%r", node_id, node.client_id, verdict.reason)
+            self.refusals.refused("Push", "REJECTED", verdict.reason, event="update_rejected", node=node_id)
         return wire.dump(pb.PushReply(accepted=verdict.accepted, reason=verdict.reason))
 
     def _task_problem(self, task: RoundTask | None, head: Any, cid: int) -> str:
@@ -424,16 +501,25 @@ class FedgeService:
             task.done.add(cid)
         return ClientFailure(cid, "fit", f"node reports: {head.error[:300]}")
 
-    def _receive(self, head: Any, rest: Iterator[bytes], cid: int, task: RoundTask) -> ClientUpdate:
+    def _receive(self, head: Any, rest: Iterator[bytes], cid: int, task: RoundTask, held: Reservation) -> ClientUpdate:
+        """Take an update's chunks as they come, each reserved in the byte budget before it is kept.
+
+        Nothing is allocated from the header's claimed size, and no decode slot is held while
+        waiting for a slow stream: a slot is taken only for the CPU-bound decode and checks.
+        """
         inc = wire.Incoming(head.update, max_bytes=self.max_update_bytes)
         size = len(head.SerializeToString())
         for raw in rest:
+            if task.closed:
+                raise wire.WireError(f"round {task.round_num} closed while client {cid}'s update was arriving")
             m = wire.parse(pb.PushMessage, raw)
             if m.WhichOneof("part") != "chunk":
                 raise wire.WireError("push carries a second header")
+            held.take(len(m.chunk.data))
             inc.add(m.chunk)
             size += len(raw)
-        update = update_from_tree(inc.value(), cid, task.spec)
+        with self._decoding:
+            update = update_from_tree(inc.value(), cid, task.spec)
         update.uplink_bytes = size
         with self._lock:
             if cid in task.done or task.closed:
@@ -465,7 +551,7 @@ class FedgeService:
                 sa.answered.add(cid)
                 stage, box = sa.stage, sa.inbox
         if reason:
-            log.warning("event=secagg_refused node=%s client=%d reason=%r", node_id, cid, reason)
+            self.refusals.refused("SecAgg", "REFUSED", reason, event="secagg_refused", node=node_id, client=cid)
             return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
         assert sa is not None
         msg: Any = None
@@ -486,7 +572,9 @@ class FedgeService:
         sa.received_bytes[cid] = sa.received_bytes.get(cid, 0) + len(req.message)
         box.put((cid, msg))
         if reason:
-            log.warning("event=secagg_rejected node=%s client=%d stage=%s reason=%r", node_id, cid, stage, reason)
+            self.refusals.refused(
+                "SecAgg", "REJECTED", reason, event="secagg_rejected", node=node_id, client=cid, stage=stage
+            )
             return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
         return wire.dump(pb.SecAggReply(accepted=msg is not None, reason="" if msg is not None else "withdrew"))
 

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,8 @@ import numpy.typing as npt
 
 from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
-from fedge.core.types import EvalResult, FitInstructions
-from fedge.deploy.service import FedgeService
+from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
+from fedge.deploy.service import FedgeService, _Verdict
 from fedge.transport.base import ClientFailure, FitResult, PartialSum, Reducer
 
 log = logging.getLogger("fedge.deploy")
@@ -90,10 +91,18 @@ class GrpcTransport:
         ins: FitInstructions,
         reducer: Reducer | None = None,
     ) -> Iterator[FitResult]:
+        """Open the round and yield each update as it arrives (reduced, when there is a reducer).
+
+        With an influence bound that has too few recent updates for its medians (the first
+        round of this process), the first arrivals are decoded and held — at most
+        ``min_reference - 1`` of them — and reduced once enough are in or the round ends.
+        """
         svc = self.service
         task = svc.open_round(round_num, client_ids, params, ins)
         pending = set(task.client_ids)
         deadline = time.monotonic() + self.round_deadline_s
+        bound = None if reducer is None else reducer.bound
+        held: list[_Held] = []
         try:
             while pending:
                 left = deadline - time.monotonic()
@@ -112,29 +121,27 @@ class GrpcTransport:
                     continue
                 cid = update.client_id
                 pending.discard(cid)
-                if isinstance(update, ClientFailure):
+                if isinstance(update, ClientFailure) or reducer is None:
                     verdict.set(True)
                     yield update
                     continue
-                if reducer is None:
-                    verdict.set(True)
-                    yield update
-                    continue
-                try:
-                    terms = reducer(update)
-                except FedgeError as exc:
-                    verdict.set(False, str(exc))
-                    yield ClientFailure(cid, "rejected", str(exc))
-                    continue
-                verdict.set(True)
                 metrics = {
                     **update.metrics,
                     "num_examples": float(update.num_examples),
                     "uplink_bytes": float(update.uplink_bytes),
                 }
-                n, up = update.num_examples, update.uplink_bytes
-                del update
-                yield PartialSum(terms, [cid], n, [metrics], up)
+                try:
+                    decoded = reducer.decode(update)
+                except FedgeError as exc:
+                    verdict.set(False, str(exc))
+                    yield ClientFailure(cid, "rejected", str(exc))
+                    continue
+                held.append(_Held(decoded, verdict, metrics, update.uplink_bytes))
+                del update, decoded
+                if bound is None or bound.ready or not pending:
+                    yield from _reduce(reducer, held)
+            if reducer is not None:
+                yield from _reduce(reducer, held)
         finally:
             svc.close_round(task)
 
@@ -239,6 +246,33 @@ class GrpcTransport:
 
     def close(self) -> None:
         self.service.finished = True
+
+
+@dataclass
+class _Held:
+    """A decoded update waiting to be reduced, with the verdict its node is waiting on."""
+
+    update: ClientUpdate
+    verdict: _Verdict
+    metrics: dict[str, float]
+    uplink_bytes: int
+
+
+def _reduce(reducer: Reducer, held: list[_Held]) -> Iterator[FitResult]:
+    """Reduce the held updates in arrival order, answering each one's node."""
+    while held:
+        h = held.pop(0)
+        cid = h.update.client_id
+        try:
+            terms = reducer.contribute(h.update)
+        except FedgeError as exc:
+            h.verdict.set(False, str(exc))
+            yield ClientFailure(cid, "rejected", str(exc))
+            continue
+        h.verdict.set(True)
+        n, metrics, up = h.update.num_examples, h.metrics, h.uplink_bytes
+        del h
+        yield PartialSum(terms, [cid], n, [metrics], up)
 
 
 def _short(ids: list[int], n: int = 12) -> str:

@@ -5,8 +5,10 @@ and NumPy arrays (a model's parameters, SCAFFOLD's control variate, a compressed
 payload). Its :class:`~fedge.deploy.proto.fedge_pb2.BundleHeader` holds the tree with
 every array replaced by a reference, each array's dtype and shape, and the SHA-256 of
 each fixed-size chunk of the concatenated raw little-endian array bytes. The chunks
-travel separately, so no gRPC message-size limit is ever hit, and the receiver fills
-preallocated arrays chunk by chunk (memory bounded by the bundle itself, never a second
+travel separately, so no gRPC message-size limit is ever hit. The receiver keeps each
+chunk only once its checksum passes and builds the arrays when the last one is in, so
+what it holds is what has arrived and been verified — never a size the header merely
+claims — and the arrays replace the chunks as they are built (never a second whole
 copy). Nothing is pickled: decoding network data cannot run code.
 
 Content-addressed chunks as in Flower's deployment runtime (Beutel et al., "Flower: A
@@ -112,8 +114,10 @@ def encode(obj: Any, chunk_size: int = DEFAULT_CHUNK) -> Outgoing:
 class Incoming:
     """Reassembles a bundle from its header and chunks, checking each chunk's SHA-256.
 
-    The header is checked first (dtypes, dimensions, sizes against ``max_bytes``), the
-    arrays are preallocated, and each chunk is written in place.
+    The header is checked first (dtypes, dimensions, sizes against ``max_bytes``), but
+    nothing is allocated from it: a sender can claim a gigabyte and send nothing, so
+    memory grows only with the chunks that arrive and pass their checksum
+    (:attr:`received_bytes`). :meth:`value` builds the arrays from them once all are in.
     """
 
     def __init__(self, header: Any, *, max_bytes: int) -> None:
@@ -140,8 +144,11 @@ class Incoming:
                 f"bundle of {total} bytes needs {-(-total // size)} chunks, header lists {len(header.chunk_sha256)}"
             )
         self.header = header
-        self.body = bytearray(total)
+        self.total_bytes = total
         self.received = 0
+        self.received_bytes = 0
+        self._chunks: list[bytes] = []
+        self._arrays: list[npt.NDArray[Any]] | None = None
         self._specs = specs
 
     @property
@@ -149,34 +156,47 @@ class Incoming:
         return self.received == len(self.header.chunk_sha256)
 
     def add(self, chunk: Any) -> None:
-        """Write the next chunk (they must arrive in order) after checking its SHA-256."""
+        """Keep the next chunk (they must arrive in order) after checking its size and SHA-256."""
         i = chunk.index
         if i != self.received:
             raise WireError(f"chunk {i} arrived, expected chunk {self.received}")
         if i >= len(self.header.chunk_sha256):
             raise WireError(f"chunk {i} is beyond the bundle's {len(self.header.chunk_sha256)} chunks")
-        size = self.header.chunk_size
-        expected = min(size, len(self.body) - i * size)
-        if len(chunk.data) != expected:
-            raise WireError(f"chunk {i} has {len(chunk.data)} bytes, expected {expected}")
-        if hashlib.sha256(chunk.data).digest() != self.header.chunk_sha256[i]:
+        data = chunk.data
+        expected = min(self.header.chunk_size, self.total_bytes - i * self.header.chunk_size)
+        if len(data) != expected:
+            raise WireError(f"chunk {i} has {len(data)} bytes, expected {expected}")
+        if hashlib.sha256(data).digest() != self.header.chunk_sha256[i]:
             raise WireError(f"chunk {i} fails its SHA-256 checksum")
-        self.body[i * size : i * size + expected] = chunk.data
+        self._chunks.append(data)
         self.received += 1
+        self.received_bytes += expected
 
     def value(self) -> Any:
-        """The decoded tree; arrays are views into the reassembled body."""
+        """The decoded tree; its arrays are writable and built once (later calls share them)."""
         if not self.complete:
             raise WireError(f"bundle incomplete: {self.received} of {len(self.header.chunk_sha256)} chunks")
+        if self._arrays is None:
+            self._arrays = self._assemble()
+        return _from_value(self.header.tree, self._arrays, 0)
+
+    def _assemble(self) -> list[npt.NDArray[Any]]:
+        """Copy the chunks into one array per tensor, dropping each chunk once it is used up."""
+        pending, self._chunks = self._chunks[::-1], []
+        cur = memoryview(b"")
         arrays: list[npt.NDArray[Any]] = []
-        off = 0
-        buf = memoryview(self.body)
         for dt, shape in self._specs:
-            n = int(np.prod(shape, dtype=np.int64))
-            a = np.frombuffer(buf, dtype=dt, count=n, offset=off).reshape(shape)
+            buf = bytearray(int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+            filled = 0
+            while filled < len(buf):
+                if not len(cur):
+                    cur = memoryview(pending.pop())
+                take = min(len(buf) - filled, len(cur))
+                buf[filled : filled + take] = cur[:take]
+                cur, filled = cur[take:], filled + take
+            a = np.frombuffer(buf, dtype=dt).reshape(shape)
             arrays.append(a.astype(dt.newbyteorder("="), copy=False))
-            off += n * dt.itemsize
-        return _from_value(self.header.tree, arrays, 0)
+        return arrays
 
 
 def _from_value(v: Any, arrays: list[npt.NDArray[Any]], depth: int) -> Any:

@@ -8,8 +8,10 @@ Benchmarking Model and System Performance of Federated Learning at Scale", ICML 
 a pickled ``dict`` of client id -> ``{'active': [t, ...], 'inactive': [t, ...],
 'finish_time': T, 'duration': d, 'model': str}``, where the client is online in each
 ``[active[i], inactive[i]]`` window of a period that repeats every ``finish_time``
-seconds. Pickles are read with an unpickler that admits plain Python types only, so a
-trace file cannot run code; the same content as JSON is accepted too.
+seconds. A pickle's opcodes are checked before it is loaded: plain values only (no
+import, no call), at most :data:`MAX_TRACE_BYTES` of file and bounded counts of values,
+containers and windows, so a trace file can neither run code nor allocate beyond its own
+size; the same content as JSON is accepted too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import json
 import math
 import pickle
+import pickletools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,18 +134,59 @@ class TraceAvailability:
         return [c for c in ids if self.traces[c % len(self.traces)].online_at(t)]
 
 
-_SAFE = {
-    ("builtins", n)
-    for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool", "complex")
-}
+MAX_TRACE_BYTES = 256 * 2**20
+"""Largest trace file read (FedScale's full client trace is well under this)."""
+MAX_TRACE_OPS = 16_000_000
+"""Most pickle opcodes in a trace: with :data:`MAX_TRACE_CONTAINERS`, what bounds the objects it can make."""
+MAX_TRACE_CONTAINERS = 2_000_000
+MAX_TRACE_WINDOWS = 16_000_000
+"""Most online windows over all clients (a pickle can share one list among many clients)."""
+
+_CONTAINER_OPS = frozenset(
+    {"EMPTY_DICT", "DICT", "EMPTY_LIST", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
+    | {"EMPTY_SET", "FROZENSET"}
+)
+
+_PLAIN_OPS = frozenset(
+    {
+        *("PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "NONE", "NEWTRUE", "NEWFALSE"),
+        *("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"),
+        *("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"),
+        *("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"),
+        *("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET", "MEMOIZE"),
+        *_CONTAINER_OPS,
+    }
+)
+"""Opcodes that build plain values only: no import (GLOBAL), no call (REDUCE, NEWOBJ, BUILD), no buffers."""
+
+
+def _check_pickle(data: bytes) -> None:
+    """Walk the opcodes before anything is built: plain values only, in bounded numbers.
+
+    A trace needs no class, so every import is refused (naming it); no call opcode is
+    admitted, so nothing can allocate beyond the opcodes' own count (the unbounded
+    ``bytes(10**9)`` of a 43-byte pickle needs a call).
+    """
+    containers = 0
+    strings: list[str] = []
+    for ops, (op, arg, _) in enumerate(pickletools.genops(data), start=1):
+        containers += op.name in _CONTAINER_OPS
+        if op.name in ("GLOBAL", "INST"):
+            raise pickle.UnpicklingError(f"refusing to load {str(arg).replace(' ', '.')}")
+        if op.name == "STACK_GLOBAL":
+            raise pickle.UnpicklingError(f"refusing to load {'.'.join(strings[-2:])}")
+        if op.name not in _PLAIN_OPS:
+            raise pickle.UnpicklingError(f"refusing opcode {op.name} (a trace holds plain values only)")
+        if ops > MAX_TRACE_OPS or containers > MAX_TRACE_CONTAINERS:
+            raise pickle.UnpicklingError(f"more than {MAX_TRACE_OPS} values or {MAX_TRACE_CONTAINERS} containers")
+        if isinstance(arg, str):
+            strings = [*strings[-1:], arg]
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Admits plain built-in containers and numbers only; anything else is refused."""
+    """Loads a pickle that :func:`_check_pickle` passed; refuses any import should one get through."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE:
-            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
@@ -153,18 +197,27 @@ def _parse_trace(raw: Any, origin: str) -> list[ClientTrace]:
             "of client id -> {active, inactive, finish_time})"
         )
     out = []
-    keys = sorted(raw, key=lambda k: (0, int(k)) if str(k).lstrip("-").isdigit() else (1, str(k)))
+    try:
+        keys = sorted(raw, key=lambda k: (0, int(k)) if str(k).lstrip("-").isdigit() else (1, str(k)))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{origin}: client ids must be numbers or names ({type(exc).__name__})") from None
+    windows = 0
     for key in keys:
         entry = raw[key]
         try:
+            windows += len(entry["active"]) + len(entry["inactive"])
+            if windows > 2 * MAX_TRACE_WINDOWS:
+                raise DataError(f"{origin}: more than {MAX_TRACE_WINDOWS} online windows in all")
             active = tuple(float(v) for v in entry["active"])
             inactive = tuple(float(v) for v in entry["inactive"])
             finish = float(entry["finish_time"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DataError(
-                f"{origin}: client {key!r}: not a trace entry with active, inactive "
-                f"and finish_time ({type(exc).__name__}: {exc})"
+                f"{origin}: client {str(key)[:40]!r}: not a trace entry with active, inactive "
+                f"and finish_time ({type(exc).__name__}: {str(exc)[:80]})"
             ) from None
+        if not all(map(math.isfinite, (*active, *inactive, finish))):
+            raise DataError(f"{origin}: client {str(key)[:40]!r}: times must be finite numbers")
         if len(active) != len(inactive) or not active or finish <= 0:
             raise DataError(
                 f"{origin}: client {key!r}: active and inactive must be equal-length, "
@@ -181,16 +234,19 @@ def load_trace(path: str | Path) -> TraceAvailability:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such trace file")
+    if p.stat().st_size > MAX_TRACE_BYTES:
+        raise DataError(f"{p}: trace file larger than {MAX_TRACE_BYTES // 2**20} MiB")
     data = p.read_bytes()
     raw: Any
     if data[:1] in (b"{", b"[") or p.suffix == ".json":
         try:
             raw = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{p}: not a JSON trace file: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, too long an integer
+            raise DataError(f"{p}: not a JSON trace file: {type(exc).__name__}: {str(exc)[:120]}") from None
     else:
         try:
+            _check_pickle(data)
             raw = _PlainUnpickler(io.BytesIO(data)).load()
-        except Exception as exc:
-            raise DataError(f"{p}: not a FedScale trace pickle: {exc}") from None
+        except Exception as exc:  # any refusal or malformed stream, in one line
+            raise DataError(f"{p}: not a FedScale trace pickle: {str(exc)[:160]}") from None
     return TraceAvailability(_parse_trace(raw, str(p)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +81,25 @@ def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
             module.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
         else:
             set_params(module, load_params_npz(npz))
-    except (RuntimeError, ModelError, ValueError, OSError) as exc:
+    except (RuntimeError, ModelError, ValueError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
         src = pt if pt.is_file() else npz
         raise DataError(
-            f"{src}: does not hold weights for the configured {exp.model.name} model: {str(exc).splitlines()[0]}"
+            f"{src}: does not hold weights for the configured {exp.model.name} model: {_reason(exc)}"
         ) from None
     module.eval()
     return exp, data, module
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of why a model file was refused; for the weights-only loader, what it refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if isinstance(exc, pickle.UnpicklingError):
+        after = text.partition("Unpickler error:")[2].splitlines()
+        detail = next((line.strip() for line in after if line.strip()), "not a plain weights file")
+        return f"the safe (weights-only) loader refused it: {detail.split('. ')[0]}"[:240]
+    if isinstance(exc, KeyError | EOFError):
+        return f"not a PyTorch weights file ({type(exc).__name__})"
+    return (next((line.strip() for line in text.splitlines() if line.strip()), "") or type(exc).__name__)[:240]
 
 
 def calibration_data(data: Any, seed: int, n: int = CALIBRATION_SAMPLES) -> npt.NDArray[np.float32]:

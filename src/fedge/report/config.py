@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from fedge.config.schema import Experiment, opt, register_section, to_dict
 from fedge.simulation.loop import Callback
@@ -39,6 +41,28 @@ register_section("dashboard", DashboardConfig)
 register_section("tracking", TrackingConfig)
 
 
+def public_uri(uri: str) -> str:
+    """A tracking URI without its credentials (``user:password@``, query, fragment): what may be stored or logged.
+
+    MLflow takes credentials from its environment instead (``MLFLOW_TRACKING_USERNAME``,
+    ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``).
+    """
+    parts = urlsplit(uri)
+    if not (parts.netloc or parts.query or parts.fragment):
+        return uri
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def without_secrets(exp: Experiment) -> Experiment:
+    """The experiment without the dashboard token and tracking credentials: what a state database or MLflow keeps."""
+    ext = dict(exp.extensions)
+    if "dashboard" in ext:
+        ext["dashboard"] = dataclasses.replace(ext["dashboard"], token="")
+    if "tracking" in ext:
+        ext["tracking"] = dataclasses.replace(ext["tracking"], mlflow_uri=public_uri(ext["tracking"].mlflow_uri))
+    return dataclasses.replace(exp, extensions=ext)
+
+
 def _announce(url: str) -> None:
     print(f"dashboard: {url}", file=sys.stderr, flush=True)
 
@@ -58,7 +82,7 @@ def callbacks_from_config(exp: Experiment, built: Built | None = None) -> Sequen
     if t.tensorboard:
         out.append(TensorBoardCallback(t.tensorboard))
     if t.mlflow:
-        params = to_dict(exp)
+        params = to_dict(without_secrets(exp))
         params.get("dashboard", {}).pop("token", None)
         out.append(
             MLflowCallback(

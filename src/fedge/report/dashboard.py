@@ -4,7 +4,13 @@ It serves one page (inline JavaScript and SVG, no CDN) and JSON endpoints that r
 *status source*: any object whose ``snapshot()`` returns a JSON-able dict. A simulation
 feeds a :class:`RunStatus` (a :class:`~fedge.simulation.loop.Callback`); a deployed server
 passes its own status snapshot. Bound to 127.0.0.1 by default; bound elsewhere it requires
-a token (``?token=`` or ``Authorization: Bearer``) and answers 401 without it.
+a token and answers 401 without it.
+
+The token is never printed and never travels in a URL (where logs, browser history and
+``Referer`` headers would keep it). A script sends it as ``Authorization: Bearer``; a
+person opens the announced *login URL* ``/login?code=...``, whose code works once: it
+sets the token as an ``HttpOnly``, ``SameSite=Strict`` cookie and redirects to ``/``.
+:meth:`Dashboard.login_url` makes a fresh code for each further browser.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Protocol
@@ -30,6 +37,8 @@ from fedge.strategies.base import StrategyState
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_ROUNDS_SENT = 5000
+MAX_LOGIN_CODES = 16
+"""Unused one-time login codes kept at once; making another drops the oldest."""
 
 
 class StatusSource(Protocol):
@@ -96,15 +105,36 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return
 
-    def _authorised(self, query: dict[str, list[str]]) -> bool:
+    def _authorised(self) -> bool:
         token = self.server.token
         if not token:
             return True
-        given = (query.get("token") or [""])[0]
         auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[len("Bearer ") :]
+        given = auth[len("Bearer ") :] if auth.startswith("Bearer ") else self._cookie()
         return hmac.compare_digest(given.encode(), token.encode())
+
+    def _cookie(self) -> str:
+        try:
+            jar = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return ""
+        morsel = jar.get(self.server.cookie_name)
+        return morsel.value if morsel is not None else ""
+
+    def _login(self, query: dict[str, list[str]]) -> None:
+        """Trade a one-time code for the token cookie, then show the page."""
+        if not self.server.redeem((query.get("code") or [""])[0]):
+            self._json(HTTPStatus.UNAUTHORIZED, {"error": "this login link is used or unknown; ask for a new one"})
+            return
+        self.send_response(HTTPStatus.SEE_OTHER)
+        self.send_header(
+            "Set-Cookie", f"{self.server.cookie_name}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
+        )
+        self.send_header("Location", "/")
+        self.send_header("Content-Length", "0")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.end_headers()
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
         self.send_response(status)
@@ -120,8 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        if not self._authorised(query):
+        if url.path == "/login" and self.server.token:
+            self._login(parse_qs(url.query))
+            return
+        if not self._authorised():
             self._json(HTTPStatus.UNAUTHORIZED, {"error": "a valid token is required"})
             return
         if url.path in ("/", "/index.html"):
@@ -147,6 +179,24 @@ class DashboardHTTPServer(ThreadingHTTPServer):
         self.source = source
         self.token = token
         self.page = page
+        self.cookie_name = f"fedge_dashboard_{self.server_address[1]}"
+        self._codes: list[str] = []
+        self._codes_lock = threading.Lock()
+
+    def new_code(self) -> str:
+        """A fresh one-time login code (the oldest unused one goes past :data:`MAX_LOGIN_CODES`)."""
+        code = secrets.token_urlsafe(24)
+        with self._codes_lock:
+            self._codes = [*self._codes, code][-MAX_LOGIN_CODES:]
+        return code
+
+    def redeem(self, code: str) -> bool:
+        """Whether ``code`` is an unused login code; it is used up either way."""
+        with self._codes_lock:
+            match = next((c for c in self._codes if hmac.compare_digest(c.encode(), code.encode())), None)
+            if match is not None:
+                self._codes.remove(match)
+        return match is not None
 
 
 def page_html() -> bytes:
@@ -184,9 +234,15 @@ class Dashboard:
 
     @property
     def url(self) -> str:
+        """The page's address; it holds no secret (with a token, open :meth:`login_url` instead)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        q = f"?{urlencode({'token': self.token})}" if self.token else ""
-        return f"http://{host}:{self.port}/{q}"
+        return f"http://{host}:{self.port}/"
+
+    def login_url(self) -> str:
+        """The address to announce: with a token, a fresh one-time login link; without, the page."""
+        if not self.token:
+            return self.url
+        return f"{self.url}login?{urlencode({'code': self._server.new_code()})}"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -236,10 +292,12 @@ def linger_finished(announce: Callable[[str], None] | None = None) -> None:
     try:
         for dashboard, seconds in pending:
             if math.isinf(seconds):
-                say(f"run finished; dashboard still at {dashboard.url} — Ctrl-C to exit")
+                url = dashboard.login_url()
+                say(f"run finished; dashboard still at {url} — Ctrl-C to exit")
                 threading.Event().wait()
             else:
-                say(f"run finished; dashboard still at {dashboard.url} for {seconds:g} s — Ctrl-C to exit sooner")
+                url = dashboard.login_url()
+                say(f"run finished; dashboard still at {url} for {seconds:g} s — Ctrl-C to exit sooner")
                 time.sleep(seconds)
     except KeyboardInterrupt:
         pass
@@ -276,7 +334,7 @@ class DashboardCallback(Callback):
     def on_run_start(self, state: StrategyState, rounds: int) -> None:
         self.status.on_run_start(state, rounds)
         self.dashboard = Dashboard(self.status, host=self.host, port=self.port, token=self.token)
-        self.announce(self.dashboard.url)
+        self.announce(self.dashboard.login_url())
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         self.status.on_round_end(record, state)

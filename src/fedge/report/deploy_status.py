@@ -122,7 +122,7 @@ class ServeDashboard:
     def __call__(self, transport: Any) -> None:
         self.source = ServerStatusSource(transport.service.status, poll_s=self.poll_s)
         self.dashboard = Dashboard(self.source, host=self.host, port=self.port, token=self.token)
-        self.announce(self.dashboard.url)
+        self.announce(self.dashboard.login_url())
 
     def close(self) -> None:
         if self.dashboard is not None:

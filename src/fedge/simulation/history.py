@@ -34,6 +34,11 @@ class RoundRecord:
     ``uplink_bytes``/``downlink_bytes`` are totals over the round's clients;
     ``dropped`` maps a reason to the ids it dropped; ``extra`` holds values other parts
     report (simulated time, energy, ε, per-client accuracy ...).
+
+    ``train_loss`` is what the clients report, not a figure the server measured: in a
+    simulation their example-weighted mean; in a deployed run, where a node could report
+    anything, their median (also ``extra["client_reported_train_loss_median"]``), so that
+    one node cannot set it. ``test_*`` are the server's own evaluation.
     """
 
     round: int

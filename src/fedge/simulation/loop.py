@@ -24,6 +24,7 @@ from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.aggregate import Accumulator
 from fedge.strategies.base import Strategy, StrategyState
+from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 from fedge.transport.base import ClientFailure, PartialSum, Reducer, Transport, Validator
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
@@ -121,8 +122,15 @@ def run_round(
     seed: int,
     min_updates: int = 1,
     policy: RoundPolicy | None = None,
+    influence: InfluenceBound | None = None,
 ) -> tuple[StrategyState, RoundRecord]:
-    """Train and aggregate one round; evaluation is the caller's."""
+    """Train and aggregate one round; evaluation is the caller's.
+
+    With ``influence`` each streamed update's weight and norm are bounded, and the round's
+    ``train_loss`` is the median of the clients' reported losses (also kept as
+    ``client_reported_train_loss_median``) rather than their weighted mean, which a client
+    reporting a huge example count would set alone.
+    """
     t0 = time.perf_counter()
     policy = policy or RoundPolicy()
     rng = round_rng(seed, round_num)
@@ -132,7 +140,9 @@ def run_round(
     ins = strategy.configure(state, round_num, train)
     ins.per_client.update(plan.overrides)
     rctx = RoundContext(round_num=round_num, rng=rng, spec=validator.spec, num_sampled=len(selected))
-    reducer = Reducer(strategy, pipeline, rctx, validator)
+    if influence is not None:
+        influence.start_round(len(plan.train))
+    reducer = Reducer(strategy, pipeline, rctx, validator, influence)
     acc = Accumulator()
     updates: list[ClientUpdate] = []
     dropped: dict[str, list[int]] = {k: list(v) for k, v in plan.dropped.items()}
@@ -212,7 +222,12 @@ def run_round(
         for cid, b in sent_bytes.items():
             if cid in client_metrics:
                 client_metrics[cid]["downlink_bytes"] = float(b)
-    record.train_loss = _weighted([lw for lw in losses if not math.isnan(lw[0])])
+    reported = [lw for lw in losses if not math.isnan(lw[0])]
+    if influence is None:
+        record.train_loss = _weighted(reported)
+    elif reported:
+        record.train_loss = float(np.median([loss for loss, _ in reported]))
+        record.extra["client_reported_train_loss_median"] = record.train_loss
     record.extra["selected"] = len(selected)
     policy.finish(round_num, record, client_metrics)
     if n_ok < min_updates:
@@ -269,8 +284,15 @@ def run(
     max_update_norm: float | None = None,
     min_updates: int = 1,
     policy: RoundPolicy | None = None,
+    influence: InfluenceLimits | InfluenceBound | None = None,
 ) -> RunResult:
-    """Run ``rounds`` rounds (continuing from ``state`` when resuming) and return the history."""
+    """Run ``rounds`` rounds (continuing from ``state`` when resuming) and return the history.
+
+    ``influence`` bounds each client's weight and update norm relative to recent updates
+    (:mod:`fedge.strategies.influence`); deployed runs use it, simulations by default not,
+    so their results stay those of the papers. A deployed run passes its own
+    :class:`InfluenceBound`, whose window it checkpoints.
+    """
     if rounds < 0:
         raise AggregationError(f"rounds must be >= 0, got {rounds}")
     sampling = sampling or Sampling()
@@ -283,6 +305,7 @@ def run(
             [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
         )
     validator = Validator(ParamSpec.of(state.params), max_norm=max_update_norm)
+    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
     history = History()
     client_acc: dict[int, float] = {}
     for cb in callbacks:
@@ -302,6 +325,7 @@ def run(
             seed=seed,
             min_updates=min_updates,
             policy=policy,
+            influence=bound,
         )
         state.round_num = round_num
         if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):

@@ -24,6 +24,7 @@ from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, Metrics
 from fedge.pipeline import Pipeline, RoundContext
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
+from fedge.strategies.influence import InfluenceBound
 
 
 @dataclass
@@ -78,10 +79,24 @@ class Reducer:
     pipeline: Pipeline
     rctx: RoundContext
     validator: Validator
+    bound: InfluenceBound | None = None
+    """Caps each update's weight and norm relative to recent updates (deployed runs)."""
 
     def __call__(self, update: ClientUpdate) -> Terms:
+        return self.contribute(self.decode(update))
+
+    def decode(self, update: ClientUpdate) -> ClientUpdate:
+        """Undo the pipeline and validate; the update joins the influence bound's window."""
         update = self.pipeline.server(update, self.rctx)
         self.validator.check(update)
+        if self.bound is not None:
+            self.bound.observe(update)
+        return update
+
+    def contribute(self, update: ClientUpdate) -> Terms:
+        """A decoded update's terms, after the influence bound (a transport may hold updates in between)."""
+        if self.bound is not None:
+            update = self.bound.apply(update, self.rctx.info)
         return self.strategy.contribution(update)
 
 
