@@ -36,6 +36,7 @@ from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
 from fedge.data.names import mapping
 from fedge.models import build_learner
+from fedge.personalization import bind_heterofl
 from fedge.pipeline import Pipeline, Transform
 from fedge.preflight import check_dataset, check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
@@ -167,7 +168,17 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
     def client_fn(cid: int) -> LearnerClient:
         return LearnerClient(cid, learner, data.client(cid))
 
-    make_client: ClientFn = client_fn
+    make_client: ClientFn = bind_heterofl(exp, data, strategy, client_fn, deployed=deployed)
+    if strategy.per_client_models and t.backend == "vectorized":
+        raise ConfigError(
+            f"training.backend = 'vectorized' trains the whole cohort from one shared model, but strategy "
+            f"{strategy.name!r} gives each client its own; use 'sequential', 'debug', 'processes' or 'ray'"
+        )
+    if deployed and strategy.partial_updates:
+        raise ConfigError(
+            f"strategy {strategy.name!r} sends part of the model per client, which the gRPC server does not "
+            "decode yet; it runs in simulation (fedge run); deploy fedavg, fedprox, scaffold, finetune or ditto"
+        )
     for wrap in CLIENT_WRAPPERS:
         make_client = wrap(exp, data, make_client)
     transport = InProcessTransport(

@@ -19,18 +19,41 @@ MODELS = ("logreg", "mlp", "cnn")
 FRAMEWORKS = ("torch", "numpy")
 
 
-def torch_module(name: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)) -> Any:
-    """A fresh ``nn.Module`` (call under ``torch.manual_seed`` for a fixed init)."""
+def width_hidden(hidden: Sequence[int], width: float) -> tuple[int, ...]:
+    """Hidden sizes of the width-``width`` sub-model (HeteroFL): ``ceil(width * h)`` each, at least 1."""
+    from fedge.strategies.heterofl import scaled
+
+    return tuple(scaled(int(h), width) for h in hidden)
+
+
+def torch_module(
+    name: str, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,), width: float = 1.0
+) -> Any:
+    """A fresh ``nn.Module`` (call under ``torch.manual_seed`` for a fixed init).
+
+    ``width`` < 1 builds HeteroFL's sub-model: hidden units (mlp) or channels (cnn) scaled,
+    each hidden layer's output multiplied by ``1 / width`` (the paper's scaler), so the
+    sub-model's activations keep the full model's magnitude.
+    """
     from torch import nn
 
+    from fedge.clients.torch_learner import Scaler
+
     in_features = math.prod(feature_shape)
+    if width != 1:
+        hidden = width_hidden(hidden, width)
+    c1, c2 = (16, 32) if width == 1 else width_hidden((16, 32), width)
+
+    def act() -> list[nn.Module]:
+        return [nn.ReLU()] if width == 1 else [Scaler(1.0 / width), nn.ReLU()]
+
     if name == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
     if name == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         sizes = [in_features, *hidden]
         for a, b in itertools.pairwise(sizes):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), *act()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         return nn.Sequential(*layers)
     if name == "cnn":
@@ -39,14 +62,14 @@ def torch_module(name: str, feature_shape: Sequence[int], num_classes: int, hidd
             raise ModelError(f"cnn needs square single-channel images; {in_features} features are not")
         return nn.Sequential(
             nn.Unflatten(1, (1, side, side)),
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            *act(),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            *act(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * (side // 4) ** 2, num_classes),
+            nn.Linear(c2 * (side // 4) ** 2, num_classes),
         )
     raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
 
@@ -60,22 +83,30 @@ def build_learner(
     *,
     factory: str = "",
     loss: str = "",
+    width: float = 1.0,
 ) -> Learner:
-    """The learner for a built-in model by name, or for the user's ``factory`` entry point when set."""
+    """The learner for a built-in model by name, or for the user's ``factory`` entry point when set.
+
+    ``width`` < 1 builds the HeteroFL sub-model of a built-in model (not of a user factory).
+    """
     if factory:
+        if width != 1:
+            raise ConfigError("heterofl: sub-models of width < 1 exist for the built-in mlp and cnn, not model.factory")
         return user_learner(factory, feature_shape, num_classes, hidden, loss=loss)
     if framework == "numpy":
         if name == "cnn":
             raise ConfigError("model 'cnn' has no NumPy implementation; use framework = 'torch'")
         if name not in MODELS:
             raise ConfigError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+        if name == "mlp" and width != 1:
+            return NumpyMLP(math.prod(feature_shape), num_classes, width_hidden(hidden, width), scale=1.0 / width)
         return NumpyMLP(math.prod(feature_shape), num_classes, hidden if name == "mlp" else ())
     if framework != "torch":
         raise ConfigError(f"unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
     from fedge.clients.torch_learner import TorchLearner
 
-    torch_module(name, feature_shape, num_classes, hidden)  # fail early on a bad name or shape
-    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden)), loss=loss)
+    torch_module(name, feature_shape, num_classes, hidden, width)  # fail early on a bad name or shape
+    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden), width), loss=loss)
 
 
 def user_learner(
@@ -122,9 +153,10 @@ class UserFactory:
 class _ModuleFactory:
     """A picklable zero-argument builder of a named module (for worker processes)."""
 
-    def __init__(self, name: str, shape: tuple[int, ...], classes: int, hidden: tuple[int, ...]):
+    def __init__(self, name: str, shape: tuple[int, ...], classes: int, hidden: tuple[int, ...], width: float = 1.0):
         self.args = (name, shape, classes, hidden)
+        self.width = width
 
     def __call__(self) -> Any:
         name, shape, classes, hidden = self.args
-        return torch_module(name, shape, classes, hidden)
+        return torch_module(name, shape, classes, hidden, self.width)

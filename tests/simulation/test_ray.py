@@ -27,6 +27,10 @@ from fedge.models import build_learner
 from fedge.simulation.backends import RayBackend
 from fedge.simulation.loop import run
 from fedge.simulation.sampling import Sampling
+from fedge.strategies import Ditto, FedRep
+from fedge.strategies.base import Strategy
+from fedge.strategies.ditto import STATE_KEY as DITTO_KEY
+from fedge.strategies.fedper import STATE_KEY as HEAD_KEY
 from fedge.strategies.scaffold import STATE_KEY, Scaffold
 from fedge.transport.inprocess import BACKENDS, Backend, InProcessTransport
 
@@ -134,3 +138,36 @@ def test_silent_ray_address_fails_after_a_bounded_wait() -> None:
 def test_malformed_ray_address_is_named() -> None:
     with pytest.raises(TransportError, match="'nowhere' is not host:port"):
         _run(RayBackend(address="nowhere", workers=1))
+
+
+def _run_personal(backend: Backend, strategy: Strategy) -> InProcessTransport:
+    data = w2(6, samples_per_client=12, test_size=0, seed=1)
+    learner = build_learner("mlp", "torch", (60,), 10, (8,))
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, data.client(cid)), 6, strategy=strategy, seed=5, backend=backend
+    )
+    try:
+        run(
+            strategy=strategy,
+            transport=transport,
+            initial_params=learner.init_params(5),
+            rounds=3,
+            sampling=Sampling(count=6),
+            seed=5,
+            train=TrainConfig(epochs=1, batch_size=5, lr=0.1),
+        )
+    finally:
+        transport.close()
+    return transport
+
+
+@pytest.mark.integration
+def test_ray_cluster_keeps_personal_models_across_rounds(ray_cluster: str) -> None:
+    """Ditto's personal models and FedRep's heads come back from the actors each round, as on debug."""
+    for make, key in ((lambda: Ditto(ditto_lambda=0.5), DITTO_KEY), (FedRep, HEAD_KEY)):
+        got = _run_personal(RayBackend(address=ray_cluster, workers=2), make())
+        want = _run_personal(BACKENDS["debug"](), make())
+        assert {c for c, s in got.states.items() if key in s} == set(range(6))
+        for cid, state in want.states.items():
+            for a, b in zip(got.states[cid][key], state[key], strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -112,27 +112,33 @@ def run_fit(
     strategy: Strategy,
     pipeline: Pipeline,
 ) -> ClientUpdate:
-    """One client's part of a round: prepare, train, build the update, run the pipeline."""
+    """One client's part of a round: prepare, train, build the update, run the pipeline.
+
+    The client trains the strategy's :meth:`~fedge.strategies.base.Strategy.client_params`
+    of ``params`` (the same model unless the strategy personalises it) and its delta is
+    taken against that starting point.
+    """
     from fedge.strategies.base import delta_of
 
+    start = strategy.client_params(params, ins, ctx)
     cfg = strategy.client_prepare(ins, ctx)
     if ctx.client_id in ins.per_client:
         cfg = replace(cfg, **ins.per_client[ctx.client_id])
     metrics: dict[str, float] = {}
     if ins.config.get("report_initial_loss"):
-        metrics["initial_loss"] = float(client.loss(params))
-    result = client.train(params, cfg, ctx)
+        metrics["initial_loss"] = float(client.loss(start))
+    result = strategy.client_train(client, start, cfg, ins=ins, ctx=ctx)
     metrics["train_loss"] = float(result.loss)
     metrics["steps"] = float(result.steps)
     update = ClientUpdate(
         client_id=ctx.client_id,
-        delta=delta_of(result.params, params),
+        delta=delta_of(result.params, start),
         num_examples=result.num_examples,
         metrics=metrics,
     )
     update = strategy.client_finish(
         update,
-        global_params=params,
+        global_params=start,
         local_params=result.params,
         ins=ins,
         ctx=ctx,
@@ -148,6 +154,17 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[npt.NDArr
     """One epoch's shuffled mini-batch index arrays (the last batch may be smaller)."""
     order = rng.permutation(n)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def anchor_weights(lr: float, lam: float) -> tuple[float, float]:
+    """``(a, b)`` of the proximal map ``w <- a*w + b*anchor`` of ``lam/2 ||w - anchor||^2`` after a step of ``lr``.
+
+    ``a = 1/(1 + lr*lam)``, ``b = lr*lam/(1 + lr*lam)``; ``lam = inf`` gives ``(0, 1)``: ``w = anchor``.
+    """
+    if lam == float("inf"):
+        return 0.0, 1.0
+    c = lr * lam
+    return 1.0 / (1.0 + c), c / (1.0 + c)
 
 
 def step_budget(cfg: TrainConfig, n: int) -> tuple[int, int]:

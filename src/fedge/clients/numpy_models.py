@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedge.clients.base import TrainResult, batches, step_budget
+from fedge.clients.base import TrainResult, anchor_weights, batches, step_budget
 from fedge.core.errors import ModelError
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
@@ -43,12 +43,16 @@ def linear_init(rng: np.random.Generator, fan_in: int, fan_out: int) -> tuple[F3
 
 
 class NumpyMLP:
-    """``in -> hidden[0] -> ... -> out`` with ReLU; no hidden layer is logistic regression."""
+    """``in -> hidden[0] -> ... -> out`` with ReLU; no hidden layer is logistic regression.
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (64,)) -> None:
+    ``scale`` multiplies every hidden activation (HeteroFL's scaler, ``1 / width`` in a sub-model).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (64,), scale: float = 1.0) -> None:
         if in_features <= 0 or num_classes <= 1:
             raise ModelError(f"bad model size: {in_features} inputs, {num_classes} classes")
         self.sizes = [in_features, *hidden, num_classes]
+        self.scale = float(scale)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +74,8 @@ class NumpyMLP:
             h = h @ params[2 * i].T + params[2 * i + 1]
             if i < n_layers - 1:
                 h = np.maximum(h, 0.0)
+                if self.scale != 1:
+                    h = h * np.float32(self.scale)
             acts.append(h)
         return h, acts
 
@@ -84,6 +90,8 @@ class NumpyMLP:
             out[2 * i + 1] = g.sum(axis=0).astype(np.float32)
             if i > 0:
                 g = (g @ params[2 * i]) * (acts[i] > 0)
+                if self.scale != 1:
+                    g = g * np.float32(self.scale)
         return loss, out
 
     def train(
@@ -101,6 +109,8 @@ class NumpyMLP:
         epochs, max_steps = step_budget(cfg, n)
         steps, loss_sum, seen = 0, 0.0, 0
         lr = np.float32(cfg.lr)
+        frozen = set(cfg.frozen or ())
+        keep_w, pull_w = (np.float32(v) for v in anchor_weights(cfg.lr, cfg.anchor_lambda))
         for _ in range(epochs):
             if steps >= max_steps:
                 break
@@ -120,7 +130,15 @@ class NumpyMLP:
                         [gi.copy() for gi in g] if bufs is None else [m * b + gi for b, gi in zip(bufs, g, strict=True)]
                     )
                     g = bufs
-                w = [(wi - lr * gi).astype(np.float32) for wi, gi in zip(w, g, strict=True)]
+                w = [
+                    wi if i in frozen else (wi - lr * gi).astype(np.float32)
+                    for i, (wi, gi) in enumerate(zip(w, g, strict=True))
+                ]
+                if cfg.anchor is not None:
+                    w = [
+                        wi if i in frozen else (keep_w * wi + pull_w * ai).astype(np.float32)
+                        for i, (wi, ai) in enumerate(zip(w, cfg.anchor, strict=True))
+                    ]
                 steps += 1
                 loss_sum += loss * len(idx)
                 seen += len(idx)

@@ -15,10 +15,21 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from fedge.clients.base import TrainResult, batches, step_budget
+from fedge.clients.base import TrainResult, anchor_weights, batches, step_budget
 from fedge.core.errors import ModelError
 from fedge.core.params import Params, as_params
 from fedge.core.types import TrainConfig
+
+
+class Scaler(nn.Module):
+    """Multiplies its input by a constant: HeteroFL's scaler (``1 / width`` in a sub-model)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 def get_params(module: nn.Module) -> Params:
@@ -96,14 +107,21 @@ class TorchLearner:
         module.train()
         xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
-        plist = list(module.parameters())
+        every = list(module.parameters())
+        frozen = set(cfg.frozen or ())
+        keep = [i for i in range(len(every)) if i not in frozen]
+        plist = [every[i] for i in keep]
+        for i in frozen:
+            every[i].requires_grad_(False)
         opt = torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        anchor = [torch.from_numpy(np.ascontiguousarray(p)) for p in params] if cfg.prox_mu else None
+        anchor = [torch.from_numpy(np.ascontiguousarray(params[i])) for i in keep] if cfg.prox_mu else None
         corr = (
-            [torch.from_numpy(np.ascontiguousarray(c)) for c in cfg.grad_correction]
+            [torch.from_numpy(np.ascontiguousarray(cfg.grad_correction[i])) for i in keep]
             if cfg.grad_correction is not None
             else None
         )
+        pull = [torch.from_numpy(np.ascontiguousarray(cfg.anchor[i])) for i in keep] if cfg.anchor is not None else None
+        keep_w, pull_w = anchor_weights(cfg.lr, cfg.anchor_lambda)
         n = len(yt)
         epochs, max_steps = step_budget(cfg, n)
         steps, loss_sum, seen = 0, 0.0, 0
@@ -129,9 +147,15 @@ class TorchLearner:
                             assert p.grad is not None
                             p.grad.add_(c)
                 opt.step()
+                if pull is not None:
+                    with torch.no_grad():
+                        for p, a in zip(plist, pull, strict=True):
+                            p.mul_(keep_w).add_(a, alpha=pull_w)
                 steps += 1
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
+        for i in frozen:
+            every[i].requires_grad_(True)
         return TrainResult(
             params=as_params(get_params(module)), steps=steps, loss=loss_sum / max(seen, 1), num_examples=n
         )

@@ -78,6 +78,7 @@ class Compress(Transform):
     """Uplink compression of each update, optionally with client-side error feedback."""
 
     name = "compress"
+    whole_model = True
 
     def __init__(
         self, codec: Codec, *, error_feedback: bool | None = None, entropy: str = "none", scope: str = "tensor"

@@ -20,6 +20,10 @@ class TrainConfig:
     ``prox_mu`` adds FedProx's proximal term ``mu/2 * ||w - w_global||^2``;
     ``grad_correction`` is added to every gradient step (SCAFFOLD's ``c - c_i``);
     ``max_epochs`` lets a straggler do fewer epochs than ``epochs`` (partial work).
+    ``anchor`` with ``anchor_lambda`` follows every SGD step with the proximal map of
+    ``anchor_lambda/2 * ||w - anchor||^2``, ``w <- (w + lr*lambda*anchor) / (1 + lr*lambda)``
+    (Ditto's personal objective; stable for any lambda, ``inf`` pins ``w`` to ``anchor``);
+    ``frozen`` lists parameter tensors (by index) that this training leaves unchanged.
     """
 
     epochs: int = 1
@@ -30,6 +34,9 @@ class TrainConfig:
     prox_mu: float = 0.0
     grad_correction: Params | None = None
     max_steps: int | None = None
+    anchor: Params | None = None
+    anchor_lambda: float = 0.0
+    frozen: tuple[int, ...] | None = None
 
 
 @dataclass

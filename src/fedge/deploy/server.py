@@ -248,10 +248,11 @@ def _open_run(
     return Prepared(stored, store, opened.run_id, opened.state, notes, finished)
 
 
-CLIENT_SECTIONS = ("privacy", "compression", "secagg")
+CLIENT_SECTIONS = ("privacy", "compression", "secagg", "personalization")
 """The extension sections a node's side of a round reads (clipping and local noise, the update
-codec, masking). Nothing else is sent: ``[deploy]`` names the server's key files, ``[dashboard]``
-holds its token, and a node need not have the extras of server-only sections."""
+codec, masking, the personal model's hyperparameters: Ditto's λ, FedRep's head). Nothing else
+is sent: ``[deploy]`` names the server's key files, ``[dashboard]`` holds its token, and a node
+need not have the extras of server-only sections."""
 
 
 def node_experiment(exp: Experiment, num_classes: int) -> Experiment:

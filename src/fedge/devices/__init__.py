@@ -86,6 +86,8 @@ def make_availability(cfg: DevicesConfig, seed: int) -> Availability:
 
 def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
     """The :class:`DevicePolicy` an experiment's ``[devices]`` section asks for (None when off)."""
+    from fedge.personalization import client_models
+
     cfg: DevicesConfig = exp.section("devices")
     if not cfg.enabled or built.deployed:  # a deployed run has real devices, not simulated ones
         return None
@@ -108,6 +110,7 @@ def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
         precision=cfg.precision,
         oort=oort,
         seed=exp.seed,
+        client_models=client_models(exp, built.data, built.strategy),
     )
 
 

@@ -78,6 +78,7 @@ class DevicePolicy(RoundPolicy):
         precision: str = "fp32",
         oort: Oort | None = None,
         seed: int = 0,
+        client_models: list[ModelCost] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"devices.policy: {policy!r} is not one of {', '.join(POLICIES)}")
@@ -91,7 +92,14 @@ class DevicePolicy(RoundPolicy):
             raise ConfigError("devices.dropout must be in [0, 1) and devices.straggler_fraction in [0, 1]")
         if len(fleet) != len(sizes):
             raise ConfigError(f"the fleet has {len(fleet)} devices but the federation {len(sizes)} clients")
+        if client_models is not None and len(client_models) != len(fleet):
+            raise ConfigError(f"{len(client_models)} client models for a fleet of {len(fleet)} devices")
         self.fleet, self.model, self.train = fleet, model, train
+        self.client_models = client_models
+        """Each client's own model (HeteroFL's sub-models): memory, FLOPs and bytes per client."""
+        models = client_models or [model] * len(fleet)
+        self._tflops = np.array([m.train_flops(1) for m in models], dtype=np.float64)
+        self._pbytes = np.array([m.param_bytes for m in models], dtype=np.float64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.policy, self.deadline_s, self.overcommit = policy, float(deadline_s), float(overcommit)
         self.selection, self.dropout, self.straggler_fraction = selection, dropout, straggler_fraction
@@ -114,11 +122,11 @@ class DevicePolicy(RoundPolicy):
         self._full_steps = per_epoch * train.epochs
         if train.max_steps is not None:
             self._full_steps = np.minimum(self._full_steps, train.max_steps)
-        need = model.memory_bytes(train.batch_size, momentum=train.momentum > 0) / 2**20
+        need = [m.memory_bytes(train.batch_size, momentum=train.momentum > 0) / 2**20 for m in models]
         self.ineligible = {
-            c: f"memory: needs {need:.1f} MiB, {p.name} has {p.ram_mib:g} MiB"
+            c: f"memory: needs {need[c]:.1f} MiB, {p.name} has {p.ram_mib:g} MiB"
             for c, p in enumerate(profs)
-            if need > p.ram_mib
+            if need[c] > p.ram_mib
         }
         self._eligible = [c for c in range(len(profs)) if c not in self.ineligible]
         self._r = _RoundState()
@@ -138,9 +146,10 @@ class DevicePolicy(RoundPolicy):
     ) -> tuple[F64, F64, F64]:
         """Predicted (download, compute, upload) seconds of ``ids`` doing ``steps`` steps."""
         steps = self._full_steps[ids] if steps is None else steps
-        up = self.up_bytes if up_bytes is None else up_bytes
-        compute = self.model.train_flops(1) * self._samples(ids, steps) / self._flops[ids] + steps * self._overhead[ids]
-        down = self.down_bytes / self._down[ids] + self._lat[ids]
+        own = self.client_models is not None
+        up = (self._pbytes[ids] if own else self.up_bytes) if up_bytes is None else up_bytes
+        compute = self._tflops[ids] * self._samples(ids, steps) / self._flops[ids] + steps * self._overhead[ids]
+        down = (self._pbytes[ids] if own else self.down_bytes) / self._down[ids] + self._lat[ids]
         upload = up / self._up[ids] + self._lat[ids]
         return down, compute, upload
 
@@ -157,10 +166,10 @@ class DevicePolicy(RoundPolicy):
         return client_cost(
             prof,
             float(self.fleet.speed[cid]),
-            self.model,
+            self.model if self.client_models is None else self.client_models[cid],
             samples=samples,
             steps=steps,
-            down_bytes=self.down_bytes,
+            down_bytes=self.down_bytes if self.client_models is None else float(self._pbytes[cid]),
             up_bytes=up_bytes,
             precision=self.precision,
         )

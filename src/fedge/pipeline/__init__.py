@@ -78,6 +78,10 @@ class Transform:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    whole_model: bool = False
+    """True for a transform that encodes or decodes an update against the whole model's shapes
+    (compression codecs): strategies that send part of the model per client refuse it."""
+
     sums_cohort: bool = False
     """True for a transform that sums the round's cohort itself (secure aggregation):
     the loop then hands it every arriving update through :meth:`sum_cohort`."""

@@ -66,7 +66,17 @@ def _lines(ax: Any, run: RunData, keys: Sequence[tuple[str, str]], x: str = "rou
 
 def accuracy(run: RunData) -> Plot:
     fig, ax = _figure()
-    ok = _lines(ax, run, [("test_accuracy", "held-out test"), ("fed_test_accuracy", "clients' own test")])
+    ok = _lines(
+        ax,
+        run,
+        [
+            ("test_accuracy", "held-out test"),
+            ("fed_test_accuracy", "clients' own test"),
+            ("personal_acc_mean", "personal models, client mean"),
+            ("personal_acc_worst10", "personal models, worst 10 %"),
+            ("client_acc_worst10", "global model, worst 10 % of clients"),
+        ],
+    )
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy per round")
     return Plot("accuracy", "Accuracy per round", _png(fig) if ok else None, "" if ok else NOT_RECORDED)

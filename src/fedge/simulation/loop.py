@@ -214,7 +214,10 @@ def run_round(
         uplink_bytes=uplink,
     )
     config_bytes = sum(nbytes(v) for v in ins.config.values() if isinstance(v, list))
-    if down is None:
+    if down is None and strategy.per_client_models:
+        spec = validator.spec
+        record.downlink_bytes = sum(4 * strategy.downlink_spec(spec, cid).total + config_bytes for cid in plan.train)
+    elif down is None:
         record.downlink_bytes = len(plan.train) * (nbytes(state.params) + config_bytes)
     else:
         sent_bytes = {cid: down.bytes_per_client.get(cid, nbytes(state.params)) + config_bytes for cid in plan.train}
@@ -246,11 +249,22 @@ def run_round(
 
 
 def check_pipeline(strategy: Strategy, pipeline: Pipeline) -> None:
-    """Refuse a strategy that aggregates individual updates with a transform that acts on sums.
+    """Refuse a strategy that aggregates individual updates with a transform that acts on sums,
+    and a strategy whose updates hold part of the model with a transform that needs all of it.
 
-    Such a strategy never sees the summed terms, so a transform's ``aggregate`` (central DP
-    noise, for one) would silently not happen: no noise, no ε.
+    The first never sees the summed terms, so a transform's ``aggregate`` (central DP
+    noise, for one) would silently not happen: no noise, no ε. The second sends sub-models
+    or the shared body only, which a codec decodes, and secure aggregation sums, against the
+    whole model's shapes.
     """
+    if strategy.partial_updates:
+        whole = [t.name for t in pipeline.transforms if t.whole_model or t.sums_cohort]
+        if whole:
+            raise ConfigError(
+                f"strategy {strategy.name!r} sends part of the model per client, which {', '.join(whole)} "
+                "cannot encode or sum; with it use clipping or DP noise only, or a whole-model strategy "
+                "(fedavg, finetune, ditto) with compression or secure aggregation"
+            )
     if not strategy.needs_individual_updates:
         return
     hiding = next((t for t in pipeline.transforms if t.sums_cohort), None)
@@ -304,7 +318,11 @@ def run(
         state = strategy.init(
             [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
         )
-    validator = Validator(ParamSpec.of(state.params), max_norm=max_update_norm)
+    validator = Validator(
+        ParamSpec.of(state.params),
+        max_norm=max_update_norm,
+        expected=strategy.update_spec if strategy.partial_updates else None,
+    )
     bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
     history = History()
     client_acc: dict[int, float] = {}
@@ -336,6 +354,7 @@ def run(
             if results:
                 record.fed_test_loss = _weighted([(r.loss, r.num_examples) for r in results])
                 record.fed_test_accuracy = _weighted([(r.accuracy, r.num_examples) for r in results])
+                record.extra.update(client_distribution(results))
         record.wall_s = time.perf_counter() - t0
         history.append(record)
         try:
@@ -347,6 +366,30 @@ def run(
     for cb in callbacks:
         cb.on_run_end(history, state)
     return RunResult(history=history, state=state, stopped_early=stopped, client_accuracy=client_acc)
+
+
+WORST_FRACTION = 0.1
+"""The share of clients whose mean accuracy is reported as the worst-case figure."""
+
+
+def worst_mean(values: Sequence[float], fraction: float = WORST_FRACTION) -> float:
+    """Mean of the lowest ``ceil(fraction * n)`` values (at least one); NaN when empty."""
+    if not values:
+        return math.nan
+    k = max(1, math.ceil(fraction * len(values)))
+    return float(np.mean(np.sort(np.asarray(values, dtype=np.float64))[:k]))
+
+
+def client_distribution(results: Sequence[EvalResult]) -> Metrics:
+    """Per-client accuracy distribution of a federated evaluation: the mean over clients and the
+    mean of the worst 10 %, for the global model and, when clients report one, their personal model."""
+    acc = [r.accuracy for r in results]
+    out: Metrics = {"client_acc_mean": float(np.mean(acc)), "client_acc_worst10": worst_mean(acc)}
+    personal = [r.metrics["personal_accuracy"] for r in results if "personal_accuracy" in r.metrics]
+    if personal:
+        out["personal_acc_mean"] = float(np.mean(personal))
+        out["personal_acc_worst10"] = worst_mean(personal)
+    return out
 
 
 def federated_evaluate(

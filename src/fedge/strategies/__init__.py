@@ -8,15 +8,35 @@ from typing import Any
 from fedge.core.errors import ConfigError
 from fedge.strategies.aggregate import Accumulator, Terms, weighted_mean
 from fedge.strategies.base import Strategy, StrategyState
+from fedge.strategies.ditto import Ditto
 from fedge.strategies.fedavg import FedAvg
 from fedge.strategies.fedavgm import FedAvgM
 from fedge.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from fedge.strategies.fedper import FedPer
 from fedge.strategies.fedprox import FedProx
+from fedge.strategies.fedrep import FedRep
+from fedge.strategies.finetune import FineTune
+from fedge.strategies.heterofl import HeteroFL
 from fedge.strategies.qfedavg import QFedAvg
 from fedge.strategies.scaffold import Scaffold
 
 REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, QFedAvg)
+    cls.name: cls
+    for cls in (
+        FedAvg,
+        FedProx,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        Scaffold,
+        QFedAvg,
+        FineTune,
+        Ditto,
+        FedPer,
+        FedRep,
+        HeteroFL,
+    )
 }
 
 
@@ -42,13 +62,18 @@ def build_strategy(name: str, **kwargs: Any) -> Strategy:
 __all__ = [
     "REGISTRY",
     "Accumulator",
+    "Ditto",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedOpt",
+    "FedPer",
     "FedProx",
+    "FedRep",
     "FedYogi",
+    "FineTune",
+    "HeteroFL",
     "QFedAvg",
     "Scaffold",
     "Strategy",

@@ -89,3 +89,37 @@ class Accumulator:
 
     def merge(self, other: Accumulator) -> None:
         self.add(other.sums, other.count)
+
+
+def corner(shape: Sequence[int]) -> tuple[slice, ...]:
+    """The index of a leading-corner block of ``shape`` (the first ``d`` entries of every axis)."""
+    return tuple(slice(0, int(d)) for d in shape)
+
+
+def block_terms(blocks: Sequence[npt.NDArray[np.generic]], shapes: Sequence[Sequence[int]], weight: float) -> Terms:
+    """A sub-model's weighted delta placed in the full model's shapes, and how much weight each entry got.
+
+    ``blocks[i]`` is the leading-corner block of tensor ``i`` the client holds (HeteroFL's
+    sub-model); entries outside it contribute nothing and count nothing.
+    """
+    delta: list[F64] = []
+    count: list[F64] = []
+    for b, shape in zip(blocks, shapes, strict=True):
+        d = np.zeros(tuple(shape), dtype=np.float64)
+        c = np.zeros(tuple(shape), dtype=np.float64)
+        idx = corner(b.shape)
+        d[idx] = np.asarray(b, dtype=np.float64) * weight
+        c[idx] = weight
+        delta.append(d)
+        count.append(c)
+    return {"delta": delta, "count": count}
+
+
+def block_mean(sums: Sequence[F64], counts: Sequence[F64]) -> Params:
+    """Entry-wise ``sum / count`` over the clients that hold each entry; 0 where none did (float32)."""
+    out: Params = []
+    for s, c in zip(sums, counts, strict=True):
+        mean = np.zeros_like(s)
+        np.divide(s, c, out=mean, where=c > 0)
+        out.append(mean.astype(np.float32))
+    return out

@@ -14,7 +14,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -52,9 +52,12 @@ class Validator:
 
     spec: ParamSpec
     max_norm: float | None = None
+    expected: Callable[[ParamSpec, int], ParamSpec] | None = None
+    """The shapes a given client's delta must have (a strategy's ``update_spec``); default ``spec``."""
 
     def check(self, update: ClientUpdate) -> None:
-        self.spec.check(update.delta, what=f"update from client {update.client_id}")
+        spec = self.spec if self.expected is None else self.expected(self.spec, update.client_id)
+        spec.check(update.delta, what=f"update from client {update.client_id}")
         if not all_finite(update.delta):
             raise ValidationError(f"update from client {update.client_id} has NaN or Inf values")
         if update.num_examples < 0:

@@ -37,8 +37,12 @@ class ClientRuntime:
         ctx = self.context(cid, ins.round_num, state)
         return run_fit(self.client_fn(cid), params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
 
-    def evaluate(self, cid: int, params: Params) -> EvalResult:
-        return self.client_fn(cid).evaluate(params)
+    def evaluate(self, cid: int, params: Params, round_num: int = 0, state: dict[str, Any] | None = None) -> EvalResult:
+        """The strategy's evaluation of ``params`` on client ``cid`` (with its personal model when it keeps one)."""
+        ctx = ClientContext(
+            client_id=cid, round_num=round_num, rng=client_rng(self.seed, round_num, cid, 1), state=state or {}
+        )
+        return self.strategy.client_evaluate(self.client_fn(cid), params, ctx)
 
 
 class Backend(Protocol):
@@ -139,7 +143,7 @@ class InProcessTransport:
     ) -> Iterator[EvalResult | ClientFailure]:
         for cid in client_ids:
             try:
-                yield self.runtime.evaluate(cid, params)
+                yield self.runtime.evaluate(cid, params, round_num, self.states.get(cid))
             except Exception as exc:
                 yield ClientFailure(cid, "evaluate", f"{type(exc).__name__}: {exc}")
 

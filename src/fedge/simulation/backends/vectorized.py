@@ -17,7 +17,9 @@ Everything around training (strategy hooks, pipeline transforms, the reducer) ru
 client through :func:`~fedge.clients.base.run_fit`, unchanged. A client that cannot be
 vectorised (a custom ``Client``, a non-torch learner, momentum or weight decay, a model
 with buffers, a model that does not match the global parameters) runs sequentially, and
-the reason is logged once.
+the reason is logged once. Strategies that give each client its own model
+(``per_client_models``: FedPer, FedRep, HeteroFL) are refused; Ditto's global model is
+batched and its personal model trained per client after it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.clients.base import ClientData, LearnerClient, TrainResult, batches, run_fit, step_budget
+from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate, EvalResult, FitInstructions, TrainConfig
 from fedge.simulation.backends._shard import PartialReducer, fit_one
@@ -51,15 +54,20 @@ class _Job:
 
 
 class _Trained:
-    """A client whose training already happened in the batch: ``train`` hands the result back."""
+    """A client whose training already happened in the batch: the first ``train`` hands the
+    result back; any further training in the same round (Ditto's personal model) runs on the
+    real client, sequentially."""
 
     def __init__(self, client: LearnerClient, result: TrainResult) -> None:
         self.client_id = client.client_id
         self._client = client
-        self._result = result
+        self._result: TrainResult | None = result
 
     def train(self, params: Params, cfg: TrainConfig, ctx: ClientContext) -> TrainResult:
-        return self._result
+        if self._result is None:
+            return self._client.train(params, cfg, ctx)
+        result, self._result = self._result, None
+        return result
 
     def loss(self, params: Params) -> float:
         return self._client.loss(params)
@@ -99,6 +107,8 @@ def unsupported(client: Any, spec: ParamSpec) -> str | None:
 def config_unsupported(cfg: TrainConfig) -> str | None:
     if cfg.momentum or cfg.weight_decay:
         return "local SGD momentum / weight decay are not vectorised"
+    if cfg.anchor is not None or cfg.frozen:
+        return "a proximal anchor or frozen tensors are not vectorised"
     return None
 
 
@@ -247,6 +257,12 @@ class VectorizedBackend:
         states: dict[int, dict[str, Any]],
         reducer: Reducer | None,
     ) -> Iterator[FitResult]:
+        if runtime.strategy.per_client_models:
+            raise ConfigError(
+                f"training.backend = 'vectorized' trains the whole cohort from one shared model, but strategy "
+                f"{runtime.strategy.name!r} gives each client its own (a personal head or a sub-model); "
+                "use 'sequential', 'debug', 'processes' or 'ray'"
+            )
         spec = ParamSpec.of(params)
         for start in range(0, len(client_ids), max(self.chunk, 1)):
             part = PartialReducer(reducer) if reducer is not None else None
