@@ -46,6 +46,10 @@ def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, m
                 "min_nodes": 3,
                 "heartbeat_s": 0.2,
                 "allow_list": str(allow),
+                "insecure": True,
+                # compared with the simulation, which has no influence bounds
+                "examples_cap": 0.0,
+                "norm_cap": 0.0,
             },
         }
     )
