@@ -1,4 +1,4 @@
-"""``fedge export``: a run's model, pruned and quantised, as ONNX checked by ONNX Runtime."""
+"""``fedge export``: a run's model, pruned and quantised, as ONNX, LiteRT or ExecuTorch, checked in that runtime."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ from pathlib import Path
 
 import click
 
+from fedge.export.formats import FORMATS
 from fedge.export.onnx_io import QUANTIZE_MODES
 from fedge.export.prune import NORMS
 
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="onnx",
+    show_default=True,
+    help="onnx (ONNX Runtime), litert (.tflite, LiteRT) or executorch (.pte, XNNPACK); checked in that runtime.",
+)
 @click.option("--device", help="Device profile from the catalog (e.g. orin-nano, pi4; see `fedge devices`).")
 @click.option("--profiles", type=click.Path(dir_okay=False), help="Your own device profile TOML file.")
 @click.option(
@@ -45,6 +54,7 @@ from fedge.export.prune import NORMS
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (default: RUN_DIR/export).")
 def export_cmd(
     run_dir: Path,
+    fmt: str,
     device: str | None,
     profiles: str | None,
     quantize: str,
@@ -53,11 +63,12 @@ def export_cmd(
     finetune_rounds: int,
     output: str | None,
 ) -> None:
-    """Export RUN_DIR's model to ONNX: prune, quantise, check and report.
+    """Export RUN_DIR's model to ONNX, LiteRT or ExecuTorch: prune, quantise, check and report.
 
-    Writes model.onnx, report.json and report.txt: size, parameters, accuracy before and
-    after on the run's held-out data, and, with --device, the estimated latency per
-    sample and whether the model fits the device's memory.
+    Writes model.onnx (or model.tflite, model.pte), report.json and report.txt: size,
+    parameters, accuracy before and after on the run's held-out data (in the format's own
+    runtime), latency per sample on this machine, the memory fit on every catalog device,
+    and, with --device, the detailed estimate for that device.
     """
     from fedge.export.run import ExportOptions, export_run
 
@@ -71,10 +82,11 @@ def export_cmd(
             finetune_rounds=finetune_rounds,
             output=output,
             profiles=profiles,
+            format=fmt,
         ),
     )
     click.echo(report.to_text().rstrip())
-    click.echo(f"wrote {out / 'model.onnx'}, {out / 'report.json'}, {out / 'report.txt'}")
+    click.echo(f"wrote {out / report.model_file}, {out / 'report.json'}, {out / 'report.txt'}")
 
 
 def register(cli: click.Group) -> None:

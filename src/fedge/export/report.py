@@ -37,6 +37,13 @@ class ExportReport:
     host_latency_ms: float
     device: DeviceEstimate | None = None
     hidden: list[int] = field(default_factory=list)
+    format: str = "onnx"
+    """``onnx``, ``litert`` or ``executorch``; the ``*onnx*`` figures above are this format's file."""
+    runtime: str = "ONNX Runtime"
+    """What ran the written file for the accuracy, the check and the latency."""
+    model_file: str = "model.onnx"
+    catalog: list[DeviceEstimate] = field(default_factory=list)
+    """The estimate on every device of the catalog."""
 
     @property
     def accuracy_drop_points(self) -> float:
@@ -57,14 +64,14 @@ class ExportReport:
             f"pruning {self.prune_ratio:g} by {self.prune_norm}"
             + (f" + {self.finetune_rounds} federated fine-tuning rounds" if self.finetune_rounds else ""),
             f"  parameters     {self.params_before:,} -> {self.params_after:,}",
-            f"  size           float32 ONNX {self.float32_onnx_bytes:,} B -> model.onnx "
+            f"  size           float32 {self.format} {self.float32_onnx_bytes:,} B -> {self.model_file} "
             f"{self.onnx_bytes:,} B ({self.size_ratio:.2f}x smaller)",
             f"  accuracy       PyTorch {self.accuracy_torch:.4f} -> pruned {self.accuracy_pruned:.4f} -> "
-            f"ONNX Runtime {self.accuracy_onnx:.4f} on {self.held_out} held-out samples "
+            f"{self.runtime} {self.accuracy_onnx:.4f} on {self.held_out} held-out samples "
             f"({self.accuracy_drop_points:+.2f} points lost)",
-            f"  ONNX check     max |ORT - PyTorch| = {self.max_abs_diff:.2e}",
+            f"  float32 check  max |{self.runtime} - PyTorch| = {self.max_abs_diff:.2e}",
             f"  this machine   {self.host_latency_ms_float32:.3f} ms/sample float32, "
-            f"{self.host_latency_ms:.3f} ms/sample model.onnx (ONNX Runtime, 1 thread)",
+            f"{self.host_latency_ms:.3f} ms/sample {self.model_file} ({self.runtime}, 1 thread)",
         ]
         d = self.device
         if d is not None:
@@ -76,4 +83,12 @@ class ExportReport:
             ]
             if d.note:
                 lines.append(f"  note           {d.note}")
+        if self.catalog:
+            lines.append("  catalog        device: estimated ms/sample, memory needed of available, verdict")
+            lines += [
+                f"    {e.device:<16} {e.latency_ms_per_sample:9.3g} ms {e.precision}  "
+                f"{e.memory_needed_mib:6.1f} of {e.memory_available_mib:6.0f} MiB  "
+                + ("fits" if e.fits else "DOES NOT FIT")
+                for e in self.catalog
+            ]
         return "\n".join(lines) + "\n"

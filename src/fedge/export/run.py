@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.core.errors import DataError, ModelError
-from fedge.export import onnx_io
+from fedge.export import formats, onnx_io
 from fedge.export.device import DeviceEstimate, device_profile, estimate
 from fedge.export.prune import NORMS, count_params, prune
 from fedge.export.report import ExportReport
@@ -39,9 +39,14 @@ class ExportOptions:
     finetune_rounds: int = 0
     output: str | None = None
     profiles: str | None = None
+    format: str = "onnx"
 
 
 def _check(opts: ExportOptions) -> None:
+    if opts.format not in formats.FORMATS:
+        raise ModelError(f"unknown export format {opts.format!r}; valid: {', '.join(formats.FORMATS)}")
+    if opts.format != "onnx" and opts.quantize not in formats.RUNTIME_QUANTIZE:
+        raise ModelError(f"--format {opts.format} takes --quantize none or int8, not {opts.quantize!r}")
     if opts.quantize not in onnx_io.QUANTIZE_MODES:
         raise ModelError(f"unknown quantisation {opts.quantize!r}; valid: {', '.join(onnx_io.QUANTIZE_MODES)}")
     if opts.norm not in NORMS:
@@ -145,6 +150,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[ExportReport, Path]:
     """Export a run folder's model; returns the report and the folder it was written to."""
+    from fedge.devices import catalog
     from fedge.devices.cost import count_torch
 
     opts = opts or ExportOptions()
@@ -172,34 +178,43 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        reference = onnx_io.export_onnx(module, data.feature_shape, tmp / "float32.onnx")
-        onnx_io.validate(module, reference, x_test)
-        exported = (
-            onnx_io.export_onnx(final_module, data.feature_shape, tmp / "pruned.onnx")
-            if final_module is not module
-            else reference
-        )
-        max_diff = onnx_io.validate(final_module, exported, x_test)
-        final = exported
-        if opts.quantize != "none":
-            calib = calibration_data(data, exp.seed) if opts.quantize != "dynamic" else None
-            final = onnx_io.quantize(exported, tmp / "int8.onnx", opts.quantize, calib)
-        sess = onnx_io.session(final)
-        acc_onnx = onnx_io.accuracy(onnx_io.predict(sess, x_test), y_test)
-        lat_float = onnx_io.host_latency_s(onnx_io.session(reference), x_test)
-        lat = onnx_io.host_latency_s(sess, x_test)
-        blob = final.read_bytes()
-        ref_bytes = reference.stat().st_size
-    est: DeviceEstimate | None = None
-    if profile is not None:
-        cost = count_torch(final_module, data.feature_shape)
-        est = estimate(
-            profile,
+        if opts.format != "onnx":
+            calib = calibration_data(data, exp.seed) if opts.quantize != "none" else None
+            chk = formats.convert_and_check(opts.format, module, final_module, data.feature_shape, x_test, tmp, calib)
+            blob, ref_bytes, max_diff = chk.blob, chk.reference_bytes, chk.max_abs_diff
+            acc_onnx = onnx_io.accuracy(chk.logits, y_test)
+            lat_float, lat = chk.latency_s_float32, chk.latency_s
+        else:
+            reference = onnx_io.export_onnx(module, data.feature_shape, tmp / "float32.onnx")
+            onnx_io.validate(module, reference, x_test)
+            exported = (
+                onnx_io.export_onnx(final_module, data.feature_shape, tmp / "pruned.onnx")
+                if final_module is not module
+                else reference
+            )
+            max_diff = onnx_io.validate(final_module, exported, x_test)
+            final = exported
+            if opts.quantize != "none":
+                calib = calibration_data(data, exp.seed) if opts.quantize != "dynamic" else None
+                final = onnx_io.quantize(exported, tmp / "int8.onnx", opts.quantize, calib)
+            sess = onnx_io.session(final)
+            acc_onnx = onnx_io.accuracy(onnx_io.predict(sess, x_test), y_test)
+            lat_float = onnx_io.host_latency_s(onnx_io.session(reference), x_test)
+            lat = onnx_io.host_latency_s(sess, x_test)
+            blob = final.read_bytes()
+            ref_bytes = reference.stat().st_size
+    cost = count_torch(final_module, data.feature_shape)
+
+    def fit(p: Any) -> DeviceEstimate:
+        return estimate(
+            p,
             forward_flops=cost.forward_flops,
             activations=cost.activations,
             model_bytes=len(blob),
             int8=opts.quantize != "none",
         )
+
+    est = fit(profile) if profile is not None else None
     report = ExportReport(
         run_dir=str(run),
         model=exp.model.name,
@@ -221,8 +236,12 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
         host_latency_ms=1e3 * lat,
         device=est,
         hidden=hidden,
+        format=opts.format,
+        runtime=formats.runtime_name(opts.format),
+        model_file=formats.file_name(opts.format),
+        catalog=[fit(p) for p in catalog(opts.profiles or None).values()],
     )
-    _write_atomic(out / "model.onnx", blob)
+    _write_atomic(out / report.model_file, blob)
     _write_atomic(out / "report.json", report.dumps().encode())
     _write_atomic(out / "report.txt", report.to_text().encode())
     return report, out
