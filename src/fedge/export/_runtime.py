@@ -1,7 +1,9 @@
-"""What every non-ONNX export shares: a one-sample runner, its outputs over data, its latency.
+"""What every export format shares: a one-sample runner, its outputs over data, its latency,
+its agreement with PyTorch.
 
 A :data:`Runner` takes one batch-1 float32 sample and returns its logits, running the
-exported file in its own runtime (the LiteRT interpreter, the ExecuTorch runtime), so
+exported file in its own runtime (ONNX Runtime, the LiteRT interpreter, the ExecuTorch
+runtime), so
 what is checked and timed is what a device would run.
 """
 
@@ -49,7 +51,7 @@ def predict(run: Runner, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def latency_s(run: Runner, x: npt.NDArray[np.float32], repeats: int = 5) -> float:
-    """Median seconds per sample of one-sample inference on this machine (as ``onnx_io.host_latency_s``)."""
+    """Median seconds per sample of one-sample inference on this machine."""
     run(np.ascontiguousarray(x[:1], np.float32))
     n = min(len(x), 64)
     times = []
@@ -62,15 +64,21 @@ def latency_s(run: Runner, x: npt.NDArray[np.float32], repeats: int = 5) -> floa
 
 
 def max_abs_diff(
-    want: npt.NDArray[np.float32], got: npt.NDArray[np.float32], name: str, *, atol: float = 1e-4, rtol: float = 1e-3
+    want: npt.NDArray[np.float32],
+    got: npt.NDArray[np.float32],
+    name: str,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    runtime: str = "runtime",
 ) -> float:
-    """Max ``|got - want|``; a :class:`ModelError` beyond ``atol + rtol * |want|`` (as ``onnx_io.validate``)."""
+    """Max ``|got - want|``; a :class:`ModelError` beyond ``atol + rtol * |want|``."""
     if got.shape != want.shape:
-        raise ModelError(f"{name}: runtime output shape {got.shape} != PyTorch {want.shape}")
+        raise ModelError(f"{name}: {runtime} output shape {got.shape} != PyTorch {want.shape}")
     diff = np.abs(got - want)
     if not np.all(diff <= atol + rtol * np.abs(want)):
         raise ModelError(
-            f"{name}: runtime outputs differ from PyTorch by up to {float(diff.max()):.3g} "
+            f"{name}: {runtime} outputs differ from PyTorch by up to {float(diff.max()):.3g} "
             f"(tolerance {atol} + {rtol}·|y|)"
         )
     return float(diff.max()) if diff.size else 0.0

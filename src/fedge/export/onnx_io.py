@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.core.errors import ModelError
+from fedge.export._runtime import latency_s, max_abs_diff
 
 QUANTIZE_MODES = ("none", "int8", "dynamic", "static")
 """``int8`` is static quantisation calibrated on data (integer-only inference)."""
@@ -178,15 +177,7 @@ def validate(module: Any, path: Path, x: npt.NDArray[np.float32], *, atol: float
     """
     want = torch_logits(module, x)
     got = predict(session(path), x)
-    if got.shape != want.shape:
-        raise ModelError(f"{path.name}: ONNX Runtime output shape {got.shape} != PyTorch {want.shape}")
-    diff = np.abs(got - want)
-    if not np.all(diff <= atol + rtol * np.abs(want)):
-        raise ModelError(
-            f"{path.name}: ONNX Runtime outputs differ from PyTorch by up to "
-            f"{float(diff.max()):.3g} (tolerance {atol} + {rtol}·|y|)"
-        )
-    return float(diff.max()) if diff.size else 0.0
+    return max_abs_diff(want, got, path.name, atol=atol, rtol=rtol, runtime="ONNX Runtime")
 
 
 def _batches(x: npt.NDArray[np.float32], batch: int = 64) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
@@ -239,13 +230,4 @@ def quantize(src: Path, dst: Path, mode: str, calibration: npt.NDArray[np.float3
 
 def host_latency_s(sess: Any, x: npt.NDArray[np.float32], repeats: int = 5) -> float:
     """Median seconds per sample of one-sample inference on this machine."""
-    one = np.ascontiguousarray(x[:1], np.float32)
-    sess.run([OUTPUT], {INPUT: one})
-    times = []
-    n = min(len(x), 64)
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(n):
-            sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i : i + 1], np.float32)})
-        times.append((time.perf_counter() - t0) / max(n, 1))
-    return statistics.median(times)
+    return latency_s(lambda one: sess.run([OUTPUT], {INPUT: one})[0], x, repeats)
