@@ -23,7 +23,8 @@ from fedge.core.types import ClientContext, EvalResult, TrainConfig
 from fedge.deploy.auth import Signer, load_private
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.node import Backoff, Node
-from fedge.deploy.server import serve
+
+from .test_transport import serve_in_thread
 
 HONEST = {0: 0.01, 1: 0.02, 2: 0.03}
 ATTACKER, ATTACK_STEP, ATTACK_COUNT, ATTACK_LOSS = 3, 1000.0, 10**15, 1e-6
@@ -75,19 +76,10 @@ def test_a_node_claiming_huge_counts_and_deltas_moves_the_model_only_within_the_
             },
         }
     )
-    ports: list[int] = []
-    ready = threading.Event()
-    out: dict[str, Any] = {}
-
-    def main() -> None:
-        out["served"] = serve(exp, on_ready=lambda p: (ports.append(p), ready.set()), linger_s=0.5)
-
-    server = threading.Thread(target=main)
-    server.start()
-    assert ready.wait(30)
+    server, port, out = serve_in_thread(exp)
     nodes = [
         Node(
-            f"127.0.0.1:{ports[0]}",
+            f"127.0.0.1:{port}",
             Signer(load_private(k)),
             partition=i,
             client_factory=factory,

@@ -3,7 +3,6 @@ through the same mechanism as SCAFFOLD's ``c_i``, and ends where the simulation 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from fedge.deploy.node import StateFile
 from fedge.strategies.ditto import STATE_KEY
 
-from .test_transport import start_node, stop_nodes
+from .test_transport import serve_in_thread, start_node, stop_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +30,6 @@ RAW: dict[str, Any] = {
 
 def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, make_keys: Any) -> None:
     from fedge.config import from_dict
-    from fedge.deploy.server import serve
     from fedge.experiment import build, execute
 
     keys, allow = make_keys(3)
@@ -53,18 +51,9 @@ def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, m
             },
         }
     )
-    ports: list[int] = []
-    ready = threading.Event()
-    out: dict[str, Any] = {}
-
-    def main() -> None:
-        out["served"] = serve(exp, on_ready=lambda p: (ports.append(p), ready.set()), linger_s=0.5)
-
-    t = threading.Thread(target=main)
-    t.start()
-    assert ready.wait(30)
+    t, port, out = serve_in_thread(exp)
     for i in range(3):
-        start_node(ports[0], keys[i], None, i, state_dir=tmp_path / f"n{i}")
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
     t.join(60)
     stop_nodes()
     served = out["served"]

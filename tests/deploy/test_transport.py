@@ -122,6 +122,23 @@ def start_node(
     return node, t
 
 
+def serve_in_thread(exp: Experiment) -> tuple[threading.Thread, int, dict[str, Any]]:
+    """``serve(exp)`` in a thread: the thread, the port it listens on, and the dict its ``Served`` lands in."""
+    from fedge.deploy.server import serve
+
+    ports: list[int] = []
+    ready = threading.Event()
+    out: dict[str, Any] = {}
+
+    def main() -> None:
+        out["served"] = serve(exp, on_ready=lambda p: (ports.append(p), ready.set()), linger_s=0.5)
+
+    t = threading.Thread(target=main)
+    t.start()
+    assert ready.wait(30), "the server did not start"
+    return t, ports[0], out
+
+
 def federate(transport: GrpcTransport, initial: Params, rounds: int = 1) -> RunResult:
     return run(
         strategy=FedAvg(),
@@ -227,20 +244,9 @@ def test_scaffold_over_grpc_ends_where_the_simulation_ends(tmp_path: Path, make_
             },
         }
     )
-    from fedge.deploy.server import serve
-
-    ports: list[int] = []
-    ready = threading.Event()
-    out: dict[str, Any] = {}
-
-    def main() -> None:
-        out["served"] = serve(exp, on_ready=lambda p: (ports.append(p), ready.set()), linger_s=0.5)
-
-    t = threading.Thread(target=main)
-    t.start()
-    assert ready.wait(30)
+    t, port, out = serve_in_thread(exp)
     for i in range(3):
-        start_node(ports[0], keys[i], None, i, state_dir=tmp_path / f"n{i}")
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
     t.join(60)
     stop_nodes()
     served = out["served"]
