@@ -43,10 +43,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(backend: Backend) -> tuple[Params, InProcessTransport]:
-    data = w2(10, samples_per_client=12, test_size=0, seed=1)
+def _run(backend: Backend, strategy: Strategy | None = None, clients: int = 10) -> tuple[Params, InProcessTransport]:
+    """Three rounds of ``strategy`` (SCAFFOLD by default) over ``clients`` clients, six per round."""
+    data = w2(clients, samples_per_client=12, test_size=0, seed=1)
     learner = build_learner("mlp", "torch", (60,), 10, (8,))
-    strategy = Scaffold()
+    strategy = strategy or Scaffold()
     transport = InProcessTransport(
         lambda cid: LearnerClient(cid, learner, data.client(cid)),
         data.num_clients,
@@ -140,33 +141,12 @@ def test_malformed_ray_address_is_named() -> None:
         _run(RayBackend(address="nowhere", workers=1))
 
 
-def _run_personal(backend: Backend, strategy: Strategy) -> InProcessTransport:
-    data = w2(6, samples_per_client=12, test_size=0, seed=1)
-    learner = build_learner("mlp", "torch", (60,), 10, (8,))
-    transport = InProcessTransport(
-        lambda cid: LearnerClient(cid, learner, data.client(cid)), 6, strategy=strategy, seed=5, backend=backend
-    )
-    try:
-        run(
-            strategy=strategy,
-            transport=transport,
-            initial_params=learner.init_params(5),
-            rounds=3,
-            sampling=Sampling(count=6),
-            seed=5,
-            train=TrainConfig(epochs=1, batch_size=5, lr=0.1),
-        )
-    finally:
-        transport.close()
-    return transport
-
-
 @pytest.mark.integration
 def test_ray_cluster_keeps_personal_models_across_rounds(ray_cluster: str) -> None:
     """Ditto's personal models and FedRep's heads come back from the actors each round, as on debug."""
     for make, key in ((lambda: Ditto(ditto_lambda=0.5), DITTO_KEY), (FedRep, HEAD_KEY)):
-        got = _run_personal(RayBackend(address=ray_cluster, workers=2), make())
-        want = _run_personal(BACKENDS["debug"](), make())
+        _, got = _run(RayBackend(address=ray_cluster, workers=2), make(), clients=6)
+        _, want = _run(BACKENDS["debug"](), make(), clients=6)
         assert {c for c, s in got.states.items() if key in s} == set(range(6))
         for cid, state in want.states.items():
             for a, b in zip(got.states[cid][key], state[key], strict=True):
