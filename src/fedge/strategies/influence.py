@@ -64,32 +64,30 @@ class InfluenceBound:
         self.size = limits.min_reference
         self.latest: OrderedDict[int, tuple[float, float]] = OrderedDict()
         """Client id -> (update norm, reported count) of its latest update, oldest first."""
-        self.reference: list[tuple[float, float]] | None = None
-        """The window as the round began, when it was full enough: the bounds of that round come
-        from earlier rounds only, so they do not depend on the order in which updates arrive."""
+        self.fixed: tuple[float, float] | None = None
+        """The window's (median count, median norm) as the round began, when it was full enough:
+        the bounds of that round come from earlier rounds only, so they do not depend on the
+        order in which updates arrive (and the medians are computed once a round)."""
 
     def start_round(self, cohort: int) -> None:
-        """Make the window one cohort of clients long (at least ``min_reference``) and fix the round's reference."""
+        """Make the window one cohort of clients long (at least ``min_reference``) and fix the round's medians."""
         self.size = max(self.limits.min_reference, cohort)
         self._trim()
-        ok = len(self.latest) >= self.limits.min_reference
-        self.reference = list(self.latest.values()) if ok else None
+        self.fixed = self._medians() if len(self.latest) >= self.limits.min_reference else None
 
     @property
     def ready(self) -> bool:
-        """Whether the medians can be set by a majority: a reference from earlier rounds, or enough arrivals."""
-        return self.reference is not None or len(self.latest) >= self.limits.min_reference
-
-    def _entries(self) -> list[tuple[float, float]]:
-        return self.reference if self.reference is not None else list(self.latest.values())
+        """Whether the medians can be set by a majority: fixed from earlier rounds, or enough arrivals."""
+        return self.fixed is not None or len(self.latest) >= self.limits.min_reference
 
     @property
     def norms(self) -> list[float]:
-        return [n for n, _ in self._entries()]
+        """The window's update norms, oldest first."""
+        return [n for n, _ in self.latest.values()]
 
-    @property
-    def counts(self) -> list[float]:
-        return [c for _, c in self._entries()]
+    def _medians(self) -> tuple[float, float]:
+        entries = np.array(list(self.latest.values()), dtype=np.float64)
+        return float(np.median(entries[:, 1])), float(np.median(entries[:, 0]))
 
     def observe(self, update: ClientUpdate) -> None:
         """Make a decoded, validated update its client's entry in the window."""
@@ -112,16 +110,19 @@ class InfluenceBound:
     def apply(self, update: ClientUpdate, info: dict[str, Any]) -> ClientUpdate:
         """The update with its count capped and its delta clipped; ``info`` counts what was bounded."""
         lim = self.limits
+        if not self.latest and self.fixed is None:
+            return update
+        median_count, median_norm = self.fixed if self.fixed is not None else self._medians()
         n = update.num_examples
-        if lim.examples_factor > 0 and self._entries():
-            cap = examples_cap(float(np.median(self.counts)), lim.examples_factor)
+        if lim.examples_factor > 0:
+            cap = examples_cap(median_count, lim.examples_factor)
             info["influence_examples_cap"] = cap
             if n > cap:
                 n = cap
                 info["influence_capped_updates"] = info.get("influence_capped_updates", 0) + 1
         delta = update.delta
-        if lim.norm_factor > 0 and self._entries():
-            bound = lim.norm_factor * float(np.median(self.norms))
+        if lim.norm_factor > 0:
+            bound = lim.norm_factor * median_norm
             info["influence_norm_bound"] = bound
             scale = clip_scale(l2_norm(delta), bound)
             if scale < 1.0:
