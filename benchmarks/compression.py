@@ -78,7 +78,7 @@ def experiment(workload: str, rounds: int, compression: dict[str, Any]) -> dict[
 
 def run_one(workload: str, rounds: int, compression: dict[str, Any]) -> dict[str, float]:
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     t0 = time.perf_counter()
     result = execute(build(from_dict(experiment(workload, rounds, compression))))
@@ -102,8 +102,9 @@ def export_figures(rounds: int) -> dict[str, Any]:
     from pathlib import Path
 
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute, write_outputs
+    from fedge.experiment import write_outputs
     from fedge.export import ExportOptions, export_run
+    from fedge.federation import build, execute
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,7 +72,7 @@ def hetero_config(method: str, rounds: int, clients: int, deadline_s: float) -> 
 
 def run_one(raw: dict[str, Any]) -> tuple[Any, Any, float]:
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     t0 = time.perf_counter()
     built = build(from_dict(raw))
@@ -105,13 +105,12 @@ def personal_part(rounds: int, clients: int) -> dict[str, Any]:
 
 def hetero_part(rounds: int, clients: int, deadline_s: float) -> dict[str, Any]:
     from fedge.devices.widths import choose_widths
-    from fedge.experiment import round_extras
     from fedge.personalization import train_config, width_costs
 
     out: dict[str, Any] = {}
     for method in ("heterofl", "fedavg"):
         built, result, wall = run_one(hetero_config(method, rounds, clients, deadline_s))
-        _, policy = round_extras(built)
+        _, policy = built.extras()
         assert policy is not None
         names = [p.name for p in policy.fleet.profiles]
         ratios = [1.0, 0.5, 0.25, 0.125] if method == "heterofl" else [1.0]

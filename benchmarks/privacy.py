@@ -99,7 +99,7 @@ def main() -> None:
 
     import fedge.privacy  # noqa: F401  (registers the [privacy] section)
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
     from fedge.privacy import plan_noise
 
     data = dataset(args.clients, args.seed)

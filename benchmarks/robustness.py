@@ -45,7 +45,7 @@ def config(defence: str, attack: str, rounds: int, fraction: float) -> dict[str,
 
 def run_one(raw: dict[str, Any]) -> tuple[float, float]:
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     t0 = time.perf_counter()
     result = execute(build(from_dict(raw)))

@@ -27,7 +27,7 @@ import numpy as np
 from fedge.config.schema import Experiment
 from fedge.devices import policy_from_config, time_to_target, tta_table
 from fedge.devices.report import Reached
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.plugins import load_plugins
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback, StopRun

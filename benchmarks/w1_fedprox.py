@@ -17,7 +17,7 @@ import time
 from _common import emit
 
 from fedge.config import from_dict
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.simulation import Callback
 
 

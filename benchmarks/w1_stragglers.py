@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from fedge.config.schema import Experiment
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.plugins import load_plugins
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.usercode import resolve
 
 PKG = """

@@ -12,14 +12,14 @@ from fedge.clients.base import ClientData, Learner, LearnerClient
 from fedge.core.errors import ConfigError, DataError
 from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
-from fedge.pipeline import Pipeline, Transform
+from fedge.federation import Federation
+from fedge.pipeline import Transform
 from fedge.preflight import check_client_features
-from fedge.simulation.loop import Callback, EvalPlan, RunResult
-from fedge.simulation.loop import run as run_rounds
+from fedge.simulation.loop import Callback, RunResult
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.strategies.fedavg import FedAvg
-from fedge.transport.inprocess import BACKENDS, InProcessTransport
+from fedge.transport.inprocess import BACKENDS
 
 ArrayPair = tuple[npt.ArrayLike, npt.ArrayLike]
 
@@ -30,7 +30,7 @@ def _backend(name: str) -> Any:
         from fedge.plugins import load_plugins
 
         load_plugins()
-    from fedge.experiment import make_backend
+    from fedge.federation import make_backend
 
     return make_backend(name)
 
@@ -118,15 +118,6 @@ def run(
     initial = learner.init_params(seed)
     num_classes = max(int(d.y_train.max()) for d in data) + 1
     check_client_features(learner, initial, [d.x_train for d in data], num_classes)
-    pipeline = Pipeline(transforms)
-    transport = InProcessTransport(
-        lambda cid: LearnerClient(cid, learner, data[cid]),
-        len(data),
-        strategy=chosen,
-        pipeline=pipeline,
-        seed=seed,
-        backend=_backend(backend),
-    )
     evaluator = None
     if test is not None:
         xt, yt = np.asarray(test[0], dtype=np.float32), np.asarray(test[1], dtype=np.int64)
@@ -134,19 +125,18 @@ def run(
         def evaluator(params: list[np.ndarray]) -> tuple[float, float]:
             return learner.evaluate(params, xt, yt)
 
-    try:
-        return run_rounds(
-            strategy=chosen,
-            transport=transport,
-            initial_params=initial,
-            rounds=rounds,
-            sampling=Sampling(count=clients_per_round),
-            train=TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr),
-            pipeline=pipeline,
-            evaluator=evaluator,
-            eval_plan=EvalPlan(),
-            seed=seed,
-            callbacks=callbacks,
-        )
-    finally:
-        transport.close()
+    return Federation.of(
+        strategy=chosen,
+        client_fn=lambda cid: LearnerClient(cid, learner, data[cid]),
+        num_clients=len(data),
+        initial=initial,
+        rounds=rounds,
+        sampling=Sampling(count=clients_per_round),
+        train=TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr),
+        transforms=transforms,
+        seed=seed,
+        backend=_backend(backend),
+        evaluator=evaluator,
+        callbacks=list(callbacks),
+        learner=learner,
+    ).run()

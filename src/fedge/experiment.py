@@ -12,230 +12,41 @@ A run stopped by Ctrl-C or by a diverging loss keeps its finished rounds, marked
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedge.clients.base import Learner, LearnerClient
-from fedge.config.schema import Experiment, to_dict, to_toml
-from fedge.core.errors import ConfigError, FedgeError, ModelError
+from fedge.config.schema import Experiment, to_toml
+from fedge.core.errors import FedgeError
 from fedge.core.files import OutputFolder, claim_output
 from fedge.core.params import Params
-from fedge.core.threads import apply_threads
-from fedge.core.types import TrainConfig
-from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
 from fedge.data.names import mapping
-from fedge.models import build_learner
-from fedge.personalization import bind_heterofl
-from fedge.pipeline import Pipeline, Transform
-from fedge.preflight import check_dataset, check_extras
+from fedge.federation import BuildContext, Federation, Recorder, build
+from fedge.pipeline import Transform
+from fedge.preflight import check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
-from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, StopRun, run
-from fedge.simulation.sampling import Sampling, training_sampling
-from fedge.strategies import REGISTRY, build_strategy
-from fedge.strategies.base import Strategy, StrategyState
-from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
+from fedge.simulation.loop import Callback, RoundPolicy, RunResult, StopRun
+from fedge.strategies.base import StrategyState
+from fedge.transport.inprocess import ClientFn
 
 # Other parts of fedge contribute pipeline transforms and callbacks built from their own
 # config sections (privacy, compression, devices ...) through these hooks.
-TransformFactory = Callable[[Experiment], Sequence[Transform]]
-CallbackFactory = Callable[[Experiment, "Built"], Sequence[Callback]]
+TransformFactory = Callable[[Experiment, BuildContext], Sequence[Transform]]
+CallbackFactory = Callable[[Experiment, "Federation"], Sequence[Callback]]
 TRANSFORM_FACTORIES: list[TransformFactory] = []
 CALLBACK_FACTORIES: list[CallbackFactory] = []
 ClientWrapper = Callable[[Experiment, FederatedDataset, ClientFn], ClientFn]
 CLIENT_WRAPPERS: list[ClientWrapper] = []
 """Wrap how clients are built (e.g. attack simulation turns some clients malicious)."""
-PolicyFactory = Callable[[Experiment, "Built"], "RoundPolicy | None"]
+PolicyFactory = Callable[[Experiment, "Federation"], "RoundPolicy | None"]
 POLICY_FACTORIES: list[PolicyFactory] = []
-
-
-def load_dataset(exp: Experiment) -> FederatedDataset:
-    d = exp.data
-    if d.loader:
-        from fedge.data.usercode_source import load_user_dataset
-
-        return load_user_dataset(d.loader, num_clients=d.num_clients, seed=exp.seed, test_loader=d.test_loader)
-    if d.dataset == "digits":
-        return digits(
-            num_clients=d.num_clients,
-            scheme=d.partition,
-            alpha=d.alpha,
-            test_fraction=d.test_fraction,
-            seed=exp.seed,
-            shards_per_client=d.shards_per_client,
-            exponent=d.powerlaw_exponent,
-        )
-    if d.dataset in ("synthetic", "synthetic-iid"):
-        return synthetic(
-            d.synthetic_alpha,
-            d.synthetic_beta,
-            num_clients=d.num_clients,
-            iid=d.dataset == "synthetic-iid",
-            test_fraction=d.test_fraction,
-            seed=exp.seed,
-        )
-    from fedge.data.sources import load_source
-
-    return load_source(d, seed=exp.seed)
-
-
-def make_strategy(exp: Experiment) -> Strategy:
-    s = exp.strategy
-    cls = REGISTRY.get(s.name)
-    if cls is None:
-        return build_strategy(s.name)  # raises with the list of valid names
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in to_dict(s).items() if k != "name" and k in accepted}
-    section = getattr(cls, "config_section", None)
-    if section:
-        kwargs.update({k: v for k, v in to_dict(exp.section(section)).items() if k in accepted})
-    return build_strategy(s.name, **kwargs)
-
-
-def make_backend(name: str) -> Backend:
-    factory = BACKENDS.get(name)
-    if factory is None:
-        raise ConfigError(f"training.backend: unknown backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
-    return factory()
-
-
-@dataclass
-class Built:
-    """Everything an experiment is made of, ready to run."""
-
-    exp: Experiment
-    data: FederatedDataset
-    learner: Learner
-    strategy: Strategy
-    pipeline: Pipeline
-    transport: InProcessTransport
-    initial: Params
-    train: TrainConfig
-    sampling: Sampling
-    deployed: bool = False
-    """Built for ``fedge serve``: the rounds run over gRPC, so simulation-only parts stay out."""
-
-
-def check_model(learner: Learner, params: Params, data: FederatedDataset) -> None:
-    """Fail early, with one line, when the model's output does not fit the labels."""
-    try:
-        learner.evaluate(params, data.x[:1], np.asarray([data.num_classes - 1], dtype=np.int64))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"model does not accept the data's {data.feature_shape} features: {exc}") from None
-
-
-def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed: bool = False) -> Built:
-    """Load the data and build the model, strategy, pipeline and transport, checking that they fit.
-
-    Applies ``[training] threads`` first (before PyTorch and the BLAS pools start working).
-    """
-    apply_threads(exp.training.threads, exp.training.backend)
-    data = dataset or load_dataset(exp)
-    learner = build_learner(
-        exp.model.name,
-        exp.model.framework,
-        data.feature_shape,
-        exp.model.num_classes or data.num_classes,
-        exp.model.hidden,
-        factory=exp.model.factory,
-        loss=exp.training.loss,
-    )
-    initial = learner.init_params(exp.seed)
-    apply_threads(exp.training.threads, exp.training.backend)  # PyTorch is loaded by now
-    check_model(learner, initial, data)
-    check_dataset(exp, learner, initial, data)
-    strategy = make_strategy(exp)
-    transforms = [t for f in TRANSFORM_FACTORIES for t in f(exp)]
-    pipeline = Pipeline(transforms)
-    t = exp.training
-    train = TrainConfig(
-        epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-    )
-    sampling = training_sampling(t)
-
-    def client_fn(cid: int) -> LearnerClient:
-        return LearnerClient(cid, learner, data.client(cid))
-
-    make_client: ClientFn = bind_heterofl(exp, data, strategy, client_fn, deployed=deployed)
-    if strategy.per_client_models and t.backend == "vectorized":
-        raise ConfigError(
-            f"training.backend = 'vectorized' trains the whole cohort from one shared model, but strategy "
-            f"{strategy.name!r} gives each client its own; use 'sequential', 'debug', 'processes' or 'ray'"
-        )
-    if deployed and strategy.partial_updates:
-        raise ConfigError(
-            f"strategy {strategy.name!r} sends part of the model per client, which the gRPC server does not "
-            "decode yet; it runs in simulation (fedge run); deploy fedavg, fedprox, scaffold, finetune or ditto"
-        )
-    for wrap in CLIENT_WRAPPERS:
-        make_client = wrap(exp, data, make_client)
-    transport = InProcessTransport(
-        make_client,
-        data.num_clients,
-        strategy=strategy,
-        pipeline=pipeline,
-        seed=exp.seed,
-        backend=make_backend(t.backend),
-    )
-    return Built(exp, data, learner, strategy, pipeline, transport, initial, train, sampling, deployed)
-
-
-def round_extras(built: Built) -> tuple[list[Callback], RoundPolicy | None]:
-    """The callbacks and the round policy the experiment's sections add, for a simulated or deployed run."""
-    exp = built.exp
-    extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
-    policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
-    if len(policies) > 1:
-        raise ConfigError("more than one round policy is configured")
-    return extra, policies[0] if policies else None
-
-
-def execute(built: Built, callbacks: Sequence[Callback] = ()) -> RunResult:
-    exp = built.exp
-    x_c, y_c = built.data.central()
-    evaluator = None
-    if exp.evaluation.centralized and len(y_c):
-
-        def evaluator(params: Params) -> tuple[float, float]:
-            return built.learner.evaluate(params, x_c, y_c)
-
-    extra, policy = round_extras(built)
-    fed = exp.evaluation.federated_clients
-    everyone = [*extra, *callbacks]
-    try:
-        return run(
-            strategy=built.strategy,
-            transport=built.transport,
-            initial_params=built.initial,
-            rounds=exp.rounds,
-            sampling=built.sampling,
-            train=built.train,
-            pipeline=built.pipeline,
-            evaluator=evaluator,
-            eval_plan=EvalPlan(every=exp.evaluation.every, federated_clients=fed if fed >= 0 else 10**9),
-            seed=exp.seed,
-            callbacks=everyone,
-            max_update_norm=exp.training.max_update_norm or None,
-            min_updates=exp.training.min_clients,
-            policy=policy,
-        )
-    except KeyboardInterrupt:
-        _end_interrupted(everyone)
-        raise
-    finally:
-        built.transport.close()
 
 
 def save_params_npz(params: Params, path: Path) -> None:
@@ -248,7 +59,7 @@ def load_params_npz(path: Path) -> Params:
         return [f[k].astype(np.float32) for k in sorted(f.files)]
 
 
-def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float, *, overwrite: bool = False) -> Path:
+def write_outputs(fed: Federation, result: RunResult, out: Path, wall_s: float, *, overwrite: bool = False) -> Path:
     """Write the run folder ``out`` by the rules of :mod:`fedge.core.files` (never over a user's folder).
 
     ``overwrite`` allows replacing an earlier fedge run there. Long-running callers claim the
@@ -257,27 +68,36 @@ def write_outputs(built: Built, result: RunResult, out: Path, wall_s: float, *, 
     """
     folder = claim_output(out, overwrite=overwrite)
     try:
-        write_run_files(built, result, folder.tmp, wall_s)
+        write_run_files(fed, result, folder.tmp, wall_s)
         return folder.commit()
     except BaseException:
         folder.discard()
         raise
 
 
-def write_run_files(built: Built, result: RunResult, tmp: Path, wall_s: float, *, stopped: str | None = None) -> None:
+def write_record(exp: Experiment, history: History, tmp: Path) -> None:
+    """The files every run folder holds: ``config.toml`` (the sections the run used, no secrets),
+    ``metrics.jsonl`` and ``metrics.csv``."""
+    from fedge.report.config import without_secrets
+
+    # The run folder is shared and archived: it keeps no dashboard token or tracking credentials.
+    (tmp / "config.toml").write_text(to_toml(without_secrets(exp), commented=False, used=True))
+    write_jsonl(history, tmp / "metrics.jsonl")
+    write_csv(history, tmp / "metrics.csv")
+
+
+def write_run_files(
+    fed: Federation, result: RunResult, tmp: Path, wall_s: float, *, stopped: str | None = None
+) -> None:
     """Write a run's files into the fresh folder ``tmp``.
 
     ``stopped`` marks a partial run (``"interrupted"``, ``"diverged"``): ``summary.json`` then
     has ``"partial": true`` and the files hold the rounds that finished.
     """
-    from fedge.report.config import without_secrets
-
-    # The run folder is shared and archived: it keeps no dashboard token or tracking credentials.
-    (tmp / "config.toml").write_text(to_toml(without_secrets(built.exp), commented=False, used=True))
-    write_jsonl(result.history, tmp / "metrics.jsonl")
-    write_csv(result.history, tmp / "metrics.csv")
+    data = fed.dataset
+    write_record(fed.config, result.history, tmp)
     save_params_npz(result.state.params, tmp / "model.npz")
-    module = getattr(built.learner, "module", None)
+    module = getattr(fed.learner, "module", None)
     if module is not None:
         import torch
 
@@ -285,22 +105,22 @@ def write_run_files(built: Built, result: RunResult, tmp: Path, wall_s: float, *
 
         set_params(module, result.state.params)
         torch.save(module.state_dict(), tmp / "model.pt")
-    hist = built.data.label_histogram()
+    hist = data.label_histogram()
     (tmp / "partition.json").write_text(
         json.dumps(
             {
-                "dataset": built.data.name,
-                "num_classes": built.data.num_classes,
+                "dataset": data.name,
+                "num_classes": data.num_classes,
                 "label_histogram": hist.tolist(),
             }
         )
     )
-    for file, names in (("clients.json", built.data.client_names), ("labels.json", built.data.label_names)):
+    for file, names in (("clients.json", data.client_names), ("labels.json", data.label_names)):
         if names is not None:
             (tmp / file).write_text(json.dumps(mapping(names), indent=2, ensure_ascii=False))
     summary: dict[str, Any] = {
         "rounds": len(result.history),
-        "num_clients": built.data.num_clients,
+        "num_clients": data.num_clients,
         "final_test_accuracy": result.history.final_accuracy,
         "final_test_loss": result.history.last("test_loss"),
         "wall_s": wall_s,
@@ -331,21 +151,6 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after {rounds} finished rounds")
         self.rounds = rounds
         self.out = out
-
-
-class _Recorder(Callback):
-    """Keeps the finished rounds and the latest state, for a run that is interrupted."""
-
-    def __init__(self) -> None:
-        self.history = History()
-        self.state: StrategyState | None = None
-
-    def on_run_start(self, state: StrategyState, rounds: int) -> None:
-        self.state = state
-
-    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        self.history.append(record)
-        self.state = state
 
 
 class DivergenceGuard(Callback):
@@ -387,22 +192,12 @@ class DivergenceGuard(Callback):
                 raise StopRun(f"diverged: {self.diverged}")
 
 
-def _end_interrupted(callbacks: Sequence[Callback]) -> None:
-    """After Ctrl-C, end every callback with the finished rounds, so trackers flush and servers stop."""
-    recorder = next((cb for cb in callbacks if isinstance(cb, _Recorder)), None)
-    if recorder is None or recorder.state is None:
-        return
-    for cb in callbacks:
-        with contextlib.suppress(Exception):
-            cb.on_run_end(recorder.history, recorder.state)
-
-
-def _initial_loss(built: Built) -> float | None:
-    x_c, y_c = built.data.central()
+def _initial_loss(fed: Federation) -> float | None:
+    x_c, y_c = fed.dataset.central()
     if not len(y_c):
         return None
     try:
-        return float(built.learner.evaluate(built.initial, x_c, y_c)[0])
+        return float(fed.model.evaluate(fed.initial, x_c, y_c)[0])
     except Exception:
         return None
 
@@ -433,14 +228,14 @@ def run_experiment(
     check_extras(exp)
     folder = claim_run_folder(exp, output, overwrite=overwrite)
     try:
-        built = build(exp)
-        recorder, guard = _Recorder(), DivergenceGuard(_initial_loss(built))
+        fed = build(exp)
+        recorder, guard = Recorder(), DivergenceGuard(_initial_loss(fed))
         try:
-            result = execute(built, [recorder, *callbacks, guard])
+            result = fed.run(callbacks=[recorder, *callbacks, guard])
         except KeyboardInterrupt:
-            raise _interrupted(built, recorder, folder, time.perf_counter() - t0) from None
+            raise _interrupted(fed, recorder, folder, time.perf_counter() - t0) from None
         stopped = "diverged" if guard.diverged else None
-        write_run_files(built, result, folder.tmp, time.perf_counter() - t0, stopped=stopped)
+        write_run_files(fed, result, folder.tmp, time.perf_counter() - t0, stopped=stopped)
         out = folder.commit()
     except BaseException:
         folder.discard()
@@ -452,11 +247,11 @@ def run_experiment(
     return result, out
 
 
-def _interrupted(built: Built, recorder: _Recorder, folder: OutputFolder, wall_s: float) -> RunInterrupted:
+def _interrupted(fed: Federation, recorder: Recorder, folder: OutputFolder, wall_s: float) -> RunInterrupted:
     """Write the finished rounds as a partial run and return the exception that reports it."""
     if recorder.state is None or not len(recorder.history):
         folder.discard()
         return RunInterrupted(0, None)
     result = RunResult(history=recorder.history, state=recorder.state, stopped_early="interrupted")
-    write_run_files(built, result, folder.tmp, wall_s, stopped="interrupted")
+    write_run_files(fed, result, folder.tmp, wall_s, stopped="interrupted")
     return RunInterrupted(len(result.history), folder.commit())

@@ -14,7 +14,7 @@ from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError, ValidationError
 from fedge.core.params import ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.pipeline import RoundContext
 
 

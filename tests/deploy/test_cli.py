@@ -51,7 +51,7 @@ NODE_PATH = """
 import sys
 import numpy as np
 from fedge.deploy.node import load_experiment, file_client, Node
-from fedge.experiment import make_strategy
+from fedge.federation import make_strategy
 from fedge.clients.base import run_fit
 from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client_rng
 from fedge.pipeline import Pipeline

@@ -29,7 +29,8 @@ from fedge.deploy.auth import Signer, load_private, new_keys
 from fedge.deploy.client import fetch_status
 from fedge.deploy.proto import pb
 from fedge.deploy.service import ServerStatus
-from fedge.experiment import build, execute, load_params_npz
+from fedge.experiment import load_params_npz
+from fedge.federation import build, execute
 
 from .conftest import FEDGE, free_port
 

@@ -30,7 +30,7 @@ RAW: dict[str, Any] = {
 
 def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, make_keys: Any) -> None:
     from fedge.config import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     keys, allow = make_keys(3)
     built = build(from_dict(RAW))

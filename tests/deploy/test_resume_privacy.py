@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fedge.config import load
-from fedge.experiment import build, execute, load_params_npz
+from fedge.experiment import load_params_npz
+from fedge.federation import build, execute
 from fedge.plugins import load_plugins
 
 from .conftest import free_port

@@ -24,7 +24,8 @@ from fedge.core.types import ClientContext, client_rng
 from fedge.deploy.node import SECAGG_WORDS, partition_client
 from fedge.deploy.proto import pb
 from fedge.deploy.server import serve
-from fedge.experiment import build, execute, load_params_npz
+from fedge.experiment import load_params_npz
+from fedge.federation import build, execute
 from fedge.pipeline import Pipeline
 from fedge.secagg.transform import PAYLOAD_KEY
 

@@ -218,7 +218,7 @@ def test_too_few_nodes_is_a_bounded_wait_with_a_clear_message(tmp_path: Path, ma
 @pytest.mark.integration
 def test_scaffold_over_grpc_ends_where_the_simulation_ends(tmp_path: Path, make_keys: Any) -> None:
     from fedge.config import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     keys, allow = make_keys(3)
     raw = {
@@ -306,7 +306,7 @@ def test_signed_but_wrong_requests_are_refused_by_the_handlers(tmp_path: Path, m
 def test_a_graceful_stop_keeps_nodes_waiting_and_resume_finishes_the_run(tmp_path: Path, make_keys: Any) -> None:
     from fedge.config import from_dict
     from fedge.deploy.server import serve
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     from .conftest import free_port
 

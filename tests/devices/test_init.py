@@ -5,7 +5,8 @@ import pytest
 from fedge.config.schema import Experiment, from_dict, load, to_toml
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.devices import DevicePolicy, policy_from_config
-from fedge.experiment import POLICY_FACTORIES, build
+from fedge.experiment import POLICY_FACTORIES
+from fedge.federation import build
 
 
 def test_devices_section_round_trips_through_toml():

@@ -12,7 +12,7 @@ from fedge.devices import policy_from_config
 from fedge.devices.cost import count_mlp
 from fedge.devices.policy import DevicePolicy
 from fedge.devices.profiles import Fleet, builtin_catalog
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.sampling import Sampling
 

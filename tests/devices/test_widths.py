@@ -61,7 +61,7 @@ def _heterofl(**devices: object) -> dict[str, object]:
 
 
 def test_a_configured_heterofl_run_gives_narrow_devices_narrow_models() -> None:
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     built = build(from_dict(_heterofl(policy="deadline", deadline_s=0.12)))
     widths = built.strategy.widths  # type: ignore[attr-defined]
@@ -79,14 +79,14 @@ def test_a_configured_heterofl_run_gives_narrow_devices_narrow_models() -> None:
     ],
 )
 def test_impossible_heterofl_runs_are_refused_with_one_line(raw: dict[str, object], message: str) -> None:
-    from fedge.experiment import build
+    from fedge.federation import build
 
     with pytest.raises(ConfigError, match=message):
         build(from_dict(raw))
 
 
 def test_a_partial_update_strategy_is_refused_for_a_deployed_run() -> None:
-    from fedge.experiment import build
+    from fedge.federation import build
 
     raw = {"rounds": 1, "data": {"num_clients": 4}, "strategy": {"name": "fedrep"}}
     with pytest.raises(ConfigError, match="sends part of the model"):

@@ -34,10 +34,11 @@ class Payloads(Callback):
         self.records.append(record)
 
 
-@pytest.mark.parametrize("strategy", [LoraFedAvg(), FlexLoRA()], ids=["lora-fedavg", "flexlora"])
+@pytest.mark.parametrize("make", [LoraFedAvg, FlexLoRA], ids=["lora-fedavg", "flexlora"])
 def test_federated_lora_lowers_every_clients_held_out_perplexity(
-    tiny_base: Path, tmp_path: Path, strategy: LoraFedAvg | FlexLoRA
+    tiny_base: Path, tmp_path: Path, make: type[LoraFedAvg | FlexLoRA]
 ) -> None:
+    strategy = make()  # a fresh instance per test: a run mutates its strategy
     setup = small(tiny_base, tmp_path)
     initial = setup.adapter.get()
     before = perplexities(setup, initial)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.privacy.accountant import Accountant, epsilon_for, plan_noise
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fedge.config.schema import from_dict, to_toml
 from fedge.core.errors import ConfigError
-from fedge.experiment import build
+from fedge.federation import build
 from fedge.privacy.config import PoissonSampling, privacy_transforms
 from fedge.privacy.transforms import CentralDP, LocalDP
 from fedge.simulation.sampling import Sampling
@@ -104,7 +104,7 @@ def test_poisson_sampling_selects_each_client_with_the_rate() -> None:
 
 def test_client_side_clipping_composes_with_secure_aggregation() -> None:
     import fedge.secagg  # noqa: F401  (registers [secagg])
-    from fedge.experiment import execute
+    from fedge.federation import execute
 
     raw = {
         "rounds": 2,
@@ -124,7 +124,7 @@ def test_client_side_clipping_composes_with_secure_aggregation() -> None:
 
 
 def test_adaptive_client_side_clipping_and_local_dp_report_in_every_round() -> None:
-    from fedge.experiment import execute
+    from fedge.federation import execute
 
     ada = execute(
         build(

@@ -12,7 +12,7 @@ from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate
-from fedge.experiment import build, execute, make_strategy
+from fedge.federation import build, execute, make_strategy
 from fedge.robust import ROBUST_STRATEGIES, Krum, Median, MultiKrum, TrimmedMean
 from fedge.robust.config import check_robust
 from fedge.strategies import REGISTRY

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedge.config.schema import Experiment, from_dict
-from fedge.experiment import build, execute
+from fedge.federation import build, execute
 from fedge.plugins import load_plugins
 from fedge.simulation.sampling import cohort_size, training_sampling
 

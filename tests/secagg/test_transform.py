@@ -103,7 +103,7 @@ def test_config_section_builds_the_transform_and_rejects_bad_values() -> None:
 
 @pytest.mark.integration
 def test_digits_default_reaches_the_same_accuracy_with_secure_aggregation() -> None:
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     acc = []
     for on in (False, True):

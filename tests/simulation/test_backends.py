@@ -18,7 +18,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.params import Params
 from fedge.core.types import ClientContext, EvalResult, TrainConfig
 from fedge.data.w2 import w2
-from fedge.experiment import make_backend
+from fedge.federation import make_backend
 from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
 from fedge.simulation.backends._shard import balance
@@ -240,7 +240,7 @@ def test_balance_covers_every_client_once_and_evens_out_sizes() -> None:
 
 def test_engine_section_reaches_the_configured_backend() -> None:
     from fedge.config.schema import from_dict
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     exp = from_dict(
         {

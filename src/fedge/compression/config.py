@@ -66,8 +66,8 @@ def build_transforms(cfg: CompressionConfig) -> list[Transform]:
     return out
 
 
-def transforms_for(exp: Any) -> Sequence[Transform]:
-    """``experiment.TRANSFORM_FACTORIES`` entry: the section's transforms, if it is set."""
+def transforms_for(exp: Any, ctx: Any = None) -> Sequence[Transform]:
+    """The section's transforms, if it is set (a transform factory; the build context is not needed)."""
     if "compression" not in exp.extensions:
         return []
     cfg: CompressionConfig = exp.section("compression")

@@ -35,7 +35,6 @@ from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client
 from fedge.deploy import wire
 from fedge.deploy.auth import Signer
 from fedge.deploy.proto import pb
-from fedge.pipeline import Pipeline
 from fedge.strategies.base import Strategy
 
 log = logging.getLogger("fedge.deploy.node")
@@ -88,7 +87,7 @@ def load_experiment(text: str) -> Experiment:
 
 def partition_client(exp: Experiment, cid: int) -> Client:
     """Client ``cid`` of the experiment's own data: its ``[data] loader`` called for ``cid`` only, or its dataset."""
-    from fedge.experiment import load_dataset
+    from fedge.federation import load_dataset
 
     d = exp.data
     if d.loader:
@@ -277,14 +276,14 @@ class Node:
         self.heartbeat_s = rep.heartbeat_s
         self.run_id = rep.run_id
         if self.client is None or self.client.client_id != rep.client_id:
-            from fedge.experiment import TRANSFORM_FACTORIES, make_strategy
+            from fedge.federation import client_side
 
             self._busy.set()
             try:
                 self.exp = load_experiment(rep.config_toml)
                 self.client = self.client_factory(self.exp, rep.client_id)
-                self.strategy: Strategy = make_strategy(self.exp)
-                self.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(self.exp)])
+                self.strategy: Strategy
+                self.strategy, self.pipeline = client_side(self.exp)
             finally:
                 self._busy.clear()
             self.state: StateFile | MemoryState = (

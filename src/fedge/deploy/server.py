@@ -24,7 +24,6 @@ import grpc
 
 from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
-from fedge.core.params import Params
 from fedge.deploy import security, wire
 from fedge.deploy.auth import Verifier
 from fedge.deploy.config import DeployConfig
@@ -35,12 +34,12 @@ from fedge.deploy.store import Opened, Store
 from fedge.deploy.transport import GrpcTransport
 from fedge.pipeline import Transform
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback, EvalPlan, RunResult, StopRun, run
+from fedge.simulation.loop import Callback, RunResult, StopRun
 from fedge.strategies.base import StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 
 if TYPE_CHECKING:
-    from fedge.experiment import Built
+    from fedge.federation import Federation
 
 log = logging.getLogger("fedge.deploy")
 MESSAGE_LIMIT = wire.MAX_CHUNK + (1 << 20)
@@ -153,7 +152,7 @@ class Served:
     result: RunResult
     history: History
     run_id: str
-    built: Built
+    built: Federation
     output: Path | None = None
 
 
@@ -318,7 +317,8 @@ def serve(
     allow-list, no TLS, a resume that changes them) go to ``on_warning`` (default: the
     log). A requested stop while waiting for nodes raises :class:`StopServing`.
     """
-    from fedge.experiment import build, claim_run_folder, write_run_files
+    from fedge.experiment import claim_run_folder, write_run_files
+    from fedge.federation import build
     from fedge.preflight import check_extras
 
     t0 = time.perf_counter()
@@ -353,7 +353,7 @@ def serve(
 
 
 def _run_served(
-    built: Built,
+    built: Federation,
     cfg: DeployConfig,
     store: Store,
     run_id: str,
@@ -364,7 +364,7 @@ def _run_served(
     finished: str | None = None,
 ) -> RunResult:
     """Serve the rounds left; a run that had already ended (``finished``) only tells its nodes so."""
-    exp = built.exp
+    exp = built.config
     verifier = Verifier(
         Path(cfg.allow_list) if cfg.allow_list else None,
         Path(cfg.revoked) if cfg.revoked else None,
@@ -374,8 +374,8 @@ def _run_served(
         store=store,
         verifier=verifier,
         run_id=run_id,
-        config_toml=node_config(exp, built.data.num_classes),
-        num_clients=built.data.num_clients,
+        config_toml=node_config(exp, built.dataset.num_classes),
+        num_clients=built.ctx.population,
         rounds=exp.rounds,
         min_nodes=cfg.min_nodes,
         heartbeat_s=cfg.heartbeat_s,
@@ -447,45 +447,22 @@ def _tell_finished(
 
 
 def _loop(
-    built: Built, transport: GrpcTransport, store: Store, svc: FedgeService, state: StrategyState | None
+    built: Federation, transport: GrpcTransport, store: Store, svc: FedgeService, state: StrategyState | None
 ) -> RunResult:
-    """The simulation's round loop over the gRPC transport, checkpointing every round."""
-    exp = built.exp
-    x_c, y_c = built.data.central()
-    evaluator: Callable[[Params], tuple[float, float]] | None = None
-    if exp.evaluation.centralized and len(y_c):
-
-        def evaluator(params: Params) -> tuple[float, float]:
-            return built.learner.evaluate(params, x_c, y_c)
-
-    from fedge.experiment import round_extras
-
+    """The federation's rounds over the gRPC transport, checkpointing every round."""
     transforms = built.pipeline.transforms
     if state is not None:
         restore_transforms(transforms, store.transform_states())
-    extra, policy = round_extras(built)
-    influence = InfluenceBound(influence_limits(exp))
+    influence = InfluenceBound(influence_limits(built.config))
     if state is not None:
         window = store.influence_window()
         if window is not None:
             influence.load_state_dict(window)
     try:
-        return run(
-            strategy=built.strategy,
-            transport=transport,
-            initial_params=built.initial,
-            rounds=exp.rounds,
-            sampling=built.sampling,
-            train=built.train,
-            pipeline=built.pipeline,
-            evaluator=evaluator,
-            eval_plan=EvalPlan(every=exp.evaluation.every),
-            seed=exp.seed,
-            callbacks=[*extra, _Checkpoint(store, svc, transport, transforms, influence)],
+        return built.run(
+            transport,
+            callbacks=[_Checkpoint(store, svc, transport, transforms, influence)],
             state=state,
-            max_update_norm=exp.training.max_update_norm or None,
-            min_updates=exp.training.min_clients,
-            policy=policy,
             influence=influence,
         )
     except TransportError as exc:

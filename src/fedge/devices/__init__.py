@@ -7,8 +7,9 @@ every round's ``extra``. See ``docs/devices.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +40,8 @@ from fedge.devices.report import time_to_target, tta_table
 from fedge.devices.selection import SELECTIONS, Oort
 
 if TYPE_CHECKING:
-    from fedge.experiment import Built
+    from fedge.core.types import TrainConfig
+    from fedge.federation import Federation
 
 
 @dataclass
@@ -84,22 +86,28 @@ def make_availability(cfg: DevicesConfig, seed: int) -> Availability:
     return AlwaysOn()
 
 
-def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
-    """The :class:`DevicePolicy` an experiment's ``[devices]`` section asks for (None when off)."""
-    from fedge.personalization import client_models
+def device_policy(
+    exp: Experiment,
+    *,
+    population: int,
+    model: ModelCost,
+    sizes: Sequence[int] | np.ndarray,
+    train: TrainConfig,
+    client_models: Any = None,
+) -> DevicePolicy:
+    """The device simulation ``[devices]`` describes, for ``population`` clients training ``model``.
 
+    ``sizes`` are the clients' training examples; ``client_models`` their HeteroFL widths.
+    """
     cfg: DevicesConfig = exp.section("devices")
-    if not cfg.enabled or built.deployed:  # a deployed run has real devices, not simulated ones
-        return None
     mix = parse_mix(cfg.fleet, catalog(cfg.profiles or None))
-    fleet = assign_fleet(mix, built.data.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)
-    model = count_learner(built.learner, built.data.feature_shape)
+    fleet = assign_fleet(mix, population, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)
     oort = Oort(preferred_s=cfg.oort_preferred_s, alpha=cfg.oort_alpha) if cfg.selection == "oort" else None
     return DevicePolicy(
         fleet=fleet,
         model=model,
-        sizes=np.asarray(built.data.num_examples()),
-        train=built.train,
+        sizes=np.asarray(sizes),
+        train=train,
         policy=cfg.policy,
         deadline_s=cfg.deadline_s,
         overcommit=cfg.overcommit,
@@ -110,7 +118,29 @@ def policy_from_config(exp: Experiment, built: Built) -> DevicePolicy | None:
         precision=cfg.precision,
         oort=oort,
         seed=exp.seed,
-        client_models=client_models(exp, built.data, built.strategy),
+        client_models=client_models,
+    )
+
+
+def policy_from_config(exp: Experiment, built: Federation) -> DevicePolicy | None:
+    """The :class:`DevicePolicy` an experiment's ``[devices]`` section asks for (None when off).
+
+    A deployed run has real devices, not simulated ones; a federation that brings its own
+    clients (the LoRA path) brings its own policy, costed for its model.
+    """
+    from fedge.personalization import client_models
+
+    cfg: DevicesConfig = exp.section("devices")
+    if not cfg.enabled or built.deployed or built.data is None:
+        return None
+    data = built.data
+    return device_policy(
+        exp,
+        population=data.num_clients,
+        model=count_learner(built.model, data.feature_shape),
+        sizes=data.num_examples(),
+        train=built.train,
+        client_models=client_models(exp, data, built.strategy),
     )
 
 
@@ -145,6 +175,7 @@ __all__ = [
     "count_learner",
     "count_mlp",
     "count_torch",
+    "device_policy",
     "load_profiles",
     "load_trace",
     "lookup",

@@ -65,7 +65,8 @@ def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
 
     from fedge.clients.torch_learner import set_params
     from fedge.config import load
-    from fedge.experiment import load_dataset, load_params_npz
+    from fedge.experiment import load_params_npz
+    from fedge.federation import load_dataset
     from fedge.models import torch_module
     from fedge.plugins import load_plugins
 
@@ -119,7 +120,7 @@ def finetune(exp: Any, data: Any, module: Any, hidden: list[int], rounds: int) -
     import copy
 
     from fedge.clients.torch_learner import get_params, set_params
-    from fedge.experiment import build, execute
+    from fedge.federation import build, execute
 
     if exp.model.name != "mlp":
         raise ModelError(

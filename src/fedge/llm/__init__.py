@@ -24,7 +24,7 @@ from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.strategies import register
 
 
-def refuse_plain_run(exp: Experiment) -> Sequence[Any]:
+def refuse_plain_run(exp: Experiment, ctx: Any = None) -> Sequence[Any]:
     """Stop ``fedge run`` on an ``[llm]`` experiment (a transform factory that adds nothing)."""
     llm = exp.extensions.get("llm")
     if llm is not None and llm.enabled:

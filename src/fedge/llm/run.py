@@ -24,17 +24,17 @@ from fedge.core.errors import ConfigError, DataError, ModelError
 from fedge.core.files import output_folder
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
+from fedge.federation import BuildContext, Federation, make_strategy, train_config
 from fedge.llm.client import LoraClient, TextData, token_nll
 from fedge.llm.config import LlmConfig
 from fedge.llm.corpus import client_documents
 from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, load_base
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
-from fedge.pipeline import Pipeline, Transform
-from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, run
+from fedge.pipeline import Transform
+from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
-from fedge.transport.inprocess import BACKENDS, InProcessTransport
 
 RUN_INFO = "fedge_llm.json"
 SHARED_MODEL_BACKENDS = ("sequential", "debug")
@@ -145,7 +145,7 @@ def personalised(setup: LoraSetup, params: Params, train: TrainConfig, *, seed: 
     return {"global": math.exp(total / count), "clients": per}
 
 
-def federate(
+def lora_federation(
     setup: LoraSetup,
     strategy: Strategy,
     *,
@@ -160,10 +160,13 @@ def federate(
     federated_eval: bool = False,
     initial: Params | None = None,
     policy: RoundPolicy | None = None,
-) -> RunResult:
-    """Run the rounds with the in-process transport; only the adapter travels.
+    exp: Any = None,
+) -> Federation:
+    """The federation of ``setup``'s writers: only the adapter travels.
 
-    ``initial`` is the starting adapter (default: the one now loaded in the model).
+    ``initial`` is the starting adapter (default: the one now loaded in the model); ``exp``,
+    when given, adds the callbacks and round policy of its sections (privacy budget,
+    dashboard, tracking).
 
     The central evaluation is the held-out next-token loss over all clients' test text
     (``test_loss`` is its mean NLL, ``test_accuracy`` next-token accuracy). Transforms
@@ -184,10 +187,6 @@ def federate(
         )
     if on_sums and isinstance(strategy, LoraFedAvg):
         strategy.report_gap = False
-    pipeline = Pipeline(transforms)
-    transport = InProcessTransport(
-        setup.client, setup.num_clients, strategy=strategy, pipeline=pipeline, seed=seed, backend=BACKENDS[backend]()
-    )
     held_out = np.concatenate([d.test for d in setup.data if len(d.test)] or [setup.data[0].train])
 
     def evaluator(params: list[np.ndarray]) -> tuple[float, float]:
@@ -195,24 +194,33 @@ def federate(
         nll, acc, _ = token_nll(setup.adapter.model, held_out)
         return nll, acc
 
-    start = initial if initial is not None else setup.adapter.get()
-    try:
-        return run(
-            strategy=strategy,
-            transport=transport,
-            initial_params=start,
-            rounds=rounds,
-            sampling=Sampling(count=min(clients_per_round, setup.num_clients)),
-            train=train,
-            pipeline=pipeline,
-            evaluator=evaluator,
-            eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
-            seed=seed,
-            callbacks=callbacks,
-            policy=policy,
-        )
-    finally:
-        transport.close()
+    return Federation.of(
+        strategy=strategy,
+        client_fn=setup.client,
+        num_clients=setup.num_clients,
+        initial=initial if initial is not None else setup.adapter.get(),
+        rounds=rounds,
+        sampling=lora_sampling(clients_per_round, setup.num_clients),
+        train=train,
+        transforms=transforms,
+        seed=seed,
+        backend=backend,
+        evaluator=evaluator,
+        eval_plan=EvalPlan(every=eval_every, federated_clients=-1 if federated_eval else 0),
+        callbacks=list(callbacks),
+        policy=policy,
+        exp=exp,
+    )
+
+
+def lora_sampling(clients_per_round: int, num_clients: int) -> Sampling:
+    """``[llm]`` brings its own writers, so the cohort is ``clients_per_round`` of them (0 = every writer)."""
+    return Sampling(count=min(clients_per_round, num_clients) if clients_per_round else num_clients)
+
+
+def federate(setup: LoraSetup, strategy: Strategy, **kwargs: Any) -> RunResult:
+    """Run :func:`lora_federation` in process (same keyword arguments)."""
+    return lora_federation(setup, strategy, **kwargs).run()
 
 
 def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: int) -> RoundPolicy | None:
@@ -225,66 +233,26 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
 
     if "devices" not in SECTIONS or not exp.section("devices").enabled:
         return None
-    from fedge.devices import DevicePolicy, Oort, assign_fleet, catalog, make_availability, parse_mix
+    from fedge.devices import device_policy as costed
     from fedge.llm.cost import count_lora
 
-    cfg = exp.section("devices")
-    mix = parse_mix(cfg.fleet, catalog(cfg.profiles or None))
-    fleet = assign_fleet(mix, setup.num_clients, np.random.default_rng([exp.seed, 0xF1EE7]), cfg.speed_jitter)
     optimizer = "sgd-momentum" if setup.optimizer == "sgd" and train.momentum > 0 else setup.optimizer
-    model = count_lora(setup.adapter, block_size).model_cost(train.batch_size, optimizer=optimizer)
-    oort = Oort(preferred_s=cfg.oort_preferred_s, alpha=cfg.oort_alpha) if cfg.selection == "oort" else None
-    return DevicePolicy(
-        fleet=fleet,
-        model=model,
-        sizes=np.asarray([len(d.train) for d in setup.data]),
-        train=train,
-        policy=cfg.policy,
-        deadline_s=cfg.deadline_s,
-        overcommit=cfg.overcommit,
-        selection=cfg.selection,
-        availability=make_availability(cfg, exp.seed),
-        dropout=cfg.dropout,
-        straggler_fraction=cfg.straggler_fraction,
-        precision=cfg.precision,
-        oort=oort,
-        seed=exp.seed,
-    )
-
-
-def federation_view(exp: Any, num_clients: int) -> Any:
-    """``exp`` as the transforms must see a LoRA federation: its own writers are the population.
-
-    ``[llm]`` brings its own clients, so ``[data] num_clients`` says nothing about them; the
-    cohort is ``clients_per_round`` (0 = every writer, every round). Secure aggregation's
-    range and the privacy accountant are sized from this view.
-    """
-    t = exp.training
-    cohort = min(t.clients_per_round, num_clients) if t.clients_per_round else num_clients
-    return replace(
+    return costed(
         exp,
-        data=replace(exp.data, num_clients=num_clients),
-        training=replace(t, clients_per_round=cohort, fraction=0.0),
+        population=setup.num_clients,
+        model=count_lora(setup.adapter, block_size).model_cost(train.batch_size, optimizer=optimizer),
+        sizes=[len(d.train) for d in setup.data],
+        train=train,
     )
 
 
-def config_transforms(exp: Any) -> list[Transform]:
-    """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...)."""
+def config_transforms(exp: Any, ctx: BuildContext) -> list[Transform]:
+    """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...),
+    sized for the writers' federation ``ctx``."""
     from fedge import experiment
     from fedge.llm import refuse_plain_run
 
-    return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp)]
-
-
-def config_callbacks(exp: Any, transforms: Sequence[Transform], num_clients: int) -> list[Callback]:
-    """The callbacks the experiment's sections ask for that apply to a LoRA run: the privacy budget."""
-    from fedge.config.schema import SECTIONS
-
-    if "privacy" not in SECTIONS:
-        return []
-    from fedge.privacy.config import budget_callbacks
-
-    return budget_callbacks(exp, transforms, num_clients)
+    return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp, ctx)]
 
 
 def run_experiment(
@@ -299,9 +267,7 @@ def run_experiment(
     The folder follows the rules of :mod:`fedge.core.files`, as for ``fedge run``: ``output``,
     or the config's template with a ``-2``, ``-3`` ... suffix when taken.
     """
-    from fedge.config import to_toml
-    from fedge.experiment import make_strategy
-    from fedge.simulation.history import write_csv, write_jsonl
+    from fedge.experiment import write_record
 
     cfg: LlmConfig = exp.section("llm")
     t0 = time.perf_counter()
@@ -312,23 +278,22 @@ def run_experiment(
         initial = setup.adapter.get()
         before = perplexities(setup, initial)
         t = exp.training
-        train = TrainConfig(
-            epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-        )
-        view = federation_view(exp, setup.num_clients)
-        transforms = config_transforms(view)
+        train = train_config(exp)
+        sampling = lora_sampling(t.clients_per_round, setup.num_clients)
+        ctx = BuildContext.of(sampling, setup.num_clients, seed=exp.seed)
         result = federate(
             setup,
             make_strategy(exp),
             rounds=exp.rounds,
-            clients_per_round=view.training.clients_per_round,
+            clients_per_round=ctx.cohort,
             train=train,
             seed=exp.seed,
-            callbacks=[*config_callbacks(view, transforms, setup.num_clients), *callbacks],
+            callbacks=callbacks,
             backend=t.backend,
-            transforms=transforms,
+            transforms=config_transforms(exp, ctx),
             eval_every=exp.evaluation.every,
             policy=device_policy(exp, setup, train, cfg.block_size),
+            exp=exp,
         )
         if result.history and all(r.participants == 0 for r in result.history):
             first = next(
@@ -355,9 +320,7 @@ def run_experiment(
             **extra,
             "wall_s": time.perf_counter() - t0,
         }
-        (tmp / "config.toml").write_text(to_toml(exp, commented=False, used=True))
-        write_jsonl(result.history, tmp / "metrics.jsonl")
-        write_csv(result.history, tmp / "metrics.csv")
+        write_record(exp, result.history, tmp)
         save_adapter(setup, result.state.params, tmp, base=None if cfg.base_model else "base")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return result, folder.target, summary

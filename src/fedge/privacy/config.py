@@ -33,7 +33,7 @@ from fedge.strategies import REGISTRY
 from fedge.strategies.base import Strategy, StrategyState
 
 if TYPE_CHECKING:
-    from fedge.experiment import Built
+    from fedge.federation import BuildContext, Federation
 
 
 @dataclass
@@ -108,7 +108,11 @@ def check_central(exp: Experiment, strategy: type[Strategy] | None) -> None:
         )
 
 
-def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
+def privacy_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[Transform]:
+    if ctx is None:
+        from fedge import federation
+
+        ctx = federation.BuildContext.from_config(exp)
     if "privacy" not in exp.extensions:
         return []
     p: PrivacyConfig = exp.section("privacy")
@@ -136,8 +140,7 @@ def privacy_transforms(exp: Experiment) -> Sequence[Transform]:
                 "privacy.adaptive_clip sends each client's clipping bit in the clear, "
                 "which [secagg] would not protect; turn one of them off"
             )
-    population = exp.data.num_clients
-    m = cohort_size(exp, population)
+    population, m = ctx.population, ctx.cohort
     accountant = Accountant(p.accountant, p.sampling, population, m)  # type: ignore[arg-type]
     adaptive = None
     if p.adaptive_clip:
@@ -211,8 +214,8 @@ def budget_callbacks(exp: Experiment, transforms: Sequence[Transform], populatio
     return [PrivacyBudget(dps[0], p.target_epsilon, p.stop_on_budget)]
 
 
-def privacy_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
-    return budget_callbacks(exp, built.pipeline.transforms, built.data.num_clients)
+def privacy_callbacks(exp: Experiment, built: Federation) -> Sequence[Callback]:
+    return budget_callbacks(exp, built.pipeline.transforms, built.ctx.population)
 
 
 class PoissonSampling(RoundPolicy):
@@ -228,14 +231,13 @@ class PoissonSampling(RoundPolicy):
         return [int(i) for i in ids[rng.random(len(ids)) < self.rate]]
 
 
-def privacy_policy(exp: Experiment, built: Built) -> RoundPolicy | None:
+def privacy_policy(exp: Experiment, built: Federation) -> RoundPolicy | None:
     if "privacy" not in exp.extensions:
         return None
     p: PrivacyConfig = exp.section("privacy")
     if p.mode != "central" or p.sampling != "poisson":
         return None
-    n = built.data.num_clients
-    return PoissonSampling(cohort_size(exp, n) / n)
+    return PoissonSampling(built.ctx.cohort / built.ctx.population)
 
 
 def _install() -> None:

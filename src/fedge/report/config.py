@@ -13,7 +13,7 @@ from fedge.config.schema import Experiment, opt, register_section, to_dict
 from fedge.simulation.loop import Callback
 
 if TYPE_CHECKING:
-    from fedge.experiment import Built
+    from fedge.federation import Federation
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _announce(url: str) -> None:
     print(f"dashboard: {url}", file=sys.stderr, flush=True)
 
 
-def callbacks_from_config(exp: Experiment, built: Built | None = None) -> Sequence[Callback]:
+def callbacks_from_config(exp: Experiment, built: Federation | None = None) -> Sequence[Callback]:
     """Builds the dashboard and tracking callbacks the experiment asks for (none by default)."""
     from fedge.report.dashboard import DashboardCallback
     from fedge.report.tracking import MLflowCallback, TensorBoardCallback

@@ -23,7 +23,7 @@ from fedge.strategies.base import StrategyState
 
 if TYPE_CHECKING:
     from fedge.data.federated import FederatedDataset
-    from fedge.experiment import Built
+    from fedge.federation import BuildContext, Federation
     from fedge.transport.inprocess import ClientFn
 
 
@@ -63,8 +63,12 @@ def _secagg_enabled(exp: Experiment) -> bool:
     return bool(getattr(exp.extensions.get("secagg"), "enabled", False))
 
 
-def check_robust(exp: Experiment) -> Sequence[Transform]:
+def check_robust(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[Transform]:
     """Refuse combinations a robust strategy cannot honour (a transform factory with no transforms)."""
+    if ctx is None:
+        from fedge import federation
+
+        ctx = federation.BuildContext.from_config(exp)
     cls = REGISTRY.get(exp.strategy.name)
     if cls is None or not cls.needs_individual_updates:
         return []
@@ -76,15 +80,15 @@ def check_robust(exp: Experiment) -> Sequence[Transform]:
     r: RobustConfig = exp.section("robust")
     if not 0 <= r.trim_fraction < 0.5:
         raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {r.trim_fraction}")
-    n = exp.training.clients_per_round
-    if n and r.byzantine >= 0:
+    n = ctx.cohort
+    if r.byzantine >= 0:
         need = {"krum": 2 * r.byzantine + 3, "multi-krum": 2 * r.byzantine + 3, "bulyan": 4 * r.byzantine + 3}.get(
             exp.strategy.name
         )
         if need is not None and n < need:
             raise ConfigError(
                 f"{exp.strategy.name} with robust.byzantine = {r.byzantine} needs at least {need} "
-                f"clients per round, got training.clients_per_round = {n}"
+                f"clients per round, but a round selects {n}"
             )
     return []
 
@@ -131,11 +135,12 @@ def attack_clients(exp: Experiment, data: FederatedDataset, client_fn: ClientFn)
     return client_fn if attack.kind == "none" else attack.wrap(client_fn)
 
 
-def attack_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
+def attack_callbacks(exp: Experiment, built: Federation) -> Sequence[Callback]:
     """Label every round's record with the attack and the defence."""
-    if "attack" not in exp.extensions:
+    if "attack" not in exp.extensions or built.data is None:
         return []
-    return [AttackLabels(build_attack(exp, built.data.num_clients, built.data.num_classes), exp.strategy.name)]
+    data = built.data
+    return [AttackLabels(build_attack(exp, data.num_clients, data.num_classes), exp.strategy.name)]
 
 
 def _install() -> None:

@@ -18,6 +18,7 @@ Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Le
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fedge.config.schema import Experiment, register_section
 from fedge.core.errors import ConfigError
@@ -28,15 +29,22 @@ from fedge.secagg.orchestrator import ProtocolResult, run_protocol
 from fedge.secagg.server import SecAggAbort
 from fedge.secagg.transform import SecAggConfig, SecureAggregation
 
+if TYPE_CHECKING:
+    from fedge.federation import BuildContext
+
 register_section("secagg", SecAggConfig)
 
 
-def build_transforms(exp: Experiment) -> Sequence[Transform]:
+def build_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[Transform]:
     """The secagg transform when ``[secagg] enabled``; it must run last on the client."""
+    if ctx is None:
+        from fedge import federation
+
+        ctx = federation.BuildContext.from_config(exp)
     cfg: SecAggConfig = exp.section("secagg")
     if not cfg.enabled:
         return []
-    from fedge.experiment import make_strategy
+    from fedge.federation import make_strategy
 
     comp = exp.extensions.get("compression")
     if comp is not None and getattr(comp, "codec", "none") != "none":
@@ -45,10 +53,7 @@ def build_transforms(exp: Experiment) -> Sequence[Transform]:
             "them; secagg's fixed-point encoding already quantises, so set codec = 'none'"
         )
 
-    from fedge.simulation.sampling import cohort_size
-
-    cohort = cohort_size(exp.training, exp.data.num_clients)
-    return [SecureAggregation(cfg, make_strategy(exp), max_cohort=cohort)]
+    return [SecureAggregation(cfg, make_strategy(exp), max_cohort=ctx.cohort)]
 
 
 def _register() -> None:

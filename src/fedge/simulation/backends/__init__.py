@@ -20,7 +20,7 @@ from fedge.transport.inprocess import BACKENDS
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
-    from fedge.experiment import Built
+    from fedge.federation import Federation
     from fedge.simulation.loop import Callback
 
 
@@ -40,7 +40,7 @@ class EngineConfig:
     vectorized_chunk: int = opt(2048, "vectorized: clients trained together in one batched pass", min=1)
 
 
-def configure_backend(exp: Experiment, built: Built) -> Sequence[Callback]:
+def configure_backend(exp: Experiment, built: Federation) -> Sequence[Callback]:
     """Hand the ``[engine]`` options to the run's backend before the first round."""
     backend: Any = built.transport.backend
     if hasattr(backend, "configure"):
