@@ -38,25 +38,23 @@ from fedge.data.names import mapping
 from fedge.models import build_learner
 from fedge.personalization import bind_heterofl
 from fedge.pipeline import Pipeline, Transform
+from fedge.plugins import registry
 from fedge.preflight import check_dataset, check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
 from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, StopRun, run
 from fedge.simulation.sampling import Sampling, training_sampling
-from fedge.strategies import REGISTRY, build_strategy
+from fedge.strategies import build_strategy, lookup
 from fedge.strategies.base import Strategy, StrategyState
 from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
 
-# Other parts of fedge contribute pipeline transforms and callbacks built from their own
-# config sections (privacy, compression, devices ...) through these hooks.
+# The optional parts of fedge contribute pipeline transforms, callbacks, round policies and
+# client wrappers built from their own config sections (privacy, compression, devices ...)
+# through these hooks, declared in their fedge.plugins.Hooks.
 TransformFactory = Callable[[Experiment], Sequence[Transform]]
 CallbackFactory = Callable[[Experiment, "Built"], Sequence[Callback]]
-TRANSFORM_FACTORIES: list[TransformFactory] = []
-CALLBACK_FACTORIES: list[CallbackFactory] = []
 ClientWrapper = Callable[[Experiment, FederatedDataset, ClientFn], ClientFn]
-CLIENT_WRAPPERS: list[ClientWrapper] = []
 """Wrap how clients are built (e.g. attack simulation turns some clients malicious)."""
 PolicyFactory = Callable[[Experiment, "Built"], "RoundPolicy | None"]
-POLICY_FACTORIES: list[PolicyFactory] = []
 
 
 def load_dataset(exp: Experiment) -> FederatedDataset:
@@ -91,7 +89,7 @@ def load_dataset(exp: Experiment) -> FederatedDataset:
 
 def make_strategy(exp: Experiment) -> Strategy:
     s = exp.strategy
-    cls = REGISTRY.get(s.name)
+    cls = lookup(s.name)
     if cls is None:
         return build_strategy(s.name)  # raises with the list of valid names
     accepted = inspect.signature(cls.__init__).parameters
@@ -103,9 +101,11 @@ def make_strategy(exp: Experiment) -> Strategy:
 
 
 def make_backend(name: str) -> Backend:
+    registry.load_backend(name)
     factory = BACKENDS.get(name)
     if factory is None:
-        raise ConfigError(f"training.backend: unknown backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+        valid = sorted({*BACKENDS, *registry.names("backends")})
+        raise ConfigError(f"training.backend: unknown backend {name!r}; valid: {', '.join(valid)}")
     return factory()
 
 
@@ -157,7 +157,8 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
     check_model(learner, initial, data)
     check_dataset(exp, learner, initial, data)
     strategy = make_strategy(exp)
-    transforms = [t for f in TRANSFORM_FACTORIES for t in f(exp)]
+    registry.validate(exp)
+    transforms = registry.transforms(exp)
     pipeline = Pipeline(transforms)
     t = exp.training
     train = TrainConfig(
@@ -179,8 +180,7 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
             f"strategy {strategy.name!r} sends part of the model per client, which the gRPC server does not "
             "decode yet; it runs in simulation (fedge run); deploy fedavg, fedprox, scaffold, finetune or ditto"
         )
-    for wrap in CLIENT_WRAPPERS:
-        make_client = wrap(exp, data, make_client)
+    make_client = registry.wrap_client(exp, data, make_client)
     transport = InProcessTransport(
         make_client,
         data.num_clients,
@@ -195,8 +195,8 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
 def round_extras(built: Built) -> tuple[list[Callback], RoundPolicy | None]:
     """The callbacks and the round policy the experiment's sections add, for a simulated or deployed run."""
     exp = built.exp
-    extra = [cb for f in CALLBACK_FACTORIES for cb in f(exp, built)]
-    policies = [p for f in POLICY_FACTORIES if (p := f(exp, built)) is not None]
+    extra = registry.callbacks(exp, built)
+    policies = registry.policies(exp, built)
     if len(policies) > 1:
         raise ConfigError("more than one round policy is configured")
     return extra, policies[0] if policies else None

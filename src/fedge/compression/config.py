@@ -67,7 +67,7 @@ def build_transforms(cfg: CompressionConfig) -> list[Transform]:
 
 
 def transforms_for(exp: Any) -> Sequence[Transform]:
-    """``experiment.TRANSFORM_FACTORIES`` entry: the section's transforms, if it is set."""
+    """The part's transform factory (:data:`fedge.compression.HOOKS`): the section's transforms, if it is set."""
     if "compression" not in exp.extensions:
         return []
     cfg: CompressionConfig = exp.section("compression")

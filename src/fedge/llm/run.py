@@ -221,9 +221,7 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
     Devices are charged the LoRA step's FLOPs, the adapter's bytes each way, and the
     frozen base plus adapter and optimiser state in memory (:mod:`fedge.llm.cost`).
     """
-    from fedge.config.schema import SECTIONS
-
-    if "devices" not in SECTIONS or not exp.section("devices").enabled:
+    if "devices" not in exp.extensions or not exp.section("devices").enabled:
         return None
     from fedge.devices import DevicePolicy, Oort, assign_fleet, catalog, make_availability, parse_mix
     from fedge.llm.cost import count_lora
@@ -270,17 +268,14 @@ def federation_view(exp: Any, num_clients: int) -> Any:
 
 def config_transforms(exp: Any) -> list[Transform]:
     """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...)."""
-    from fedge import experiment
-    from fedge.llm import refuse_plain_run
+    from fedge.plugins import registry
 
-    return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp)]
+    return registry.transforms(exp)
 
 
 def config_callbacks(exp: Any, transforms: Sequence[Transform], num_clients: int) -> list[Callback]:
     """The callbacks the experiment's sections ask for that apply to a LoRA run: the privacy budget."""
-    from fedge.config.schema import SECTIONS
-
-    if "privacy" not in SECTIONS:
+    if "privacy" not in exp.extensions:
         return []
     from fedge.privacy.config import budget_callbacks
 

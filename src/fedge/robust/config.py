@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedge.config.schema import Experiment, opt, register_section
+from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
 from fedge.pipeline import Transform
 from fedge.robust.attacks import ATTACKS, Attack, malicious_ids
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback
-from fedge.strategies import REGISTRY
+from fedge.strategies import lookup
 from fedge.strategies.base import StrategyState
 
 if TYPE_CHECKING:
@@ -54,18 +54,14 @@ class AttackConfig:
     colluders: int = opt(10, "alie: malicious clients whose honest updates estimate mu and sigma", min=1)
 
 
-register_section("robust", RobustConfig)
-register_section("attack", AttackConfig)
-
-
 def _secagg_enabled(exp: Experiment) -> bool:
     """Whether the experiment's ``[secagg]`` section (fedge.secagg) is switched on."""
     return bool(getattr(exp.extensions.get("secagg"), "enabled", False))
 
 
 def check_robust(exp: Experiment) -> Sequence[Transform]:
-    """Refuse combinations a robust strategy cannot honour (a transform factory with no transforms)."""
-    cls = REGISTRY.get(exp.strategy.name)
+    """Refuse combinations a robust strategy cannot honour (the part's ``validate``; it adds no transforms)."""
+    cls = lookup(exp.strategy.name)
     if cls is None or not cls.needs_individual_updates:
         return []
     if _secagg_enabled(exp):
@@ -137,18 +133,5 @@ def attack_callbacks(exp: Experiment, built: Built) -> Sequence[Callback]:
         return []
     return [AttackLabels(build_attack(exp, built.data.num_clients, built.data.num_classes), exp.strategy.name)]
 
-
-def _install() -> None:
-    from fedge import experiment
-
-    if check_robust not in experiment.TRANSFORM_FACTORIES:
-        experiment.TRANSFORM_FACTORIES.append(check_robust)
-    if attack_callbacks not in experiment.CALLBACK_FACTORIES:
-        experiment.CALLBACK_FACTORIES.append(attack_callbacks)
-    if attack_clients not in experiment.CLIENT_WRAPPERS:
-        experiment.CLIENT_WRAPPERS.append(attack_clients)
-
-
-_install()
 
 __all__ = ["AttackConfig", "AttackLabels", "RobustConfig", "attack_callbacks", "build_attack", "check_robust"]
