@@ -21,7 +21,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from fedge.simulation.loop import Callback, RoundPolicy
     from fedge.strategies.base import Strategy
     from fedge.transport.inprocess import Backend, ClientFn
+
+
+Kind = Literal["sections", "strategies", "backends"]
+"""The kinds of name a plugin owns and the registry looks up."""
 
 
 class Stage(IntEnum):
@@ -209,7 +213,7 @@ class Registry:
         """Plugin name -> the missing package that kept it from loading."""
 
     # -- the table: lookups that import nothing
-    def _owner(self, kind: str, name: str) -> Plugin | None:
+    def _owner(self, kind: Kind, name: str) -> Plugin | None:
         for plugin in self.plugins:
             if name in getattr(plugin, kind):
                 return plugin
@@ -224,7 +228,7 @@ class Registry:
     def backend_owner(self, name: str) -> Plugin | None:
         return self._owner("backends", name)
 
-    def names(self, kind: str) -> list[str]:
+    def names(self, kind: Kind) -> list[str]:
         """Every declared name of ``kind`` (``sections``, ``strategies``, ``backends``)."""
         return [n for p in self.plugins for n in getattr(p, kind)]
 
