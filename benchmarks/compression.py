@@ -32,8 +32,6 @@ import sys
 import time
 from typing import Any
 
-from fedge.plugins import load_plugins
-
 CODECS: list[tuple[str, dict[str, Any]]] = [
     ("float32", {}),
     ("fp16", {"codec": "fp16"}),
@@ -136,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
     ap.add_argument("--workload", choices=("w1", "digits", "both", "export", "all"), default="both")
     args = ap.parse_args(argv)
-    load_plugins()
     t_start = time.perf_counter()
     workloads = {"both": ["w1", "digits"], "all": ["w1", "digits"], "export": []}.get(args.workload, [args.workload])
     rounds = {"w1": 20 if args.quick else 200, "digits": 10 if args.quick else 100}

@@ -28,7 +28,6 @@ from fedge.config.schema import Experiment
 from fedge.devices import policy_from_config, time_to_target, tta_table
 from fedge.devices.report import Reached
 from fedge.federation import build, execute
-from fedge.plugins import load_plugins
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback, StopRun
 from fedge.strategies.base import StrategyState
@@ -141,7 +140,6 @@ def main() -> None:
     ap.add_argument("--backend", default="numpy", help="numpy (NumPy MLP, sequential) or a torch backend")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    load_plugins()
     target, max_rounds, seeds = (0.8, 40, 1) if args.quick else (args.target, args.max_rounds, args.seeds)
     t_all = time.perf_counter()
     per_seed = [one_seed(args, seed, target, max_rounds) for seed in range(seeds)]

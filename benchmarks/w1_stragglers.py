@@ -28,7 +28,6 @@ import numpy as np
 
 from fedge.config.schema import Experiment
 from fedge.federation import build, execute
-from fedge.plugins import load_plugins
 
 
 def experiment(strategy: str, stragglers: float | None, rounds: int, backend: str, seed: int) -> Experiment:
@@ -66,7 +65,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="first seed (data and training)")
     ap.add_argument("--seeds", type=int, default=1, help="number of seeds, each its own Synthetic(1,1) draw")
     args = ap.parse_args()
-    load_plugins()
     rounds = 20 if args.quick else args.rounds
     seeds = list(range(args.seed, args.seed + (1 if args.quick else args.seeds)))
     t_all = time.perf_counter()

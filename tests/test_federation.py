@@ -12,13 +12,11 @@ import fedge
 from fedge.config.schema import Experiment, from_dict
 from fedge.experiment import run_experiment
 from fedge.federation import BuildContext, Federation, build, client_side
-from fedge.plugins import load_plugins
 from fedge.simulation.loop import RunResult
 from fedge.simulation.sampling import Sampling
 
 
 def experiment(**sections: Any) -> Experiment:
-    load_plugins()
     return from_dict(
         {
             "rounds": 2,

@@ -113,9 +113,6 @@ def test_factory_and_loader_build_the_user_model_on_the_user_data(pkg: str) -> N
 
 
 def test_factory_on_processes_backend_equals_sequential(pkg: str) -> None:
-    from fedge.plugins import load_plugins
-
-    load_plugins()
     seq = execute(build(from_dict(experiment(pkg)))).state.params
     proc = execute(build(from_dict(experiment(pkg, backend="processes")))).state.params
     for a, b in zip(seq, proc, strict=True):

@@ -29,7 +29,6 @@ from fedge.cli.progress import ProgressCallback
 from fedge.config import load
 from fedge.data.keyvalue import load_keyvalue
 from fedge.experiment import build, execute, write_outputs
-from fedge.plugins import load_plugins
 from fedge.report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +67,6 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    load_plugins()
     if not any(args.data.glob("car-*.jsonl")):
         subprocess.run([sys.executable, str(HERE / "generate.py"), "--out", str(args.data)], check=True)
     exp = load(str(args.config))

@@ -19,18 +19,13 @@ from fedge.simulation.loop import Callback, RunResult
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.strategies.fedavg import FedAvg
-from fedge.transport.inprocess import BACKENDS
 
 ArrayPair = tuple[npt.ArrayLike, npt.ArrayLike]
 
 
 def _backend(name: str) -> Any:
     """The named execution backend, optional ones (vectorized, processes, ray) included."""
-    if name not in BACKENDS:
-        from fedge.plugins import load_plugins
-
-        load_plugins()
-    from fedge.federation import make_backend
+    from fedge.federation import make_backend  # imports the part that owns an optional backend
 
     return make_backend(name)
 
@@ -45,12 +40,8 @@ def _strategy(strategy: Strategy | str | None, kwargs: Mapping[str, Any] | None)
         return strategy
     if not isinstance(strategy, str):
         raise ConfigError(f"strategy: expected a Strategy or a name, got {type(strategy).__name__}")
-    from fedge.strategies import REGISTRY, build_strategy
+    from fedge.strategies import build_strategy  # imports the part that owns an optional strategy
 
-    if strategy not in REGISTRY:
-        from fedge.plugins import load_plugins
-
-        load_plugins()
     return build_strategy(strategy, **dict(kwargs or {}))
 
 

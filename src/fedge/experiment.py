@@ -36,17 +36,14 @@ from fedge.simulation.loop import Callback, RoundPolicy, RunResult, StopRun
 from fedge.strategies.base import StrategyState
 from fedge.transport.inprocess import ClientFn
 
-# Other parts of fedge contribute pipeline transforms and callbacks built from their own
-# config sections (privacy, compression, devices ...) through these hooks.
+# The optional parts of fedge contribute pipeline transforms, callbacks, round policies and
+# client wrappers built from their own config sections (privacy, compression, devices ...)
+# through these hooks, declared in their fedge.plugins.Hooks.
 TransformFactory = Callable[[Experiment, BuildContext], Sequence[Transform]]
 CallbackFactory = Callable[[Experiment, "Federation"], Sequence[Callback]]
-TRANSFORM_FACTORIES: list[TransformFactory] = []
-CALLBACK_FACTORIES: list[CallbackFactory] = []
 ClientWrapper = Callable[[Experiment, FederatedDataset, ClientFn], ClientFn]
-CLIENT_WRAPPERS: list[ClientWrapper] = []
 """Wrap how clients are built (e.g. attack simulation turns some clients malicious)."""
 PolicyFactory = Callable[[Experiment, "Federation"], "RoundPolicy | None"]
-POLICY_FACTORIES: list[PolicyFactory] = []
 
 
 def save_params_npz(params: Params, path: Path) -> None:

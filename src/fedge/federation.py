@@ -35,10 +35,11 @@ from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
+from fedge.plugins import registry
 from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.loop import Callback, EvalPlan, Evaluator, RoundPolicy, RunResult, run
 from fedge.simulation.sampling import Sampling, training_sampling
-from fedge.strategies import REGISTRY, build_strategy
+from fedge.strategies import build_strategy, lookup
 from fedge.strategies.base import Strategy, StrategyState
 from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
 
@@ -108,7 +109,7 @@ def load_dataset(exp: Experiment) -> FederatedDataset:
 def make_strategy(exp: Experiment) -> Strategy:
     """The ``[strategy]`` the config names, with its hyperparameters (and its own section's)."""
     s = exp.strategy
-    cls = REGISTRY.get(s.name)
+    cls = lookup(s.name)
     if cls is None:
         return build_strategy(s.name)  # raises with the list of valid names
     accepted = inspect.signature(cls.__init__).parameters
@@ -120,9 +121,12 @@ def make_strategy(exp: Experiment) -> Strategy:
 
 
 def make_backend(name: str) -> Backend:
+    """The named execution backend; asking for an optional one imports the part that owns it."""
+    registry.load_backend(name)
     factory = BACKENDS.get(name)
     if factory is None:
-        raise ConfigError(f"training.backend: unknown backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+        valid = sorted({*BACKENDS, *registry.names("backends")})
+        raise ConfigError(f"training.backend: unknown backend {name!r}; valid: {', '.join(valid)}")
     return factory()
 
 
@@ -135,10 +139,10 @@ def train_config(exp: Experiment) -> TrainConfig:
 
 
 def config_transforms(exp: Experiment, ctx: BuildContext) -> list[Transform]:
-    """The pipeline transforms the experiment's sections ask for ([privacy], [compression], [secagg] ...)."""
-    from fedge.experiment import TRANSFORM_FACTORIES
-
-    return [t for f in TRANSFORM_FACTORIES for t in f(exp, ctx)]
+    """The pipeline transforms the experiment's parts add ([privacy], [compression], [secagg] ...), in stage
+    order, after refusing in one line a combination of parts that cannot run together."""
+    registry.validate(exp, ctx)
+    return registry.transforms(exp, ctx)
 
 
 @dataclass
@@ -230,10 +234,8 @@ class Federation:
         """The callbacks and the round policy the config's sections add (none without a config)."""
         if self.exp is None:
             return [], self.policy
-        from fedge.experiment import CALLBACK_FACTORIES, POLICY_FACTORIES
-
-        extra = [cb for f in CALLBACK_FACTORIES for cb in f(self.exp, self)]
-        policies = [p for f in POLICY_FACTORIES if (p := f(self.exp, self)) is not None]
+        extra = registry.callbacks(self.exp, self)
+        policies = registry.policies(self.exp, self)
         if self.policy is not None:
             policies.insert(0, self.policy)
         if len(policies) > 1:
@@ -383,10 +385,7 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
             f"strategy {strategy.name!r} sends part of the model per client, which the gRPC server does not "
             "decode yet; it runs in simulation (fedge run); deploy fedavg, fedprox, scaffold, finetune or ditto"
         )
-    from fedge.experiment import CLIENT_WRAPPERS
-
-    for wrap in CLIENT_WRAPPERS:
-        make_client = wrap(exp, data, make_client)
+    make_client = registry.wrap_client(exp, data, make_client)
     fed = exp.evaluation.federated_clients
     return Federation(
         strategy=strategy,

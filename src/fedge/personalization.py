@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedge.config.schema import Experiment, opt, register_section
+from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
 from fedge.core.types import TrainConfig
+from fedge.plugins import Hooks
 from fedge.strategies.base import Strategy
 from fedge.strategies.heterofl import HeteroFL
 
@@ -54,8 +55,8 @@ class HeteroFLConfig:
     )
 
 
-register_section("personalization", PersonalizationConfig)
-register_section("heterofl", HeteroFLConfig)
+HOOKS = Hooks(sections={"personalization": PersonalizationConfig, "heterofl": HeteroFLConfig})
+"""The sections :mod:`fedge.plugins` registers when a config first uses one."""
 
 
 def width_costs(exp: Experiment, data: FederatedDataset, ratios: list[float]) -> dict[float, ModelCost]:

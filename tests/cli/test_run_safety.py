@@ -31,7 +31,7 @@ PROBE = """\
 import sys
 from importlib.abc import MetaPathFinder
 
-import fedge.experiment as experiment
+from fedge.plugins import Hooks, Plugin, registry
 from fedge.simulation.loop import Callback
 
 BLOCKED = {name for name in sys.argv[1].split(",") if name}
@@ -58,7 +58,7 @@ class Probe(Callback):
 
 
 sys.meta_path.insert(0, Block())
-experiment.CALLBACK_FACTORIES.append(lambda exp, built: [Probe()])
+registry.add(Plugin("probe", __name__, every_run=True), Hooks(callbacks=[lambda exp, built: [Probe()]]))
 sys.argv = ["fedge", *sys.argv[2:]]
 from fedge.cli.main import main
 

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fedge.compression  # noqa: F401  (registers the section)
 from fedge.compression import Compress, CompressDownlink, make_codec
 from fedge.compression.transforms import PAYLOAD_KEY, RESIDUAL_KEY
 from fedge.config.schema import from_dict
@@ -147,9 +146,6 @@ def _exp(codec: str, backend: str, **extra: object) -> object:
 
 @pytest.mark.integration
 def test_topk_runs_keep_residuals_on_clients_and_match_across_backends() -> None:
-    from fedge.plugins import load_plugins
-
-    load_plugins()
     results = {}
     for backend in ("sequential", "processes"):
         built = build(_exp("topk", backend, downlink="int8"))  # type: ignore[arg-type]

@@ -62,13 +62,14 @@ def test_apply_threads_sets_torch_and_the_environment(
 
 def test_fedge_run_applies_the_configured_threads(tmp_path: Path) -> None:
     probe = (
-        "import sys, fedge.experiment as e\n"
+        "import sys\n"
+        "from fedge.plugins import Hooks, Plugin, registry\n"
         "from fedge.simulation.loop import Callback\n"
         "class P(Callback):\n"
         "    def on_run_start(self, state, rounds):\n"
         "        import os, torch\n"
         "        print('threads', torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], flush=True)\n"
-        "e.CALLBACK_FACTORIES.append(lambda exp, built: [P()])\n"
+        "registry.add(Plugin('probe', __name__, every_run=True), Hooks(callbacks=[lambda exp, built: [P()]]))\n"
         "sys.argv = ['fedge', *sys.argv[1:]]\n"
         "from fedge.cli.main import main\n"
         "main()\n"

@@ -11,7 +11,6 @@ import pytest
 
 from fedge.config.schema import from_dict
 from fedge.deploy.server import node_config
-from fedge.plugins import load_plugins
 
 from .conftest import free_port
 from .test_integration import processes, wait_for
@@ -62,7 +61,6 @@ def client_only(tmp_path: Path) -> list[str]:
 
 
 def test_the_config_a_node_receives_holds_only_what_its_side_runs() -> None:
-    load_plugins()
     exp = from_dict(
         {
             "strategy": {"weighting": "uniform"},

@@ -15,7 +15,6 @@ import pytest
 from fedge.config import load
 from fedge.experiment import load_params_npz
 from fedge.federation import build, execute
-from fedge.plugins import load_plugins
 
 from .conftest import free_port
 from .test_integration import last_round, processes, spawn, wait_for
@@ -42,7 +41,6 @@ def epsilons(db: Path) -> list[float]:
 def test_a_dp_server_killed_after_round_2_resumes_with_the_uninterrupted_epsilon(
     tmp_path: Path, make_keys: Any, write_experiment: Any
 ) -> None:
-    load_plugins()
     keys, allow = make_keys(3)
     port = free_port()
     exp_path = write_experiment(allow=allow, clients=3, rounds=4, port=port)

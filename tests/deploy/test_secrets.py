@@ -20,7 +20,6 @@ from fedge.deploy.auth import Signer, load_private, new_keys
 from fedge.deploy.node import Backoff, Node
 from fedge.deploy.proto import pb
 from fedge.deploy.server import serve
-from fedge.plugins import load_plugins
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,6 @@ TRACKING = f"https://alice-user:{PASSWORD}@mlflow.example.com:5000/api?auth={PAS
 def test_join_reply_and_state_database_hold_no_secret_and_no_server_path(
     tmp_path: Path, certs: dict[str, Path]
 ) -> None:
-    load_plugins()
     key = new_keys(tmp_path / "keys", "n0")[0]
     allow = tmp_path / "allow-list-file.txt"
     allow.write_text(key.with_suffix(".pub").read_text())
@@ -127,9 +125,7 @@ def test_public_uri_keeps_the_address_and_drops_credentials() -> None:
 def test_a_run_folders_config_keeps_no_token_or_tracking_credentials(tmp_path: Path) -> None:
     from fedge.config.overrides import apply_overrides
     from fedge.experiment import run_experiment
-    from fedge.plugins import load_plugins
 
-    load_plugins()
     exp = apply_overrides(
         Experiment(),
         [

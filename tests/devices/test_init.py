@@ -5,8 +5,8 @@ import pytest
 from fedge.config.schema import Experiment, from_dict, load, to_toml
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.devices import DevicePolicy, policy_from_config
-from fedge.experiment import POLICY_FACTORIES
 from fedge.federation import build
+from fedge.plugins import registry
 
 
 def test_devices_section_round_trips_through_toml():
@@ -14,7 +14,7 @@ def test_devices_section_round_trips_through_toml():
     assert "[devices]" in text
     exp = from_dict(tomllib.loads(text))
     assert exp.section("devices").fleet == {"pi4": 0.5, "orin-nano": 0.3, "phone-mid": 0.2}
-    assert policy_from_config in POLICY_FACTORIES
+    assert registry.hooks("devices").policy is policy_from_config
 
 
 def test_config_file_builds_the_policy(tmp_path):

@@ -101,9 +101,6 @@ def test_block_longer_than_the_context_and_parallel_backends_are_refused(tiny_ba
 
 @pytest.mark.integration
 def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
-    import fedge.devices
-    import fedge.llm  # noqa: F401
-
     data = tmp_path / "texts"
     data.mkdir()
     for cid, word in enumerate(["alpha", "beta"]):
@@ -145,8 +142,6 @@ def test_experiment_writes_a_run_folder_that_generates(tmp_path: Path) -> None:
 
 
 def test_a_run_in_which_no_update_survives_fails_with_the_reason(tmp_path: Path) -> None:
-    import fedge.llm  # noqa: F401
-
     exp = from_dict(
         {
             "rounds": 1,
@@ -169,9 +164,6 @@ def test_a_run_in_which_no_update_survives_fails_with_the_reason(tmp_path: Path)
 
 
 def test_config_transforms_act_on_the_adapter_deltas(tmp_path: Path) -> None:
-    import fedge.compression
-    import fedge.llm  # noqa: F401
-
     exp = from_dict(
         {
             "rounds": 1,
@@ -213,8 +205,6 @@ def test_initial_adapter_depends_on_the_seed_not_on_what_ran_before(tiny_base: P
 
 def test_central_dp_on_lora_accounts_every_writer_training_every_round(tmp_path: Path) -> None:
     """The population is the run's writers, not ``[data] num_clients``; ε is recorded every round."""
-    import fedge.llm
-    import fedge.privacy  # noqa: F401
     from fedge.privacy.accountant import Accountant
 
     exp = from_dict(

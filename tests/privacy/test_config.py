@@ -38,7 +38,6 @@ def _exp(strategy: dict[str, Any] | None = None, **privacy: Any) -> Any:
     ],
 )
 def test_central_dp_refuses_strategies_with_unbounded_sensitivity(strategy: dict[str, Any], message: str) -> None:
-    import fedge.robust  # noqa: F401  (registers krum)
 
     with pytest.raises(ConfigError, match=message):
         privacy_transforms(_exp(strategy))
@@ -103,7 +102,6 @@ def test_poisson_sampling_selects_each_client_with_the_rate() -> None:
 
 
 def test_client_side_clipping_composes_with_secure_aggregation() -> None:
-    import fedge.secagg  # noqa: F401  (registers [secagg])
     from fedge.federation import execute
 
     raw = {

@@ -6,14 +6,14 @@ import pytest
 
 from fedge.config.schema import from_dict, to_toml
 from fedge.core.errors import ConfigError
-from fedge.experiment import CALLBACK_FACTORIES
+from fedge.plugins import registry
 from fedge.report.config import callbacks_from_config
 from fedge.report.dashboard import DashboardCallback
 from fedge.report.tracking import MLflowCallback, TensorBoardCallback
 
 
 def test_registered_and_off_by_default() -> None:
-    assert callbacks_from_config in CALLBACK_FACTORIES
+    assert callbacks_from_config in registry.hooks("report").callbacks
     assert callbacks_from_config(from_dict({})) == []
     text = to_toml(from_dict({}))
     assert "[dashboard]" in text and "[tracking]" in text

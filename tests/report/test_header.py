@@ -6,7 +6,6 @@ import tomllib
 from pathlib import Path
 
 from fedge.config.schema import from_dict, to_toml
-from fedge.plugins import load_plugins
 from fedge.report.header import settings_rows
 from fedge.report.html import write_report
 
@@ -47,7 +46,6 @@ fleet = { pi4 = 0.6, orin-nano = 0.4 }
 
 def _config(text: str) -> dict[str, object]:
     """A config as a run writes it: every section resolved, then parsed back."""
-    load_plugins()
     return tomllib.loads(to_toml(from_dict(tomllib.loads(text))))
 
 

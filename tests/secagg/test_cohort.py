@@ -7,12 +7,10 @@ import pytest
 
 from fedge.config.schema import Experiment, from_dict
 from fedge.federation import build, execute
-from fedge.plugins import load_plugins
 from fedge.simulation.sampling import cohort_size, training_sampling
 
 
 def secure_experiment(fraction: float, clients: int) -> Experiment:
-    load_plugins()
     return from_dict(
         {
             "rounds": 2,

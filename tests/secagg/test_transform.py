@@ -93,9 +93,6 @@ def test_config_section_builds_the_transform_and_rejects_bad_values() -> None:
     with pytest.raises(ConfigError, match="threshold"):
         build_transforms(exp)
     exp.section("secagg").threshold = 0
-    from fedge.plugins import load_plugins
-
-    load_plugins()
     exp.section("compression").codec = "int8"
     with pytest.raises(ConfigError, match=r"compression\.codec"):
         build_transforms(exp)

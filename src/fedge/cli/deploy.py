@@ -106,10 +106,8 @@ def serve_cmd(
     signal.signal(signal.SIGTERM, stopper)
     try:
         from fedge.deploy.server import experiment_for
-        from fedge.plugins import load_plugins
 
         _logging(not quiet)
-        load_plugins()
         if downgrade_security and not resume:
             raise ConfigError("--downgrade-security goes with --resume")
         fixed = [s for s in settings if not s.strip().startswith("deploy.")]

@@ -35,9 +35,7 @@ def finetune_cmd(config: Path, rounds: int | None, output: Path | None, quiet: b
     from fedge.cli.progress import ProgressCallback
     from fedge.config import load
     from fedge.llm.run import run_experiment
-    from fedge.plugins import load_plugins
 
-    load_plugins()
     exp = load(str(config))
     if rounds is not None:
         if rounds < 1:

@@ -5,20 +5,51 @@ Every error fedge raises on purpose is printed as one line and exits with code 2
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fedge.core.errors import FedgeError
+
+if TYPE_CHECKING:
+    from fedge.plugins import Command
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
 class FedgeGroup(click.Group):
-    """Turns a :class:`FedgeError`, or a missing optional package, into one line on stderr and exit code 2."""
+    """Turns a :class:`FedgeError`, or a missing optional package, into one line on stderr and exit code 2.
+
+    The subcommands of :data:`fedge.plugins.PLUGINS` and :data:`fedge.plugins.CORE_COMMANDS`
+    are imported when they run; ``--help`` lists them with the one line the table gives.
+    """
+
+    def _table(self) -> dict[str, Command]:
+        from fedge.plugins import registry
+
+        return {c.name: c for c, _ in registry.commands()}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self._table()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and (entry := self._table().get(cmd_name)) is not None:
+            importlib.import_module(entry.module).register(self)
+            for cmd in self.commands.values():
+                _full_short_help(cmd)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        table = self._table()
+        rows = [(name, table[name].help) for name in table if name not in self.commands]
+        rows += [(name, cmd.get_short_help_str(limit=sys.maxsize)) for name, cmd in self.commands.items()]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -84,9 +115,7 @@ def run_cmd(
     from fedge.config import Experiment, load
     from fedge.config.overrides import apply_overrides
     from fedge.experiment import RunInterrupted, run_experiment
-    from fedge.plugins import load_plugins
 
-    load_plugins()
     exp = apply_overrides(load(str(config)) if config else Experiment(), overrides)
     if rounds is not None:
         if rounds < 1:
@@ -121,52 +150,30 @@ def run_cmd(
 def init_cmd(path: Path, force: bool) -> None:
     """Write a commented example experiment file (every key, its default and meaning)."""
     from fedge.config import Experiment, to_toml
-    from fedge.plugins import load_plugins
+    from fedge.plugins import registry
 
-    load_plugins()
+    registry.load_all()  # the file documents every section, those of the optional parts included
     if path.exists() and not force:
         raise FedgeError(f"{path} exists; pass --force to overwrite it")
     path.write_text("# fedge experiment: every key is shown with its default.\n" + to_toml(Experiment()))
     click.echo(f"wrote {path}")
 
 
-COMMAND_MODULES = (
-    "fedge.cli.devices",
-    "fedge.cli.deploy",
-    "fedge.cli.privacy",
-    "fedge.cli.compression",
-    "fedge.cli.report",
-    "fedge.cli.llm",
-    "fedge.cli.new",
-    "fedge.cli.strategies",
-)
-"""Modules that add subcommands: each defines ``register(cli: click.Group)``."""
-
-
-def _register_commands() -> None:
-    import importlib
-    import importlib.util
-
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(cli)
-
-
-def _full_short_help(group: click.Group) -> None:
-    """Give every command the whole first sentence of its help as its line in ``--help``.
+def _full_short_help(cmd: click.Command) -> None:
+    """Give a command, and each of its subcommands, the whole first sentence of its help as its line in ``--help``.
 
     Click otherwise cuts that line to the terminal's width with "..."; the formatter wraps
     a long sentence onto the next lines instead.
     """
-    for cmd in group.commands.values():
-        if not cmd.short_help:
-            cmd.short_help = cmd.get_short_help_str(limit=sys.maxsize)
-        if isinstance(cmd, click.Group):
-            _full_short_help(cmd)
+    if not cmd.short_help:
+        cmd.short_help = cmd.get_short_help_str(limit=sys.maxsize)
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _full_short_help(sub)
 
 
-_register_commands()
-_full_short_help(cli)
+for _cmd in cli.commands.values():
+    _full_short_help(_cmd)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import shutil
@@ -77,10 +78,13 @@ def _pack(items: list[str], width: int, first: str) -> list[str]:
 def listing(width: int) -> str:
     """The text ``fedge strategies`` prints, wrapped to ``width`` columns."""
     from fedge.config.schema import SECTIONS, StrategyConfig
-    from fedge.plugins import load_plugins
+    from fedge.plugins import registry
     from fedge.strategies import REGISTRY
 
-    load_plugins()
+    for plugin in registry.plugins:  # the parts that add strategies, and only those
+        if plugin.strategies:
+            with contextlib.suppress(ModuleNotFoundError):
+                registry.load(plugin)
     sections: dict[str, Any] = {**SECTIONS, "strategy": StrategyConfig}
     indent = "    "
     blocks = []

@@ -1,7 +1,7 @@
 """Update compression: codecs as pure maths, and the pipeline transforms that use them.
 
-Importing this package registers the ``[compression]`` config section and its
-transforms (``experiment.TRANSFORM_FACTORIES``). See ``docs/compression.md``.
+Its :data:`HOOKS` give :mod:`fedge.plugins` the ``[compression]`` config section and its
+transforms, at the encode stage (after privacy, before secure aggregation). See ``docs/compression.md``.
 """
 
 from fedge.compression.codecs import (
@@ -21,15 +21,13 @@ from fedge.compression.codecs import (
 )
 from fedge.compression.config import CompressionConfig, build_transforms, transforms_for
 from fedge.compression.transforms import Compress, CompressDownlink, decode_tensors, encode_tensors
-from fedge.config.schema import register_section
-from fedge.experiment import TRANSFORM_FACTORIES
+from fedge.plugins import Hooks, Stage
 
-register_section("compression", CompressionConfig)
-if transforms_for not in TRANSFORM_FACTORIES:
-    TRANSFORM_FACTORIES.append(transforms_for)
+HOOKS = Hooks(sections={"compression": CompressionConfig}, transforms=[(Stage.ENCODE, transforms_for)])
 
 __all__ = [
     "CODECS",
+    "HOOKS",
     "QSGD",
     "BFloat16",
     "Codec",

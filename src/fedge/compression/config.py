@@ -67,7 +67,7 @@ def build_transforms(cfg: CompressionConfig) -> list[Transform]:
 
 
 def transforms_for(exp: Any, ctx: Any = None) -> Sequence[Transform]:
-    """The section's transforms, if it is set (a transform factory; the build context is not needed)."""
+    """The part's transform factory (:data:`fedge.compression.HOOKS`): the section's transforms, if it is set."""
     if "compression" not in exp.extensions:
         return []
     cfg: CompressionConfig = exp.section("compression")

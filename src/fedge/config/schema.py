@@ -5,7 +5,8 @@ the value is one of a set, its ``choices``. Loading checks every key: an unknown
 reported with the closest valid one, a wrong type or value names the key. ``fedge init``
 writes its commented example from these same definitions, so docs and code cannot drift.
 
-Other parts of fedge add their own sections with :func:`register_section`.
+Other parts of fedge add their own sections with :func:`register_section`; those of the
+optional parts are registered when :mod:`fedge.plugins` imports the part.
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ class Experiment:
         """A registered extension section (its defaults when the file did not set it)."""
         if name not in self.extensions:
             if name not in SECTIONS:
+                from fedge.plugins import registry
+
+                registry.load_section(name)  # the optional part that owns it, imported on first use
+            if name not in SECTIONS:
                 raise ConfigError(f"unknown config section {name!r}")
             self.extensions[name] = SECTIONS[name]()
         return self.extensions[name]
@@ -188,7 +193,8 @@ class Experiment:
 
 CORE_SECTIONS = ("data", "model", "strategy", "training", "evaluation")
 SECTIONS: dict[str, type] = {}
-"""Extension sections registered by other parts of fedge (devices, privacy, ...)."""
+"""Extension sections registered so far: the core's own, and those of the optional parts
+(:data:`fedge.plugins.PLUGINS`) imported when a config or the code first uses them."""
 
 
 def register_section(name: str, cls: type) -> type:
@@ -279,11 +285,12 @@ def from_dict(raw: dict[str, Any]) -> Experiment:
     extra = {k: v for k, v in raw.items() if k not in known}
     for key, value in extra.items():
         if key not in SECTIONS:
-            from fedge.plugins import missing_section
+            from fedge.plugins import missing_section, registry
 
             if (why := missing_section(key)) is not None:
                 raise ConfigError(why)
-            raise _unknown(key, [*known, *SECTIONS], "")
+            if key not in SECTIONS:
+                raise _unknown(key, [*known, *SECTIONS, *registry.names("sections")], "")
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table")
     exp: Experiment = build_section(Experiment, core, "")
@@ -350,6 +357,10 @@ def to_toml(
     those names (what a deployed node receives).
     """
     out = _section_lines(exp)
+    if not used and only is None:
+        from fedge.plugins import registry
+
+        registry.load_all()
     sections = [(name, getattr(exp, name)) for name in CORE_SECTIONS]
     names = set(exp.extensions) if used or only is not None else set(SECTIONS) | set(exp.extensions)
     if only is not None:

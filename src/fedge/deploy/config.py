@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedge.config import opt, register_section
+from fedge.config import opt
 
 
 @dataclass
@@ -76,6 +76,3 @@ class DeployConfig:
         "of recent updates (0 = off)",
         min=0,
     )
-
-
-register_section("deploy", DeployConfig)

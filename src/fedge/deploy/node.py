@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 
 from fedge.clients.base import Client, ClientData, Learner, LearnerClient, run_fit
-from fedge.config.schema import CORE_SECTIONS, Experiment, from_dict
+from fedge.config.schema import Experiment, from_dict
 from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.core.types import ClientContext, FitInstructions, TrainConfig, client_rng
 from fedge.deploy import wire
@@ -76,13 +76,8 @@ class Backoff:
 
 
 def load_experiment(text: str) -> Experiment:
-    """The run's experiment; plugins are imported only when it uses extension sections."""
-    raw = tomllib.loads(text)
-    if any(k not in (*CORE_SECTIONS, "deploy") and isinstance(v, dict) for k, v in raw.items()):
-        from fedge.plugins import load_plugins
-
-        load_plugins()
-    return from_dict(raw)
+    """The run's experiment; the optional parts of the sections it holds are imported as they are read."""
+    return from_dict(tomllib.loads(text))
 
 
 def partition_client(exp: Experiment, cid: int) -> Client:

@@ -2,7 +2,8 @@
 
 Enable it with a ``[devices]`` section (``enabled = true``); the round loop then runs
 behind a :class:`DevicePolicy` that records simulated time, energy and drop reasons in
-every round's ``extra``. See ``docs/devices.md``.
+every round's ``extra``. Its :data:`HOOKS` give :mod:`fedge.plugins` the section and
+that round policy. See ``docs/devices.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedge.config.schema import Experiment, opt, register_section
+from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
 from fedge.devices.availability import (
     AlwaysOn,
@@ -38,6 +39,7 @@ from fedge.devices.profiles import (
 )
 from fedge.devices.report import time_to_target, tta_table
 from fedge.devices.selection import SELECTIONS, Oort
+from fedge.plugins import Hooks
 
 if TYPE_CHECKING:
     from fedge.core.types import TrainConfig
@@ -69,9 +71,6 @@ class DevicesConfig:
     )
     oort_preferred_s: float = opt(0.0, "Oort: preferred round duration T in seconds (0 = its pacer)", min=0)
     oort_alpha: float = opt(2.0, "Oort: straggler penalty exponent α", min=0)
-
-
-register_section("devices", DevicesConfig)
 
 
 def make_availability(cfg: DevicesConfig, seed: int) -> Availability:
@@ -144,16 +143,10 @@ def policy_from_config(exp: Experiment, built: Federation) -> DevicePolicy | Non
     )
 
 
-def _register() -> None:
-    from fedge.experiment import POLICY_FACTORIES
-
-    if policy_from_config not in POLICY_FACTORIES:
-        POLICY_FACTORIES.append(policy_from_config)
-
-
-_register()
+HOOKS = Hooks(sections={"devices": DevicesConfig}, policy=policy_from_config)
 
 __all__ = [
+    "HOOKS",
     "POLICIES",
     "SELECTIONS",
     "AlwaysOn",

@@ -68,7 +68,6 @@ def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
     from fedge.experiment import load_params_npz
     from fedge.federation import load_dataset
     from fedge.models import torch_module
-    from fedge.plugins import load_plugins
 
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
@@ -77,7 +76,6 @@ def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
     pt, npz = run_dir / "model.pt", run_dir / "model.npz"
     if not pt.is_file() and not npz.is_file():
         raise DataError(f"{run_dir}: the run folder has no model (model.pt or model.npz)")
-    load_plugins()
     exp = load(str(run_dir / "config.toml"))
     data = load_dataset(exp)
     torch.manual_seed(exp.seed)

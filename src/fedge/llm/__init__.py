@@ -1,8 +1,8 @@
 """Federated LoRA fine-tuning of causal language models (Hugging Face ``transformers`` + ``peft``).
 
-Importing this package registers the ``[llm]`` config section and the adapter
-strategies (``lora-fedavg``, ``flexlora``); it imports no deep-learning library, so
-``fedge`` starts fast. The model, client and run modules import ``torch``,
+Its :data:`HOOKS` give :mod:`fedge.plugins` the ``[llm]`` config section, the adapter
+strategies (``lora-fedavg``, ``flexlora``) and the check that refuses a plain run; it
+imports no deep-learning library, so ``fedge`` starts fast. The model, client and run modules import ``torch``,
 ``transformers`` and ``peft`` when they are used::
 
     from fedge.llm.run import prepare, federate, perplexities, generate
@@ -13,29 +13,22 @@ An experiment file with ``[llm] enabled = true`` runs with ``fedge finetune``;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from fedge import experiment
-from fedge.config.schema import Experiment, register_section
+from fedge.config.schema import Experiment
 from fedge.core.errors import ConfigError
 from fedge.llm.config import LlmConfig
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
-from fedge.strategies import register
+from fedge.plugins import Hooks
 
 
-def refuse_plain_run(exp: Experiment, ctx: Any = None) -> Sequence[Any]:
-    """Stop ``fedge run`` on an ``[llm]`` experiment (a transform factory that adds nothing)."""
+def refuse_plain_run(exp: Experiment, ctx: Any = None) -> None:
+    """Stop ``fedge run`` on an ``[llm]`` experiment (the part's ``validate``; ``fedge finetune`` skips it)."""
     llm = exp.extensions.get("llm")
     if llm is not None and llm.enabled:
         raise ConfigError("[llm] enabled = true: fine-tune with `fedge finetune CONFIG`, not `fedge run`")
-    return []
 
 
-register_section("llm", LlmConfig)
-register(LoraFedAvg)
-register(FlexLoRA)
-if refuse_plain_run not in experiment.TRANSFORM_FACTORIES:
-    experiment.TRANSFORM_FACTORIES.append(refuse_plain_run)
+HOOKS = Hooks(sections={"llm": LlmConfig}, strategies=[LoraFedAvg, FlexLoRA], validate=refuse_plain_run)
 
-__all__ = ["FlexLoRA", "LlmConfig", "LoraFedAvg"]
+__all__ = ["HOOKS", "FlexLoRA", "LlmConfig", "LoraFedAvg"]

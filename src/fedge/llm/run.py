@@ -229,9 +229,7 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
     Devices are charged the LoRA step's FLOPs, the adapter's bytes each way, and the
     frozen base plus adapter and optimiser state in memory (:mod:`fedge.llm.cost`).
     """
-    from fedge.config.schema import SECTIONS
-
-    if "devices" not in SECTIONS or not exp.section("devices").enabled:
+    if "devices" not in exp.extensions or not exp.section("devices").enabled:
         return None
     from fedge.devices import device_policy as costed
     from fedge.llm.cost import count_lora
@@ -248,11 +246,10 @@ def device_policy(exp: Any, setup: LoraSetup, train: TrainConfig, block_size: in
 
 def config_transforms(exp: Any, ctx: BuildContext) -> list[Transform]:
     """The pipeline transforms the experiment's sections ask for ([compression], [privacy] ...),
-    sized for the writers' federation ``ctx``."""
-    from fedge import experiment
-    from fedge.llm import refuse_plain_run
+    sized for the writers' federation ``ctx`` (no validation: the parts' own refuse a plain run)."""
+    from fedge.plugins import registry
 
-    return [t for f in experiment.TRANSFORM_FACTORIES if f is not refuse_plain_run for t in f(exp, ctx)]
+    return registry.transforms(exp, ctx)
 
 
 def run_experiment(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedge.config.schema import Experiment, opt, register_section
+from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
 from fedge.pipeline import Transform
 from fedge.privacy.accountant import Accountant, check_epsilon_delta
@@ -29,7 +29,7 @@ from fedge.privacy.transforms import AdaptiveClipping, CentralDP, LocalDP
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback, RoundPolicy, StopRun
 from fedge.simulation.sampling import Sampling
-from fedge.strategies import REGISTRY
+from fedge.strategies import lookup
 from fedge.strategies.base import Strategy, StrategyState
 
 if TYPE_CHECKING:
@@ -74,9 +74,6 @@ class PrivacyConfig:
     local_mechanism: str = opt("gaussian", "local: noise mechanism", choices=("gaussian", "laplace"))
     local_epsilon: float = opt(8.0, "local: ε of each client's update per round", min=0)
     local_delta: float = opt(1e-5, "local, gaussian: δ of each client's update per round", min=0, max=1)
-
-
-register_section("privacy", PrivacyConfig)
 
 
 def cohort_size(exp: Experiment, population: int) -> int:
@@ -128,7 +125,7 @@ def privacy_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequ
             f"privacy.noise_multiplier must be > 0 with privacy.mode = 'central', got "
             f"{p.noise_multiplier} (plan one with `fedge privacy plan`)"
         )
-    check_central(exp, REGISTRY.get(exp.strategy.name))
+    check_central(exp, lookup(exp.strategy.name))
     secagg = exp.extensions.get("secagg")
     if secagg is not None and getattr(secagg, "enabled", False):
         if p.clip_at == "server":
@@ -239,21 +236,6 @@ def privacy_policy(exp: Experiment, built: Federation) -> RoundPolicy | None:
         return None
     return PoissonSampling(built.ctx.cohort / built.ctx.population)
 
-
-def _install() -> None:
-    from fedge import experiment
-
-    # Clipping and noise come first on the client, before compression and masking,
-    # whatever order the plug-ins were imported in.
-    if privacy_transforms not in experiment.TRANSFORM_FACTORIES:
-        experiment.TRANSFORM_FACTORIES.insert(0, privacy_transforms)
-    if privacy_callbacks not in experiment.CALLBACK_FACTORIES:
-        experiment.CALLBACK_FACTORIES.append(privacy_callbacks)
-    if privacy_policy not in experiment.POLICY_FACTORIES:
-        experiment.POLICY_FACTORIES.append(privacy_policy)
-
-
-_install()
 
 __all__ = [
     "PoissonSampling",

@@ -9,13 +9,13 @@
 - :class:`TensorBoardCallback`, :class:`MLflowCallback` — per-round scalars
   (:mod:`fedge.report.tracking`).
 
-Importing this package registers the ``[dashboard]`` and ``[tracking]`` config sections
-and the callbacks they build.
+Its :data:`HOOKS` give :mod:`fedge.plugins` the ``[dashboard]`` and ``[tracking]`` config
+sections and the callbacks they build.
 """
 
 from __future__ import annotations
 
-from fedge.experiment import CALLBACK_FACTORIES
+from fedge.plugins import Hooks
 from fedge.report.config import DashboardConfig, TrackingConfig, callbacks_from_config
 from fedge.report.dashboard import Dashboard, DashboardCallback, RunStatus, StatusSource
 from fedge.report.deploy_status import ServeDashboard, ServerStatusSource, serve_dashboard_hook
@@ -23,10 +23,10 @@ from fedge.report.html import write_report
 from fedge.report.runs import RunData, load_run
 from fedge.report.tracking import MLflowCallback, TensorBoardCallback
 
-if callbacks_from_config not in CALLBACK_FACTORIES:
-    CALLBACK_FACTORIES.append(callbacks_from_config)
+HOOKS = Hooks(sections={"dashboard": DashboardConfig, "tracking": TrackingConfig}, callbacks=[callbacks_from_config])
 
 __all__ = [
+    "HOOKS",
     "Dashboard",
     "DashboardCallback",
     "DashboardConfig",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from fedge.config.schema import Experiment, opt, register_section, to_dict
+from fedge.config.schema import Experiment, opt, to_dict
 from fedge.simulation.loop import Callback
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ class TrackingConfig:
     mlflow: bool = opt(False, "log the config and per-round metrics to MLflow")
     mlflow_uri: str = opt("", "MLflow tracking URI ('' = MLflow's default, e.g. ./mlruns)")
     mlflow_experiment: str = opt("fedge", "MLflow experiment name")
-
-
-register_section("dashboard", DashboardConfig)
-register_section("tracking", TrackingConfig)
 
 
 def public_uri(uri: str) -> str:

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedge.config.schema import Experiment, opt, register_section
+from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
-from fedge.pipeline import Transform
 from fedge.robust.attacks import ATTACKS, Attack, malicious_ids
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.loop import Callback
-from fedge.strategies import REGISTRY
+from fedge.strategies import lookup
 from fedge.strategies.base import StrategyState
 
 if TYPE_CHECKING:
@@ -54,24 +53,20 @@ class AttackConfig:
     colluders: int = opt(10, "alie: malicious clients whose honest updates estimate mu and sigma", min=1)
 
 
-register_section("robust", RobustConfig)
-register_section("attack", AttackConfig)
-
-
 def _secagg_enabled(exp: Experiment) -> bool:
     """Whether the experiment's ``[secagg]`` section (fedge.secagg) is switched on."""
     return bool(getattr(exp.extensions.get("secagg"), "enabled", False))
 
 
-def check_robust(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[Transform]:
-    """Refuse combinations a robust strategy cannot honour (a transform factory with no transforms)."""
+def check_robust(exp: Experiment, ctx: BuildContext | None = None) -> None:
+    """Refuse combinations a robust strategy cannot honour (the part's ``validate``; it adds no transforms)."""
     if ctx is None:
         from fedge import federation
 
         ctx = federation.BuildContext.from_config(exp)
-    cls = REGISTRY.get(exp.strategy.name)
+    cls = lookup(exp.strategy.name)
     if cls is None or not cls.needs_individual_updates:
-        return []
+        return
     if _secagg_enabled(exp):
         raise ConfigError(
             f"strategy {exp.strategy.name!r} needs every individual update, which secure aggregation "
@@ -90,7 +85,7 @@ def check_robust(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[T
                 f"{exp.strategy.name} with robust.byzantine = {r.byzantine} needs at least {need} "
                 f"clients per round, but a round selects {n}"
             )
-    return []
+    return
 
 
 class AttackLabels(Callback):
@@ -142,18 +137,5 @@ def attack_callbacks(exp: Experiment, built: Federation) -> Sequence[Callback]:
     data = built.data
     return [AttackLabels(build_attack(exp, data.num_clients, data.num_classes), exp.strategy.name)]
 
-
-def _install() -> None:
-    from fedge import experiment
-
-    if check_robust not in experiment.TRANSFORM_FACTORIES:
-        experiment.TRANSFORM_FACTORIES.append(check_robust)
-    if attack_callbacks not in experiment.CALLBACK_FACTORIES:
-        experiment.CALLBACK_FACTORIES.append(attack_callbacks)
-    if attack_clients not in experiment.CLIENT_WRAPPERS:
-        experiment.CLIENT_WRAPPERS.append(attack_clients)
-
-
-_install()
 
 __all__ = ["AttackConfig", "AttackLabels", "RobustConfig", "attack_callbacks", "build_attack", "check_robust"]

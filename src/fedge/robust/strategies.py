@@ -18,7 +18,6 @@ from fedge.core.errors import AggregationError, ConfigError
 from fedge.core.params import Params, ParamSpec, flatten, unflatten
 from fedge.core.types import ClientUpdate, Metrics
 from fedge.robust import aggregators as agg
-from fedge.strategies import register
 from fedge.strategies.aggregate import F64, apply_step
 from fedge.strategies.base import Strategy, StrategyState
 
@@ -92,7 +91,6 @@ class RobustStrategy(Strategy):
         return {}
 
 
-@register
 class Median(RobustStrategy):
     name: ClassVar[str] = "median"
 
@@ -100,7 +98,6 @@ class Median(RobustStrategy):
         return agg.coordinate_median(x), {}
 
 
-@register
 class TrimmedMean(RobustStrategy):
     name: ClassVar[str] = "trimmed-mean"
 
@@ -108,7 +105,6 @@ class TrimmedMean(RobustStrategy):
         return agg.trimmed_mean(x, self.trim_fraction), {}
 
 
-@register
 class Krum(RobustStrategy):
     name: ClassVar[str] = "krum"
 
@@ -122,7 +118,6 @@ class Krum(RobustStrategy):
         return x[idx].mean(axis=0), {"krum_selected": float(len(idx)), "byzantine_f": float(f)}
 
 
-@register
 class MultiKrum(Krum):
     name: ClassVar[str] = "multi-krum"
 
@@ -130,7 +125,6 @@ class MultiKrum(Krum):
         return min(n, self.multi_krum_m) if self.multi_krum_m else n - f
 
 
-@register
 class Bulyan(RobustStrategy):
     name: ClassVar[str] = "bulyan"
 
@@ -142,7 +136,6 @@ class Bulyan(RobustStrategy):
         return agg.bulyan(x, f), {"byzantine_f": float(f)}
 
 
-@register
 class NormBound(RobustStrategy):
     name: ClassVar[str] = "norm-bound"
 
@@ -150,7 +143,6 @@ class NormBound(RobustStrategy):
         return agg.norm_bounded_mean(x, self.norm_bound or None), {}
 
 
-@register
 class CenteredClip(RobustStrategy):
     """Centered clipping around the previous round's aggregate (server momentum as the centre)."""
 

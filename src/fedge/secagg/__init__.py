@@ -13,6 +13,9 @@ Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Le
 * :mod:`~fedge.secagg.wire` — those messages as bytes, without pickle;
 * :mod:`~fedge.secagg.orchestrator` — runs the stages for a cohort in one process;
 * :mod:`~fedge.secagg.transform` — the pipeline transform and the ``[secagg]`` section.
+
+Its :data:`HOOKS` give :mod:`fedge.plugins` the ``[secagg]`` section and the masking
+transform, at the last stage on the client.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fedge.config.schema import Experiment, register_section
+from fedge.config.schema import Experiment
 from fedge.core.errors import ConfigError
 from fedge.pipeline import Transform
+from fedge.plugins import Hooks, Stage
 from fedge.secagg.client import ProtocolError
 from fedge.secagg.graph import GraphParams, choose_parameters
 from fedge.secagg.orchestrator import ProtocolResult, run_protocol
@@ -31,8 +35,6 @@ from fedge.secagg.transform import SecAggConfig, SecureAggregation
 
 if TYPE_CHECKING:
     from fedge.federation import BuildContext
-
-register_section("secagg", SecAggConfig)
 
 
 def build_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequence[Transform]:
@@ -56,16 +58,10 @@ def build_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequen
     return [SecureAggregation(cfg, make_strategy(exp), max_cohort=ctx.cohort)]
 
 
-def _register() -> None:
-    from fedge.experiment import TRANSFORM_FACTORIES
-
-    if build_transforms not in TRANSFORM_FACTORIES:
-        TRANSFORM_FACTORIES.append(build_transforms)
-
-
-_register()
+HOOKS = Hooks(sections={"secagg": SecAggConfig}, transforms=[(Stage.MASK, build_transforms)])
 
 __all__ = [
+    "HOOKS",
     "GraphParams",
     "ProtocolError",
     "ProtocolResult",

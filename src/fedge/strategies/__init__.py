@@ -1,4 +1,8 @@
-"""Federated strategies, one module per paper, looked up by name for configs and the CLI."""
+"""Federated strategies, one module per paper, looked up by name for configs and the CLI.
+
+Those of optional parts (robust aggregation, LoRA) join :data:`REGISTRY` when
+:func:`lookup` first asks for one of their names (:mod:`fedge.plugins`).
+"""
 
 from __future__ import annotations
 
@@ -46,13 +50,29 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+def lookup(name: str) -> type[Strategy] | None:
+    """The strategy class called ``name``; one of an optional part (``median``, ``flexlora`` ...) imports that part."""
+    if name not in REGISTRY:
+        from fedge.plugins import registry
+
+        registry.load_strategy(name)
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    """Every strategy name, those of optional parts not imported yet included."""
+    from fedge.plugins import registry
+
+    return sorted({*REGISTRY, *registry.names("strategies")})
+
+
 def build_strategy(name: str, **kwargs: Any) -> Strategy:
     """Instantiate the strategy called ``name`` with its hyperparameters."""
-    cls = REGISTRY.get(name)
+    cls = lookup(name)
     if cls is None:
-        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        close = difflib.get_close_matches(name, names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown strategy {name!r}{hint}; valid: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"unknown strategy {name!r}{hint}; valid: {', '.join(names())}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -80,6 +100,8 @@ __all__ = [
     "StrategyState",
     "Terms",
     "build_strategy",
+    "lookup",
+    "names",
     "register",
     "weighted_mean",
 ]

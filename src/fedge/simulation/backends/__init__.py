@@ -1,8 +1,8 @@
 """Fast execution backends for simulation: ``vectorized``, ``processes`` and ``ray``.
 
-Importing this package registers them in :data:`fedge.transport.inprocess.BACKENDS`
-(next to ``debug`` and ``sequential``) and adds the ``[engine]`` config section with
-their options. Every backend yields the same global model for the same seed; see
+Its :data:`HOOKS` give :mod:`fedge.plugins` these backends (next to ``debug`` and
+``sequential`` in :data:`fedge.transport.inprocess.BACKENDS`) and the ``[engine]`` config
+section with their options. Every backend yields the same global model for the same seed; see
 ``docs/engine.md`` for how each one runs a cohort.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fedge.config.schema import opt, register_section
+from fedge.config.schema import opt
+from fedge.plugins import Hooks
 from fedge.simulation.backends.processes import ProcessesBackend
 from fedge.simulation.backends.ray_backend import RayBackend
 from fedge.simulation.backends.vectorized import VectorizedBackend
-from fedge.transport.inprocess import BACKENDS
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
@@ -48,17 +48,10 @@ def configure_backend(exp: Experiment, built: Federation) -> Sequence[Callback]:
     return []
 
 
-def _register() -> None:
-    from fedge import experiment
+HOOKS = Hooks(
+    sections={"engine": EngineConfig},
+    backends={"vectorized": VectorizedBackend, "processes": ProcessesBackend, "ray": RayBackend},
+    callbacks=[configure_backend],
+)
 
-    register_section("engine", EngineConfig)
-    BACKENDS["vectorized"] = VectorizedBackend
-    BACKENDS["processes"] = ProcessesBackend
-    BACKENDS["ray"] = RayBackend
-    if configure_backend not in experiment.CALLBACK_FACTORIES:
-        experiment.CALLBACK_FACTORIES.append(configure_backend)
-
-
-_register()
-
-__all__ = ["EngineConfig", "ProcessesBackend", "RayBackend", "VectorizedBackend"]
+__all__ = ["HOOKS", "EngineConfig", "ProcessesBackend", "RayBackend", "VectorizedBackend"]
