@@ -35,12 +35,12 @@ from fedge.core.types import TrainConfig
 from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
 from fedge.data.names import mapping
+from fedge.engine import Callback, EvalPlan, RoundPolicy, RunResult, StopRun, run
 from fedge.models import build_learner
 from fedge.personalization import bind_heterofl
 from fedge.pipeline import Pipeline, Transform
 from fedge.preflight import check_dataset, check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
-from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult, StopRun, run
 from fedge.simulation.sampling import Sampling, training_sampling
 from fedge.strategies import REGISTRY, build_strategy
 from fedge.strategies.base import Strategy, StrategyState

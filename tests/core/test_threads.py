@@ -63,7 +63,7 @@ def test_apply_threads_sets_torch_and_the_environment(
 def test_fedge_run_applies_the_configured_threads(tmp_path: Path) -> None:
     probe = (
         "import sys, fedge.experiment as e\n"
-        "from fedge.simulation.loop import Callback\n"
+        "from fedge.engine import Callback\n"
         "class P(Callback):\n"
         "    def on_run_start(self, state, rounds):\n"
         "        import os, torch\n"

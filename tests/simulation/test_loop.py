@@ -11,8 +11,9 @@ from fedge.clients import LearnerClient, NumpyLogReg
 from fedge.core.errors import ClientError
 from fedge.core.types import ClientContext, ClientUpdate, TrainConfig
 from fedge.data import synthetic
+from fedge.engine import Callback, RoundPlan, RoundPolicy, StopRun, run
 from fedge.pipeline import Pipeline, Transform
-from fedge.simulation import Callback, RoundPlan, RoundPolicy, Sampling, StopRun, run
+from fedge.simulation import Sampling
 from fedge.strategies import FedAvg
 from fedge.transport import DebugBackend, InProcessTransport, SequentialBackend
 

@@ -2,7 +2,7 @@
 
 :func:`serve` builds the experiment (data for central evaluation, strategy, pipeline),
 opens or resumes the run's SQLite store, starts a gRPC server (TLS, mutual TLS when a
-client CA is given) and runs :func:`fedge.simulation.loop.run` with a
+client CA is given) and runs :func:`fedge.engine.run` with a
 :class:`~fedge.deploy.transport.GrpcTransport`. After every round the record and the
 full strategy state are checkpointed in one transaction; ``resume=True`` continues from
 the last completed round.
@@ -33,9 +33,9 @@ from fedge.deploy.node import Backoff
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Opened, Store
 from fedge.deploy.transport import GrpcTransport
+from fedge.engine import Callback, EvalPlan, RunResult, StopRun, run
 from fedge.pipeline import Transform
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback, EvalPlan, RunResult, StopRun, run
 from fedge.strategies.base import StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 

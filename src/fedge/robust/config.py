@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from fedge.config.schema import Experiment, opt, register_section
 from fedge.core.errors import ConfigError
+from fedge.engine import Callback
 from fedge.pipeline import Transform
 from fedge.robust.attacks import ATTACKS, Attack, malicious_ids
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies import REGISTRY
 from fedge.strategies.base import StrategyState
 

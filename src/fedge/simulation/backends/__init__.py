@@ -20,8 +20,8 @@ from fedge.transport.inprocess import BACKENDS
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
+    from fedge.engine import Callback
     from fedge.experiment import Built
-    from fedge.simulation.loop import Callback
 
 
 @dataclass
