@@ -33,8 +33,7 @@ from fedge.deploy.node import Backoff
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Opened, Store
 from fedge.deploy.transport import GrpcTransport
-from fedge.engine import Callback, EvalPlan, RunResult, StopRun, run
-from fedge.pipeline import Transform
+from fedge.engine import Callback, EvalPlan, RoundState, RunResult, StopRun, run
 from fedge.simulation.history import History, RoundRecord
 from fedge.strategies.base import StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
@@ -108,21 +107,14 @@ early stop (a privacy budget, a target accuracy) ends the run."""
 class _Checkpoint(Callback):
     """Checkpoints each round and publishes it to the status API; stops on request."""
 
-    def __init__(
-        self,
-        store: Store,
-        svc: FedgeService,
-        transport: GrpcTransport,
-        transforms: Sequence[Transform] = (),
-        influence: InfluenceBound | None = None,
-    ) -> None:
+    def __init__(self, store: Store, svc: FedgeService, transport: GrpcTransport) -> None:
         self.store, self.svc, self.transport = store, svc, transport
-        self.transforms = list(transforms)
-        self.influence = influence
+
+    def on_round_state(self, record: RoundRecord, state: RoundState) -> None:
+        """The whole round state (strategy, transforms, influence window) in one transaction."""
+        self.store.save_round(record, state)
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        window = None if self.influence is None else self.influence.state_dict()
-        self.store.checkpoint(record, state, transform_states(self.transforms), window)
         self.svc.record_round(
             {
                 "round": record.round,
@@ -460,15 +452,9 @@ def _loop(
 
     from fedge.experiment import round_extras
 
-    transforms = built.pipeline.transforms
-    if state is not None:
-        restore_transforms(transforms, store.transform_states())
+    resume = None if state is None else store.round_state(state)
     extra, policy = round_extras(built)
     influence = InfluenceBound(influence_limits(exp))
-    if state is not None:
-        window = store.influence_window()
-        if window is not None:
-            influence.load_state_dict(window)
     try:
         return run(
             strategy=built.strategy,
@@ -481,8 +467,8 @@ def _loop(
             evaluator=evaluator,
             eval_plan=EvalPlan(every=exp.evaluation.every),
             seed=exp.seed,
-            callbacks=[*extra, _Checkpoint(store, svc, transport, transforms, influence)],
-            state=state,
+            callbacks=[*extra, _Checkpoint(store, svc, transport)],
+            state=resume,
             max_update_norm=exp.training.max_update_norm or None,
             min_updates=exp.training.min_clients,
             policy=policy,
@@ -498,26 +484,6 @@ def influence_limits(exp: Experiment) -> InfluenceLimits:
     """A deployed run's bounds on one node's weight and norm; a set ``max_update_norm`` replaces the norm bound."""
     cfg: DeployConfig = exp.section("deploy")
     return InfluenceLimits(cfg.examples_cap, 0.0 if exp.training.max_update_norm else cfg.norm_cap)
-
-
-def transform_states(transforms: Sequence[Transform]) -> list[dict[str, Any]]:
-    """Each transform's name and checkpoint state, in pipeline order."""
-    return [{"name": t.name, "state": t.state_dict()} for t in transforms]
-
-
-def restore_transforms(transforms: Sequence[Transform], stored: list[Any] | None) -> None:
-    """Put the checkpointed states back into a resumed run's transforms (same pipeline, same order)."""
-    if stored is None:
-        return
-    names = [t.name for t in transforms]
-    if [s.get("name") for s in stored] != names:
-        raise ConfigError(
-            f"the stored run's pipeline was {[s.get('name') for s in stored]}, this one is {names}; "
-            "resume with the same sections"
-        )
-    for t, s in zip(transforms, stored, strict=True):
-        if s.get("state") is not None:
-            t.load_state_dict(s["state"])
 
 
 def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:

@@ -5,6 +5,7 @@ engine samples, configures, hands the cohort to the transport, reduces what come
 steps the strategy. The transport decides only where clients run.
 """
 
+from fedge.engine.aggregator import Aggregator, ClientFailure, PartialSum, Reducer, Validator
 from fedge.engine.rounds import (
     Callback,
     EvalPlan,
@@ -19,15 +20,22 @@ from fedge.engine.rounds import (
     run_round,
     worst_mean,
 )
+from fedge.engine.state import RoundState
 
 __all__ = [
+    "Aggregator",
     "Callback",
+    "ClientFailure",
     "EvalPlan",
     "Evaluator",
+    "PartialSum",
+    "Reducer",
     "RoundPlan",
     "RoundPolicy",
+    "RoundState",
     "RunResult",
     "StopRun",
+    "Validator",
     "check_pipeline",
     "round_rng",
     "run",
