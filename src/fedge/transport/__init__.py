@@ -9,6 +9,7 @@ from fedge.transport.inprocess import (
     Backend,
     ClientRuntime,
     DebugBackend,
+    FitTask,
     InProcessTransport,
     SequentialBackend,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "ClientRuntime",
     "DebugBackend",
     "FitResult",
+    "FitTask",
     "InProcessTransport",
     "SequentialBackend",
     "Transport",
