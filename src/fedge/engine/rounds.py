@@ -1,9 +1,10 @@
-"""The round loop, as a free function.
+"""The run loop and one round, as free functions: simulation and deployment run the same.
 
 One round: sample → configure → train (through the transport) → undo the pipeline,
-validate, sum contributions as they stream in → pipeline aggregate hooks → strategy
-state transition → evaluate → record → callbacks. Everything random draws from
-generators derived from ``(seed, round)``, so a seed gives a bit-identical history.
+validate, sum contributions as they stream in (the run's :class:`Aggregator`) → pipeline
+aggregate hooks → strategy state transition → evaluate → record → callbacks. The loop owns
+the round counter and, after every round, the run's :class:`RoundState`. Everything random
+draws from generators derived from ``(seed, round)``, so a seed gives a bit-identical history.
 """
 
 from __future__ import annotations
