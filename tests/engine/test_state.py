@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from fedge.clients import LearnerClient, NumpyLogReg
 from fedge.core.errors import ConfigError
 from fedge.core.types import TrainConfig
 from fedge.data import synthetic
+from fedge.deploy.store import Store
 from fedge.engine import Callback, RoundState, RunResult, StopRun, run
 from fedge.pipeline import Pipeline
 from fedge.privacy.accountant import Accountant
@@ -154,3 +156,29 @@ def test_restoring_into_a_different_pipeline_is_refused() -> None:
     assert keep.state is not None
     with pytest.raises(ConfigError, match="resume with the same sections"):
         go(state=keep.state, pipeline=Pipeline())
+
+
+class Saved(Callback):
+    """What the deployed server's checkpoint does: every round's whole state into the SQLite store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def on_round_state(self, record: RoundRecord, state: RoundState) -> None:
+        self.store.save_round(record, state)
+
+
+def test_a_run_resumed_from_the_deployment_store_continues_exactly(tmp_path: Path) -> None:
+    whole, _ = go(influence=InfluenceLimits())
+    store = Store(tmp_path / "state.db")
+    go(callbacks=(Saved(store), Keep(at=2, stop=True)), influence=InfluenceLimits())
+    strategy = store.load_state()
+    assert strategy is not None and strategy.round_num == 2
+    stored = store.round_state(strategy)
+    assert stored.influence is not None and stored.transforms[0]["name"] == "central_dp"
+
+    resumed, _ = go(state=stored, influence=InfluenceLimits())
+
+    assert epsilons(resumed) == {3: epsilons(whole)[3], 4: epsilons(whole)[4]}
+    for a, b in zip(resumed.state.params, whole.state.params, strict=True):
+        np.testing.assert_array_equal(a, b)
