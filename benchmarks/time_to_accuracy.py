@@ -27,9 +27,9 @@ import numpy as np
 from fedge.config.schema import Experiment
 from fedge.devices import policy_from_config, time_to_target, tta_table
 from fedge.devices.report import Reached
+from fedge.engine import Callback, StopRun
 from fedge.federation import build, execute
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback, StopRun
 from fedge.strategies.base import StrategyState
 
 FLEET = {"pi-zero-2w": 0.5, "pi5": 0.25, "orin-nano": 0.25}

@@ -30,8 +30,8 @@ from fedge.clients.torch_learner import TorchLearner, get_params, set_params
 from fedge.core.types import TrainConfig, client_rng
 from fedge.data.federated import FederatedDataset
 from fedge.data.w2 import w2
+from fedge.engine import Callback, round_rng, run
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback, round_rng, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import StrategyState
 from fedge.strategies.fedavg import FedAvg

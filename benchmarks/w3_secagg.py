@@ -32,6 +32,7 @@ import numpy as np
 
 from fedge.core.params import ParamSpec
 from fedge.core.types import ClientUpdate
+from fedge.engine.aggregator import Reducer, Validator
 from fedge.pipeline import Pipeline, RoundContext
 from fedge.secagg import fixedpoint
 from fedge.secagg.graph import choose_parameters
@@ -39,7 +40,6 @@ from fedge.secagg.messages import RoundSetup
 from fedge.secagg.orchestrator import run_protocol
 from fedge.strategies import FedAvg
 from fedge.strategies.aggregate import Accumulator
-from fedge.transport.base import Reducer, Validator
 
 CLIP = 1.0
 WEIGHT_CAP = 1000.0

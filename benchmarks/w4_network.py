@@ -60,7 +60,7 @@ def role_server(a: argparse.Namespace) -> None:
     from fedge.deploy.service import FedgeService
     from fedge.deploy.store import Store
     from fedge.deploy.transport import GrpcTransport
-    from fedge.simulation.loop import Callback, run
+    from fedge.engine import Callback, run
     from fedge.simulation.sampling import Sampling
     from fedge.strategies.fedavg import FedAvg
 
@@ -141,7 +141,7 @@ def role_nodes(a: argparse.Namespace) -> None:
 
 
 def inprocess_round_s(clients: int, params: int, rounds: int) -> float:
-    from fedge.simulation.loop import run
+    from fedge.engine import run
     from fedge.simulation.sampling import Sampling
     from fedge.strategies.fedavg import FedAvg
     from fedge.transport.inprocess import InProcessTransport, SequentialBackend

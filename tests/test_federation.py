@@ -10,9 +10,9 @@ import pytest
 
 import fedge
 from fedge.config.schema import Experiment, from_dict
+from fedge.engine import RunResult
 from fedge.experiment import run_experiment
 from fedge.federation import BuildContext, Federation, build, client_side
-from fedge.simulation.loop import RunResult
 from fedge.simulation.sampling import Sampling
 
 

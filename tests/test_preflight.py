@@ -10,9 +10,9 @@ import fedge
 from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError, ModelError
 from fedge.core.extras import MissingExtraError, missing_message, require
+from fedge.engine import Callback
 from fedge.preflight import check_population
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies.base import StrategyState
 from fedge.strategies.fedprox import FedProx
 

@@ -15,8 +15,9 @@ from fedge.core import (
     TrainConfig,
     ValidationError,
 )
+from fedge.engine import Callback, RunResult
 from fedge.pipeline import Pipeline, Transform
-from fedge.simulation import Callback, History, RoundRecord, RunResult, Sampling
+from fedge.simulation import History, RoundRecord, Sampling
 from fedge.strategies import (
     FedAdagrad,
     FedAdam,

@@ -12,10 +12,10 @@ from fedge.clients.base import ClientData, Learner, LearnerClient
 from fedge.core.errors import ConfigError, DataError
 from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
+from fedge.engine import Callback, RunResult
 from fedge.federation import Federation
 from fedge.pipeline import Transform
 from fedge.preflight import check_client_features
-from fedge.simulation.loop import Callback, RunResult
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.strategies.fedavg import FedAvg

@@ -28,11 +28,11 @@ from fedge.core.files import OutputFolder, claim_output
 from fedge.core.params import Params
 from fedge.data.federated import FederatedDataset
 from fedge.data.names import mapping
+from fedge.engine import Callback, RoundPolicy, RunResult, StopRun
 from fedge.federation import BuildContext, Federation, Recorder, build
 from fedge.pipeline import Transform
 from fedge.preflight import check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
-from fedge.simulation.loop import Callback, RoundPolicy, RunResult, StopRun
 from fedge.strategies.base import StrategyState
 from fedge.transport.inprocess import ClientFn
 

@@ -33,17 +33,18 @@ from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
 from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
+from fedge.engine import Callback, EvalPlan, Evaluator, RoundPolicy, RunResult, run
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
 from fedge.plugins import registry
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback, EvalPlan, Evaluator, RoundPolicy, RunResult, run
 from fedge.simulation.sampling import Sampling, training_sampling
 from fedge.strategies import build_strategy, lookup
 from fedge.strategies.base import Strategy, StrategyState
 from fedge.transport.inprocess import BACKENDS, Backend, ClientFn, InProcessTransport
 
 if TYPE_CHECKING:
+    from fedge.engine import RoundState
     from fedge.strategies.influence import InfluenceBound
     from fedge.transport.base import Transport
 
@@ -247,7 +248,7 @@ class Federation:
         transport: Transport | None = None,
         *,
         callbacks: Sequence[Callback] = (),
-        state: StrategyState | None = None,
+        state: StrategyState | RoundState | None = None,
         influence: InfluenceBound | None = None,
     ) -> RunResult:
         """Run the rounds left (all, or those after ``state``) over ``transport`` (default: in process).

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
     from fedge.data.federated import FederatedDataset
+    from fedge.engine import Callback, RoundPolicy
     from fedge.experiment import CallbackFactory, ClientWrapper, PolicyFactory, TransformFactory
     from fedge.federation import BuildContext, Federation
     from fedge.pipeline import Transform
-    from fedge.simulation.loop import Callback, RoundPolicy
     from fedge.strategies.base import Strategy
     from fedge.transport.inprocess import Backend, ClientFn
 

@@ -32,7 +32,7 @@ import sys
 from importlib.abc import MetaPathFinder
 
 from fedge.plugins import Hooks, Plugin, registry
-from fedge.simulation.loop import Callback
+from fedge.engine import Callback
 
 BLOCKED = {name for name in sys.argv[1].split(",") if name}
 

@@ -64,7 +64,7 @@ def test_fedge_run_applies_the_configured_threads(tmp_path: Path) -> None:
     probe = (
         "import sys\n"
         "from fedge.plugins import Hooks, Plugin, registry\n"
-        "from fedge.simulation.loop import Callback\n"
+        "from fedge.engine import Callback\n"
         "class P(Callback):\n"
         "    def on_run_start(self, state, rounds):\n"
         "        import os, torch\n"

@@ -34,7 +34,7 @@ from fedge.deploy.server import start_grpc
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
-from fedge.simulation.loop import run
+from fedge.engine import run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.fedavg import FedAvg
 

@@ -30,7 +30,7 @@ from fedge.deploy.server import start_grpc
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
-from fedge.simulation.loop import RunResult, run
+from fedge.engine import RunResult, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.fedavg import FedAvg
 

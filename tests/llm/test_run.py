@@ -11,12 +11,12 @@ from fedge.config import from_dict
 from fedge.core.errors import ConfigError, ModelError
 from fedge.core.params import nbytes
 from fedge.core.types import ClientContext, TrainConfig
+from fedge.engine import Callback
 from fedge.llm.config import LlmConfig
 from fedge.llm.run import LoraSetup, federate, generate, perplexities, prepare, run_experiment
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import StrategyState
 

@@ -10,9 +10,9 @@ import pytest
 from fedge.clients.base import TrainResult
 from fedge.core.params import Params
 from fedge.core.types import ClientContext, ClientUpdate, EvalResult, TrainConfig
+from fedge.engine import run
 from fedge.pipeline import Pipeline, Transform
 from fedge.robust import Median
-from fedge.simulation.loop import run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import FedAvg
 from fedge.strategies.base import Strategy

@@ -9,9 +9,10 @@ from fedge.clients import LearnerClient, NumpyLogReg
 from fedge.config.schema import Experiment
 from fedge.core.errors import ConfigError
 from fedge.data import synthetic
+from fedge.engine import run
 from fedge.pipeline import Pipeline
 from fedge.secagg import SecAggConfig, SecureAggregation, build_transforms
-from fedge.simulation import Sampling, run
+from fedge.simulation import Sampling
 from fedge.strategies import FedAvg
 from fedge.transport import InProcessTransport
 

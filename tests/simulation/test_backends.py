@@ -18,11 +18,11 @@ from fedge.core.errors import ConfigError
 from fedge.core.params import Params
 from fedge.core.types import ClientContext, EvalResult, TrainConfig
 from fedge.data.w2 import w2
+from fedge.engine import run
 from fedge.federation import make_backend
 from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
 from fedge.simulation.backends._shard import balance
-from fedge.simulation.loop import run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.strategies.fedavg import FedAvg

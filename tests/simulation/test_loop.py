@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,10 +12,11 @@ from fedge.clients import LearnerClient, NumpyLogReg
 from fedge.core.errors import ClientError
 from fedge.core.types import ClientContext, ClientUpdate, TrainConfig
 from fedge.data import synthetic
+from fedge.engine import Callback, RoundPlan, RoundPolicy, StopRun, run
 from fedge.pipeline import Pipeline, Transform
-from fedge.simulation import Callback, RoundPlan, RoundPolicy, Sampling, StopRun, run
+from fedge.simulation import Sampling
 from fedge.strategies import FedAvg
-from fedge.transport import DebugBackend, InProcessTransport, SequentialBackend
+from fedge.transport import DebugBackend, FitResult, FitTask, InProcessTransport, SequentialBackend
 
 FD = synthetic(0.5, 0.5, num_clients=10, seed=0)
 MODEL = NumpyLogReg(60, 10)
@@ -189,3 +191,29 @@ def test_transforms_added_to_an_empty_pipeline_reach_the_clients() -> None:
         evaluator=lambda p: MODEL.evaluate(p, x, y),
     )
     assert res.history.rounds[0].participants == 0
+
+
+class Recording(SequentialBackend):
+    """A custom backend: gets one FitTask per round and runs it sequentially."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.tasks: list[FitTask] = []
+
+    def fit(self, task: FitTask) -> Iterator[FitResult]:
+        self.tasks.append(task)
+        return super().fit(task)
+
+
+def test_a_backend_receives_each_round_as_one_task() -> None:
+    backend = Recording()
+    res = go(rounds=2, backend=backend)
+    assert [t.round_num for t in backend.tasks] == [1, 2]
+    for task, rec in zip(backend.tasks, res.history, strict=True):
+        assert len(task.client_ids) == 4 == rec.participants
+        assert task.ins.round_num == task.round_num
+        assert task.reducer is not None and task.reducer.rctx.round_num == task.round_num
+        assert task.states is backend.tasks[0].states
+    assert set(backend.tasks[0].states) >= set(backend.tasks[0].client_ids)
+    np.testing.assert_array_equal(res.state.params[0], go(rounds=2).state.params[0])

@@ -23,9 +23,9 @@ from fedge.core.errors import TransportError
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
 from fedge.data.w2 import w2
+from fedge.engine import run
 from fedge.models import build_learner
 from fedge.simulation.backends import RayBackend
-from fedge.simulation.loop import run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import Ditto, FedRep
 from fedge.strategies.base import Strategy

@@ -14,10 +14,10 @@ from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientUpdate, TrainConfig
 from fedge.data.w2 import w2
+from fedge.engine import EvalPlan, RunResult, check_pipeline, run, worst_mean
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
 from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
-from fedge.simulation.loop import EvalPlan, RunResult, check_pipeline, run, worst_mean
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import Accumulator, Ditto, FedAvg, FedPer, FedRep, FineTune, HeteroFL
 from fedge.strategies.base import Strategy, StrategyState

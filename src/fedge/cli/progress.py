@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge.engine import Callback, RunResult
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback, RunResult
 from fedge.strategies.base import StrategyState
 
 

@@ -1,6 +1,6 @@
 """Real deployment over gRPC: ``fedge serve`` runs the round loop for remote nodes.
 
-The server is the same :func:`fedge.simulation.loop.run` with a
+The server is the same :func:`fedge.engine.run` with a
 :class:`~fedge.deploy.transport.GrpcTransport`; a node (``fedge join``) runs the same
 :func:`fedge.clients.base.run_fit` as a simulated client. See ``docs/deployment.md``.
 

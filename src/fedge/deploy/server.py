@@ -2,7 +2,7 @@
 
 :func:`serve` builds the experiment (data for central evaluation, strategy, pipeline),
 opens or resumes the run's SQLite store, starts a gRPC server (TLS, mutual TLS when a
-client CA is given) and runs :func:`fedge.simulation.loop.run` with a
+client CA is given) and runs :func:`fedge.engine.run` with a
 :class:`~fedge.deploy.transport.GrpcTransport`. After every round the record and the
 full strategy state are checkpointed in one transaction; ``resume=True`` continues from
 the last completed round.
@@ -32,9 +32,8 @@ from fedge.deploy.node import Backoff
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Opened, Store
 from fedge.deploy.transport import GrpcTransport
-from fedge.pipeline import Transform
+from fedge.engine import Callback, RoundState, RunResult, StopRun
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback, RunResult, StopRun
 from fedge.strategies.base import StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 
@@ -107,21 +106,14 @@ early stop (a privacy budget, a target accuracy) ends the run."""
 class _Checkpoint(Callback):
     """Checkpoints each round and publishes it to the status API; stops on request."""
 
-    def __init__(
-        self,
-        store: Store,
-        svc: FedgeService,
-        transport: GrpcTransport,
-        transforms: Sequence[Transform] = (),
-        influence: InfluenceBound | None = None,
-    ) -> None:
+    def __init__(self, store: Store, svc: FedgeService, transport: GrpcTransport) -> None:
         self.store, self.svc, self.transport = store, svc, transport
-        self.transforms = list(transforms)
-        self.influence = influence
+
+    def on_round_state(self, record: RoundRecord, state: RoundState) -> None:
+        """The whole round state (strategy, transforms, influence window) in one transaction."""
+        self.store.save_round(record, state)
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        window = None if self.influence is None else self.influence.state_dict()
-        self.store.checkpoint(record, state, transform_states(self.transforms), window)
         self.svc.record_round(
             {
                 "round": record.round,
@@ -449,20 +441,14 @@ def _tell_finished(
 def _loop(
     built: Federation, transport: GrpcTransport, store: Store, svc: FedgeService, state: StrategyState | None
 ) -> RunResult:
-    """The federation's rounds over the gRPC transport, checkpointing every round."""
-    transforms = built.pipeline.transforms
-    if state is not None:
-        restore_transforms(transforms, store.transform_states())
+    """The federation's rounds over the gRPC transport, checkpointing every round (its whole RoundState)."""
+    resume = None if state is None else store.round_state(state)
     influence = InfluenceBound(influence_limits(built.config))
-    if state is not None:
-        window = store.influence_window()
-        if window is not None:
-            influence.load_state_dict(window)
     try:
         return built.run(
             transport,
-            callbacks=[_Checkpoint(store, svc, transport, transforms, influence)],
-            state=state,
+            callbacks=[_Checkpoint(store, svc, transport)],
+            state=resume,
             influence=influence,
         )
     except TransportError as exc:
@@ -475,26 +461,6 @@ def influence_limits(exp: Experiment) -> InfluenceLimits:
     """A deployed run's bounds on one node's weight and norm; a set ``max_update_norm`` replaces the norm bound."""
     cfg: DeployConfig = exp.section("deploy")
     return InfluenceLimits(cfg.examples_cap, 0.0 if exp.training.max_update_norm else cfg.norm_cap)
-
-
-def transform_states(transforms: Sequence[Transform]) -> list[dict[str, Any]]:
-    """Each transform's name and checkpoint state, in pipeline order."""
-    return [{"name": t.name, "state": t.state_dict()} for t in transforms]
-
-
-def restore_transforms(transforms: Sequence[Transform], stored: list[Any] | None) -> None:
-    """Put the checkpointed states back into a resumed run's transforms (same pipeline, same order)."""
-    if stored is None:
-        return
-    names = [t.name for t in transforms]
-    if [s.get("name") for s in stored] != names:
-        raise ConfigError(
-            f"the stored run's pipeline was {[s.get('name') for s in stored]}, this one is {names}; "
-            "resume with the same sections"
-        )
-    for t, s in zip(transforms, stored, strict=True):
-        if s.get("state") is not None:
-            t.load_state_dict(s["state"])
 
 
 def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:

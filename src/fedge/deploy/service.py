@@ -29,7 +29,7 @@ from fedge.deploy.auth import AuthError, Caller, Verifier
 from fedge.deploy.proto import pb
 from fedge.deploy.ratelimit import RefusalLog
 from fedge.deploy.store import Store
-from fedge.transport.base import ClientFailure
+from fedge.engine.aggregator import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
 Metadata = Sequence[tuple[str, str | bytes]] | Caller

@@ -33,6 +33,7 @@ import numpy as np
 from fedge.core.errors import DataError
 from fedge.deploy import wire
 from fedge.deploy.proto import pb
+from fedge.engine.state import RoundState
 from fedge.simulation.history import RoundRecord
 from fedge.strategies.base import StrategyState
 
@@ -320,6 +321,14 @@ class Store:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('influence', ?)", (json.dumps(influence),))
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path}: cannot write the checkpoint of round {record.round} ({exc})") from None
+
+    def save_round(self, record: RoundRecord, state: RoundState) -> None:
+        """Checkpoint a round's whole :class:`~fedge.engine.state.RoundState` with its record."""
+        self.checkpoint(record, state.strategy, list(state.transforms), state.window())
+
+    def round_state(self, strategy: StrategyState) -> RoundState:
+        """The last checkpoint as a :class:`~fedge.engine.state.RoundState`, around its (checked) strategy state."""
+        return RoundState.stored(strategy, self.transform_states(), self.influence_window())
 
     def transform_states(self) -> list[Any] | None:
         """The pipeline's transform states at the last checkpoint (None: none stored)."""

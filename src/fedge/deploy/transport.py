@@ -2,8 +2,8 @@
 
 ``available`` waits (bounded) until enough nodes are connected; ``fit`` opens the round's
 task, then yields each update as its node pushes it — reduced on arrival through the
-loop's :class:`~fedge.transport.base.Reducer` into a one-client
-:class:`~fedge.transport.base.PartialSum`, so the verdict can be returned to the node and
+loop's :class:`~fedge.engine.aggregator.Reducer` into a one-client
+:class:`~fedge.engine.aggregator.PartialSum`, so the verdict can be returned to the node and
 the server never holds more than a few updates — or a :class:`ClientFailure` when a node
 disconnects, is refused, or misses the round deadline.
 """
@@ -25,7 +25,8 @@ from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.service import FedgeService, _Verdict
-from fedge.transport.base import ClientFailure, FitResult, PartialSum, Reducer
+from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
+from fedge.transport.base import FitResult
 
 log = logging.getLogger("fedge.deploy")
 

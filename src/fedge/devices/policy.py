@@ -1,4 +1,4 @@
-"""The device simulation as a :class:`~fedge.simulation.loop.RoundPolicy`: a virtual clock.
+"""The device simulation as a :class:`~fedge.engine.RoundPolicy`: a virtual clock.
 
 Each round: who is online at the current simulated time (availability) and whose model
 fits in memory; who is selected (uniform, by data size, fastest-first, Oort); who trains
@@ -36,8 +36,8 @@ from fedge.devices.availability import AlwaysOn, Availability
 from fedge.devices.cost import ClientCost, ModelCost, client_cost, samples_for_steps
 from fedge.devices.profiles import Fleet
 from fedge.devices.selection import SELECTIONS, Oort, select_fastest, select_uniform, select_weighted
+from fedge.engine import RoundPlan, RoundPolicy
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import RoundPlan, RoundPolicy
 from fedge.simulation.sampling import Sampling
 
 POLICIES = ("wait_all", "deadline", "overcommit", "partial")

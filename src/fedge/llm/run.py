@@ -24,6 +24,7 @@ from fedge.core.errors import ConfigError, DataError, ModelError
 from fedge.core.files import output_folder
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
+from fedge.engine import Callback, EvalPlan, RoundPolicy, RunResult
 from fedge.federation import BuildContext, Federation, make_strategy, train_config
 from fedge.llm.client import LoraClient, TextData, token_nll
 from fedge.llm.config import LlmConfig
@@ -32,7 +33,6 @@ from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, loa
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
 from fedge.pipeline import Transform
-from fedge.simulation.loop import Callback, EvalPlan, RoundPolicy, RunResult
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 

@@ -23,11 +23,11 @@ import numpy as np
 
 from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
+from fedge.engine import Callback, RoundPolicy, StopRun
 from fedge.pipeline import Transform
 from fedge.privacy.accountant import Accountant, check_epsilon_delta
 from fedge.privacy.transforms import AdaptiveClipping, CentralDP, LocalDP
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback, RoundPolicy, StopRun
 from fedge.simulation.sampling import Sampling
 from fedge.strategies import lookup
 from fedge.strategies.base import Strategy, StrategyState

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from fedge.config.schema import Experiment, opt, to_dict
-from fedge.simulation.loop import Callback
+from fedge.engine import Callback
 
 if TYPE_CHECKING:
     from fedge.federation import Federation

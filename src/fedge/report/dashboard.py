@@ -2,7 +2,7 @@
 
 It serves one page (inline JavaScript and SVG, no CDN) and JSON endpoints that read a
 *status source*: any object whose ``snapshot()`` returns a JSON-able dict. A simulation
-feeds a :class:`RunStatus` (a :class:`~fedge.simulation.loop.Callback`); a deployed server
+feeds a :class:`RunStatus` (a :class:`~fedge.engine.Callback`); a deployed server
 passes its own status snapshot. Bound to 127.0.0.1 by default; bound elsewhere it requires
 a token and answers 401 without it.
 
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fedge.core.errors import ConfigError
+from fedge.engine import Callback
 from fedge.simulation.history import History, RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies.base import StrategyState
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -1,6 +1,6 @@
 """Experiment tracking: per-round scalars to TensorBoard and, optionally, MLflow.
 
-Both are :class:`~fedge.simulation.loop.Callback` objects, off by default; the
+Both are :class:`~fedge.engine.Callback` objects, off by default; the
 ``[tracking]`` config section (or ``fedge run --tensorboard DIR``) turns them on.
 """
 
@@ -10,8 +10,8 @@ import math
 from typing import Any
 
 from fedge.core.errors import ConfigError
+from fedge.engine import Callback
 from fedge.simulation.history import COLUMNS, History, RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies.base import StrategyState
 
 

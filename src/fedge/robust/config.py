@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from fedge.config.schema import Experiment, opt
 from fedge.core.errors import ConfigError
+from fedge.engine import Callback
 from fedge.robust.attacks import ATTACKS, Attack, malicious_ids
 from fedge.simulation.history import RoundRecord
-from fedge.simulation.loop import Callback
 from fedge.strategies import lookup
 from fedge.strategies.base import StrategyState
 

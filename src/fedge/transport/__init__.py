@@ -1,18 +1,15 @@
-"""Transports: how the round loop reaches clients (in-process today, gRPC for devices)."""
+"""Transports: how the round engine reaches clients (in-process for simulation, gRPC for devices).
 
-from fedge.transport.base import (
-    ClientFailure,
-    FitResult,
-    PartialSum,
-    Reducer,
-    Transport,
-    Validator,
-)
+What the server does with what arrives (validation, reduction) is :mod:`fedge.engine.aggregator`.
+"""
+
+from fedge.transport.base import FitResult, Transport
 from fedge.transport.inprocess import (
     BACKENDS,
     Backend,
     ClientRuntime,
     DebugBackend,
+    FitTask,
     InProcessTransport,
     SequentialBackend,
 )
@@ -20,14 +17,11 @@ from fedge.transport.inprocess import (
 __all__ = [
     "BACKENDS",
     "Backend",
-    "ClientFailure",
     "ClientRuntime",
     "DebugBackend",
     "FitResult",
+    "FitTask",
     "InProcessTransport",
-    "PartialSum",
-    "Reducer",
     "SequentialBackend",
     "Transport",
-    "Validator",
 ]

@@ -8,15 +8,17 @@ How the cohort is executed is the :class:`Backend`'s business, chosen by argumen
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedge.clients.base import Client, run_fit
 from fedge.core.errors import ClientError
 from fedge.core.params import Params
 from fedge.core.types import ClientContext, EvalResult, FitInstructions, client_rng
+from fedge.engine.aggregator import ClientFailure, Reducer
 from fedge.pipeline import Pipeline
 from fedge.strategies.base import Strategy
-from fedge.transport.base import ClientFailure, FitResult, Reducer
+from fedge.transport.base import FitResult
 
 ClientFn = Callable[[int], Client]
 
@@ -45,21 +47,31 @@ class ClientRuntime:
         return self.strategy.client_evaluate(self.client_fn(cid), params, ctx)
 
 
+@dataclass
+class FitTask:
+    """One round's training, as the transport hands it to a :class:`Backend`.
+
+    ``states`` are the clients' persistent states, keyed by id (a backend updates them in
+    place or merges back what its workers return); ``reducer`` is the engine's
+    (:class:`~fedge.engine.aggregator.Reducer`): a backend that runs clients elsewhere
+    applies it there and yields one ``PartialSum``; None means yield every update.
+    """
+
+    runtime: ClientRuntime
+    round_num: int
+    client_ids: Sequence[int]
+    params: Params
+    ins: FitInstructions
+    states: dict[int, dict[str, Any]]
+    reducer: Reducer | None = None
+
+
 class Backend(Protocol):
     """Executes a cohort's local training; chosen by name, never by a global switch."""
 
     name: str
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]: ...
+    def fit(self, task: FitTask) -> Iterator[FitResult]: ...
 
     def close(self) -> None: ...
 
@@ -69,21 +81,12 @@ class DebugBackend:
 
     name = "debug"
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]:
-        for cid in client_ids:
+    def fit(self, task: FitTask) -> Iterator[FitResult]:
+        for cid in task.client_ids:
             try:
-                result = runtime.fit(cid, params, ins, states.setdefault(cid, {}))
+                result = task.runtime.fit(cid, task.params, task.ins, task.states.setdefault(cid, {}))
             except Exception as exc:
-                result = self.failed(cid, round_num, exc)
+                result = self.failed(cid, task.round_num, exc)
             yield result
 
     def failed(self, cid: int, round_num: int, exc: Exception) -> ClientFailure:
@@ -136,7 +139,7 @@ class InProcessTransport:
         ins: FitInstructions,
         reducer: Reducer | None = None,
     ) -> Iterator[FitResult]:
-        return self.backend.fit(self.runtime, round_num, client_ids, params, ins, self.states, reducer)
+        return self.backend.fit(FitTask(self.runtime, round_num, client_ids, params, ins, self.states, reducer))
 
     def evaluate(
         self, round_num: int, client_ids: Sequence[int], params: Params

@@ -20,8 +20,8 @@ from fedge.simulation.backends.vectorized import VectorizedBackend
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
+    from fedge.engine import Callback
     from fedge.federation import Federation
-    from fedge.simulation.loop import Callback
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """What every worker-style backend shares: splitting a cohort and reducing a share of it.
 
 A worker (a forked process or a Ray actor) receives a :class:`Task` — its share of the
-cohort, the round's parameters and instructions, its clients' persistent states and the
-picklable :class:`~fedge.transport.base.Reducer` — trains the clients one after another
-with one reused model, and sends back a :class:`Outcome`: one ``PartialSum`` (or, for
-strategies that need every update, the list of updates) plus the clients' new states.
+round's :class:`~fedge.transport.inprocess.FitTask`: clients, parameters, instructions,
+the clients' persistent states and the picklable :class:`~fedge.engine.aggregator.Reducer`
+— trains the clients one after another with one reused model, and sends back an
+:class:`Outcome`: one ``PartialSum`` (or, for strategies that need every update, the list
+of updates) plus the clients' new states.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 from fedge.core.errors import FedgeError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, FitInstructions, Metrics
+from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.pipeline import Pipeline
 from fedge.strategies.aggregate import Accumulator
 from fedge.strategies.base import Strategy
-from fedge.transport.base import ClientFailure, FitResult, PartialSum, Reducer
-from fedge.transport.inprocess import ClientRuntime
+from fedge.transport.base import FitResult
+from fedge.transport.inprocess import ClientRuntime, FitTask
 
 
 def balance(client_ids: Sequence[int], sizes: Sequence[int], parts: int) -> list[list[int]]:
@@ -64,26 +66,18 @@ class Task:
     pipeline: Pipeline
 
 
-def split_round(
-    runtime: ClientRuntime,
-    round_num: int,
-    client_ids: Sequence[int],
-    params: Params,
-    ins: FitInstructions,
-    states: dict[int, dict[str, Any]],
-    reducer: Reducer | None,
-    workers: int,
-) -> list[Task]:
+def split_round(fit: FitTask, workers: int) -> list[Task]:
     """The round's cohort as one :class:`Task` per worker, balanced by training-set size."""
-    shares = balance(client_ids, [client_size(runtime, c) for c in client_ids], workers)
+    runtime = fit.runtime
+    shares = balance(fit.client_ids, [client_size(runtime, c) for c in fit.client_ids], workers)
     return [
         Task(
-            round_num,
+            fit.round_num,
             share,
-            params,
-            ins,
-            {c: states.setdefault(c, {}) for c in share},
-            reducer,
+            fit.params,
+            fit.ins,
+            {c: fit.states.setdefault(c, {}) for c in share},
+            fit.reducer,
             runtime.strategy,
             runtime.pipeline,
         )

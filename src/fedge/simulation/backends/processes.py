@@ -4,7 +4,7 @@ The design of pfl-research (Granqvist et al., "pfl-research: simulation framewor
 accelerating research in Private Federated Learning", 2024): each worker holds one
 reused model and trains its share of the cohort sequentially; shares are balanced by
 dataset size; each worker reduces its clients where they ran and sends back one
-:class:`~fedge.transport.base.PartialSum`, so a round moves N sums, not K updates.
+:class:`~fedge.engine.aggregator.PartialSum`, so a round moves N sums, not K updates.
 
 Workers are forked once per runtime and reused across rounds, so the client factory
 (often a closure over the federation's arrays) is shared copy-on-write and never
@@ -21,15 +21,13 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fedge.core.errors import ConfigError
-from fedge.core.params import Params
 from fedge.core.threads import apply_threads
-from fedge.core.types import FitInstructions
 from fedge.simulation.backends._shard import (
     Outcome,
     emit,
@@ -37,8 +35,8 @@ from fedge.simulation.backends._shard import (
     run_task,
     split_round,
 )
-from fedge.transport.base import FitResult, Reducer
-from fedge.transport.inprocess import ClientRuntime
+from fedge.transport.base import FitResult
+from fedge.transport.inprocess import ClientRuntime, FitTask
 
 log = logging.getLogger(__name__)
 
@@ -135,26 +133,18 @@ class ProcessesBackend:
         while len(self._pool) < self.size:
             self._pool.append(_Worker(self._ctx, runtime, self.threads_per_worker))
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]:
-        if not client_ids:
+    def fit(self, task: FitTask) -> Iterator[FitResult]:
+        if not task.client_ids:
             return
-        self._ensure(runtime)
-        tasks = split_round(runtime, round_num, client_ids, params, ins, states, reducer, self.size)
+        self._ensure(task.runtime)
+        states = task.states
+        tasks = split_round(task, self.size)
         pending: dict[int, tuple[_Worker, list[int]]] = {}
         self.worker_cpu_s.append([])
-        for worker, task in zip(self._pool, tasks, strict=False):
-            share = task.client_ids
+        for worker, part in zip(self._pool, tasks, strict=False):
+            share = part.client_ids
             try:
-                worker.conn.send(task)
+                worker.conn.send(part)
             except (OSError, BrokenPipeError):
                 yield from self._lose(worker, share, "could not reach its worker process")
                 continue

@@ -13,15 +13,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from fedge.core.errors import TransportError
-from fedge.core.params import Params
-from fedge.core.types import FitInstructions
 from fedge.simulation.backends._shard import Outcome, Task, emit, lost, run_task, split_round
-from fedge.transport.base import FitResult, Reducer
-from fedge.transport.inprocess import ClientRuntime
+from fedge.transport.base import FitResult
+from fedge.transport.inprocess import ClientRuntime, FitTask
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +135,18 @@ class RayBackend:
         while len(self._actors) < self.size:
             self._actors.append(actor_cls.remote(self._runtime_ref, self.threads_per_worker))
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]:
-        if not client_ids:
+    def fit(self, task: FitTask) -> Iterator[FitResult]:
+        if not task.client_ids:
             return
-        self._ensure(runtime)
+        self._ensure(task.runtime)
+        states = task.states
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        tasks = split_round(runtime, round_num, client_ids, params, ins, states, reducer, self.size)
+        tasks = split_round(task, self.size)
         pending: dict[Any, tuple[Any, list[int]]] = {}
-        for actor, task in zip(self._actors, tasks, strict=False):
-            pending[actor.run.remote(task)] = (actor, task.client_ids)
+        for actor, part in zip(self._actors, tasks, strict=False):
+            pending[actor.run.remote(part)] = (actor, part.client_ids)
         deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)

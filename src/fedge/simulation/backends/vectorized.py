@@ -36,9 +36,10 @@ from fedge.clients.base import ClientData, LearnerClient, TrainResult, batches, 
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate, EvalResult, FitInstructions, TrainConfig
+from fedge.engine.aggregator import ClientFailure
 from fedge.simulation.backends._shard import PartialReducer, fit_one
-from fedge.transport.base import ClientFailure, FitResult, Reducer
-from fedge.transport.inprocess import ClientRuntime
+from fedge.transport.base import FitResult
+from fedge.transport.inprocess import ClientRuntime, FitTask
 
 log = logging.getLogger(__name__)
 
@@ -247,27 +248,25 @@ class VectorizedBackend:
         """Why clients ran sequentially so far (each reason is logged once)."""
         return set(self._reported)
 
-    def fit(
-        self,
-        runtime: ClientRuntime,
-        round_num: int,
-        client_ids: Sequence[int],
-        params: Params,
-        ins: FitInstructions,
-        states: dict[int, dict[str, Any]],
-        reducer: Reducer | None,
-    ) -> Iterator[FitResult]:
+    def fit(self, task: FitTask) -> Iterator[FitResult]:
+        runtime, reducer, client_ids = task.runtime, task.reducer, task.client_ids
         if runtime.strategy.per_client_models:
             raise ConfigError(
                 f"training.backend = 'vectorized' trains the whole cohort from one shared model, but strategy "
                 f"{runtime.strategy.name!r} gives each client its own (a personal head or a sub-model); "
                 "use 'sequential', 'debug', 'processes' or 'ray'"
             )
-        spec = ParamSpec.of(params)
+        spec = ParamSpec.of(task.params)
         for start in range(0, len(client_ids), max(self.chunk, 1)):
             part = PartialReducer(reducer) if reducer is not None else None
             for item in self._chunk(
-                runtime, round_num, client_ids[start : start + self.chunk], params, ins, states, spec
+                runtime,
+                task.round_num,
+                client_ids[start : start + self.chunk],
+                task.params,
+                task.ins,
+                task.states,
+                spec,
             ):
                 if part is None:
                     yield item

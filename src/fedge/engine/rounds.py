@@ -1,9 +1,10 @@
-"""The round loop, as a free function.
+"""The run loop and one round, as free functions: simulation and deployment run the same.
 
 One round: sample → configure → train (through the transport) → undo the pipeline,
-validate, sum contributions as they stream in → pipeline aggregate hooks → strategy
-state transition → evaluate → record → callbacks. Everything random draws from
-generators derived from ``(seed, round)``, so a seed gives a bit-identical history.
+validate, sum contributions as they stream in (the run's :class:`Aggregator`) → pipeline
+aggregate hooks → strategy state transition → evaluate → record → callbacks. The loop owns
+the round counter and, after every round, the run's :class:`RoundState`. Everything random
+draws from generators derived from ``(seed, round)``, so a seed gives a bit-identical history.
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedge.core.errors import AggregationError, ConfigError, FedgeError
 from fedge.core.params import ParamSpec, nbytes
 from fedge.core.types import ClientUpdate, EvalResult, Metrics, TrainConfig
+from fedge.engine.aggregator import Aggregator, ClientFailure, PartialSum
+from fedge.engine.state import RoundState
 from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.simulation.history import History, RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.aggregate import Accumulator
 from fedge.strategies.base import Strategy, StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
-from fedge.transport.base import ClientFailure, PartialSum, Reducer, Transport, Validator
+
+if TYPE_CHECKING:
+    from fedge.transport.base import Transport
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
 """Centralised evaluation: parameters -> (loss, accuracy) on a held-out set."""
@@ -36,6 +41,10 @@ class Callback:
 
     def on_run_start(self, state: StrategyState, rounds: int) -> None:
         pass
+
+    def on_round_state(self, record: RoundRecord, state: RoundState) -> None:
+        """The run's whole state after the round (strategy, transforms, influence window), just
+        before :meth:`on_round_end`: what a checkpoint saves, so that a resumed run continues exactly."""
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         pass
@@ -98,6 +107,8 @@ class RunResult:
     state: StrategyState
     stopped_early: str | None = None
     client_accuracy: dict[int, float] = field(default_factory=dict)
+    round_state: RoundState | None = None
+    """The run's whole state after its last round: resume a run from it with ``run(state=...)``."""
 
 
 def round_rng(seed: int, round_num: int) -> np.random.Generator:
@@ -117,21 +128,22 @@ def run_round(
     transport: Transport,
     sampling: Sampling,
     train: TrainConfig,
-    pipeline: Pipeline,
-    validator: Validator,
+    aggregator: Aggregator,
     seed: int,
     min_updates: int = 1,
     policy: RoundPolicy | None = None,
-    influence: InfluenceBound | None = None,
 ) -> tuple[StrategyState, RoundRecord]:
     """Train and aggregate one round; evaluation is the caller's.
 
-    With ``influence`` each streamed update's weight and norm are bounded, and the round's
+    The ``aggregator`` validates and reduces what the transport yields; the transport (and
+    its backend) gets the round's reducer from it. With an influence bound
+    (``aggregator.bound``) each streamed update's weight and norm are bounded, and the round's
     ``train_loss`` is the median of the clients' reported losses (also kept as
     ``client_reported_train_loss_median``) rather than their weighted mean, which a client
     reporting a huge example count would set alone.
     """
     t0 = time.perf_counter()
+    pipeline, validator, influence = aggregator.pipeline, aggregator.validator, aggregator.bound
     policy = policy or RoundPolicy()
     rng = round_rng(seed, round_num)
     available = policy.available(round_num, transport.available(round_num))
@@ -140,9 +152,7 @@ def run_round(
     ins = strategy.configure(state, round_num, train)
     ins.per_client.update(plan.overrides)
     rctx = RoundContext(round_num=round_num, rng=rng, spec=validator.spec, num_sampled=len(selected))
-    if influence is not None:
-        influence.start_round(len(plan.train))
-    reducer = Reducer(strategy, pipeline, rctx, validator, influence)
+    reducer = aggregator.reducer(rctx, len(plan.train))
     acc = Accumulator()
     updates: list[ClientUpdate] = []
     dropped: dict[str, list[int]] = {k: list(v) for k, v in plan.dropped.items()}
@@ -294,13 +304,18 @@ def run(
     eval_plan: EvalPlan | None = None,
     seed: int = 0,
     callbacks: Sequence[Callback] = (),
-    state: StrategyState | None = None,
+    state: RoundState | StrategyState | None = None,
     max_update_norm: float | None = None,
     min_updates: int = 1,
     policy: RoundPolicy | None = None,
     influence: InfluenceLimits | InfluenceBound | None = None,
 ) -> RunResult:
     """Run ``rounds`` rounds (continuing from ``state`` when resuming) and return the history.
+
+    A :class:`RoundState` resumes the whole run: the strategy state, the transforms' states
+    (the privacy accountant, so ε goes on from where it was) and the influence window go
+    back into this run's (freshly built) pipeline and bound. A bare :class:`StrategyState`
+    resumes the strategy only. The result's ``round_state`` is the state after the last round.
 
     ``influence`` bounds each client's weight and update norm relative to recent updates
     (:mod:`fedge.strategies.influence`); deployed runs use it, simulations by default not,
@@ -314,16 +329,17 @@ def run(
     pipeline = pipeline if pipeline is not None else Pipeline()
     check_pipeline(strategy, pipeline)
     eval_plan = eval_plan or EvalPlan()
-    if state is None:
+    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
+    if isinstance(state, RoundState):
+        state = state.restore(pipeline, bound)
+    elif state is None:
         state = strategy.init(
             [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
         )
-    validator = Validator(
-        ParamSpec.of(state.params),
-        max_norm=max_update_norm,
-        expected=strategy.update_spec if strategy.partial_updates else None,
+    aggregator = Aggregator.for_run(
+        strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
     )
-    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
+    round_state: RoundState | None = None
     history = History()
     client_acc: dict[int, float] = {}
     for cb in callbacks:
@@ -338,12 +354,10 @@ def run(
             transport=transport,
             sampling=sampling,
             train=train,
-            pipeline=pipeline,
-            validator=validator,
+            aggregator=aggregator,
             seed=seed,
             min_updates=min_updates,
             policy=policy,
-            influence=bound,
         )
         state.round_num = round_num
         if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):
@@ -357,15 +371,23 @@ def run(
                 record.extra.update(client_distribution(results))
         record.wall_s = time.perf_counter() - t0
         history.append(record)
+        round_state = RoundState.capture(state, pipeline, bound)
         try:
             for cb in callbacks:
+                cb.on_round_state(record, round_state)
                 cb.on_round_end(record, state)
         except StopRun as exc:
             stopped = str(exc)
             break
     for cb in callbacks:
         cb.on_run_end(history, state)
-    return RunResult(history=history, state=state, stopped_early=stopped, client_accuracy=client_acc)
+    return RunResult(
+        history=history,
+        state=state,
+        stopped_early=stopped,
+        client_accuracy=client_acc,
+        round_state=round_state or RoundState.capture(state, pipeline, bound),
+    )
 
 
 WORST_FRACTION = 0.1
