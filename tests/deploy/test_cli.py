@@ -29,6 +29,17 @@ def test_resume_without_a_run_is_a_one_line_error(tmp_path: Path) -> None:
     assert res.output.strip().splitlines() == [f"error: {tmp_path / 'none.db'}: no run to resume"]
 
 
+def test_serve_gives_back_the_callers_sigterm_handler(tmp_path: Path) -> None:
+    """A caller that runs `fedge serve` in its own process (a test, a notebook) keeps its SIGTERM handler,
+    and the worker processes it forks later are not handed serve's."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    res = CliRunner().invoke(cli, ["serve", "--state", str(tmp_path / "none.db"), "--resume", "-q"])
+    assert res.exit_code == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_join_refuses_contradictory_options(tmp_path: Path) -> None:
     runner = CliRunner()
     key = tmp_path / "n.key"

@@ -103,7 +103,7 @@ def serve_cmd(
     checkpointed round.
     """
     stopper = _SigTerm()
-    signal.signal(signal.SIGTERM, stopper)
+    previous = signal.signal(signal.SIGTERM, stopper)
     try:
         from fedge.deploy.server import experiment_for
 
@@ -136,6 +136,8 @@ def serve_cmd(
     except _Terminated as exc:
         click.echo(f"fedge serve: stopped by SIGTERM ({exc}); `fedge serve --resume` continues the run", err=True)
         sys.exit(EXIT_SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller running the command in its own process keeps its handler
 
 
 EXIT_SIGTERM = 143

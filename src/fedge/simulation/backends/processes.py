@@ -49,8 +49,11 @@ def _worker_main(conn: Connection, threads: int) -> None:
 
     Ctrl-C reaches the whole process group; the parent handles it (keeping the finished
     rounds) and closes the workers, so a worker ignores SIGINT rather than print a traceback.
+    SIGTERM, with which the parent stops a worker, ends it as the default does, whatever
+    handler the parent had installed when it forked (``fedge serve`` has one).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     apply_threads(threads)
     runtime = _RUNTIME
     assert runtime is not None
