@@ -1,4 +1,5 @@
-"""``GrpcTransport.run_secagg`` without gRPC: nodes in threads answer the service's stages.
+"""Secure aggregation's one orchestrator over ``GrpcTransport.exchange`` without gRPC: nodes in
+threads answer the service's stages.
 
 Every stage is relayed through the service's Poll and SecAgg handlers with signed, packed
 messages; nodes that stay silent past a stage's deadline count as dropped there, and too
@@ -19,10 +20,14 @@ from fedge.deploy.proto import pb
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
+from fedge.pipeline import Pipeline
+from fedge.secagg import SecAggConfig, SecureAggregation
 from fedge.secagg import client as C
 from fedge.secagg import wire as secagg_wire
 from fedge.secagg.messages import RoundSetup
+from fedge.secagg.orchestrator import run_round
 from fedge.secagg.server import SecAggAbort
+from fedge.strategies import FedAvg
 
 N, LENGTH = 4, 5
 
@@ -30,11 +35,12 @@ N, LENGTH = 4, 5
 def fake_node(
     svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, silent_from: str, stop: threading.Event
 ) -> None:
-    """Polls and answers each stage with the real client stage functions, until ``silent_from``."""
+    """Polls and answers each stage with the client's stage handler, until ``silent_from``."""
     join = pb.JoinRequest(partition=cid).SerializeToString()
     session = pb.JoinReply.FromString(svc.join(join, signer.metadata("Join", join))).session
     poll = pb.PollRequest(session=session).SerializeToString()
-    secrets: Any = None
+    state: dict[str, Any] = {}
+    C.hold_input(state, 1, words)
     while not stop.wait(0.01):
         reply = pb.PollReply.FromString(svc.poll(poll, signer.metadata("Poll", poll)))
         if reply.action != pb.PollReply.SECAGG:
@@ -42,14 +48,7 @@ def fake_node(
         if reply.secagg_stage == silent_from:
             return  # vanishes: no more polls, no answer
         msg = secagg_wire.unpack(reply.secagg_message)
-        if reply.secagg_stage == "advertise":
-            secrets, answer = C.advertise(msg, cid)
-        elif reply.secagg_stage == "share":
-            answer = C.share_keys(secrets, msg)
-        elif reply.secagg_stage == "masked_input":
-            answer = C.masked_input(secrets, msg, words)
-        else:
-            answer = C.unmask(secrets, msg)
+        answer = C.respond(reply.secagg_stage, msg, client_id=cid, state=state)
         post = pb.SecAggPost(
             task_id=reply.task_id, round=reply.round, stage=reply.secagg_stage, message=secagg_wire.pack(answer)
         ).SerializeToString()
@@ -88,7 +87,7 @@ def relay(tmp_path: Path, silent: dict[int, str]) -> tuple[Any, dict[int, np.nda
         stop.wait(0.01)
     setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=LENGTH, graph_seed=7)
     try:
-        return transport.run_secagg(setup, {}, {}), words, svc
+        return run_round(setup, transport), words, svc
     finally:
         stop.set()
         for t in threads:
@@ -125,7 +124,8 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
     key, _ = new_keys(tmp_path, "node")
     node = Node("127.0.0.1:1", Signer(load_private(key)), insecure=True)
     node.client_id = 1
-    node._secagg_words = (1, np.zeros(LENGTH, np.uint32))
+    node.pipeline = Pipeline([SecureAggregation(SecAggConfig(enabled=True), FedAvg(), max_cohort=N)])
+    C.hold_input(node._exchange_state, 1, np.zeros(LENGTH, np.uint32))
     posts: list[Any] = []
 
     def unary(method: str, msg: Any) -> bytes:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,7 +394,6 @@ def _run_served(
     )
     if transport_hook is not None:
         transport_hook(transport)
-    _relay_secagg(built.pipeline.transforms, transport)
     if finished is not None and state is not None:
         svc.round_num = state.round_num
         svc.phase = "finished"
@@ -518,15 +517,6 @@ def restore_transforms(transforms: Sequence[Transform], stored: list[Any] | None
     for t, s in zip(transforms, stored, strict=True):
         if s.get("state") is not None:
             t.load_state_dict(s["state"])
-
-
-def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:
-    """Secure aggregation runs its stages as message rounds with the nodes, not in-process."""
-    from fedge.secagg.transform import SecureAggregation
-
-    for t in transforms:
-        if isinstance(t, SecureAggregation):
-            t.runner = transport.run_secagg
 
 
 def _linger(svc: FedgeService, seconds: float) -> None:

@@ -14,9 +14,9 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from fedge.core.errors import ValidationError
 from fedge.core.params import Params, ParamSpec, all_finite, l2_norm
@@ -25,6 +25,7 @@ from fedge.pipeline import Pipeline, RoundContext
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
 from fedge.strategies.influence import InfluenceBound
+from fedge.transport.exchange import Exchanged, OnReply
 
 
 @dataclass
@@ -128,5 +129,18 @@ class Transport(Protocol):
     def evaluate(
         self, round_num: int, client_ids: Sequence[int], params: Params
     ) -> Iterator[EvalResult | ClientFailure]: ...
+
+    def exchange(
+        self,
+        round_num: int,
+        stage: str,
+        requests: Mapping[int, Any],
+        deadline_s: float,
+        *,
+        on_reply: OnReply | None = None,
+    ) -> Exchanged:
+        """Send each client in ``requests`` its ``stage`` message; gather the replies until all
+        answered, a client is lost, or ``deadline_s`` (see :mod:`fedge.transport.exchange`)."""
+        ...
 
     def close(self) -> None: ...
