@@ -35,6 +35,7 @@ from fedge.secagg.server import SecAggAbort
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
 from fedge.transport.exchange import Exchanger
+from fedge.transport.inprocess import InProcessTransport
 
 PAYLOAD_KEY = "secagg"
 """The update's payload entry that says its words wait, masked, for the protocol's stages."""
@@ -153,7 +154,8 @@ class SecureAggregation(Transform):
         if self.cfg.simulate_dropout:
             m = round(self.cfg.simulate_dropout * len(cohort))
             ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
-            drop[self.cfg.dropout_stage] = {int(i) for i in ids}
+            if isinstance(transport, InProcessTransport):  # a deployment's nodes drop on their own
+                drop[self.cfg.dropout_stage] = {int(i) for i in ids}
         res = run_round(setup, transport, deadline_s=self.stage_s, drop=drop)
         values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
         terms: Terms = {}
