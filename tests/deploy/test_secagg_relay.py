@@ -152,3 +152,59 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
         )
         assert posts[-1].stage == stage and posts[-1].message == b""
     node.channel.close()
+
+
+def test_a_node_keeps_its_words_in_memory_only_and_answers_from_them(tmp_path: Path) -> None:
+    from fedge.config.schema import from_dict
+    from fedge.deploy import wire
+    from fedge.deploy.node import MemoryState, Node, partition_client
+    from fedge.deploy.service import encode_instructions
+    from fedge.experiment import TRANSFORM_FACTORIES, build, make_strategy
+    from fedge.plugins import load_plugins
+
+    load_plugins()
+    exp = from_dict(
+        {
+            "data": {"dataset": "synthetic", "num_clients": N},
+            "model": {"name": "logreg", "framework": "numpy"},
+            "training": {"clients_per_round": N},
+            "secagg": {"enabled": True, "clip": 4.0},
+        }
+    )
+    built = build(exp)
+    key, _ = new_keys(tmp_path, "node")
+    node = Node("127.0.0.1:1", Signer(load_private(key)), insecure=True)
+    node.client_id, node.exp, node.client = 1, exp, partition_client(exp, 1)
+    node.strategy, node.state = make_strategy(exp), MemoryState()
+    node.pipeline = Pipeline([t for f in TRANSFORM_FACTORIES for t in f(exp)])
+    state = built.strategy.init(built.initial, num_clients=N)
+    task = wire.encode(encode_instructions(built.initial, built.strategy.configure(state, 1, built.train)))
+    node.fetch = lambda reply: wire.decode(task.header, task.chunks(), max_bytes=2**26)  # type: ignore[method-assign]
+    pushed: list[str] = []
+
+    def retrying(what: str, fn: Any) -> bytes:
+        pushed.append(what)
+        return pb.PushReply(accepted=True).SerializeToString()  # type: ignore[no-any-return]
+
+    node._retrying = retrying  # type: ignore[method-assign]
+    node.train(pb.PollReply(action=pb.PollReply.TRAIN, task_id="t", round=1))
+    assert pushed == ["push"] and node.rounds_trained == 1
+    saved_round, _, after = node.state.load()
+    assert saved_round == 1 and C.STATE_KEY not in after
+    words = node._exchange_state[C.STATE_KEY]["words"]
+    assert words.dtype == np.uint32 and words.size > 0
+    setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=words.size, graph_seed=7)
+    posts: list[Any] = []
+
+    def unary(method: str, msg: Any) -> bytes:
+        posts.append(msg)
+        return pb.SecAggReply(accepted=True).SerializeToString()  # type: ignore[no-any-return]
+
+    node._retrying = lambda what, fn: fn()  # type: ignore[method-assign]
+    node._unary = unary  # type: ignore[method-assign]
+    ask = pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage="advertise")
+    ask.secagg_message = secagg_wire.pack(setup)
+    node.secagg(ask)
+    assert secagg_wire.unpack(posts[-1].message).client_id == 1
+    assert node._exchange_state[C.STATE_KEY]["secrets"] is not None
+    node.channel.close()
