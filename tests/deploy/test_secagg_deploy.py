@@ -21,13 +21,14 @@ import pytest
 from fedge.clients.base import run_fit
 from fedge.config import load
 from fedge.core.types import ClientContext, client_rng
-from fedge.deploy.node import SECAGG_WORDS, partition_client
+from fedge.deploy.node import SECAGG_STATE, partition_client
 from fedge.deploy.proto import pb
 from fedge.deploy.server import serve
 from fedge.experiment import load_params_npz
 from fedge.federation import build, execute
 from fedge.pipeline import Pipeline
-from fedge.secagg.transform import PAYLOAD_KEY
+from fedge.secagg import server as S
+from fedge.secagg.client import STATE_KEY
 
 from .conftest import free_port
 from .test_integration import processes, spawn
@@ -88,13 +89,16 @@ def test_three_nodes_run_secure_aggregation_to_the_simulated_secure_model(
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def client_update(exp_path: Path, cid: int, secure: bool) -> Any:
-    """Client ``cid``'s round-1 update as its node computes it, with or without secagg."""
+def client_update(exp_path: Path, cid: int, secure: bool, kept: dict[str, Any] | None = None) -> Any:
+    """Client ``cid``'s round-1 update as its node computes it, with or without secagg
+    (``kept`` receives the client's own state: with secagg, its input words)."""
     exp = load(str(exp_path))
     built = build(exp)
     state = built.strategy.init(built.initial, num_clients=exp.data.num_clients)
     ins = built.strategy.configure(state, 1, built.train)
-    ctx = ClientContext(client_id=cid, round_num=1, rng=client_rng(exp.seed, 1, cid), state={})
+    ctx = ClientContext(
+        client_id=cid, round_num=1, rng=client_rng(exp.seed, 1, cid), state={} if kept is None else kept
+    )
     params = [np.asarray(p, dtype=np.float32) for p in state.params]
     return run_fit(
         partition_client(exp, cid),
@@ -107,9 +111,10 @@ def client_update(exp_path: Path, cid: int, secure: bool) -> Any:
 
 
 def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update_reaches_the_server(
-    tmp_path: Path, make_keys: Any, write_experiment: Any
+    tmp_path: Path, make_keys: Any, write_experiment: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert SECAGG_WORDS == PAYLOAD_KEY
+    assert SECAGG_STATE == STATE_KEY
+    unmask = S.unmask
     keys, allow = make_keys(4)
     port = free_port()
     exp_path = secagg_experiment(write_experiment, allow, 4, port)
@@ -121,7 +126,7 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
 
         def hook(transport: Any) -> None:
             svc = transport.service
-            push, post, run_secagg = svc.push, svc.secagg_post, transport.run_secagg
+            push, post = svc.push, svc.secagg_post
 
             def recording_push(messages: Any, md: Any) -> bytes:
                 def record() -> Any:
@@ -140,12 +145,13 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
                     os.kill(nodes[victim].pid, signal.SIGKILL)  # it has shared its keys, now it vanishes
                 return reply  # type: ignore[no-any-return]
 
-            def capturing(setup: Any, inputs: Any, drop: Any) -> Any:
-                res = run_secagg(setup, inputs, drop)
-                totals[setup.round_num] = (res.total.copy(), tuple(res.included))
-                return res
+            def capturing(setup: Any, roster: Any, shared: Any, summed: Any, responses: Any) -> Any:
+                total = unmask(setup, roster, shared, summed, responses)
+                totals[setup.round_num] = (total.copy(), tuple(sorted(summed.survivors)))
+                return total
 
-            svc.push, svc.secagg_post, transport.run_secagg = recording_push, recording_post, capturing
+            svc.push, svc.secagg_post = recording_push, recording_post
+            monkeypatch.setattr(S, "unmask", capturing)
 
         ready = threading.Event()
         result: dict[str, Any] = {}
@@ -173,7 +179,10 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
     assert first.participants == 3 and first.dropped.get("secagg masked_input: node disconnected") == [victim]
     assert second.participants == 3
     # The round-1 total is exactly the survivors' words, as this test recomputes them ...
-    words = {cid: client_update(exp_path, cid, secure=True).payload[PAYLOAD_KEY] for cid in range(4)}
+    kept: dict[int, dict[str, Any]] = {cid: {} for cid in range(4)}
+    for cid in range(4):
+        assert "secagg_words" not in client_update(exp_path, cid, secure=True, kept=kept[cid]).payload
+    words = {cid: kept[cid][STATE_KEY]["words"] for cid in range(4)}
     total, included = totals[1]
     assert included == (0, 1, 2)
     expected = sum((words[c].astype(np.uint64) for c in included), np.zeros_like(total, np.uint64))

@@ -1,4 +1,5 @@
-"""``GrpcTransport.run_secagg`` without gRPC: nodes in threads answer the service's stages.
+"""Secure aggregation's one orchestrator over ``GrpcTransport.exchange`` without gRPC: nodes in
+threads answer the service's stages.
 
 Every stage is relayed through the service's Poll and SecAgg handlers with signed, packed
 messages; nodes that stay silent past a stage's deadline count as dropped there, and too
@@ -19,10 +20,14 @@ from fedge.deploy.proto import pb
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
+from fedge.pipeline import Pipeline
+from fedge.secagg import SecAggConfig, SecureAggregation
 from fedge.secagg import client as C
 from fedge.secagg import wire as secagg_wire
 from fedge.secagg.messages import RoundSetup
+from fedge.secagg.orchestrator import run_round
 from fedge.secagg.server import SecAggAbort
+from fedge.strategies import FedAvg
 
 N, LENGTH = 4, 5
 
@@ -30,11 +35,12 @@ N, LENGTH = 4, 5
 def fake_node(
     svc: FedgeService, signer: Signer, cid: int, words: np.ndarray, silent_from: str, stop: threading.Event
 ) -> None:
-    """Polls and answers each stage with the real client stage functions, until ``silent_from``."""
+    """Polls and answers each stage with the client's stage handler, until ``silent_from``."""
     join = pb.JoinRequest(partition=cid).SerializeToString()
     session = pb.JoinReply.FromString(svc.join(join, signer.metadata("Join", join))).session
     poll = pb.PollRequest(session=session).SerializeToString()
-    secrets: Any = None
+    state: dict[str, Any] = {}
+    C.hold_input(state, 1, words)
     while not stop.wait(0.01):
         reply = pb.PollReply.FromString(svc.poll(poll, signer.metadata("Poll", poll)))
         if reply.action != pb.PollReply.SECAGG:
@@ -42,14 +48,7 @@ def fake_node(
         if reply.secagg_stage == silent_from:
             return  # vanishes: no more polls, no answer
         msg = secagg_wire.unpack(reply.secagg_message)
-        if reply.secagg_stage == "advertise":
-            secrets, answer = C.advertise(msg, cid)
-        elif reply.secagg_stage == "share":
-            answer = C.share_keys(secrets, msg)
-        elif reply.secagg_stage == "masked_input":
-            answer = C.masked_input(secrets, msg, words)
-        else:
-            answer = C.unmask(secrets, msg)
+        answer = C.respond(reply.secagg_stage, msg, client_id=cid, state=state)
         post = pb.SecAggPost(
             task_id=reply.task_id, round=reply.round, stage=reply.secagg_stage, message=secagg_wire.pack(answer)
         ).SerializeToString()
@@ -88,7 +87,7 @@ def relay(tmp_path: Path, silent: dict[int, str]) -> tuple[Any, dict[int, np.nda
         stop.wait(0.01)
     setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=LENGTH, graph_seed=7)
     try:
-        return transport.run_secagg(setup, {}, {}), words, svc
+        return run_round(setup, transport), words, svc
     finally:
         stop.set()
         for t in threads:
@@ -125,7 +124,8 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
     key, _ = new_keys(tmp_path, "node")
     node = Node("127.0.0.1:1", Signer(load_private(key)), insecure=True)
     node.client_id = 1
-    node._secagg_words = (1, np.zeros(LENGTH, np.uint32))
+    node.pipeline = Pipeline([SecureAggregation(SecAggConfig(enabled=True), FedAvg(), max_cohort=N)])
+    C.hold_input(node._exchange_state, 1, np.zeros(LENGTH, np.uint32))
     posts: list[Any] = []
 
     def unary(method: str, msg: Any) -> bytes:
@@ -151,4 +151,58 @@ def test_a_node_answers_with_its_own_keys_resends_a_lost_answer_and_withdraws_fr
             pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage=stage, secagg_message=junk)
         )
         assert posts[-1].stage == stage and posts[-1].message == b""
+    node.channel.close()
+
+
+def test_a_node_keeps_its_words_in_memory_only_and_answers_from_them(tmp_path: Path) -> None:
+    from fedge.config.schema import from_dict
+    from fedge.deploy import wire
+    from fedge.deploy.node import MemoryState, Node, partition_client
+    from fedge.deploy.service import encode_instructions
+    from fedge.federation import build, client_side
+
+    exp = from_dict(
+        {
+            "data": {"dataset": "synthetic", "num_clients": N},
+            "model": {"name": "logreg", "framework": "numpy"},
+            "training": {"clients_per_round": N},
+            "secagg": {"enabled": True, "clip": 4.0},
+        }
+    )
+    built = build(exp)
+    key, _ = new_keys(tmp_path, "node")
+    node = Node("127.0.0.1:1", Signer(load_private(key)), insecure=True)
+    node.client_id, node.exp, node.client = 1, exp, partition_client(exp, 1)
+    node.state = MemoryState()
+    node.strategy, node.pipeline = client_side(exp)
+    state = built.strategy.init(built.initial, num_clients=N)
+    task = wire.encode(encode_instructions(built.initial, built.strategy.configure(state, 1, built.train)))
+    node.fetch = lambda reply: wire.decode(task.header, task.chunks(), max_bytes=2**26)  # type: ignore[method-assign]
+    pushed: list[str] = []
+
+    def retrying(what: str, fn: Any) -> bytes:
+        pushed.append(what)
+        return pb.PushReply(accepted=True).SerializeToString()  # type: ignore[no-any-return]
+
+    node._retrying = retrying  # type: ignore[method-assign]
+    node.train(pb.PollReply(action=pb.PollReply.TRAIN, task_id="t", round=1))
+    assert pushed == ["push"] and node.rounds_trained == 1
+    saved_round, _, after = node.state.load()
+    assert saved_round == 1 and C.STATE_KEY not in after
+    words = node._exchange_state[C.STATE_KEY]["words"]
+    assert words.dtype == np.uint32 and words.size > 0
+    setup = RoundSetup(1, tuple(range(N)), k=N - 1, t=2, length=words.size, graph_seed=7)
+    posts: list[Any] = []
+
+    def unary(method: str, msg: Any) -> bytes:
+        posts.append(msg)
+        return pb.SecAggReply(accepted=True).SerializeToString()  # type: ignore[no-any-return]
+
+    node._retrying = lambda what, fn: fn()  # type: ignore[method-assign]
+    node._unary = unary  # type: ignore[method-assign]
+    ask = pb.PollReply(action=pb.PollReply.SECAGG, task_id="t", round=1, secagg_stage="advertise")
+    ask.secagg_message = secagg_wire.pack(setup)
+    node.secagg(ask)
+    assert secagg_wire.unpack(posts[-1].message).client_id == 1
+    assert node._exchange_state[C.STATE_KEY]["secrets"] is not None
     node.channel.close()

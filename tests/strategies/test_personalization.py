@@ -227,7 +227,9 @@ def test_vectorized_refuses_per_client_models_and_runs_ditto() -> None:
 def test_partial_update_strategies_refuse_whole_model_transforms() -> None:
     class Summing(Transform):
         name = "secagg"
-        sums_cohort = True
+
+        def sum_cohort(self, updates: object, rctx: object, transport: object) -> object:
+            raise NotImplementedError
 
     for transform in (Compress(Float16()), Summing()):
         for strategy in (HeteroFL(), FedRep()):

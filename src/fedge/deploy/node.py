@@ -38,8 +38,8 @@ from fedge.deploy.proto import pb
 from fedge.strategies.base import Strategy
 
 log = logging.getLogger("fedge.deploy.node")
-SECAGG_WORDS = "secagg_words"
-"""``fedge.secagg.transform.PAYLOAD_KEY``, spelled here so a node without it imports nothing."""
+SECAGG_STATE = "secagg"
+"""``fedge.secagg.client.STATE_KEY``, spelled here so a node without it imports nothing."""
 PREFIX = "/fedge.deploy.Fedge/"
 RETRY = {
     grpc.StatusCode.UNAVAILABLE,
@@ -235,9 +235,9 @@ class Node:
         self.client_id = -1
         self.client: Client | None = None
         self.rounds_trained = 0
-        self._secagg_words: tuple[int, np.ndarray] | None = None
-        """With [secagg]: (round, the fixed-point input words); they never leave the node."""
-        self._secagg_secrets: Any = None
+        self._exchange_state: dict[str, Any] = {}
+        """The round's state for a protocol's stages (with [secagg]: the fixed-point input words
+        and the round's secrets); only in memory, never saved, and the words never leave the node."""
         self._secagg_sent: tuple[tuple[int, str, str], bytes] | None = None
         self._busy = threading.Event()
         self._stop = threading.Event()
@@ -364,15 +364,13 @@ class Node:
             state=state,
         )
         assert self.client is not None
-        self._secagg_words = self._secagg_secrets = self._secagg_sent = None
+        self._exchange_state, self._secagg_sent = {}, None
         try:
             update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
-            if SECAGG_WORDS in update.payload:
-                # Secure aggregation: the words stay here; the server gets them only masked,
-                # in the protocol's masked-input stage. The push says training is done.
-                payload = dict(update.payload)
-                self._secagg_words = (ins.round_num, payload.pop(SECAGG_WORDS))
-                update.payload = {**payload, "secagg": "ready"}
+            if SECAGG_STATE in state:
+                # Secure aggregation: the words stay here, out of the saved state; the server gets
+                # them only masked, in the protocol's masked-input stage.
+                self._exchange_state = {SECAGG_STATE: state.pop(SECAGG_STATE)}
             tree = {
                 "delta": list(update.delta),
                 "num_examples": int(update.num_examples),
@@ -412,14 +410,15 @@ class Node:
     def secagg(self, reply: Any) -> None:
         """Answer one stage of secure aggregation with this node's own keys, shares and words.
 
-        Anything this node cannot or will not answer (no input for that round, a malformed
-        or tampered request) is answered with an empty message: it withdraws and the
-        server counts it as dropped at that stage.
+        The answer comes from the pipeline's responder for the stage — the same handler the
+        in-process transport calls in simulation. Anything this node cannot or will not
+        answer (no input for that round, a malformed or tampered request) is answered with
+        an empty message: it withdraws and the server counts it as dropped at that stage.
         """
         from fedge.core.errors import FedgeError
-        from fedge.secagg import client as C
         from fedge.secagg import wire as secagg_wire
-        from fedge.secagg.messages import KeyRoster, RoundSetup, ShareInbox, UnmaskRequest
+        from fedge.secagg.client import ProtocolError
+        from fedge.transport.exchange import responder_for
 
         key = (int(reply.round), str(reply.secagg_stage), str(reply.task_id))
         if self._secagg_sent is not None and self._secagg_sent[0] == key:
@@ -427,21 +426,12 @@ class Node:
         else:
             try:
                 msg = secagg_wire.unpack(reply.secagg_message)
-                if self._secagg_words is None or self._secagg_words[0] != key[0]:
-                    raise C.ProtocolError(f"no input for round {key[0]} on this node")
-                words, secrets = self._secagg_words[1], self._secagg_secrets
-                answer: Any
-                if key[1] == "advertise" and isinstance(msg, RoundSetup) and msg.round_num == key[0]:
-                    self._secagg_secrets, answer = C.advertise(msg, self.client_id)
-                elif secrets is not None and key[1] == "share" and isinstance(msg, KeyRoster):
-                    answer = C.share_keys(secrets, msg)
-                elif secrets is not None and key[1] == "masked_input" and isinstance(msg, ShareInbox):
-                    answer = C.masked_input(secrets, msg, words)
-                elif secrets is not None and key[1] == "unmask" and isinstance(msg, UnmaskRequest):
-                    answer = C.unmask(secrets, msg)
-                    self._secagg_words = self._secagg_secrets = None  # the round's secrets are done
-                else:
-                    raise C.ProtocolError(f"unexpected {type(msg).__name__} in stage {key[1]!r}")
+                if getattr(msg, "round_num", None) != key[0]:
+                    raise ProtocolError(f"a {type(msg).__name__} in round {key[0]}'s stage {key[1]!r}")
+                responder = responder_for(key[1], self.pipeline.transforms)
+                if responder is None:
+                    raise ProtocolError(f"no transform of this node answers stage {key[1]!r}")
+                answer = responder.respond(key[1], msg, client_id=self.client_id, state=self._exchange_state)
                 out = secagg_wire.pack(answer)
             except (FedgeError, ValueError, TypeError, KeyError, IndexError) as exc:
                 # a malformed request from the server must not stop the node: it withdraws

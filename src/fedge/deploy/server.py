@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,7 +386,6 @@ def _run_served(
     )
     if transport_hook is not None:
         transport_hook(transport)
-    _relay_secagg(built.pipeline.transforms, transport)
     if finished is not None and state is not None:
         svc.round_num = state.round_num
         svc.phase = "finished"
@@ -461,15 +460,6 @@ def influence_limits(exp: Experiment) -> InfluenceLimits:
     """A deployed run's bounds on one node's weight and norm; a set ``max_update_norm`` replaces the norm bound."""
     cfg: DeployConfig = exp.section("deploy")
     return InfluenceLimits(cfg.examples_cap, 0.0 if exp.training.max_update_norm else cfg.norm_cap)
-
-
-def _relay_secagg(transforms: Iterable[Any], transport: GrpcTransport) -> None:
-    """Secure aggregation runs its stages as message rounds with the nodes, not in-process."""
-    from fedge.secagg.transform import SecureAggregation
-
-    for t in transforms:
-        if isinstance(t, SecureAggregation):
-            t.runner = transport.run_secagg
 
 
 def _linger(svc: FedgeService, seconds: float) -> None:

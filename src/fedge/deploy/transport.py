@@ -5,7 +5,8 @@ task, then yields each update as its node pushes it — reduced on arrival throu
 loop's :class:`~fedge.engine.aggregator.Reducer` into a one-client
 :class:`~fedge.engine.aggregator.PartialSum`, so the verdict can be returned to the node and
 the server never holds more than a few updates — or a :class:`ClientFailure` when a node
-disconnects, is refused, or misses the round deadline.
+disconnects, is refused, or misses the round deadline. ``exchange`` runs one stage of a
+multi-message protocol (secure aggregation's) as requests the nodes fetch by polling.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
@@ -27,6 +25,7 @@ from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.service import FedgeService, _Verdict
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.transport.base import FitResult
+from fedge.transport.exchange import Exchanged, OnReply
 
 log = logging.getLogger("fedge.deploy")
 
@@ -50,6 +49,7 @@ class GrpcTransport:
         self.wait_s = wait_s
         self.round_deadline_s = round_deadline_s
         self.stopping = threading.Event()
+        self._setup: Any = None
 
     def num_clients(self) -> int:
         return self.service.num_clients
@@ -146,98 +146,67 @@ class GrpcTransport:
         finally:
             svc.close_round(task)
 
-    def run_secagg(self, setup: Any, inputs: Mapping[int, npt.NDArray[Any]], drop: Mapping[str, set[int]]) -> Any:
-        """The four stages of secure aggregation as message rounds with the cohort's nodes.
+    def exchange(
+        self,
+        round_num: int,
+        stage: str,
+        requests: Mapping[int, Any],
+        deadline_s: float,
+        *,
+        on_reply: OnReply | None = None,
+    ) -> Exchanged:
+        """One stage of a multi-message protocol with the nodes in ``requests``.
 
-        The :class:`~fedge.secagg.transform.SecureAggregation` runner of a deployment:
-        ``inputs`` and ``drop`` (simulation only) are not used — each node masks its own
-        words. Every stage hands each expected node its request on its next poll and waits
-        for the answers until all are in, the node disconnects, or ``secagg_stage_s``;
-        missing nodes count as dropped at that stage. The server-side work is the
-        :mod:`fedge.secagg.server` stage functions; aborts raise ``SecAggAbort``.
+        Each node gets its request (packed with :mod:`fedge.secagg.wire`) on its next poll;
+        the answers, checked and decoded by the service, are gathered until all are in, a
+        node disconnects, or the deadline — ``deadline_s`` or ``secagg_stage_s``, whichever
+        is sooner. The round's byte limits come from its
+        :class:`~fedge.secagg.messages.RoundSetup`, the request of its first stage.
         """
-        from fedge.secagg import server as S
         from fedge.secagg import wire as secagg_wire
-        from fedge.secagg.orchestrator import ProtocolResult
+        from fedge.secagg.messages import RoundSetup
 
         svc = self.service
-        sa = svc.open_secagg(setup)
-        res = ProtocolResult(total=np.zeros(0), included=[])
-        gone: set[int] = set()
-        server_s = 0.0
-
-        def lost(stage: str, ids: Iterable[int], reason: str) -> None:
-            new = sorted(set(ids) - gone)
-            if new:
-                res.dropped.setdefault(f"{stage}: {reason}", []).extend(new)
-                gone.update(new)
-
-        def on_server(fn: Callable[..., Any], *args: Any) -> Any:
-            nonlocal server_s
-            t0 = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                server_s += time.perf_counter() - t0
-
-        def stage(name: str, requests: Mapping[int, Any], take: Callable[[int, Any], None] | None = None) -> list[Any]:
-            packed = {cid: secagg_wire.pack(m) for cid, m in requests.items()}
-            svc.secagg_stage(sa, name, packed)
-            pending, got = set(packed), []
-            deadline = time.monotonic() + self.secagg_stage_s
+        first = next(iter(requests.values()), None)
+        if isinstance(first, RoundSetup):
+            self._setup = first
+        elif self._setup is None or self._setup.round_num != round_num:
+            raise TransportError(f"round {round_num}: stage {stage!r} before the round's setup was sent")
+        limit = min(deadline_s, self.secagg_stage_s)
+        out = Exchanged()
+        packed = {cid: secagg_wire.pack(m) for cid, m in requests.items()}
+        sa = svc.open_secagg(self._setup)
+        try:
+            svc.secagg_stage(sa, stage, packed)
+            pending = set(packed)
+            deadline = time.monotonic() + limit
             while pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    lost(name, pending, f"missed the {self.secagg_stage_s:g}s stage deadline")
+                    for cid in sorted(pending):
+                        out.lose(f"missed the {limit:g}s stage deadline", cid)
                     break
                 try:
                     cid, msg = sa.inbox.get(timeout=min(0.1, left))
                 except queue.Empty:
                     dead = pending - set(svc.connected())
-                    lost(name, dead, "node disconnected")
+                    for cid in sorted(dead):
+                        out.lose("node disconnected", cid)
                     pending -= dead
                     continue
                 if cid not in pending:
                     continue
                 pending.discard(cid)
                 if msg is None:
-                    lost(name, [cid], "withdrew or sent a malformed message")
-                elif take is not None:
-                    on_server(take, cid, msg)
+                    out.lose("withdrew or sent a malformed message", cid)
+                elif on_reply is not None:
+                    on_reply(cid, msg)
                 else:
-                    got.append(msg)
-            return got
-
-        try:
-            ads = stage("advertise", {cid: setup for cid in setup.cohort})
-            roster, rejected = on_server(S.collect_keys, setup, ads)
-            lost("advertise", rejected, "rejected")
-            shares = stage("share", {cid: roster for cid in sorted(roster.keys)})
-            shared = on_server(S.route_shares, setup, roster, shares)
-            summed = on_server(S.MaskedSum, setup, shared)
-            lost("share", shared.rejected, "rejected")
-
-            def add(cid: int, msg: Any) -> None:
-                if not summed.add(msg):
-                    lost("masked_input", [cid], f"rejected ({summed.rejected[cid]})")
-
-            stage("masked_input", {cid: shared.inboxes[cid] for cid in sorted(shared.commitments)}, add)
-            request = on_server(summed.request)
-            responses = stage("unmask", {cid: request for cid in request.survivors})
-            res.total = on_server(S.unmask, setup, roster, shared, summed, responses)
-            res.included = list(request.survivors)
+                    out.replies[cid] = msg
         finally:
             svc.close_secagg(sa)
-        res.server_seconds = server_s
-        res.client_bytes = dict(sa.received_bytes)
-        log.info(
-            "event=secagg_done round=%d included=%d dropped=%d server_s=%.3f",
-            setup.round_num,
-            len(res.included),
-            len(gone),
-            server_s,
-        )
-        return res
+        out.nbytes = dict(sa.received_bytes)
+        return out
 
     def evaluate(
         self, round_num: int, client_ids: Sequence[int], params: Params

@@ -31,6 +31,7 @@ from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 
 if TYPE_CHECKING:
     from fedge.transport.base import Transport
+from fedge.transport.exchange import CohortSum
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
 """Centralised evaluation: parameters -> (loss, accuracy) on a held-out set."""
@@ -163,8 +164,8 @@ def run_round(
     def drop(cid: int, reason: str) -> None:
         dropped.setdefault(reason, []).append(cid)
 
-    # A transform that sums the cohort itself (secure aggregation) gets every update.
-    cohort = next((t for t in pipeline.transforms if t.sums_cohort), None)
+    # A transform that sums the cohort itself (secure aggregation) gets every update and the transport.
+    cohort = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
     if cohort is not None and strategy.needs_individual_updates:
         raise ConfigError(
             f"strategy {strategy.name!r} needs individual updates, which {cohort.name} "
@@ -207,7 +208,7 @@ def run_round(
     aborted = ""
     if cohort is not None:
         try:
-            terms, count, lost = cohort.sum_cohort(updates, rctx)
+            terms, count, lost = cohort.sum_cohort(updates, rctx, transport)
             acc.add(terms, count=count)
             for reason, ids in lost.items():
                 for cid in ids:
@@ -268,7 +269,7 @@ def check_pipeline(strategy: Strategy, pipeline: Pipeline) -> None:
     whole model's shapes.
     """
     if strategy.partial_updates:
-        whole = [t.name for t in pipeline.transforms if t.whole_model or t.sums_cohort]
+        whole = [t.name for t in pipeline.transforms if t.whole_model or isinstance(t, CohortSum)]
         if whole:
             raise ConfigError(
                 f"strategy {strategy.name!r} sends part of the model per client, which {', '.join(whole)} "
@@ -277,13 +278,15 @@ def check_pipeline(strategy: Strategy, pipeline: Pipeline) -> None:
             )
     if not strategy.needs_individual_updates:
         return
-    hiding = next((t for t in pipeline.transforms if t.sums_cohort), None)
+    hiding = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
     if hiding is not None:
         raise ConfigError(
             f"strategy {strategy.name!r} needs individual updates, which {hiding.name} "
             "hides from the server; choose a strategy that aggregates sums"
         )
-    on_sums = [t.name for t in pipeline.transforms if type(t).aggregate is not Transform.aggregate or t.sums_cohort]
+    on_sums = [
+        t.name for t in pipeline.transforms if type(t).aggregate is not Transform.aggregate or isinstance(t, CohortSum)
+    ]
     if on_sums:
         raise ConfigError(
             f"strategy {strategy.name!r} aggregates individual updates, so {', '.join(on_sums)}, "

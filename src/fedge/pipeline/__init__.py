@@ -14,7 +14,8 @@ A :class:`Transform` has three hooks, each the identity by default:
   and count the bytes each client receives; ``None`` keeps the plain float32 broadcast.
 
 Cross-cutting features are transforms, not strategy subclasses: any strategy composes
-with any chain.
+with any chain. A transform that sums the cohort itself over the transport (secure
+aggregation) declares it by implementing :class:`fedge.transport.exchange.CohortSum`.
 """
 
 from __future__ import annotations
@@ -81,14 +82,6 @@ class Transform:
     whole_model: bool = False
     """True for a transform that encodes or decodes an update against the whole model's shapes
     (compression codecs): strategies that send part of the model per client refuse it."""
-
-    sums_cohort: bool = False
-    """True for a transform that sums the round's cohort itself (secure aggregation):
-    the loop then hands it every arriving update through :meth:`sum_cohort`."""
-
-    def sum_cohort(self, updates: list[ClientUpdate], rctx: RoundContext) -> tuple[Terms, int, dict[str, list[int]]]:
-        """The summed terms, how many clients they hold, and who was lost (reason -> ids)."""
-        raise NotImplementedError(f"{self.name} does not sum cohorts")
 
 
 class Pipeline:

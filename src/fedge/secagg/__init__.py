@@ -11,7 +11,7 @@ Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Le
 * :mod:`~fedge.secagg.messages`, :mod:`~fedge.secagg.client`, :mod:`~fedge.secagg.server`
   — the protocol as serialisable messages and stage functions;
 * :mod:`~fedge.secagg.wire` — those messages as bytes, without pickle;
-* :mod:`~fedge.secagg.orchestrator` — runs the stages for a cohort in one process;
+* :mod:`~fedge.secagg.orchestrator` — runs the stages for a cohort over a transport's exchange;
 * :mod:`~fedge.secagg.transform` — the pipeline transform and the ``[secagg]`` section.
 
 Its :data:`HOOKS` give :mod:`fedge.plugins` the ``[secagg]`` section and the masking

@@ -5,13 +5,17 @@ CCS 2017 (figure 4, the semi-honest variant), with Bell et al.'s (CCS 2020) rest
 of masks and shares to the neighbours of the SecAgg+ graph. Each function takes the
 client's :class:`ClientSecrets` and the server's message and returns the client's reply;
 the secrets never leave the client except as encrypted or requested Shamir shares.
+
+:func:`respond` is the one client-side handler of a stage message, in process (the
+in-process transport's exchange) and on a device (the node): it keeps the round's input
+words and secrets in the client's own state under :data:`STATE_KEY`.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +33,8 @@ from fedge.secagg.messages import (
     UnmaskResponse,
 )
 
+STATE_KEY = "secagg"
+"""Where a client's state holds its round's input words and secrets (never sent, never saved)."""
 SHARE_INFO = b"fedge-secagg/share-encryption/"
 MASK_INFO = b"fedge-secagg/pairwise-mask/"
 SEED_LABEL = b"fedge-secagg/self-mask-seed"
@@ -185,3 +191,58 @@ def unmask(secrets: ClientSecrets, request: UnmaskRequest) -> UnmaskResponse:
     seed = {u: s for u, (_, s) in secrets.held.items() if u in survivors}
     keys = {u: k for u, (k, _) in secrets.held.items() if u in dropped}
     return UnmaskResponse(me, setup.round_num, seed, keys)
+
+
+class RoundInput(TypedDict):
+    """A client's part of one round, in its state under :data:`STATE_KEY`."""
+
+    round_num: int
+    words: npt.NDArray[Any]
+    secrets: ClientSecrets | None
+
+
+REQUESTS: dict[str, type] = {
+    "advertise": RoundSetup,
+    "share": KeyRoster,
+    "masked_input": ShareInbox,
+    "unmask": UnmaskRequest,
+}
+"""The server's message of each stage."""
+
+
+def _round_of(request: Any) -> int:
+    return int(request.round_num)
+
+
+def hold_input(state: dict[str, Any], round_num: int, words: npt.NDArray[Any]) -> None:
+    """Keep this round's fixed-point input words in the client's state for the protocol."""
+    state[STATE_KEY] = RoundInput(round_num=round_num, words=words, secrets=None)
+
+
+def respond(stage: str, request: Any, *, client_id: int, state: dict[str, Any]) -> Any:
+    """Answer the server's ``stage`` message from the client's own state.
+
+    Raises :class:`ProtocolError` for a message of the wrong kind, from another round than
+    the client's input, or out of order; the client then withdraws from the stage. After
+    the unmask answer the round's words and secrets are dropped from the state.
+    """
+    if type(request) is not REQUESTS.get(stage):
+        raise ProtocolError(f"unexpected {type(request).__name__} in stage {stage!r}")
+    round_num = _round_of(request)
+    mine = state.get(STATE_KEY)
+    if not isinstance(mine, dict) or mine.get("round_num") != round_num:
+        raise ProtocolError(f"client {client_id} has no input for round {round_num}")
+    if isinstance(request, RoundSetup):
+        mine["secrets"], keys = advertise(request, client_id)
+        return keys
+    secrets = mine.get("secrets")
+    if not isinstance(secrets, ClientSecrets):
+        raise ProtocolError(f"client {client_id} got stage {stage!r} before advertising its keys")
+    if isinstance(request, KeyRoster):
+        return share_keys(secrets, request)
+    if isinstance(request, ShareInbox):
+        return masked_input(secrets, request, mine["words"])
+    assert isinstance(request, UnmaskRequest)
+    answer = unmask(secrets, request)
+    del state[STATE_KEY]
+    return answer

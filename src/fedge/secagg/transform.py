@@ -2,16 +2,19 @@
 
 On the client (last in the pipeline, after clipping, DP noise ...) the update's
 contribution terms (``strategy.contribution``: FedAvg's ``w * delta`` and ``w``) are
-divided by ``max_weight``, clipped and fixed-point encoded into the ring; the float
-delta is removed. On the server the transform sums the cohort itself (the round loop's
-``sums_cohort`` seam): it runs the four stages of the protocol with the real
-cryptography, unmasks only the total, decodes it and hands the strategy the summed
-terms, exactly as the plain round would, up to the fixed-point rounding.
+divided by ``max_weight``, clipped and fixed-point encoded into the ring; the words stay
+in the client's own state and the float delta is removed from the update. The transform
+answers the protocol's stage messages on the client (a
+:class:`~fedge.transport.exchange.Responder`) and sums the cohort on the server (a
+:class:`~fedge.transport.exchange.CohortSum`): the four stages run through the
+transport's exchange with the real cryptography, only the total is unmasked, decoded and
+handed to the strategy as the summed terms, exactly as the plain round would, up to the
+fixed-point rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,27 +26,20 @@ from fedge.core.errors import ConfigError
 from fedge.core.params import ParamSpec, zeros_like
 from fedge.core.types import ClientContext, ClientUpdate
 from fedge.pipeline import RoundContext, Transform
+from fedge.secagg import client as C
 from fedge.secagg import fixedpoint
 from fedge.secagg.graph import choose_parameters
 from fedge.secagg.messages import STAGES, RoundSetup
-from fedge.secagg.orchestrator import ProtocolResult, run_protocol
+from fedge.secagg.orchestrator import run_round
 from fedge.secagg.server import SecAggAbort
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
+from fedge.transport.exchange import Exchanger
+from fedge.transport.inprocess import InProcessTransport
 
-PAYLOAD_KEY = "secagg_words"
+PAYLOAD_KEY = "secagg"
+"""The update's payload entry that says its words wait, masked, for the protocol's stages."""
 Layout = tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
-Runner = Callable[[RoundSetup, Mapping[int, npt.NDArray[Any]], Mapping[str, set[int]]], ProtocolResult]
-"""``runner(setup, inputs, drop) -> ProtocolResult``: who runs the four stages. In simulation
-the in-process :func:`~fedge.secagg.orchestrator.run_protocol` over ``inputs``; in a gRPC
-deployment :meth:`fedge.deploy.transport.GrpcTransport.run_secagg`, which relays the stage
-messages between the nodes (``inputs`` is then empty: the input words never leave them)."""
-
-
-def run_in_process(
-    setup: RoundSetup, inputs: Mapping[int, npt.NDArray[Any]], drop: Mapping[str, set[int]]
-) -> ProtocolResult:
-    return run_protocol(setup, inputs, drop=drop)
 
 
 @dataclass
@@ -70,7 +66,9 @@ class SecureAggregation(Transform):
     """Pairwise-masked secure aggregation (Bonawitz et al. 2017; SecAgg+, Bell et al. 2020)."""
 
     name = "secagg"
-    sums_cohort = True
+    stages = STAGES
+    stage_s = math.inf
+    """How long a stage waits for the clients' answers; a transport bounds it by its own limit."""
 
     def __init__(self, cfg: SecAggConfig, strategy: Strategy, *, max_cohort: int) -> None:
         if strategy.needs_individual_updates:
@@ -82,7 +80,6 @@ class SecureAggregation(Transform):
             raise ConfigError(f"secagg: secure aggregation needs cohorts of at least 2 clients, got {max_cohort}")
         self.cfg = cfg
         self.strategy = strategy
-        self.runner: Runner = run_in_process
         self.max_cohort = max_cohort
         self.range = max(cfg.clip, 1.0)
         self.max_weight = 1.0 if getattr(strategy, "weighting", "examples") == "uniform" else cfg.max_weight
@@ -112,16 +109,24 @@ class SecureAggregation(Transform):
         )
         _, values = self._terms(capped)
         words = fixedpoint.encode(values, clip=self.range, scale=self.scale, rng=ctx.rng, bits=self.cfg.bits)
+        C.hold_input(ctx.state, ctx.round_num, words)
         return replace(
             update,
             delta=[],
             extras={},
-            payload={**update.payload, PAYLOAD_KEY: words},
+            payload={**update.payload, PAYLOAD_KEY: "ready"},
             uplink_bytes=int(words.nbytes) + 8,
         )
 
-    def sum_cohort(self, updates: list[ClientUpdate], rctx: RoundContext) -> tuple[Terms, int, dict[str, list[int]]]:
-        """Run the protocol over the round's updates; the summed terms, how many, who dropped."""
+    def respond(self, stage: str, request: Any, *, client_id: int, state: dict[str, Any]) -> Any:
+        """The client's answer to one stage message (:func:`fedge.secagg.client.respond`)."""
+        return C.respond(stage, request, client_id=client_id, state=state)
+
+    def sum_cohort(
+        self, updates: list[ClientUpdate], rctx: RoundContext, transport: Exchanger
+    ) -> tuple[Terms, int, dict[str, list[int]]]:
+        """Run the protocol with the clients of the round's updates through ``transport``;
+        the summed terms, how many clients they hold, who dropped."""
         layout = self.layout(rctx.spec)
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
@@ -145,13 +150,13 @@ class SecureAggregation(Transform):
         setup = RoundSetup(
             rctx.round_num, cohort, p.k, p.t, length, self.cfg.bits, graph_seed=int(rctx.rng.integers(2**62))
         )
-        inputs = {u.client_id: u.payload[PAYLOAD_KEY] for u in updates if PAYLOAD_KEY in u.payload}
         drop: dict[str, set[int]] = {}
         if self.cfg.simulate_dropout:
             m = round(self.cfg.simulate_dropout * len(cohort))
             ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
-            drop[self.cfg.dropout_stage] = {int(i) for i in ids}
-        res = self.runner(setup, inputs, drop)
+            if isinstance(transport, InProcessTransport):  # a deployment's nodes drop on their own
+                drop[self.cfg.dropout_stage] = {int(i) for i in ids}
+        res = run_round(setup, transport, deadline_s=self.stage_s, drop=drop)
         values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
         terms: Terms = {}
         at = 0

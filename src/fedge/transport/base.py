@@ -13,12 +13,13 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
+from fedge.transport.exchange import Exchanged, OnReply
 
 FitResult = ClientUpdate | PartialSum | ClientFailure
 
@@ -45,5 +46,18 @@ class Transport(Protocol):
     def evaluate(
         self, round_num: int, client_ids: Sequence[int], params: Params
     ) -> Iterator[EvalResult | ClientFailure]: ...
+
+    def exchange(
+        self,
+        round_num: int,
+        stage: str,
+        requests: Mapping[int, Any],
+        deadline_s: float,
+        *,
+        on_reply: OnReply | None = None,
+    ) -> Exchanged:
+        """Send each client in ``requests`` its ``stage`` message; gather the replies until all
+        answered, a client is lost, or ``deadline_s`` (see :mod:`fedge.transport.exchange`)."""
+        ...
 
     def close(self) -> None: ...

@@ -7,7 +7,7 @@ How the cohort is executed is the :class:`Backend`'s business, chosen by argumen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from fedge.engine.aggregator import ClientFailure, Reducer
 from fedge.pipeline import Pipeline
 from fedge.strategies.base import Strategy
 from fedge.transport.base import FitResult
+from fedge.transport.exchange import Exchanged, OnReply, answer_all, responder_for
 
 ClientFn = Callable[[int], Client]
 
@@ -149,6 +150,27 @@ class InProcessTransport:
                 yield self.runtime.evaluate(cid, params, round_num, self.states.get(cid))
             except Exception as exc:
                 yield ClientFailure(cid, "evaluate", f"{type(exc).__name__}: {exc}")
+
+    def exchange(
+        self,
+        round_num: int,
+        stage: str,
+        requests: Mapping[int, Any],
+        deadline_s: float,
+        *,
+        on_reply: OnReply | None = None,
+    ) -> Exchanged:
+        """Each client answers at once, here: the pipeline's responder for ``stage`` with the
+        client's persistent state; a client whose answer raises is lost with the reason.
+        ``deadline_s`` does not apply (no answer is late in process)."""
+        responder = responder_for(stage, self.runtime.pipeline.transforms)
+
+        def answer(cid: int, request: Any) -> Any:
+            if responder is None:
+                raise LookupError(f"no transform of the pipeline answers stage {stage!r}")
+            return responder.respond(stage, request, client_id=cid, state=self.states.setdefault(cid, {}))
+
+        return answer_all(stage, requests, answer, on_reply)
 
     def close(self) -> None:
         self.backend.close()
