@@ -28,7 +28,8 @@ import numpy as np
 from fedge.cli.progress import ProgressCallback
 from fedge.config import load
 from fedge.data.keyvalue import load_keyvalue
-from fedge.experiment import build, execute, write_outputs
+from fedge.experiment import write_outputs
+from fedge.federation import build, execute
 from fedge.report import write_report
 
 HERE = Path(__file__).resolve().parent
