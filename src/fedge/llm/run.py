@@ -28,7 +28,7 @@ from fedge.engine import Callback, EvalPlan, RoundPolicy, RunResult
 from fedge.federation import BuildContext, Federation, make_strategy, train_config
 from fedge.llm.client import LoraClient, TextData, token_nll
 from fedge.llm.config import LlmConfig
-from fedge.llm.corpus import client_documents
+from fedge.llm.corpus import corpus_documents
 from fedge.llm.model import Adapter, LoraSpec, attach_lora, build_tiny_base, load_base
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.llm.text import client_files, read_documents, split_documents, tokenise_and_pack
@@ -65,10 +65,10 @@ class LoraSetup:
 
 
 def client_texts(cfg: LlmConfig, seed: int) -> list[list[str]]:
-    """Every client's documents: from ``cfg.data`` files, or the synthetic writers."""
+    """Every client's documents: from ``cfg.data`` files, or the synthetic ``cfg.corpus``."""
     if cfg.data:
         return [read_documents(p, cfg.text_field) for p in client_files(cfg.data)]
-    return [client_documents(cid, cfg.docs_per_client, seed=seed) for cid in range(cfg.num_clients)]
+    return [corpus_documents(cfg.corpus, cid, cfg.docs_per_client, seed=seed) for cid in range(cfg.num_clients)]
 
 
 def prepare(cfg: LlmConfig, *, seed: int, workdir: str | Path) -> LoraSetup:
