@@ -17,8 +17,8 @@ import time
 from _common import emit
 
 from fedge.config import from_dict
+from fedge.engine import Callback
 from fedge.federation import build, execute
-from fedge.simulation import Callback
 
 
 class TrainLoss(Callback):

@@ -31,11 +31,12 @@ from fedge.core.types import TrainConfig, client_rng
 from fedge.data.federated import FederatedDataset
 from fedge.data.w2 import w2
 from fedge.engine import Callback, round_rng, run
+from fedge.federation import make_backend
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import StrategyState
 from fedge.strategies.fedavg import FedAvg
-from fedge.transport.inprocess import BACKENDS, InProcessTransport
+from fedge.transport.inprocess import InProcessTransport
 
 SIZES = {"a": (1_000, 100, 5), "b": (10_000, 1_000, 5), "c": (100_000, 10_000, 3)}
 QUICK = (400, 40, 3)
@@ -121,7 +122,7 @@ def fedge_run(
         data.num_clients,
         strategy=strategy,
         seed=seed,
-        backend=BACKENDS[backend]() if isinstance(backend, str) else backend,
+        backend=make_backend(backend) if isinstance(backend, str) else backend,
     )
     timer = _Timer()
     try:
