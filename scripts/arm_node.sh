@@ -76,7 +76,9 @@ PYTHONPATH=$REPO/src "$PY" -c "import fedge.cli.main, sklearn" ||
 
 # -- the work folder: ours, or empty --------------------------------------------------
 if [ -e "$WORK" ] && [ ! -e "$WORK/$MARK" ]; then
-  [ -d "$WORK" ] && [ -z "$(ls -A "$WORK")" ] || die "$WORK exists and was not made by this script; give another folder"
+  if [ ! -d "$WORK" ] || [ -n "$(ls -A "$WORK")" ]; then
+    die "$WORK exists and was not made by this script; give another folder"
+  fi
 fi
 mkdir -p "$WORK"
 [ -e "$WORK/$MARK" ] || echo "made by fedge scripts/arm_node.sh; remove the whole folder to start again" >"$WORK/$MARK"
@@ -118,6 +120,7 @@ binfmt() {
 
 # in_guest CMD...: CMD inside the userland, with its own /proc, /dev and /sys in a private
 # mount namespace (they vanish with it: nothing is left mounted).
+# shellcheck disable=SC2016 # expanded by the inner shell
 GUEST_SH=(unshare --mount --propagation private -- sh -c '
   r=$1; shift
   mount -t proc proc "$r/proc" && mount --rbind /dev "$r/dev" && mount -t sysfs sysfs "$r/sys" || exit 97
@@ -144,7 +147,7 @@ if [ ! -e "$ROOTFS/.fedge-stage1" ]; then
 fi
 binfmt
 if ! out=$(chroot "$ROOTFS" /bin/true 2>&1); then
-  die "arm64 programs do not run in $ROOTFS ($out); binfmt_misc: $(cat /proc/sys/fs/binfmt_misc/qemu-aarch64 2>&1 | tr '\n' ' ')"
+  die "arm64 programs do not run in $ROOTFS ($out); binfmt_misc: $(tr '\n' ' ' </proc/sys/fs/binfmt_misc/qemu-aarch64 2>&1)"
 fi
 if [ ! -e "$ROOTFS/.fedge-stage2" ]; then
   say "debootstrap --second-stage under emulation"
@@ -174,7 +177,7 @@ if [ ! -x "$ROOTFS$GUEST/venv/bin/python" ]; then
 fi
 constraints=()
 [ -f "$ROOTFS$GUEST/src/constraints.txt" ] && constraints=(-c "$GUEST/src/constraints.txt")
-pip=(pip install -q --disable-pip-version-check --only-binary=numpy,grpcio,cryptography,cffi,protobuf "${constraints[@]}")
+pip=(pip install -q --disable-pip-version-check "--only-binary=numpy,grpcio,cryptography,cffi,protobuf" "${constraints[@]}")
 # The dependencies once per pyproject.toml; fedge itself from this tree every run.
 deps=$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)
 if [ "$(cat "$ROOTFS$GUEST/venv/.fedge-deps" 2>/dev/null)" != "$deps" ]; then
@@ -313,6 +316,7 @@ make_cgroup() { # make_cgroup NAME: sets CG
     die "no memory cgroup (v1 or v2) to cap the node with"
   fi
   # CAPPED CMD...: CMD in that cgroup, pinned to one CPU.
+  # shellcheck disable=SC2016 # expanded by the inner shell
   CAPPED=(sh -c 'cg=$1 cpu=$2; shift 2; echo $$ >"$cg/cgroup.procs" && exec taskset -c "$cpu" "$@"' sh "$CG" "$CPU")
 }
 drop_cgroup() { if [ -n "$CG" ] && [ -d "$CG" ]; then rmdir "$CG" 2>/dev/null || true; fi; }
