@@ -324,13 +324,14 @@ cg_peak() { if [ "$CG_KIND" = v2 ]; then cat "$CG/memory.peak" 2>/dev/null || ec
 cg_oom() {
   if [ "$CG_KIND" = v2 ]; then sed -n 's/^oom_kill //p' "$CG/memory.events"; else sed -n 's/^oom_kill //p' "$CG/memory.oom_control"; fi
 }
-# peak OUT CMD...: run CMD, write the largest resident set of its processes (KiB) to OUT.
-peak() {
-  "$PY" -c 'import resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
+# PEAK OUT CMD...: run CMD (SIGTERM passed on), write the largest resident set of its
+# processes (KiB) to OUT.
+PEAK=("$PY" -c 'import resource, signal, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: p.terminate())
+rc = p.wait()
 open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(rc)' "$@"
-}
+sys.exit(rc)')
 
 SERVER_PID=
 NATIVE_PID=
@@ -342,6 +343,8 @@ cleanup() {
   drop_cgroup
 }
 trap cleanup EXIT
+trap "exit 130" INT
+trap "exit 143" TERM # so that cleanup runs (the EXIT trap) when the script is stopped
 # The cap is enforced: a guest program touching more memory than that is killed.
 make_cgroup fedge-arm-cap-check
 say "memory cap: cgroup $CG_KIND, $MEMORY_MIB MiB, no swap ($CG); CPU: taskset -c $CPU"
@@ -356,7 +359,8 @@ drop_cgroup
 make_cgroup fedge-arm-node
 
 say "fedge serve on 127.0.0.1:$PORT ($ROUNDS rounds, NumPy MLP on digits, 2 nodes)"
-fedge_host serve "$RUN/experiment.toml" -o "$RUN/out" --insecure >"$RUN/server.log" 2>&1 &
+PYTHONPATH=$REPO/src "$PY" -m fedge.cli.main serve "$RUN/experiment.toml" -o "$RUN/out" --insecure \
+  >"$RUN/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 120); do
   grep -q listening "$RUN/server.log" && break
@@ -365,7 +369,7 @@ for _ in $(seq 120); do
 done
 grep -q listening "$RUN/server.log" || die "the server did not start listening"
 
-peak "$RUN/native_peak_kib" env PYTHONPATH="$REPO/src" "$PY" "$RUN/timed_join.py" --server "127.0.0.1:$PORT" \
+"${PEAK[@]}" "$RUN/native_peak_kib" env PYTHONPATH="$REPO/src" "$PY" "$RUN/timed_join.py" --server "127.0.0.1:$PORT" \
   --key "$RUN/keys/x86.key" --data "$RUN/data/client1.npz" --insecure --state-dir "$RUN/x86-state" \
   --profile "x86 native" --give-up 900 >"$RUN/node-x86.log" 2>&1 &
 NATIVE_PID=$!
@@ -373,7 +377,7 @@ NATIVE_PID=$!
 say "fedge join in the arm64 userland under the cap"
 start=$SECONDS
 set +e
-peak "$RUN/arm_peak_kib" "${CAPPED[@]}" "${GUEST_SH[@]}" \
+"${PEAK[@]}" "$RUN/arm_peak_kib" "${CAPPED[@]}" "${GUEST_SH[@]}" \
   python "$GUEST/node/timed_join.py" --server "127.0.0.1:$PORT" --key "$GUEST/node/keys/pi-zero.key" --data "$GUEST/node/data.npz" \
   --insecure --state-dir "$GUEST/node/state-$(basename "$RUN")" --profile "pi-zero-2w (emulated)" --give-up 900 \
   >"$RUN/node-arm64.log" 2>&1
