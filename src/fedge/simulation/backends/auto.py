@@ -11,7 +11,8 @@ in order:
    else ``sequential`` (the batched pass starts every client from one model);
 3. a PyTorch model the vectorized backend can batch: ``vectorized`` when at least half of
    the cohort's local steps fall into batched buckets (:func:`plan_buckets`); a cohort too
-   ragged for that goes to ``processes`` with two cores or more, else ``sequential``;
+   small or too ragged for that goes to ``processes`` with two cores or more and at least
+   two clients per core, else ``sequential``;
 4. a PyTorch model it cannot batch (buffers, a custom client): ``processes`` with two cores
    or more and at least two clients per core, else ``sequential``;
 5. anything else (the NumPy learners): ``sequential``, since a step costs microseconds and
@@ -89,7 +90,9 @@ def choose(task: FitTask, cores: int) -> tuple[str, str]:
     share = batched_share(steps)
     if share >= BATCHED_SHARE:
         return "vectorized", f"{len(ids)} PyTorch clients, {share:.0%} of their steps batch with bounded padding"
-    target = "processes" if cores >= 2 else "sequential"
+    target = "processes" if cores >= 2 and len(ids) >= 2 * cores else "sequential"
+    if len(ids) < MIN_BATCH:
+        return target, f"{len(ids)} clients are too few to batch; {cores} core(s)"
     return target, f"schedules too ragged to batch ({share:.0%} of steps would batch); {cores} core(s)"
 
 
