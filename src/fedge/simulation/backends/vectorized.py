@@ -13,6 +13,11 @@ SGD for the whole cohort is one batched call of
 * the same update: FedProx's ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i`` are added
   per client, and a client whose step budget is spent is masked out of later steps.
 
+Lock-step padding is bounded: :func:`plan_buckets` groups the cohort into buckets of similar
+schedule length (at most :data:`MAX_WASTE` of a bucket's client-steps are padding), and a
+bucket too small to repay a batched pass runs per client. Each round's padding is in
+:attr:`VectorizedBackend.round_info`.
+
 Everything around training (strategy hooks, pipeline transforms, the reducer) runs per
 client through :func:`~fedge.clients.base.run_fit`, unchanged. A client that cannot be
 vectorised (a custom ``Client``, a non-torch learner, momentum or weight decay, a model
