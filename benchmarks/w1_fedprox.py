@@ -6,6 +6,7 @@ batch 10, SGD lr 0.01, 200 rounds, weighted by sample count. Prints test accurac
 
     python benchmarks/w1_fedprox.py            # the full workload
     python benchmarks/w1_fedprox.py --quick    # 20 rounds, for a smoke test
+    python benchmarks/w1_fedprox.py --quick --framework torch --backend vectorized
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class TrainLoss(Callback):
             )
 
 
-def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta: float) -> dict:
+def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta: float, framework: str) -> dict:
     exp = from_dict(
         {
             "seed": seed,
@@ -51,7 +52,7 @@ def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta
                 "synthetic_alpha": alpha,
                 "synthetic_beta": beta,
             },
-            "model": {"name": "logreg", "framework": "numpy"},
+            "model": {"name": "logreg", "framework": framework},
             "strategy": strategy,
             "training": {"clients_per_round": 10, "local_epochs": 20, "batch_size": 10, "lr": 0.01, "backend": backend},
             "evaluation": {"every": 10},
@@ -78,17 +79,19 @@ def main() -> None:
     ap.add_argument("--backend", default="sequential")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=1.0)
+    ap.add_argument("--framework", default="numpy", choices=("numpy", "torch"), help="the logistic regression's")
     args = ap.parse_args()
     rounds = 20 if args.quick else args.rounds
     t0 = time.perf_counter()
     out = {}
     for name, strategy in (("fedavg", {"name": "fedavg"}), ("fedprox", {"name": "fedprox", "mu": 1.0})):
         print(f"{name}:", file=sys.stderr)
-        out[name] = run(strategy, rounds, args.seed, args.backend, args.alpha, args.beta)
+        out[name] = run(strategy, rounds, args.seed, args.backend, args.alpha, args.beta, args.framework)
     emit(
         {
             "workload": f"W1 synthetic({args.alpha:g},{args.beta:g})",
             "backend": args.backend,
+            "framework": args.framework,
             "rounds": rounds,
             "wall_s": round(time.perf_counter() - t0, 2),
             "fedavg_test_accuracy": out["fedavg"]["final_test_accuracy"],

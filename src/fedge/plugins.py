@@ -98,7 +98,7 @@ PLUGINS: tuple[Plugin, ...] = (
         "engine",
         "fedge.simulation.backends",
         sections=("engine",),
-        backends=("vectorized", "processes", "ray"),
+        backends=("vectorized", "processes", "ray", "auto"),
     ),
     Plugin(
         "devices",

@@ -10,19 +10,25 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from fedge.clients.base import ClientData, LearnerClient, TrainResult
 from fedge.clients.torch_learner import TorchLearner
+from fedge.compression.codecs import Int8
+from fedge.compression.transforms import Compress
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params
-from fedge.core.types import ClientContext, EvalResult, TrainConfig
+from fedge.core.types import ClientContext, EvalResult, FitInstructions, TrainConfig
 from fedge.data.w2 import w2
 from fedge.engine import run
 from fedge.federation import make_backend
 from fedge.pipeline import Pipeline, Transform
+from fedge.privacy.transforms import CentralDP
 from fedge.simulation.backends import ProcessesBackend, VectorizedBackend
 from fedge.simulation.backends._shard import balance
+from fedge.simulation.backends.vectorized import MAX_WASTE, MIN_BATCH, Bucket, plan_buckets
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import Strategy
 from fedge.strategies.fedavg import FedAvg
@@ -389,3 +395,134 @@ def test_overdue_worker_is_stopped_and_its_share_lost() -> None:
         assert len(backend._pool) == 1
     finally:
         transport.close()
+
+
+BUCKETINGS = {"one bucket": (1.0, 1), "bounded waste": (0.25, 1), "default": (MAX_WASTE, MIN_BATCH)}
+
+
+@pytest.mark.parametrize("bucketing", sorted(BUCKETINGS))
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_vectorized_buckets_match_debug(strategy: str, bucketing: str, reference: Reference) -> None:
+    """However the cohort is bucketed (all together, bounded padding, small buckets per client)
+    the model and SCAFFOLD's client states are those of the debug backend."""
+    max_waste, min_batch = BUCKETINGS[bucketing]
+    backend = VectorizedBackend(max_waste=max_waste, min_batch=min_batch)
+    params, transport = _run(backend, STRATEGIES[strategy]())
+    _close(params, reference[strategy][0])
+    _same_states(transport.states, reference[strategy][1])
+    info = backend.round_info
+    assert info["wasted_step_fraction"] <= max_waste
+    if bucketing == "bounded waste":
+        assert info["buckets"] > 1 and info["batched_clients"] > info["buckets"]
+
+
+def _pipeline(strategy: str) -> Pipeline:
+    """A codec, and for the strategies without extra tensors client-side clipping too (central
+    DP refuses SCAFFOLD's control-variate tensors)."""
+    codec = Compress(Int8())
+    if strategy == "scaffold":
+        return Pipeline([codec])
+    return Pipeline([CentralDP(clip_norm=0.5, noise_multiplier=0.1, expected_clients=8, clip_at="client"), codec])
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_vectorized_with_clipping_and_a_codec_matches_debug(strategy: str) -> None:
+    def go(backend: Backend) -> tuple[Params, dict[int, dict[str, Any]]]:
+        learner, clients = _federation()
+        pipeline = _pipeline(strategy)
+        made = STRATEGIES[strategy]()
+        transport = InProcessTransport(
+            lambda cid: LearnerClient(cid, learner, clients[cid]),
+            len(clients),
+            strategy=made,
+            pipeline=pipeline,
+            seed=7,
+            backend=backend,
+        )
+        try:
+            result = run(
+                strategy=made,
+                transport=transport,
+                initial_params=learner.init_params(0),
+                rounds=3,
+                sampling=Sampling(count=8),
+                seed=7,
+                pipeline=pipeline,
+                train=TrainConfig(epochs=2, batch_size=4, lr=0.1),
+            )
+        finally:
+            transport.close()
+        return result.state.params, transport.states
+
+    want, want_states = go(BACKENDS["debug"]())
+    for backend in (VectorizedBackend(max_waste=0.25, min_batch=1), VectorizedBackend()):
+        got, got_states = go(backend)
+        _close(got, want)
+        _same_states(got_states, want_states)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=60), st.sampled_from([0.1, 0.25]))
+def test_buckets_cover_every_client_once_and_bound_the_padding(steps: list[int], max_waste: float) -> None:
+    buckets = plan_buckets(steps, max_waste=max_waste, min_batch=1)
+    assert sorted(i for b in buckets for i in b.members) == list(range(len(steps)))
+    padded = done = 0
+    for b in buckets:
+        assert b.steps == max(steps[i] for i in b.members)
+        padded += sum(b.steps - steps[i] for i in b.members)
+        done += b.steps * len(b.members)
+        assert sum(b.steps - steps[i] for i in b.members) <= max_waste * b.steps * len(b.members)
+    assert padded <= max_waste * done
+
+
+def test_one_long_client_runs_alone_and_the_rest_batch() -> None:
+    """The W1 pessimisation: one client with thousands of steps no longer pads nine small ones."""
+    steps = [5000, 40, 38, 41, 39, 40, 42, 37, 40, 39]
+    buckets = plan_buckets(steps)
+    alone = next(b for b in buckets if 0 in b.members)
+    assert alone.members == (0,) and not alone.batched
+    rest = [b for b in buckets if 0 not in b.members]
+    assert len(rest) == 1 and rest[0].batched and len(rest[0].members) == 9
+    assert plan_buckets([10] * 8) == [Bucket(tuple(range(8)), 10, True)]
+    assert not any(b.batched for b in plan_buckets([10] * 3))
+
+
+def test_vectorized_reports_its_padding() -> None:
+    """``padded_steps`` is, over batched buckets, each client's distance to its bucket's longest
+    schedule; it reaches the round's record through the ``[engine]`` callback."""
+    from fedge.config.schema import from_dict
+    from fedge.federation import build, execute
+
+    learner, clients = _federation()
+    steps = [-(-c.num_train // 4) for c in clients]  # one epoch of batch 4
+    strategy = FedAvg()
+    transport = InProcessTransport(
+        lambda cid: LearnerClient(cid, learner, clients[cid]), len(clients), strategy=strategy, seed=7
+    )
+    params = learner.init_params(0)
+    ins = FitInstructions(round_num=1, train=TrainConfig(epochs=1, batch_size=4, lr=0.1))
+    padding: dict[float, int] = {}
+    for max_waste in (1.0, 0.25):
+        backend = VectorizedBackend(max_waste=max_waste, min_batch=1)
+        transport.backend = backend
+        assert len(list(transport.fit(1, list(range(12)), params, ins))) == 12
+        info = backend.round_info
+        padding[max_waste] = info["padded_steps"]
+        batched = [b for b in plan_buckets(steps, max_waste=max_waste, min_batch=1) if b.batched]
+        done = sum(b.steps * len(b.members) for b in batched)
+        padded = done - sum(steps[i] for b in batched for i in b.members)
+        assert info["padded_steps"] == padded and info["buckets"] == len(batched)
+        assert info["batched_clients"] == sum(len(b.members) for b in batched)
+        assert info["wasted_step_fraction"] == pytest.approx(padded / done) and padded / done <= max_waste
+    assert padding[1.0] == 12 * max(steps) - sum(steps)
+    assert padding[0.25] < padding[1.0]
+
+    exp = from_dict(
+        {
+            "rounds": 2,
+            "data": {"num_clients": 6},
+            "model": {"name": "logreg"},
+            "training": {"backend": "vectorized", "clients_per_round": 4, "local_epochs": 1},
+        }
+    )
+    history = execute(build(exp)).history
+    assert all("padded_steps" in r.extra and "wasted_step_fraction" in r.extra for r in history)

@@ -88,7 +88,7 @@ def cli() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier fedge run in the output folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
-@click.option("--backend", help="Execution backend: debug, sequential, vectorized, processes or ray.")
+@click.option("--backend", help="Execution backend: debug, sequential, vectorized, processes, ray or auto.")
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard (address, port: [dashboard]).")

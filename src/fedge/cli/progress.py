@@ -85,6 +85,10 @@ def print_summary(exp: Any, result: RunResult, out: Path) -> None:
     down = sum(r.downlink_bytes for r in h)
     table.add_row("bytes up / down", f"{up / 1e6:.2f} MB / {down / 1e6:.2f} MB")
     table.add_row("wall time", f"{sum(r.wall_s for r in h):.1f} s")
+    picks = [r.extra["backend"] for r in h if "backend" in r.extra]
+    if picks:  # the auto backend says what it ran
+        last = next(r for r in reversed(h.rounds) if "backend" in r.extra)
+        table.add_row("backend", f"auto: {', '.join(sorted(set(picks)))} ({last.extra['backend_reason']})")
     if result.stopped_early:
         table.add_row("stopped early", result.stopped_early)
     table.add_row("output", str(out))

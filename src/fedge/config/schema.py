@@ -122,7 +122,10 @@ class TrainingConfig:
     lr: float = opt(0.05, "local SGD learning rate", min=0, exclusive_min=True)
     momentum: float = opt(0.0, "local SGD momentum", min=0, max=0.999)
     weight_decay: float = opt(0.0, "local SGD weight decay", min=0)
-    backend: str = opt("sequential", "how the cohort is executed (see `fedge run --help`)")
+    backend: str = opt(
+        "sequential",
+        "how the cohort is executed: debug, sequential, vectorized, processes, ray, or auto to pick per round",
+    )
     max_update_norm: float = opt(0.0, "reject updates whose L2 norm exceeds this (0 = no bound)", min=0)
     threads: int = opt(
         0,

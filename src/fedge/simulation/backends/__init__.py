@@ -1,9 +1,11 @@
-"""Fast execution backends for simulation: ``vectorized``, ``processes`` and ``ray``.
+"""Fast execution backends for simulation: ``vectorized``, ``processes``, ``ray`` and ``auto``.
 
 Its :data:`HOOKS` give :mod:`fedge.plugins` these backends (next to ``debug`` and
 ``sequential`` in :data:`fedge.transport.inprocess.BACKENDS`) and the ``[engine]`` config
-section with their options. Every backend yields the same global model for the same seed; see
-``docs/engine.md`` for how each one runs a cohort.
+section with their options, and a callback that copies a backend's ``round_info`` (the
+vectorized backend's padding, the auto backend's pick) into each round's record. Every
+backend yields the same global model for the same seed; see ``docs/engine.md`` for how each
+one runs a cohort.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedge.config.schema import opt
+from fedge.engine import Callback
 from fedge.plugins import Hooks
+from fedge.simulation.backends.auto import AutoBackend
 from fedge.simulation.backends.processes import ProcessesBackend
 from fedge.simulation.backends.ray_backend import RayBackend
 from fedge.simulation.backends.vectorized import VectorizedBackend
 
 if TYPE_CHECKING:
     from fedge.config.schema import Experiment
-    from fedge.engine import Callback
     from fedge.federation import Federation
+    from fedge.simulation.history import RoundRecord
+    from fedge.strategies.base import StrategyState
 
 
 @dataclass
@@ -40,18 +45,37 @@ class EngineConfig:
     vectorized_chunk: int = opt(2048, "vectorized: clients trained together in one batched pass", min=1)
 
 
+class RoundInfo(Callback):
+    """Adds the backend's ``round_info`` of the round just run to the round's ``record.extra``."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def on_round_state(self, record: RoundRecord, state: Any) -> None:
+        record.extra.update(self.backend.round_info)
+
+    def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        pass
+
+
 def configure_backend(exp: Experiment, built: Federation) -> Sequence[Callback]:
-    """Hand the ``[engine]`` options to the run's backend before the first round."""
+    """Hand the ``[engine]`` options to the run's backend before the first round, and report its
+    per-round figures in the records."""
     backend: Any = built.transport.backend
     if hasattr(backend, "configure"):
         backend.configure(exp.section("engine"))
-    return []
+    return [RoundInfo(backend)] if hasattr(backend, "round_info") else []
 
 
 HOOKS = Hooks(
     sections={"engine": EngineConfig},
-    backends={"vectorized": VectorizedBackend, "processes": ProcessesBackend, "ray": RayBackend},
+    backends={
+        "vectorized": VectorizedBackend,
+        "processes": ProcessesBackend,
+        "ray": RayBackend,
+        "auto": AutoBackend,
+    },
     callbacks=[configure_backend],
 )
 
-__all__ = ["HOOKS", "EngineConfig", "ProcessesBackend", "RayBackend", "VectorizedBackend"]
+__all__ = ["HOOKS", "AutoBackend", "EngineConfig", "ProcessesBackend", "RayBackend", "VectorizedBackend"]

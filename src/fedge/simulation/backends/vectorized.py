@@ -13,6 +13,11 @@ SGD for the whole cohort is one batched call of
 * the same update: FedProx's ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i`` are added
   per client, and a client whose step budget is spent is masked out of later steps.
 
+Lock-step padding is bounded: :func:`plan_buckets` groups the cohort into buckets of similar
+schedule length (at most :data:`MAX_WASTE` of a bucket's client-steps are padding), and a
+bucket too small to repay a batched pass runs per client. Each round's padding is in
+:attr:`VectorizedBackend.round_info`.
+
 Everything around training (strategy hooks, pipeline transforms, the reducer) runs per
 client through :func:`~fedge.clients.base.run_fit`, unchanged. A client that cannot be
 vectorised (a custom ``Client``, a non-torch learner, momentum or weight decay, a model
@@ -127,6 +132,48 @@ def plan_batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[npt
     return out
 
 
+MAX_WASTE = 0.25
+"""The most a batched bucket may pad: padded client-steps over all client-steps it computes."""
+
+MIN_BATCH = 6
+"""A bucket is batched when its real work is at least this many clients' worth of its longest
+schedule; a smaller one runs per client (one batched step costs several sequential ones)."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Clients trained together: ``members`` index the planned jobs, ``steps`` is the longest
+    schedule among them, ``batched`` says whether they run in lock-step or one by one."""
+
+    members: tuple[int, ...]
+    steps: int
+    batched: bool
+
+
+def plan_buckets(steps: Sequence[int], *, max_waste: float = MAX_WASTE, min_batch: int = MIN_BATCH) -> list[Bucket]:
+    """Group clients of similar schedule length so that lock-step padding stays bounded.
+
+    Clients are taken longest schedule first; a bucket grows while its padded steps (each
+    member padded to the bucket's longest) stay at most ``max_waste`` of the client-steps it
+    computes, so the round's waste is bounded by ``max_waste`` too. A bucket whose real
+    steps are fewer than ``min_batch`` times its longest schedule (few clients, or one long
+    client alone) is not worth a batched pass and runs per client.
+    """
+    order = sorted(range(len(steps)), key=lambda i: (-int(steps[i]), i))
+    out: list[Bucket] = []
+    i = 0
+    while i < len(order):
+        top, real, j = int(steps[order[i]]), 0, i
+        while j < len(order):
+            k, s = j - i + 1, int(steps[order[j]])
+            if top * k - (real + s) > max_waste * top * k:
+                break
+            real, j = real + s, j + 1
+        out.append(Bucket(tuple(order[i:j]), top, real >= min_batch * top and j - i > 1))
+        i = j
+    return out
+
+
 def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[TrainResult]:
     """Train ``jobs`` (same model, same batch size) in lock-step; one result per job."""
     import torch
@@ -216,8 +263,11 @@ class VectorizedBackend:
 
     name = "vectorized"
 
-    def __init__(self, chunk: int = 2048) -> None:
+    def __init__(self, chunk: int = 2048, *, max_waste: float = MAX_WASTE, min_batch: int = MIN_BATCH) -> None:
         self.chunk = chunk
+        self.max_waste = max_waste
+        self.min_batch = min_batch
+        self._round: dict[str, int] = dict.fromkeys(("padded_steps", "real_steps", "batched_clients", "buckets"), 0)
         self._reported: set[str] = set()
         self._checked: dict[tuple[int, ParamSpec], str | None] = {}
 
@@ -248,7 +298,20 @@ class VectorizedBackend:
         """Why clients ran sequentially so far (each reason is logged once)."""
         return set(self._reported)
 
+    @property
+    def round_info(self) -> dict[str, Any]:
+        """The last round's padding figures, for the round's record (``record.extra``)."""
+        info = self._round
+        done = info["padded_steps"] + info["real_steps"]
+        return {
+            "padded_steps": info["padded_steps"],
+            "wasted_step_fraction": info["padded_steps"] / done if done else 0.0,
+            "batched_clients": info["batched_clients"],
+            "buckets": info["buckets"],
+        }
+
     def fit(self, task: FitTask) -> Iterator[FitResult]:
+        self._round = dict.fromkeys(("padded_steps", "real_steps", "batched_clients", "buckets"), 0)
         runtime, reducer, client_ids = task.runtime, task.reducer, task.client_ids
         if runtime.strategy.per_client_models:
             raise ConfigError(
@@ -306,7 +369,20 @@ class VectorizedBackend:
             job = _Job(client, ctx, cfg, plan_batches(client.data.num_train, cfg, ctx.rng))
             groups.setdefault((id(client.learner), cfg.batch_size), []).append(job)
         for jobs in groups.values():
-            yield from self._train_group(runtime, params, ins, jobs)
+            for bucket in plan_buckets(
+                [len(j.batches) for j in jobs], max_waste=self.max_waste, min_batch=self.min_batch
+            ):
+                members = [jobs[i] for i in bucket.members]
+                if not bucket.batched:
+                    for job in members:
+                        yield fit_one(runtime, job.client.client_id, params, ins, job.ctx.state)
+                    continue
+                real = sum(len(j.batches) for j in members)
+                self._round["real_steps"] += real
+                self._round["padded_steps"] += bucket.steps * len(members) - real
+                self._round["batched_clients"] += len(members)
+                self._round["buckets"] += 1
+                yield from self._train_group(runtime, params, ins, members)
 
     def _train_group(
         self, runtime: ClientRuntime, params: Params, ins: FitInstructions, jobs: list[_Job]

@@ -1,0 +1,139 @@
+"""The ``auto`` backend's pick on constructed cohorts, and its runs matching the debug backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedge.clients.base import ClientData, LearnerClient
+from fedge.clients.numpy_models import NumpyLogReg
+from fedge.clients.torch_learner import TorchLearner
+from fedge.core.types import FitInstructions, TrainConfig
+from fedge.engine import run
+from fedge.simulation.backends import AutoBackend
+from fedge.simulation.backends.auto import choose
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.fedavg import FedAvg
+from fedge.strategies.scaffold import Scaffold
+from fedge.transport.inprocess import BACKENDS, ClientRuntime, FitTask, InProcessTransport
+
+TRAIN = TrainConfig(epochs=2, batch_size=10, lr=0.05)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _clients(sizes: list[int]) -> list[ClientData]:
+    rng = np.random.default_rng(0)
+    return [
+        ClientData(rng.normal(size=(n, 20)).astype(np.float32), rng.integers(0, 4, size=n).astype(np.int64))
+        for n in sizes
+    ]
+
+
+def _task(learner: Any, sizes: list[int], strategy: Any = None) -> FitTask:
+    clients = _clients(sizes)
+    strategy = strategy or FedAvg()
+    runtime = ClientRuntime(lambda cid: LearnerClient(cid, learner, clients[cid]), strategy, _pipeline(), seed=1)
+    params = learner.init_params(0)
+    ins = FitInstructions(round_num=1, train=TRAIN)
+    return FitTask(runtime, 1, list(range(len(sizes))), params, ins, {})
+
+
+def _pipeline() -> Any:
+    from fedge.pipeline import Pipeline
+
+    return Pipeline()
+
+
+def test_a_tiny_numpy_model_runs_sequentially() -> None:
+    name, why = choose(_task(NumpyLogReg(20, 4), [50] * 20), cores=2)
+    assert name == "sequential" and "not a PyTorch model" in why
+
+
+def test_a_torch_mlp_with_a_uniform_cohort_is_vectorized() -> None:
+    for cores in (1, 2):
+        name, why = choose(_task(TorchLearner(_mlp), [50] * 20), cores=cores)
+        assert name == "vectorized" and "100% of their steps" in why
+
+
+def test_a_very_ragged_cohort_is_not_vectorized() -> None:
+    """Lognormal sizes with sigma 2: almost every client has a schedule of its own length."""
+    sizes = [int(s) for s in np.clip(np.random.default_rng(3).lognormal(4, 2, size=12), 5, 20000)]
+    task = _task(TorchLearner(_mlp), sizes)
+    assert choose(task, cores=2)[0] == "processes"
+    name, why = choose(task, cores=1)
+    assert name == "sequential" and "too ragged" in why
+
+
+def test_one_client_runs_sequentially() -> None:
+    name, why = choose(_task(TorchLearner(_mlp), [50]), cores=4)
+    assert name == "sequential" and "1 client" in why
+
+
+def test_a_model_with_buffers_goes_to_workers_when_there_are_cores() -> None:
+    def bn() -> nn.Module:
+        return nn.Sequential(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+
+    task = _task(TorchLearner(bn), [50] * 8)
+    assert choose(task, cores=2)[0] == "processes"
+    name, why = choose(task, cores=1)
+    assert name == "sequential" and "buffers" in why
+
+
+@pytest.mark.parametrize("make", [FedAvg, Scaffold])
+def test_auto_matches_debug_and_says_what_it_picked(make: Any) -> None:
+    """The cohort (uniform sizes) is vectorized; the model is the debug backend's to 1e-5."""
+    clients = _clients([40] * 10)
+
+    def go(backend: Any) -> list[np.ndarray]:
+        learner = TorchLearner(_mlp)
+        torch.manual_seed(0)
+        strategy = make()
+        transport = InProcessTransport(
+            lambda cid: LearnerClient(cid, learner, clients[cid]), 10, strategy=strategy, seed=5, backend=backend
+        )
+        try:
+            result = run(
+                strategy=strategy,
+                transport=transport,
+                initial_params=learner.init_params(0),
+                rounds=2,
+                sampling=Sampling(count=8),
+                seed=5,
+                train=TRAIN,
+            )
+        finally:
+            transport.close()
+        return result.state.params
+
+    auto = AutoBackend(cores=1)
+    got = go(auto)
+    assert auto.choice is not None and auto.choice[0] == "vectorized"
+    for a, b in zip(got, go(BACKENDS["debug"]()), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_auto_by_name_puts_its_pick_in_every_record() -> None:
+    from fedge.config.schema import from_dict
+    from fedge.federation import build, execute
+
+    picks = {}
+    for framework in ("torch", "numpy"):
+        exp = from_dict(
+            {
+                "rounds": 2,
+                "data": {"num_clients": 12, "partition": "iid"},
+                "model": {"name": "logreg", "framework": framework},
+                "training": {"backend": "auto", "clients_per_round": 10, "local_epochs": 1},
+            }
+        )
+        history = execute(build(exp)).history
+        assert len(history) == 2 and all(r.extra["backend_reason"] for r in history)
+        picks[framework] = {r.extra["backend"] for r in history}
+    assert picks == {"torch": {"vectorized"}, "numpy": {"sequential"}}
