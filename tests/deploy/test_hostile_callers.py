@@ -83,6 +83,7 @@ def served(
         channel.close()
         transport.close()
         srv.stop(0.5).wait()
+        svc.refusals.close()
         svc.store.close()
 
 

@@ -37,6 +37,14 @@ class RefusalLog:
             extra = "".join(f" {k}={v}" for k, v in fields.items())
             self.logger.warning("event=%s method=%s code=%s%s reason=%r", event, method, code, extra, reason)
 
+    def close(self) -> None:
+        """Log the pending window's summary now (the server is stopping), so none is logged after it stopped."""
+        with self._lock:
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._flush()
+
     def _flush(self) -> None:
         with self._lock:
             counts, self._counts, self._timer = self._counts, {}, None

@@ -416,6 +416,7 @@ def _run_served(
         return result
     finally:
         server.stop(grace=1.0).wait()
+        svc.refusals.close()
 
 
 def _tell_finished(
