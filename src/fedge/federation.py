@@ -254,7 +254,9 @@ class Federation:
     ) -> RunResult:
         """Run the rounds left (all, or those after ``state``) over ``transport`` (default: in process).
 
-        The transport is closed when the run ends, however it ends.
+        With ``[async] enabled`` the rounds are buffered asynchronous steps
+        (:func:`fedge.engine.asynchronous.run_async`). The transport is closed when the run
+        ends, however it ends.
         """
         extra, policy = self.extras()
         # A Recorder sees each round first: a Ctrl-C that lands while another callback works

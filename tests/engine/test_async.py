@@ -16,7 +16,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.params import Params
 from fedge.core.types import ClientContext, EvalResult, TrainConfig
 from fedge.engine.asynchronous import AsyncConfig, run_async, scale_terms, staleness_weight
-from fedge.federation import BuildContext, build, execute
+from fedge.federation import build, execute
 from fedge.strategies import FedAvg
 from fedge.strategies.scaffold import Scaffold
 from fedge.transport.inprocess import InProcessTransport
@@ -65,9 +65,11 @@ def _exp(**extra: Any) -> Any:
     return from_dict(raw)
 
 
-def test_buffer_of_the_whole_cohort_without_staleness_is_synchronous_fedavg() -> None:
-    sync = execute(build(_exp()))
-    buffered = execute(build(_exp(**{"async": {"enabled": True, "buffer_size": 4, "concurrency": 4}})))
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
+def test_buffer_of_the_whole_cohort_without_staleness_is_the_synchronous_strategy(strategy: str) -> None:
+    name = {"strategy": {"name": strategy}}
+    sync = execute(build(_exp(**name)))
+    buffered = execute(build(_exp(**name, **{"async": {"enabled": True, "buffer_size": 4, "concurrency": 4}})))
     assert len(buffered.history) == len(sync.history) == 3
     for a, b in zip(sync.state.params, buffered.state.params, strict=True):
         assert np.array_equal(a, b)
@@ -185,12 +187,12 @@ def test_bad_combinations_are_refused_in_one_line(extra: dict[str, Any], message
 
 
 def test_serve_refuses_async_in_one_line() -> None:
-    from fedge.engine.asynchronous import validate
-
     exp = _exp(**{"async": {"enabled": True, "buffer_size": 2, "concurrency": 4}})
     with pytest.raises(ConfigError, match="fedge serve does not run") as info:
-        validate(exp, BuildContext.from_config(exp, deployed=True))
+        build(exp, deployed=True)
     assert "\n" not in str(info.value)
+    off = _exp(**{"async": {"enabled": False, "buffer_size": 2, "concurrency": 4}})
+    assert build(off, deployed=True).deployed
 
 
 def test_engine_refuses_a_strategy_that_needs_more_than_summed_terms() -> None:
