@@ -17,6 +17,7 @@ only the client side (:func:`client_side`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,9 @@ class Federation:
     ) -> RunResult:
         """Run the rounds left (all, or those after ``state``) over ``transport`` (default: in process).
 
-        The transport is closed when the run ends, however it ends.
+        With ``[async] enabled`` the rounds are buffered asynchronous steps
+        (:func:`fedge.engine.asynchronous.run_async`). The transport is closed when the run
+        ends, however it ends.
         """
         extra, policy = self.extras()
         # A Recorder sees each round first: a Ctrl-C that lands while another callback works
@@ -262,8 +265,13 @@ class Federation:
         others = [cb for cb in callbacks if not isinstance(cb, Recorder)]
         everyone = [*recorders, *extra, *self.callbacks, *others]
         transport = self.transport if transport is None else transport
+        engine = run
+        if (buffered := asynchronous_config(self.exp)) is not None:
+            from fedge.engine.asynchronous import run_async
+
+            engine = functools.partial(run_async, config=buffered)
         try:
-            return run(
+            return engine(
                 strategy=self.strategy,
                 transport=transport,
                 initial_params=self.initial,
@@ -289,6 +297,15 @@ class Federation:
 
 
 T = TypeVar("T")
+
+
+def asynchronous_config(exp: Experiment | None) -> Any:
+    """The enabled ``[async]`` section of ``exp`` (then runs use ``engine.asynchronous.run_async``), else None."""
+    if exp is None or "async" not in exp.extensions:
+        return None
+    from fedge.engine.asynchronous import async_config
+
+    return async_config(exp)
 
 
 def _present(value: T | None, missing: str) -> T:

@@ -94,6 +94,7 @@ class Hooks:
 
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("personalization", "fedge.personalization", sections=("personalization", "heterofl")),
+    Plugin("async", "fedge.engine.asynchronous", sections=("async",)),
     Plugin(
         "engine",
         "fedge.simulation.backends",

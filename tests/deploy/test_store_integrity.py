@@ -114,7 +114,8 @@ def _flip_checkpoint_bit(db: Path, *, drop_checksum: bool = False) -> None:
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (_truncate, "damaged state database"),
-    "page overwritten": (_bytes_at(lambda n: 4096 + 200, b"\xa5" * 3000), "damaged state database"),
+    # From page 2's b-tree header on: damaged whether the meta table fits one page (a leaf) or more (an interior page).
+    "page overwritten": (_bytes_at(lambda n: 4096, b"\xa5" * 3000), "damaged state database"),
     "not a database": (lambda db: db.write_bytes(b"fedge? no. " * 900), "not a SQLite file"),
     "empty file": (lambda db: db.write_bytes(b""), "the state file is empty: there is no run to resume"),
     "file header garbled": (_bytes_at(lambda n: 0, b"SQLite format 4"), "not a SQLite file"),

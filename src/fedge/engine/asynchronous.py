@@ -1,0 +1,460 @@
+"""Asynchronous buffered aggregation (FedBuff) on the virtual clock, on the synchronous engine's seams.
+
+FedBuff: Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
+AISTATS 2022; staleness functions from Xie et al., "Asynchronous Federated Optimization", 2019.
+
+A dispatcher keeps up to ``C`` (``concurrency``) clients training at once, each on the model
+version it was sent. Each client trains through the transport when it is dispatched and its
+update *arrives* at ``dispatch time + simulated duration`` on a virtual clock. Arriving updates
+go through the step's :class:`~fedge.engine.aggregator.Reducer` (pipeline undo, validation,
+``strategy.contribution``) into a buffer; once ``K`` (``buffer_size``) have arrived the server
+applies one step and the version advances. An update sent at version ``b`` that arrives at
+version ``v`` has staleness ``τ = v - b`` and all its summed terms are scaled by ``s(τ)``, so a
+FedAvg-family strategy's mean is normalised by the buffer's total weight::
+
+    Δ = Σ s(τ_i) w_i Δ_i / Σ s(τ_i) w_i
+
+Updates staler than ``max_staleness`` are dropped (counted as wasted). Each applied step is
+one :class:`~fedge.simulation.history.RoundRecord`: ``round`` is the new version.
+
+The clock: with ``[devices]`` enabled a client's duration is its device's cost model time for
+the steps it reported (download, compute, upload) and dispatch draws only from clients online
+at the current simulated time; otherwise every client takes :data:`DEFAULT_STEP_S` simulated
+seconds per local step it reported. Everything random draws from generators derived from the
+run seed, so a seed fixes the history.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedge.config.schema import Experiment, opt
+from fedge.core.errors import AggregationError, ConfigError, FedgeError
+from fedge.core.params import ParamSpec, nbytes
+from fedge.core.types import ClientUpdate, TrainConfig
+from fedge.engine.aggregator import Aggregator, ClientFailure, PartialSum, Reducer
+from fedge.engine.rounds import (
+    Callback,
+    EvalPlan,
+    Evaluator,
+    RoundPolicy,
+    RunResult,
+    StopRun,
+    check_pipeline,
+    client_distribution,
+    federated_evaluate,
+    round_rng,
+)
+from fedge.engine.state import RoundState
+from fedge.pipeline import Pipeline, RoundContext, Transform
+from fedge.plugins import Hooks
+from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.aggregate import Accumulator, Terms
+from fedge.strategies.base import Strategy, StrategyState
+from fedge.strategies.influence import InfluenceBound, InfluenceLimits
+from fedge.transport.exchange import CohortSum
+
+if TYPE_CHECKING:
+    from fedge.devices.policy import DevicePolicy
+    from fedge.federation import BuildContext
+    from fedge.transport.base import Transport
+
+STALENESS = ("constant", "polynomial", "hinge")
+ASYNC_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedopt", "fedadam", "fedyogi", "fedadagrad")
+"""Strategies whose step is a state transition over the summed ``delta``/``weight`` terms only."""
+DEFAULT_STEP_S = 1.0
+"""Simulated seconds per local step when the device simulation is off."""
+IDLE_S = 60.0
+"""How far the clock moves when no client can be dispatched and none is in flight."""
+MAX_IDLE = 10_000
+
+
+@dataclass
+class AsyncConfig:
+    enabled: bool = opt(False, "asynchronous buffered aggregation (FedBuff): rounds = applied server steps")
+    buffer_size: int = opt(10, "K: updates per applied server step", min=1)
+    concurrency: int = opt(20, "C: clients training at once (K <= C)", min=1)
+    staleness: str = opt("polynomial", "staleness weight s(τ) of an update", choices=STALENESS)
+    staleness_exponent: float = opt(0.5, "polynomial: s = (1+τ)^-a; hinge: the slope a", min=0)
+    staleness_hinge: int = opt(10, "hinge: s = 1 up to τ = b, then 1 / (a (τ - b) + 1)", min=0)
+    max_staleness: int = opt(-1, "updates staler than this are dropped (-1 = keep all)", min=-1)
+    server_lr: float = opt(1.0, "server learning rate on the buffer's mean delta", min=0, exclusive_min=True)
+
+
+def staleness_weight(tau: int, kind: str = "polynomial", exponent: float = 0.5, hinge: int = 10) -> float:
+    """``s(τ)``: 1 (constant), ``(1+τ)^-a`` (polynomial), or 1 up to ``b`` then ``1/(a(τ-b)+1)`` (hinge)."""
+    if tau < 0:
+        raise AggregationError(f"staleness must be >= 0, got {tau}")
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((1.0 + tau) ** -exponent)
+    if kind == "hinge":
+        return 1.0 if tau <= hinge else 1.0 / (exponent * (tau - hinge) + 1.0)
+    raise ConfigError(f"async.staleness: {kind!r} is not one of {', '.join(STALENESS)}")
+
+
+def scale_terms(terms: Terms, factor: float) -> Terms:
+    """Every summed term of one update times ``factor`` (its delta and its weight alike)."""
+    if factor == 1.0:
+        return terms
+    return {k: [np.asarray(a, dtype=np.float64) * factor for a in v] for k, v in terms.items()}
+
+
+class Clock:
+    """The virtual clock's view of the fleet: who is online when, how long an update takes."""
+
+    def online(self, ids: list[int], now: float) -> list[int]:
+        return ids
+
+    def duration(self, cid: int, update: ClientUpdate) -> tuple[float, float]:
+        """(simulated seconds, joules) of ``cid`` producing ``update``: :data:`DEFAULT_STEP_S` per step."""
+        steps = float(update.metrics.get("steps", 1.0))
+        return DEFAULT_STEP_S * max(steps, 1.0), math.nan
+
+
+class DeviceClock(Clock):
+    """Durations, energy and availability from the device simulation (:class:`~fedge.devices.DevicePolicy`)."""
+
+    def __init__(self, devices: DevicePolicy) -> None:
+        self.devices = devices
+
+    def online(self, ids: list[int], now: float) -> list[int]:
+        eligible = [c for c in ids if c not in self.devices.ineligible]
+        return self.devices.availability.online(eligible, now)
+
+    def duration(self, cid: int, update: ClientUpdate) -> tuple[float, float]:
+        steps = int(update.metrics.get("steps", 1))
+        cost = self.devices.cost(cid, steps, float(update.uplink_bytes))
+        return cost.total_s, cost.energy_j
+
+
+def clock_for(policy: RoundPolicy | None) -> Clock:
+    """The clock a round policy implies: the device simulation's, else the default step clock."""
+    from fedge.devices.policy import DevicePolicy
+
+    if policy is None or type(policy) is RoundPolicy:
+        return Clock()
+    if isinstance(policy, DevicePolicy):
+        return DeviceClock(policy)
+    raise ConfigError(f"[async] runs on the virtual clock and cannot use round policy {type(policy).__name__}")
+
+
+@dataclass(order=True)
+class _InFlight:
+    finish: float
+    seq: int
+    cid: int = field(compare=False)
+    base: int = field(compare=False)
+    update: ClientUpdate = field(compare=False)
+    energy: float = field(compare=False)
+
+
+@dataclass
+class _Buffer:
+    """The updates of the step being filled, kept in dispatch order so the sum's order is fixed."""
+
+    rctx: RoundContext
+    reducer: Reducer
+    entries: list[tuple[int, Terms]] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    losses: list[tuple[float, float]] = field(default_factory=list)
+    uplink: int = 0
+    downlink: int = 0
+    energy: float = 0.0
+    wasted: int = 0
+
+    def drop(self, cid: int, reason: str) -> None:
+        self.dropped.setdefault(reason, []).append(cid)
+
+    def total(self) -> Terms:
+        acc = Accumulator()
+        for _, terms in sorted(self.entries, key=lambda e: e[0]):
+            acc.add(terms)
+        return acc.sums
+
+
+def _weighted(values: Sequence[tuple[float, float]]) -> float:
+    ok = [(v, w) for v, w in values if not math.isnan(v)]
+    total = sum(w for _, w in ok)
+    return sum(v * w for v, w in ok) / total if total > 0 else math.nan
+
+
+def check_async(strategy: Strategy, pipeline: Pipeline, cfg: AsyncConfig, population: int) -> None:
+    """Refuse, in one line, what the asynchronous engine cannot run."""
+    if cfg.buffer_size > cfg.concurrency:
+        raise ConfigError(
+            f"async.buffer_size ({cfg.buffer_size}) > async.concurrency ({cfg.concurrency}): a buffer could never fill"
+        )
+    if cfg.concurrency > population:
+        raise ConfigError(f"async.concurrency ({cfg.concurrency}) exceeds the {population} clients")
+    if strategy.name not in ASYNC_STRATEGIES or strategy.needs_individual_updates or strategy.per_client_models:
+        raise ConfigError(
+            f"[async] scales each update's summed terms by its staleness, which strategy {strategy.name!r} "
+            f"cannot take; use one of {', '.join(ASYNC_STRATEGIES)}"
+        )
+    hiding = [t.name for t in pipeline.transforms if isinstance(t, CohortSum)]
+    if hiding:
+        raise ConfigError(f"[async] does not run with {', '.join(hiding)} yet (secure aggregation per buffer)")
+    down = [t.name for t in pipeline.transforms if type(t).downlink is not Transform.downlink]
+    if down:
+        raise ConfigError(f"[async] sends each client its version's full model; {', '.join(down)} changes the downlink")
+
+
+def run_async(
+    *,
+    strategy: Strategy,
+    transport: Transport,
+    initial_params: list[np.ndarray],
+    rounds: int,
+    config: AsyncConfig,
+    sampling: Sampling | None = None,
+    train: TrainConfig | None = None,
+    pipeline: Pipeline | None = None,
+    evaluator: Evaluator | None = None,
+    eval_plan: EvalPlan | None = None,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    state: RoundState | StrategyState | None = None,
+    max_update_norm: float | None = None,
+    min_updates: int = 1,
+    policy: RoundPolicy | None = None,
+    influence: InfluenceLimits | InfluenceBound | None = None,
+) -> RunResult:
+    """Apply ``rounds`` buffered server steps (see the module docstring); the arguments are :func:`~fedge.engine.run`'s.
+
+    ``sampling`` is unused beyond the synchronous run's signature: who trains is whoever is
+    free and online when a slot opens (uniform among them). ``min_updates`` is met by
+    construction (every step has ``buffer_size`` updates).
+    """
+    del sampling, min_updates
+    if rounds < 0:
+        raise AggregationError(f"rounds must be >= 0, got {rounds}")
+    train = train or TrainConfig()
+    pipeline = pipeline if pipeline is not None else Pipeline()
+    check_pipeline(strategy, pipeline)
+    check_async(strategy, pipeline, config, transport.num_clients())
+    eval_plan = eval_plan or EvalPlan()
+    clock = clock_for(policy)
+    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
+    if isinstance(state, RoundState):
+        state = state.restore(pipeline, bound)
+    elif state is None:
+        state = strategy.init(
+            [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
+        )
+    aggregator = Aggregator.for_run(
+        strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
+    )
+    k, c = config.buffer_size, config.concurrency
+
+    def open_buffer(version: int) -> _Buffer:
+        rctx = RoundContext(
+            round_num=version + 1,
+            rng=np.random.default_rng([seed, version + 1, 0xA5F]),
+            spec=aggregator.validator.spec,
+            num_sampled=k,
+        )
+        return _Buffer(rctx, aggregator.reducer(rctx, k))
+
+    history = History()
+    client_acc: dict[int, float] = {}
+    for cb in callbacks:
+        cb.on_run_start(state, rounds)
+    stopped: str | None = None
+    round_state: RoundState | None = None
+    version = state.round_num
+    now, last_step_at, batch, seq, idle, total_updates, total_wasted = 0.0, 0.0, 0, 0, 0, 0, 0
+    flight: list[_InFlight] = []
+    busy: set[int] = set()
+    buf = open_buffer(version)
+    t0 = time.perf_counter()
+    while version < rounds:
+        # Slots are refilled once every update arriving at this instant is in (equal durations: synchronous).
+        free = c - len(flight) if not flight or flight[0].finish > now else 0
+        ids = clock.online([i for i in transport.available(batch + 1) if i not in busy], now) if free else []
+        if ids:
+            batch += 1
+            rng = round_rng(seed, batch)
+            picked = Sampling(count=min(free, len(ids))).sample(ids, rng)
+            ins = strategy.configure(state, batch, train)
+            buf.downlink += len(picked) * nbytes(state.params)
+            for item in transport.fit(batch, picked, state.params, ins, None):
+                if isinstance(item, PartialSum):
+                    raise ConfigError("[async] needs each update as it arrives; this backend sums the cohort first")
+                if isinstance(item, ClientFailure):
+                    buf.drop(item.client_id, f"{item.stage}: {item.reason}")
+                    continue
+                seconds, joules = clock.duration(item.client_id, item)
+                seq += 1
+                heapq.heappush(flight, _InFlight(now + seconds, seq, item.client_id, version, item, joules))
+                busy.add(item.client_id)
+        if not flight:
+            idle += 1
+            if idle > MAX_IDLE:
+                raise AggregationError("[async]: no client could be dispatched for a long simulated time")
+            now += IDLE_S
+            continue
+        idle = 0
+        arrived = heapq.heappop(flight)
+        now = max(now, arrived.finish)
+        busy.discard(arrived.cid)
+        tau = version - arrived.base
+        upd = arrived.update
+        buf.uplink += upd.uplink_bytes
+        if not math.isnan(arrived.energy):
+            buf.energy += arrived.energy
+        if 0 <= config.max_staleness < tau:
+            buf.wasted += 1
+            buf.drop(arrived.cid, "stale")
+            continue
+        try:
+            terms = buf.reducer.contribute(buf.reducer.decode(upd))
+        except FedgeError as exc:
+            buf.drop(arrived.cid, f"rejected: {exc}")
+            continue
+        s = staleness_weight(tau, config.staleness, config.staleness_exponent, config.staleness_hinge)
+        buf.entries.append((arrived.seq, scale_terms(terms, s)))
+        buf.staleness.append(tau)
+        buf.losses.append((upd.metrics.get("train_loss", math.nan), float(upd.num_examples)))
+        if len(buf.entries) < k:
+            continue
+        sums = pipeline.aggregate(buf.total(), buf.rctx)
+        if config.server_lr != 1.0:
+            sums = {**sums, "delta": [d * config.server_lr for d in sums["delta"]]}
+        state, metrics = strategy.aggregate(state, sums)
+        version += 1
+        state.round_num = version
+        total_updates += k
+        total_wasted += buf.wasted
+        record = RoundRecord(
+            round=version,
+            participants=k,
+            failed=sum(len(v) for v in buf.dropped.values()),
+            dropped=buf.dropped,
+            uplink_bytes=buf.uplink,
+            downlink_bytes=buf.downlink,
+            train_loss=_weighted(buf.losses),
+        )
+        extra: dict[str, Any] = {
+            "version": version,
+            "sim_time_s": now - last_step_at,
+            "sim_clock_s": now,
+            "staleness_mean": float(np.mean(buf.staleness)),
+            "staleness_max": int(max(buf.staleness)),
+            "updates_wasted": buf.wasted,
+            "updates_applied_total": total_updates,
+            "updates_wasted_total": total_wasted,
+            "in_flight": len(flight),
+        }
+        if isinstance(clock, DeviceClock):
+            extra["energy_j"] = buf.energy
+        record.extra.update(extra)
+        record.extra.update(metrics)
+        record.extra.update(buf.rctx.info)
+        last_step_at = now
+        buf = open_buffer(version)
+        started, t0 = t0, time.perf_counter()
+        if evaluator is not None and (version % eval_plan.every == 0 or version == rounds):
+            record.test_loss, record.test_accuracy = evaluator(state.params)
+        if eval_plan.federated_clients and (version % eval_plan.every == 0 or version == rounds):
+            results = federated_evaluate(transport, version, state, eval_plan, seed)
+            client_acc.update({r.client_id: r.accuracy for r in results})
+            if results:
+                record.fed_test_loss = _weighted([(r.loss, r.num_examples) for r in results])
+                record.fed_test_accuracy = _weighted([(r.accuracy, r.num_examples) for r in results])
+                record.extra.update(client_distribution(results))
+        record.wall_s = time.perf_counter() - started
+        history.append(record)
+        round_state = RoundState.capture(state, pipeline, bound)
+        try:
+            for cb in callbacks:
+                cb.on_round_state(record, round_state)
+                cb.on_round_end(record, state)
+        except StopRun as exc:
+            stopped = str(exc)
+            break
+    for cb in callbacks:
+        cb.on_run_end(history, state)
+    return RunResult(
+        history=history,
+        state=state,
+        stopped_early=stopped,
+        client_accuracy=client_acc,
+        round_state=round_state or RoundState.capture(state, pipeline, bound),
+    )
+
+
+def async_config(exp: Experiment | None) -> AsyncConfig | None:
+    """The ``[async]`` section of ``exp`` when it is enabled, else None."""
+    if exp is None or "async" not in exp.extensions:
+        return None
+    cfg: AsyncConfig = exp.section("async")
+    return cfg if cfg.enabled else None
+
+
+def validate(exp: Experiment, ctx: BuildContext) -> None:
+    """Refuse, in one line, a combination ``[async]`` cannot run (see :func:`check_async` for the rest)."""
+    cfg = async_config(exp)
+    if cfg is None:
+        return
+    if ctx.deployed:
+        raise ConfigError("fedge serve does not run [async] yet (its gRPC half is not built); run it with fedge run")
+    if cfg.buffer_size > cfg.concurrency:
+        raise ConfigError(
+            f"async.buffer_size ({cfg.buffer_size}) > async.concurrency ({cfg.concurrency}): a buffer could never fill"
+        )
+    if cfg.concurrency > ctx.population:
+        raise ConfigError(f"async.concurrency ({cfg.concurrency}) exceeds the {ctx.population} clients")
+    if exp.strategy.name not in ASYNC_STRATEGIES:
+        raise ConfigError(
+            f"[async] scales each update's summed terms by its staleness, which strategy {exp.strategy.name!r} "
+            f"cannot take; use one of {', '.join(ASYNC_STRATEGIES)}"
+        )
+    for name in ("secagg", "compression"):
+        if getattr(exp.extensions.get(name), "enabled", False):
+            raise ConfigError(f"[async] does not run with [{name}] yet")
+    privacy = exp.extensions.get("privacy")
+    if privacy is not None and privacy.mode == "central":
+        if privacy.sampling != "fixed":
+            raise ConfigError("[async] with central DP accounts fixed-size buffers: set privacy.sampling = 'fixed'")
+        if ctx.cohort != cfg.buffer_size:
+            raise ConfigError(
+                f"[async] with central DP: the accountant samples [training] clients_per_round ({ctx.cohort}) "
+                f"clients per step; set it to async.buffer_size ({cfg.buffer_size})"
+            )
+    devices = exp.extensions.get("devices")
+    if devices is not None and devices.enabled and (devices.policy != "wait_all" or devices.selection != "uniform"):
+        raise ConfigError(
+            "[async] dispatches whoever is free and online; leave devices.policy = 'wait_all' and "
+            "devices.selection = 'uniform'"
+        )
+
+
+HOOKS = Hooks(sections={"async": AsyncConfig}, validate=validate)
+
+__all__ = [
+    "ASYNC_STRATEGIES",
+    "DEFAULT_STEP_S",
+    "HOOKS",
+    "STALENESS",
+    "AsyncConfig",
+    "Clock",
+    "DeviceClock",
+    "async_config",
+    "check_async",
+    "clock_for",
+    "run_async",
+    "scale_terms",
+    "staleness_weight",
+    "validate",
+]
