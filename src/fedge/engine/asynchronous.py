@@ -46,16 +46,14 @@ from fedge.engine.rounds import (
     Evaluator,
     RoundPolicy,
     RunResult,
-    StopRun,
+    Steps,
     check_pipeline,
-    client_distribution,
-    federated_evaluate,
     round_rng,
 )
 from fedge.engine.state import RoundState
 from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.plugins import Hooks
-from fedge.simulation.history import History, RoundRecord
+from fedge.simulation.history import RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.aggregate import Accumulator, Terms
 from fedge.strategies.base import Strategy, StrategyState
@@ -266,12 +264,9 @@ def run_async(
         )
         return _Buffer(rctx, aggregator.reducer(rctx, k))
 
-    history = History()
-    client_acc: dict[int, float] = {}
+    steps = Steps(transport, rounds, evaluator, eval_plan, seed, callbacks, pipeline, bound)
     for cb in callbacks:
         cb.on_run_start(state, rounds)
-    stopped: str | None = None
-    round_state: RoundState | None = None
     version = state.round_num
     now, last_step_at, batch, seq, idle, total_updates, total_wasted = 0.0, 0.0, 0, 0, 0, 0, 0
     flight: list[_InFlight] = []
@@ -364,34 +359,10 @@ def run_async(
         last_step_at = now
         buf = open_buffer(version)
         started, t0 = t0, time.perf_counter()
-        if evaluator is not None and (version % eval_plan.every == 0 or version == rounds):
-            record.test_loss, record.test_accuracy = evaluator(state.params)
-        if eval_plan.federated_clients and (version % eval_plan.every == 0 or version == rounds):
-            results = federated_evaluate(transport, version, state, eval_plan, seed)
-            client_acc.update({r.client_id: r.accuracy for r in results})
-            if results:
-                record.fed_test_loss = _weighted([(r.loss, r.num_examples) for r in results])
-                record.fed_test_accuracy = _weighted([(r.accuracy, r.num_examples) for r in results])
-                record.extra.update(client_distribution(results))
-        record.wall_s = time.perf_counter() - started
-        history.append(record)
-        round_state = RoundState.capture(state, pipeline, bound)
-        try:
-            for cb in callbacks:
-                cb.on_round_state(record, round_state)
-                cb.on_round_end(record, state)
-        except StopRun as exc:
-            stopped = str(exc)
+        steps.evaluate(record, version, state)
+        if not steps.publish(record, state, started):
             break
-    for cb in callbacks:
-        cb.on_run_end(history, state)
-    return RunResult(
-        history=history,
-        state=state,
-        stopped_early=stopped,
-        client_accuracy=client_acc,
-        round_state=round_state or RoundState.capture(state, pipeline, bound),
-    )
+    return steps.result(state)
 
 
 def async_config(exp: Experiment | None) -> AsyncConfig | None:

@@ -342,12 +342,9 @@ def run(
     aggregator = Aggregator.for_run(
         strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
     )
-    round_state: RoundState | None = None
-    history = History()
-    client_acc: dict[int, float] = {}
+    steps = Steps(transport, rounds, evaluator, eval_plan, seed, callbacks, pipeline, bound)
     for cb in callbacks:
         cb.on_run_start(state, rounds)
-    stopped: str | None = None
     for round_num in range(state.round_num + 1, rounds + 1):
         t0 = time.perf_counter()
         state, record = run_round(
@@ -363,34 +360,73 @@ def run(
             policy=policy,
         )
         state.round_num = round_num
-        if evaluator is not None and (round_num % eval_plan.every == 0 or round_num == rounds):
-            record.test_loss, record.test_accuracy = evaluator(state.params)
-        if eval_plan.federated_clients and (round_num % eval_plan.every == 0 or round_num == rounds):
-            results = federated_evaluate(transport, round_num, state, eval_plan, seed)
-            client_acc.update({r.client_id: r.accuracy for r in results})
+        steps.evaluate(record, round_num, state)
+        if not steps.publish(record, state, t0):
+            break
+    return steps.result(state)
+
+
+class Steps:
+    """What a run keeps from step to step (a round, or an asynchronous engine's applied step):
+    the history, the clients' accuracies, the last :class:`RoundState` and why a callback stopped
+    it. Both engines evaluate, record and call back through it, the same way."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        rounds: int,
+        evaluator: Evaluator | None,
+        eval_plan: EvalPlan,
+        seed: int,
+        callbacks: Sequence[Callback],
+        pipeline: Pipeline,
+        bound: InfluenceBound | None,
+    ) -> None:
+        self.transport, self.rounds, self.evaluator, self.eval_plan = transport, rounds, evaluator, eval_plan
+        self.seed, self.callbacks, self.pipeline, self.bound = seed, callbacks, pipeline, bound
+        self.history = History()
+        self.client_acc: dict[int, float] = {}
+        self.round_state: RoundState | None = None
+        self.stopped: str | None = None
+
+    def evaluate(self, record: RoundRecord, step: int, state: StrategyState) -> None:
+        """Central and federated evaluation of step ``step`` when the plan asks for it (and at the last)."""
+        due = step % self.eval_plan.every == 0 or step == self.rounds
+        if self.evaluator is not None and due:
+            record.test_loss, record.test_accuracy = self.evaluator(state.params)
+        if self.eval_plan.federated_clients and due:
+            results = federated_evaluate(self.transport, step, state, self.eval_plan, self.seed)
+            self.client_acc.update({r.client_id: r.accuracy for r in results})
             if results:
                 record.fed_test_loss = _weighted([(r.loss, r.num_examples) for r in results])
                 record.fed_test_accuracy = _weighted([(r.accuracy, r.num_examples) for r in results])
                 record.extra.update(client_distribution(results))
-        record.wall_s = time.perf_counter() - t0
-        history.append(record)
-        round_state = RoundState.capture(state, pipeline, bound)
+
+    def publish(self, record: RoundRecord, state: StrategyState, started: float) -> bool:
+        """Record the step and hand it to every callback; False when one of them stopped the run."""
+        record.wall_s = time.perf_counter() - started
+        self.history.append(record)
+        self.round_state = RoundState.capture(state, self.pipeline, self.bound)
         try:
-            for cb in callbacks:
-                cb.on_round_state(record, round_state)
+            for cb in self.callbacks:
+                cb.on_round_state(record, self.round_state)
                 cb.on_round_end(record, state)
         except StopRun as exc:
-            stopped = str(exc)
-            break
-    for cb in callbacks:
-        cb.on_run_end(history, state)
-    return RunResult(
-        history=history,
-        state=state,
-        stopped_early=stopped,
-        client_accuracy=client_acc,
-        round_state=round_state or RoundState.capture(state, pipeline, bound),
-    )
+            self.stopped = str(exc)
+            return False
+        return True
+
+    def result(self, state: StrategyState) -> RunResult:
+        """End every callback and return the run's result."""
+        for cb in self.callbacks:
+            cb.on_run_end(self.history, state)
+        return RunResult(
+            history=self.history,
+            state=state,
+            stopped_early=self.stopped,
+            client_accuracy=self.client_acc,
+            round_state=self.round_state or RoundState.capture(state, self.pipeline, self.bound),
+        )
 
 
 WORST_FRACTION = 0.1
