@@ -28,8 +28,13 @@ batch_size = 50
 """
 
 PROBE = """\
+import signal
 import sys
 from importlib.abc import MetaPathFinder
+
+# Ctrl-C reaches the run even when the test suite itself was started with SIGINT ignored
+# (a background job of a non-interactive shell), which every child would inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from fedge.plugins import Hooks, Plugin, registry
 from fedge.engine import Callback

@@ -191,7 +191,18 @@ port = 0
 def _run_cmd(tmp_path: Path, extra: str = "") -> list[str]:
     cfg = tmp_path / "exp.toml"
     cfg.write_text(SHORT_TOML + extra)
-    return [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q", "-o", str(tmp_path / "run")]
+    return [sys.executable, "-c", WITH_CTRL_C, "run", str(cfg), "--dashboard", "-q", "-o", str(tmp_path / "run")]
+
+
+WITH_CTRL_C = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "from fedge.cli.main import main\n"
+    "sys.argv = ['fedge', *sys.argv[1:]]\n"
+    "main()\n"
+)
+"""``fedge`` with Ctrl-C delivered even when the suite runs with SIGINT ignored (a background
+job of a non-interactive shell), which every child would otherwise inherit."""
 
 
 def test_linger_default_is_until_ctrl_c_on_a_terminal_and_none_elsewhere() -> None:
