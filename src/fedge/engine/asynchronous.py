@@ -37,9 +37,9 @@ import numpy as np
 
 from fedge.config.schema import Experiment, opt
 from fedge.core.errors import AggregationError, ConfigError, FedgeError
-from fedge.core.params import ParamSpec, nbytes
+from fedge.core.params import nbytes
 from fedge.core.types import ClientUpdate, TrainConfig
-from fedge.engine.aggregator import Aggregator, ClientFailure, PartialSum, Reducer
+from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.engine.rounds import (
     Callback,
     EvalPlan,
@@ -49,6 +49,7 @@ from fedge.engine.rounds import (
     Steps,
     check_pipeline,
     round_rng,
+    start_run,
 )
 from fedge.engine.state import RoundState
 from fedge.pipeline import Pipeline, RoundContext, Transform
@@ -243,15 +244,8 @@ def run_async(
     check_async(strategy, pipeline, config, transport.num_clients())
     eval_plan = eval_plan or EvalPlan()
     clock = clock_for(policy)
-    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
-    if isinstance(state, RoundState):
-        state = state.restore(pipeline, bound)
-    elif state is None:
-        state = strategy.init(
-            [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
-        )
-    aggregator = Aggregator.for_run(
-        strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
+    state, bound, aggregator = start_run(
+        strategy, transport, initial_params, pipeline, state, influence, max_update_norm=max_update_norm
     )
     k, c = config.buffer_size, config.concurrency
 

@@ -332,15 +332,8 @@ def run(
     pipeline = pipeline if pipeline is not None else Pipeline()
     check_pipeline(strategy, pipeline)
     eval_plan = eval_plan or EvalPlan()
-    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
-    if isinstance(state, RoundState):
-        state = state.restore(pipeline, bound)
-    elif state is None:
-        state = strategy.init(
-            [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
-        )
-    aggregator = Aggregator.for_run(
-        strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
+    state, bound, aggregator = start_run(
+        strategy, transport, initial_params, pipeline, state, influence, max_update_norm=max_update_norm
     )
     steps = Steps(transport, rounds, evaluator, eval_plan, seed, callbacks, pipeline, bound)
     for cb in callbacks:
@@ -364,6 +357,32 @@ def run(
         if not steps.publish(record, state, t0):
             break
     return steps.result(state)
+
+
+def start_run(
+    strategy: Strategy,
+    transport: Transport,
+    initial_params: list[np.ndarray],
+    pipeline: Pipeline,
+    state: RoundState | StrategyState | None,
+    influence: InfluenceLimits | InfluenceBound | None,
+    *,
+    max_update_norm: float | None,
+) -> tuple[StrategyState, InfluenceBound | None, Aggregator]:
+    """What both engines start a run from: the strategy state (fresh, or restored with the transforms'
+    states and the influence window from a :class:`RoundState`), the influence bound and the run's
+    :class:`Aggregator`."""
+    bound = InfluenceBound(influence) if isinstance(influence, InfluenceLimits) else influence
+    if isinstance(state, RoundState):
+        state = state.restore(pipeline, bound)
+    elif state is None:
+        state = strategy.init(
+            [np.asarray(p, dtype=np.float32) for p in initial_params], num_clients=transport.num_clients()
+        )
+    aggregator = Aggregator.for_run(
+        strategy, pipeline, ParamSpec.of(state.params), max_update_norm=max_update_norm, bound=bound
+    )
+    return state, bound, aggregator
 
 
 class Steps:
