@@ -95,6 +95,7 @@ class Hooks:
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("personalization", "fedge.personalization", sections=("personalization", "heterofl")),
     Plugin("async", "fedge.engine.asynchronous", sections=("async",)),
+    Plugin("hierarchy", "fedge.hierarchy", sections=("hierarchy",)),
     Plugin(
         "engine",
         "fedge.simulation.backends",
