@@ -126,6 +126,10 @@ def write_run_files(
         "stopped": stopped,
         "client_accuracy": {str(k): v for k, v in sorted(result.client_accuracy.items())},
     }
+    if any("wan_bytes" in r.extra for r in result.history):
+        from fedge.hierarchy import tier_totals
+
+        summary["hierarchy"] = tier_totals(result.history)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 

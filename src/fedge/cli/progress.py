@@ -85,6 +85,15 @@ def print_summary(exp: Any, result: RunResult, out: Path) -> None:
     down = sum(r.downlink_bytes for r in h)
     table.add_row("bytes up / down", f"{up / 1e6:.2f} MB / {down / 1e6:.2f} MB")
     table.add_row("wall time", f"{sum(r.wall_s for r in h):.1f} s")
+    if any("wan_bytes" in r.extra for r in h):  # a hierarchy: what each tier carried and spent
+        from fedge.hierarchy import tier_totals
+
+        t = tier_totals(h) or {}
+        table.add_row("bytes LAN / WAN", f"{t['lan_bytes'] / 1e6:.2f} MB / {t['wan_bytes'] / 1e6:.2f} MB")
+        table.add_row(
+            "simulated time / energy",
+            f"{t['sim_clock_s']:.1f} s / devices {t['device_energy_j']:.1f} J, gateways {t['gateway_energy_j']:.1f} J",
+        )
     picks = [r.extra["backend"] for r in h if "backend" in r.extra]
     if picks:  # the auto backend says what it ran
         last = next(r for r in reversed(h.rounds) if "backend" in r.extra)

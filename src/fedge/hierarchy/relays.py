@@ -51,9 +51,7 @@ class Topology:
         if self.fanout < 1:
             raise ConfigError(f"a relay needs at least one child, got fanout = {self.fanout}")
         if self.num_clients % self.fanout:
-            raise ConfigError(
-                f"{self.num_clients} clients are not a whole number of relays of {self.fanout} children"
-            )
+            raise ConfigError(f"{self.num_clients} clients are not a whole number of relays of {self.fanout} children")
 
     @property
     def num_relays(self) -> int:
@@ -207,7 +205,9 @@ class HierarchyBackend:
         acc, ids, metrics = Accumulator(), list[int](), list[Metrics]()
         for step in range(self.kappa1):
             reducer = rebased(task.reducer, offset)
-            sub = FitTask(self._runtime(task.runtime, step), task.round_num, alive, params, task.ins, task.states, reducer)
+            sub = FitTask(
+                self._runtime(task.runtime, step), task.round_num, alive, params, task.ins, task.states, reducer
+            )
             acc, ids, metrics = Accumulator(), [], []
             for item in self.inner.fit(sub):
                 if isinstance(item, ClientFailure):
