@@ -74,3 +74,15 @@ def test_the_cli_refuses_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert "does not divide the 10 clients" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_zonal_driver_state_config_builds_60_cars_of_3_zones() -> None:
+    from fedge.config.schema import load
+
+    exp = load(str(Path(__file__).parents[2] / "examples" / "driver_state" / "zonal.toml"))
+    fed = build(exp)  # the built-in digits stand in for the cars' hashed windows
+    _, policy = fed.extras()
+    backend = fed.transport.backend
+    assert isinstance(backend, HierarchyBackend) and policy is not None
+    assert backend.topology.num_relays == 60 and backend.topology.fanout == 3 and backend.kappa1 == 4
+    assert policy.wan_up.mbps == 2.0 and policy.lan.mbps == 100.0
