@@ -106,3 +106,21 @@ def test_the_run_summary_holds_the_per_tier_totals(tmp_path: Path) -> None:
     assert summary["wan_bytes"] == 2 * (4 * MODEL_BYTES + 16 * (PARAMS + 1))
     assert summary["sim_clock_s"] == pytest.approx(sum(r.extra["sim_time_s"] for r in result.history))
     assert tier_totals([RoundRecord(round=1, participants=1, failed=0)]) is None
+
+
+def test_fedge_run_prints_the_per_tier_rows(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fedge.cli.main import cli
+
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        "rounds = 1\n[data]\nnum_clients = 8\n[model]\nname = 'logreg'\nframework = 'numpy'\n"
+        "[training]\nclients_per_round = 8\n[hierarchy]\nenabled = true\nzones_per_vehicle = 4\nkappa1 = 1\n"
+    )
+    res = CliRunner().invoke(cli, ["run", str(cfg), "-o", str(tmp_path / "run")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    wan = 2 * MODEL_BYTES + 2 * 4 * (PARAMS + 1)
+    assert f"/ {wan / 1e6:.2f} MB" in res.output and "bytes LAN / WAN" in res.output
+    assert "simulated time / energy" in res.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["hierarchy"]["wan_bytes"] == wan

@@ -139,3 +139,22 @@ def test_edge_steps_change_the_model_and_train_every_child_kappa1_times() -> Non
     for a, b in zip(one.history, three.history, strict=True):
         assert b.extra["edge_steps"] == 3 and b.extra["lan_up_bytes"] == 3 * a.extra["lan_up_bytes"]
         assert b.extra["wan_bytes"] == a.extra["wan_bytes"]
+
+
+def test_edge_steps_on_the_vectorized_backend_match_the_sequential_one() -> None:
+    """One vehicle of 12 zones: its 8 selected zones are batched together in each edge step."""
+    parts: dict[str, Any] = {
+        "rounds": 1,
+        "data": {"num_clients": 12, "partition": "iid"},
+        "model": {"name": "logreg", "framework": "torch"},
+    }
+    h = {"enabled": True, "zones_per_vehicle": 12, "kappa1": 2}
+    seq = execute(build(_exp(**parts, hierarchy=h)))
+    fed = build(_exp(**parts, hierarchy=h))
+    fed.backend = "vectorized"
+    vec = execute(fed)
+    backend = fed.transport.backend
+    assert isinstance(backend, HierarchyBackend) and backend.inner.name == "vectorized"
+    assert getattr(backend.inner, "round_info", {}).get("batched_clients", 0) == 8
+    for a, b in zip(seq.state.params, vec.state.params, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
