@@ -107,29 +107,37 @@ def test_two_edge_steps_average_the_edge_models_by_hand() -> None:
     assert not np.allclose(new.params[0], 0.5 * w + (30 * tbar0 + 70 * tbar1) / 100)
 
 
-def _exp(strategy: str = "fedavg", **extra: Any) -> Any:
+def _exp(name: str = "fedavg", **extra: Any) -> Any:
     raw: dict[str, Any] = {
         "seed": 4,
         "rounds": 3,
         "data": {"num_clients": 12},
         "model": {"name": "logreg", "framework": "numpy"},
         "training": {"clients_per_round": 8, "local_epochs": 1, "batch_size": 16, "lr": 0.2},
-        "strategy": {"name": strategy},
     }
     raw.update(extra)
+    raw["strategy"] = {"name": name, **extra.get("strategy", {})}
     return from_dict(raw)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
-def test_kappa1_of_one_equals_flat_training_on_the_same_clients(strategy: str) -> None:
-    flat = execute(build(_exp(strategy)))
-    tree = execute(build(_exp(strategy, hierarchy={"enabled": True, "zones_per_vehicle": 4, "kappa1": 1})))
+CENTRAL_DP = {
+    "privacy": {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.3},
+    "strategy": {"name": "fedavg", "weighting": "uniform"},
+}
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("fedavg", {}), ("scaffold", {}), ("fedavg", CENTRAL_DP)])
+def test_kappa1_of_one_equals_flat_training_on_the_same_clients(strategy: str, extra: dict[str, Any]) -> None:
+    flat = execute(build(_exp(strategy, **extra)))
+    tree = execute(build(_exp(strategy, **extra, hierarchy={"enabled": True, "zones_per_vehicle": 4, "kappa1": 1})))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(flat.state.params, tree.state.params, strict=True))
     assert diff <= 1e-6
     assert [r.participants for r in tree.history] == [r.participants for r in flat.history] == [8, 8, 8]
     np.testing.assert_allclose(
         [r.test_accuracy for r in tree.history], [r.test_accuracy for r in flat.history], atol=1e-9
     )
+    if extra:  # the same noise on the same sums, and the same ε
+        assert tree.history.rounds[-1].extra["epsilon"] == flat.history.rounds[-1].extra["epsilon"] > 0
 
 
 def test_edge_steps_change_the_model_and_train_every_child_kappa1_times() -> None:

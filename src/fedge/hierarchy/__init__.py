@@ -140,6 +140,13 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
             f"hierarchy.kappa1 > 1 runs the edge steps in this process; set training.backend to one of "
             f"{', '.join(EDGE_BACKENDS)}"
         )
+    privacy = exp.extensions.get("privacy")
+    if cfg.kappa1 > 1 and getattr(privacy, "mode", "off") != "off":
+        raise ConfigError(
+            "hierarchy.kappa1 > 1 with [privacy]: a client's update is released kappa1 times per cloud round "
+            "and its relay's sum carries it through every edge step, which the accountant does not count "
+            "(per-tier DP is not built); use kappa1 = 1"
+        )
     for name in ("secagg", "async", "devices"):
         if getattr(exp.extensions.get(name), "enabled", False):
             why = {
