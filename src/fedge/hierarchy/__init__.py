@@ -162,8 +162,13 @@ def hierarchy_policy(exp: Experiment, built: Federation) -> HierarchyPolicy | No
     from fedge.devices import catalog, count_learner, lookup
 
     cfg = hierarchy_config(exp)
-    if cfg is None or built.deployed or built.data is None:
+    if cfg is None or built.deployed:
         return None
+    if built.data is None:
+        raise ConfigError(
+            "[hierarchy] groups a federated dataset's clients under relays; this federation brings its own "
+            "clients (fedge finetune), so set hierarchy.enabled = false"
+        )
     data = built.data
     transport = built.transport
     backend = transport.backend
