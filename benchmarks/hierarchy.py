@@ -118,6 +118,7 @@ def main() -> None:
     emit(
         {
             "workload": f"digits Dirichlet(0.5), {args.vehicles} vehicles x {args.zones} zonal ECUs, NumPy MLP, FedAvg",
+            "backend": "numpy, sequential (the relays run in process)",
             "kappa1": args.kappa1,
             "target": args.target,
             "flat_equivalence_max_abs_diff": max_abs_diff(flat, tree1),
