@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedge.clients.base import TrainResult
 from fedge.config.schema import from_dict
@@ -75,6 +77,23 @@ def test_sum_of_relay_sums_is_the_flat_sum_and_only_sums_leave_a_relay() -> None
     tree = _sum(items, _task(ids))
     assert tree.count == flat.count == 8
     assert tree.sums.keys() == flat.sums.keys()
+    for name in flat.sums:
+        for a, b in zip(tree.sums[name], flat.sums[name], strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(fanout=st.integers(1, 5), relays=st.integers(1, 4), data=st.data())
+def test_relay_sums_compose_for_any_tree_and_cohort(fanout: int, relays: int, data: st.DataObject) -> None:
+    n = fanout * relays
+    ids = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    flat_items = list(SequentialBackend().fit(_task(ids)))
+    items = list(HierarchyBackend(SequentialBackend(), Topology(n, fanout), kappa1=1).fit(_task(ids)))
+    flat, tree = _sum(flat_items, _task(ids)), _sum(items, _task(ids))
+    assert tree.count == flat.count == len([c for c in ids if c != 5])
+    covered = sorted(c for i in items if isinstance(i, PartialSum) for c in i.client_ids)
+    lost = sorted(f.client_id for i in items for f in (i.failures if isinstance(i, PartialSum) else [i]))
+    assert sorted(covered + lost) == ids
     for name in flat.sums:
         for a, b in zip(tree.sums[name], flat.sums[name], strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
