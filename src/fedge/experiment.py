@@ -34,16 +34,18 @@ from fedge.pipeline import Transform
 from fedge.preflight import check_extras
 from fedge.simulation.history import History, RoundRecord, write_csv, write_jsonl
 from fedge.strategies.base import StrategyState
-from fedge.transport.inprocess import ClientFn
+from fedge.transport.inprocess import Backend, ClientFn
 
-# The optional parts of fedge contribute pipeline transforms, callbacks, round policies and
-# client wrappers built from their own config sections (privacy, compression, devices ...)
+# The optional parts of fedge contribute pipeline transforms, callbacks, round policies,
+# client and backend wrappers built from their own config sections (privacy, compression, devices ...)
 # through these hooks, declared in their fedge.plugins.Hooks.
 TransformFactory = Callable[[Experiment, BuildContext], Sequence[Transform]]
 CallbackFactory = Callable[[Experiment, "Federation"], Sequence[Callback]]
 ClientWrapper = Callable[[Experiment, FederatedDataset, ClientFn], ClientFn]
 """Wrap how clients are built (e.g. attack simulation turns some clients malicious)."""
 PolicyFactory = Callable[[Experiment, "Federation"], "RoundPolicy | None"]
+BackendWrapper = Callable[[Experiment, "Federation", Backend], Backend]
+"""Wrap a simulated run's execution backend (the hierarchy runs the cohort through its relays)."""
 
 
 def save_params_npz(params: Params, path: Path) -> None:

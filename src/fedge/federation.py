@@ -204,6 +204,8 @@ class Federation:
     def transport(self) -> InProcessTransport:
         """The in-process transport of a simulated run (built on first use; ``fedge serve`` never does)."""
         backend = make_backend(self.backend) if isinstance(self.backend, str) else self.backend
+        if self.exp is not None:
+            backend = registry.wrap_backend(self.exp, self, backend)
         return InProcessTransport(
             self.client_fn,
             self.ctx.population,

@@ -6,7 +6,7 @@ name imports nothing. The part's module is imported the first time one of its na
 used: a config holding its section, a strategy or backend asked for by name, a command
 run. Once imported, the module's ``HOOKS`` (a :class:`Hooks`) says what it adds to a run:
 section classes, strategies, backends, transform factories each at an ordering
-:class:`Stage`, callbacks, a round policy, client wrappers and a ``validate`` that refuses
+:class:`Stage`, callbacks, a round policy, client and backend wrappers and a ``validate`` that refuses
 an impossible combination in one line.
 
 The :class:`Registry` applies the hooks of the parts an experiment uses, in a fixed
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from fedge.config.schema import Experiment
     from fedge.data.federated import FederatedDataset
     from fedge.engine import Callback, RoundPolicy
-    from fedge.experiment import CallbackFactory, ClientWrapper, PolicyFactory, TransformFactory
+    from fedge.experiment import BackendWrapper, CallbackFactory, ClientWrapper, PolicyFactory, TransformFactory
     from fedge.federation import BuildContext, Federation
     from fedge.pipeline import Transform
     from fedge.strategies.base import Strategy
@@ -88,6 +88,8 @@ class Hooks:
     callbacks: Sequence[CallbackFactory] = ()
     policy: PolicyFactory | None = None
     client_wrappers: Sequence[ClientWrapper] = ()
+    backend_wrappers: Sequence[BackendWrapper] = ()
+    """Wrap a simulated run's execution backend (applied when the in-process transport is built)."""
     validate: Callable[[Experiment, BuildContext], None] | None = None
     """Raises a one-line :class:`~fedge.core.errors.ConfigError` for a combination that cannot run."""
 
@@ -391,6 +393,12 @@ class Registry:
             for _, hooks in self.used_by(exp)
             if hooks.policy is not None and (p := hooks.policy(exp, built)) is not None
         ]
+
+    def wrap_backend(self, exp: Experiment, built: Federation, backend: Backend) -> Backend:
+        for _, hooks in self.used_by(exp):
+            for wrap in hooks.backend_wrappers:
+                backend = wrap(exp, built, backend)
+        return backend
 
     def wrap_client(self, exp: Experiment, data: FederatedDataset, client_fn: ClientFn) -> ClientFn:
         for _, hooks in self.used_by(exp):

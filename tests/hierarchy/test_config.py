@@ -87,3 +87,12 @@ def test_the_zonal_driver_state_config_builds_60_cars_of_3_zones() -> None:
     assert isinstance(backend, HierarchyBackend) and policy is not None
     assert backend.topology.num_relays == 60 and backend.topology.fanout == 3 and backend.kappa1 == 4
     assert policy.wan_up.mbps == 2.0 and policy.lan.mbps == 100.0
+
+
+def test_engine_options_reach_the_backend_behind_the_relays() -> None:
+    exp = _exp({"kappa1": 2}, training={"backend": "vectorized"}, engine={"vectorized_chunk": 3})
+    fed = build(exp)
+    callbacks, _ = fed.extras()
+    backend = fed.transport.backend
+    assert isinstance(backend, HierarchyBackend) and getattr(backend.inner, "chunk", None) == 3
+    assert any(type(cb).__name__ == "RoundInfo" for cb in callbacks)

@@ -1,11 +1,12 @@
 """Hierarchical federated learning in simulation: clients -> relays (vehicle gateways) -> cloud.
 
 HierFAVG (Liu et al., ICC 2020) on fedge's seams: the relays are an execution backend
-(:class:`~fedge.hierarchy.relays.HierarchyBackend`) that wraps the run's own, so the cloud's
-strategy, the pipeline and the reducer are those of a flat run; their cost on the virtual
-clock is the run's round policy (:class:`~fedge.hierarchy.links.HierarchyPolicy`). Enable it
-with a ``[hierarchy]`` section (``enabled = true``); see ``docs/hierarchy.md``. The gRPC
-relays (``fedge relay``) are not built yet, so ``fedge serve`` refuses the section.
+(:class:`~fedge.hierarchy.relays.HierarchyBackend`) that wraps the run's own (a backend
+wrapper hook), so the cloud's strategy, the pipeline and the reducer are those of a flat
+run; their cost on the virtual clock is the run's round policy
+(:class:`~fedge.hierarchy.links.HierarchyPolicy`). Enable it with a ``[hierarchy]``
+section (``enabled = true``); see ``docs/hierarchy.md``. The gRPC relays (``fedge relay``)
+are not built yet, so ``fedge serve`` refuses the section.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fedge.plugins import Hooks
 
 if TYPE_CHECKING:
     from fedge.federation import BuildContext, Federation
+    from fedge.transport.inprocess import Backend
 
 RELAY_MODES = ("aggregate", "forward")
 EDGE_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedopt", "fedadam", "fedyogi", "fedadagrad")
@@ -157,26 +159,29 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
             raise ConfigError(f"[hierarchy] does not run with [{name}]: {why}; set {name}.enabled = false")
 
 
+def behind_relays(exp: Experiment, built: Federation, backend: Backend) -> Backend:
+    """The run's backend behind the relays ``[hierarchy]`` describes (unchanged when the section is off)."""
+    cfg = hierarchy_config(exp)
+    if cfg is None or isinstance(backend, HierarchyBackend):
+        return backend
+    tree = topology(cfg, built.ctx.population)
+    return HierarchyBackend(backend, tree, cfg.kappa1, aggregate=cfg.relay == "aggregate")
+
+
 def hierarchy_policy(exp: Experiment, built: Federation) -> HierarchyPolicy | None:
-    """Put the run's backend behind its relays and return their cost model (None when ``[hierarchy]`` is off)."""
+    """The relays' cost model on the virtual clock (None when ``[hierarchy]`` is off or the run is served)."""
     from fedge.devices import catalog, count_learner, lookup
 
     cfg = hierarchy_config(exp)
     if cfg is None or built.deployed:
         return None
-    if built.data is None:
+    backend = built.transport.backend
+    if built.data is None or not isinstance(backend, HierarchyBackend):
         raise ConfigError(
             "[hierarchy] groups a federated dataset's clients under relays; this federation brings its own "
-            "clients (fedge finetune), so set hierarchy.enabled = false"
+            "clients or backend (fedge finetune), so set hierarchy.enabled = false"
         )
     data = built.data
-    transport = built.transport
-    backend = transport.backend
-    if not isinstance(backend, HierarchyBackend):
-        backend = HierarchyBackend(
-            backend, topology(cfg, data.num_clients), cfg.kappa1, aggregate=cfg.relay == "aggregate"
-        )
-        transport.backend = backend
     cat = catalog(cfg.profiles or None)
     lan, wan_up, wan_down = links(cfg)
     return HierarchyPolicy(
@@ -193,7 +198,12 @@ def hierarchy_policy(exp: Experiment, built: Federation) -> HierarchyPolicy | No
     )
 
 
-HOOKS = Hooks(sections={"hierarchy": HierarchyConfig}, policy=hierarchy_policy, validate=validate)
+HOOKS = Hooks(
+    sections={"hierarchy": HierarchyConfig},
+    backend_wrappers=[behind_relays],
+    policy=hierarchy_policy,
+    validate=validate,
+)
 
 __all__ = [
     "EDGE_BACKENDS",
@@ -214,6 +224,7 @@ __all__ = [
     "RelayCost",
     "RelayTrace",
     "Topology",
+    "behind_relays",
     "hierarchy_config",
     "hierarchy_policy",
     "links",

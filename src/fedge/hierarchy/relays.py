@@ -249,5 +249,17 @@ class HierarchyBackend:
             failures=failures,
         )
 
+    @property
+    def round_info(self) -> dict[str, Any]:
+        """The inner backend's figures of its last pass (the vectorized backend's buckets, auto's pick)."""
+        info: dict[str, Any] = getattr(self.inner, "round_info", {})
+        return info
+
+    def configure(self, cfg: Any) -> None:
+        """Hand the ``[engine]`` options to the inner backend."""
+        configure = getattr(self.inner, "configure", None)
+        if configure is not None:
+            configure(cfg)
+
     def close(self) -> None:
         self.inner.close()
