@@ -137,6 +137,27 @@ def test_a_part_applies_only_to_the_experiments_that_use_it() -> None:
     assert calls == ["fedavg"]
 
 
+def test_a_backend_wrapper_wraps_only_the_backends_of_experiments_using_its_part() -> None:
+    from fedge.transport.inprocess import SequentialBackend
+
+    class Wrapped(SequentialBackend):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+    fresh = Registry(PLUGINS)
+    fresh.add(
+        Plugin("wrapping", __name__, sections=("wrapping",)),
+        Hooks(backend_wrappers=[lambda exp, built, backend: Wrapped(backend)]),
+    )
+    inner = SequentialBackend()
+    no_federation: Any = None  # the wrapper here reads nothing of the federation
+    assert fresh.wrap_backend(Experiment(), no_federation, inner) is inner
+    exp = Experiment()
+    exp.extensions["wrapping"] = object()
+    wrapped = fresh.wrap_backend(exp, no_federation, inner)
+    assert isinstance(wrapped, Wrapped) and wrapped.inner is inner
+
+
 def test_validate_refuses_an_llm_experiment_in_a_plain_run() -> None:
     exp = from_dict({"llm": {"enabled": True}})
     with pytest.raises(ConfigError, match="fedge finetune"):
