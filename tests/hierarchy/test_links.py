@@ -93,6 +93,7 @@ def test_time_and_energy_of_one_round_by_hand() -> None:
     device_j = 2 * ecu.power_train_w * (c0 + c1) + ecu.power_comm_w * comm
     assert rec.extra["device_energy_j"] == pytest.approx(device_j, rel=1e-12)
     assert rec.extra["gateway_energy_j"] == pytest.approx(ecu.power_comm_w * (wan + comm), rel=1e-12)
+    assert rec.extra["energy_j"] == rec.extra["device_energy_j"]
     assert rec.uplink_bytes == 404 and rec.downlink_bytes == 400
     assert rec.extra["lan_bytes"] == 2 * (800 + 804)
 

@@ -146,7 +146,7 @@ class HierarchyPolicy(RoundPolicy):
                 "sim_clock_s": self.clock,
                 "device_energy_j": device_j,
                 "gateway_energy_j": gateway_j,
-                "energy_j": device_j + gateway_j,
+                "energy_j": device_j,
             }
         )
 
