@@ -366,7 +366,8 @@ def run_async(
         buf.losses.append((upd.metrics.get("train_loss", math.nan), float(upd.num_examples)))
         if buf.size() < k:
             continue
-        busy.difference_update(buf.members())
+        if hold:
+            busy.difference_update(buf.members())
         applied = k
         if cohort is None:
             summed = buf.total()
