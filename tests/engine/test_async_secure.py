@@ -17,7 +17,7 @@ from fedge.cli.main import cli
 from fedge.clients import LearnerClient, NumpyLogReg
 from fedge.compression.transforms import RESIDUAL_KEY
 from fedge.config.schema import from_dict
-from fedge.core.errors import ConfigError
+from fedge.core.errors import AggregationError, ConfigError
 from fedge.core.params import ParamSpec
 from fedge.core.types import ClientUpdate, TrainConfig
 from fedge.data import synthetic
@@ -292,4 +292,42 @@ def test_the_engine_refuses_secure_aggregation_that_encodes_at_training_in_one_l
             config=AsyncConfig(buffer_size=3, concurrency=3),
             pipeline=Pipeline([fixed]),
         )
+    assert "\n" not in str(info.value)
+
+
+def _small(**extra: Any) -> Any:
+    raw: dict[str, Any] = {
+        "seed": 3,
+        "rounds": 3,
+        "data": {"num_clients": 12, "partition": "iid"},
+        "model": {"name": "logreg", "framework": "numpy"},
+        # One batch per client: every update takes as long, so K = C = cohort has no staleness.
+        "training": {"clients_per_round": 4, "local_epochs": 1, "batch_size": 10_000, "lr": 0.3},
+        "strategy": {"name": "fedavg"},
+        "secagg": {"enabled": True},
+    }
+    for key, value in extra.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return from_dict(raw)
+
+
+def test_a_secure_buffer_of_the_whole_cohort_is_the_synchronous_secure_round_to_the_rounding() -> None:
+    sync = execute(build(_small()))
+    fed = build(_small(**{"async": {"enabled": True, "buffer_size": 4, "concurrency": 4}}))
+    (secure,) = [t for t in fed.pipeline.transforms if isinstance(t, SecureAggregation)]
+    buffered = execute(fed)
+    assert [r.participants for r in buffered.history] == [r.participants for r in sync.history] == [4, 4, 4]
+    assert all(r.extra["staleness_max"] == 0 and r.extra["secagg_k"] == 3 for r in buffered.history)
+    # Both sum the same clients' terms; only the stochastic rounding differs (a few units of 1/scale each).
+    for a, b in zip(sync.state.params, buffered.state.params, strict=True):
+        np.testing.assert_allclose(a, b, atol=3 * 4 * 8 * secure.max_weight / secure.scale)
+
+
+def test_sessions_that_keep_aborting_end_the_run_in_one_line() -> None:
+    exp = _small(
+        secagg={"simulate_dropout": 0.75, "dropout_stage": "share"},
+        **{"async": {"enabled": True, "buffer_size": 4, "concurrency": 4}},
+    )
+    with pytest.raises(AggregationError, match="secure sessions in a row aborted") as info:
+        execute(build(exp))
     assert "\n" not in str(info.value)
