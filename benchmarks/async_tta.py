@@ -6,11 +6,15 @@ device simulation. Synchronous: 20 clients per round, waiting for all of them, o
 deadline half the fleet can meet (1.1x the lower median of the predicted round times); the
 better of the two is the baseline. Asynchronous: ``[async]`` with buffer K = 5, concurrency
 C = 40, polynomial staleness weight ``(1+τ)^-0.5``. Every run has the same budget of client
-updates (``--updates``) and stops at the target accuracy. Prints one JSON line with the
-simulated hours and client updates to target each way, the final accuracy and
-``speedup_vs_sync`` (best synchronous hours / asynchronous hours).
+updates (``--updates``) and stops at the target accuracy. The same three runs again with
+``[secagg]`` on (synchronous: one SecAgg+ session per round; asynchronous: one per buffer,
+the staleness weights applied by the clients). Prints one JSON line with the simulated
+hours and client updates to target each way, the final accuracy, ``speedup_vs_sync``
+(best synchronous hours / asynchronous hours) and ``speedup_vs_sync_secagg`` (the same,
+both with secure aggregation).
 
-    python benchmarks/async_tta.py [--quick] [--target 0.9] [--updates 4000] [--seeds 3] [--buffer 5] [--concurrency 40]
+    python benchmarks/async_tta.py [--quick] [--target 0.9] [--updates 4000] [--seeds 3] [--buffer 5]
+        [--concurrency 40] [--no-secagg]
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ class StopAt(Callback):
             raise StopRun(f"reached {self.target}")
 
 
-def experiment(seed: int, updates: int, devices: dict[str, Any], buffered: tuple[int, int] | None) -> Experiment:
+def experiment(
+    seed: int, updates: int, devices: dict[str, Any], buffered: tuple[int, int] | None, secagg: bool = False
+) -> Experiment:
     exp = Experiment()
     exp.seed = seed
     exp.model.framework = "numpy"
@@ -54,6 +60,8 @@ def experiment(seed: int, updates: int, devices: dict[str, Any], buffered: tuple
     d.fleet = dict(FLEET)
     for k, v in devices.items():
         setattr(d, k, v)
+    if secagg:
+        exp.section("secagg").enabled = True
     if buffered is not None:
         a = exp.section("async")
         a.enabled, (a.buffer_size, a.concurrency) = True, buffered
@@ -78,16 +86,22 @@ def updates_until(history: History, round_num: int | None) -> int | None:
     return sum(r.participants for r in history if r.round <= round_num)
 
 
-def one_seed(seed: int, target: float, updates: int, buffered: tuple[int, int]) -> dict[str, dict[str, Any]]:
-    runs: dict[str, tuple[dict[str, Any], tuple[int, int] | None]] = {
+def one_seed(
+    seed: int, target: float, updates: int, buffered: tuple[int, int], secagg: bool
+) -> dict[str, dict[str, Any]]:
+    base: dict[str, tuple[dict[str, Any], tuple[int, int] | None]] = {
         "wait_all": ({"policy": "wait_all"}, None),
         "deadline": ({"policy": "deadline", "deadline_s": half_fleet_deadline(seed)}, None),
         "async": ({}, buffered),
     }
+    runs = {(name, False): run for name, run in base.items()}
+    if secagg:
+        runs |= {(name, True): run for name, run in base.items()}
     out: dict[str, dict[str, Any]] = {}
-    for name, (devices, buffered) in runs.items():
+    for (plain_name, secure), (devices, buffered) in runs.items():
+        name = f"{plain_name}_secagg" if secure else plain_name
         t0 = time.perf_counter()
-        res = execute(build(experiment(seed, updates, devices, buffered)), [StopAt(target)])
+        res = execute(build(experiment(seed, updates, devices, buffered, secure)), [StopAt(target)])
         reached = time_to_target(res.history, target)
         wasted = sum(int(r.extra.get("updates_wasted", 0)) for r in res.history)
         out[name] = {
@@ -99,7 +113,7 @@ def one_seed(seed: int, target: float, updates: int, buffered: tuple[int, int]) 
             "wasted_updates": wasted,
         }
         print(
-            f"seed {seed} {name:9s} steps={len(res.history)} hours={reached.hours:.4f} "
+            f"seed {seed} {name:16s} steps={len(res.history)} hours={reached.hours:.4f} "
             f"acc={reached.final_accuracy:.4f} wall={time.perf_counter() - t0:.1f}s",
             flush=True,
         )
@@ -114,17 +128,33 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--buffer", type=int, default=BUFFER, help="async buffer size K")
     ap.add_argument("--concurrency", type=int, default=CONCURRENCY, help="async concurrency C")
+    ap.add_argument("--no-secagg", action="store_true", help="skip the three runs with secure aggregation")
     args = ap.parse_args()
     target, updates, seeds = (0.8, 1200, 1) if args.quick else (args.target, args.updates, args.seeds)
+    secagg = not args.no_secagg
     t_all = time.perf_counter()
-    per_seed = [one_seed(seed, target, updates, (args.buffer, args.concurrency)) for seed in range(seeds)]
+    per_seed = [one_seed(seed, target, updates, (args.buffer, args.concurrency), secagg) for seed in range(seeds)]
 
-    def best_sync(r: dict[str, dict[str, Any]]) -> str:
-        hours = {k: r[k]["hours_to_target"] for k in ("wait_all", "deadline")}
+    def best_sync(r: dict[str, dict[str, Any]], suffix: str = "") -> str:
+        hours = {k: r[k + suffix]["hours_to_target"] for k in ("wait_all", "deadline")}
         return min(hours, key=lambda k: hours[k] if not math.isnan(hours[k]) else math.inf)
 
-    speedups = [r[best_sync(r)]["hours_to_target"] / r["async"]["hours_to_target"] for r in per_seed]
-    names = ("wait_all", "deadline", "async")
+    def speedups(suffix: str) -> list[float]:
+        return [
+            r[best_sync(r, suffix) + suffix]["hours_to_target"] / r["async" + suffix]["hours_to_target"]
+            for r in per_seed
+        ]
+
+    plain = speedups("")
+    names = tuple(per_seed[0])
+    secure: dict[str, Any] = {}
+    if secagg:
+        s = speedups("_secagg")
+        secure = {
+            "best_sync_secagg": [best_sync(r, "_secagg") for r in per_seed],
+            "speedup_vs_sync_secagg": [round(x, 3) for x in s],
+            "median_speedup_vs_sync_secagg": round(float(np.median(s)), 3),
+        }
     emit(
         {
             "workload": "W7 async buffered aggregation, digits, 50% pi-zero-2w / 25% pi5 / 25% orin-nano",
@@ -136,8 +166,9 @@ def main() -> None:
             "concurrency": args.concurrency,
             "cohort": COHORT,
             "best_sync": [best_sync(r) for r in per_seed],
-            "speedup_vs_sync": [round(s, 3) for s in speedups],
-            "median_speedup_vs_sync": round(float(np.median(speedups)), 3),
+            "speedup_vs_sync": [round(x, 3) for x in plain],
+            "median_speedup_vs_sync": round(float(np.median(plain)), 3),
+            **secure,
             "hours_to_target": {k: [r[k]["hours_to_target"] for r in per_seed] for k in names},
             "updates_to_target": {k: [r[k]["updates_to_target"] for r in per_seed] for k in names},
             "final_accuracy": {k: [r[k]["final_accuracy"] for r in per_seed] for k in names},

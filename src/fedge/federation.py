@@ -20,7 +20,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,9 +72,16 @@ class BuildContext:
 
     @classmethod
     def from_config(cls, exp: Experiment, population: int | None = None, *, deployed: bool = False) -> BuildContext:
-        """The context of ``exp`` over ``population`` clients (default: ``[data] num_clients``)."""
+        """The context of ``exp`` over ``population`` clients (default: ``[data] num_clients``).
+
+        Under ``[async]`` the cohort is the buffer size ``K``: the clients one applied step sums
+        (secure aggregation's session, central DP's normalisation)."""
+        from fedge.engine.asynchronous import async_config
+
         n = exp.data.num_clients if population is None else population
-        return cls.of(training_sampling(exp.training), n, seed=exp.seed, deployed=deployed)
+        ctx = cls.of(training_sampling(exp.training), n, seed=exp.seed, deployed=deployed)
+        buffered = async_config(exp)
+        return ctx if buffered is None else replace(ctx, cohort=min(buffered.buffer_size, n))
 
 
 def load_dataset(exp: Experiment) -> FederatedDataset:

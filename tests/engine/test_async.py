@@ -1,14 +1,12 @@
 """Asynchronous buffered aggregation: equal to FedAvg without staleness, weights and normalisation by
-hand, stale drops, ε per applied step recomputed with dp-accounting, refusals in one line."""
+hand, stale drops, refusals in one line (secure aggregation and DP per buffer: test_async_secure.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting import rdp
 
 from fedge.clients.base import TrainResult
 from fedge.config.schema import from_dict
@@ -126,29 +124,6 @@ def test_updates_staler_than_the_bound_are_dropped_and_counted() -> None:
     np.testing.assert_allclose(result.state.params[0], np.full(3, 2 * step, dtype=np.float32), rtol=1e-6)
     kept = _paced_run(2, buffer_size=3, concurrency=3)
     assert kept.history.rounds[-1].extra["updates_wasted_total"] == 0
-
-
-def test_epsilon_per_applied_step_matches_dp_accounting() -> None:
-    exp = from_dict(
-        {
-            "seed": 1,
-            "rounds": 4,
-            "data": {"num_clients": 40, "partition": "iid"},
-            "model": {"name": "logreg", "framework": "numpy"},
-            "training": {"clients_per_round": 8, "local_epochs": 1, "lr": 0.1},
-            "strategy": {"name": "fedavg", "weighting": "uniform"},
-            "privacy": {"mode": "central", "noise_multiplier": 1.3, "clip_norm": 0.5, "sampling": "fixed"},
-            "async": {"enabled": True, "buffer_size": 8, "concurrency": 16},
-        }
-    )
-    result = execute(build(exp))
-    assert len(result.history) == 4
-    ref = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    for rec in result.history:
-        assert rec.participants == 8 and rec.extra["dp_rounds"] == rec.round
-        ref.compose(dp_accounting.SampledWithoutReplacementDpEvent(40, 8, dp_accounting.GaussianDpEvent(1.3 / 2)))
-        assert rec.extra["epsilon"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
-    assert result.history.rounds[-1].extra["staleness_max"] >= 1
 
 
 def test_device_clock_reports_time_and_energy_and_is_deterministic() -> None:

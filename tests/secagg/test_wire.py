@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from fedge.secagg import client as C
 from fedge.secagg import server as S
 from fedge.secagg import wire
-from fedge.secagg.messages import RoundSetup
+from fedge.secagg.messages import RoundSetup, ShareInbox
 from fedge.secagg.orchestrator import run_protocol
 
 
@@ -63,3 +64,14 @@ def test_server_messages_round_trip() -> None:
         summed.add(C.masked_input(states[c], shared.inboxes[c], np.zeros(8, np.uint32)))
     for msg in (roster, shared.inboxes[2], summed.request()):
         assert wire.unpack(wire.pack(msg)) == msg
+
+
+def test_an_inbox_keeps_its_staleness_factor_exactly_and_refuses_a_non_finite_one() -> None:
+    box = ShareInbox(4, 2, {1: b"sealed"}, factor=1 / 3)
+    back = wire.unpack(wire.pack(box))
+    assert back == box and back.factor == 1 / 3
+    with pytest.raises(wire.WireError):
+        wire.pack(ShareInbox(4, 2, {}, factor=math.nan))
+    data = wire.pack(ShareInbox(4, 2, {}, factor=0.5)).replace(b"0.5", b"NaN")
+    with pytest.raises(wire.WireError, match="non-finite"):
+        wire.unpack(data)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-_SAMPLING = click.Choice(["poisson", "fixed"])
+_SAMPLING = click.Choice(["poisson", "fixed", "none"])
 _ACCOUNTANT = click.Choice(["rdp", "pld"])
 
 
@@ -26,9 +26,15 @@ def _common(f: click.decorators.FC) -> click.decorators.FC:
             click.option(
                 "--sampling",
                 type=_SAMPLING,
-                default="poisson",
-                show_default=True,
-                help="Sampling the accounting assumes.",
+                default=None,
+                help="Sampling the accounting assumes  [default: poisson; none with --async].",
+            ),
+            click.option(
+                "--async",
+                "buffered",
+                is_flag=True,
+                help="An [async] (FedBuff) run: --rounds are applied steps, --clients-per-round the buffer "
+                "size, no sampling amplification.",
             ),
             click.option(
                 "--accountant", type=_ACCOUNTANT, default="rdp", show_default=True, help="dp-accounting accountant."
@@ -40,7 +46,27 @@ def _common(f: click.decorators.FC) -> click.decorators.FC:
     return f
 
 
-def _assumption(sampling: str, cohort: int, population: int) -> str:
+def _sampling(sampling: str | None, buffered: bool) -> str:
+    """The sampling to account: ``none`` for an asynchronous run, which no other choice fits."""
+    if buffered and sampling not in (None, "none"):
+        raise click.UsageError(
+            f"--async: buffers are filled by whoever finishes first, not a uniform sample, so --sampling "
+            f"{sampling} does not hold; use --sampling none (the default with --async)"
+        )
+    return sampling or ("none" if buffered else "poisson")
+
+
+def _assumption(sampling: str, cohort: int, population: int, buffered: bool = False) -> str:
+    if buffered:
+        return (
+            f"an asynchronous run: every applied step sums a buffer of {cohort} updates with Gaussian noise, "
+            f"each of {population} clients in a step at most once, no sampling amplification (add/remove-one client)"
+        )
+    if sampling == "none":
+        return (
+            f"no sampling amplification: any of {population} clients may be in every round, "
+            "at most once (add/remove-one client)"
+        )
     if sampling == "poisson":
         return (
             f"Poisson sampling: each of {population} clients joins each round independently "
@@ -66,13 +92,15 @@ def register(cli: click.Group) -> None:
         rounds: int,
         cohort: int,
         population: int,
-        sampling: str,
+        sampling: str | None,
+        buffered: bool,
         accountant: str,
         as_json: bool,
     ) -> None:
         """Print the smallest noise multiplier z that keeps the run (ε, δ)-DP."""
         from fedge.privacy.accountant import epsilon_for, plan_noise
 
+        sampling = _sampling(sampling, buffered)
         z = plan_noise(
             epsilon=epsilon,
             delta=delta,
@@ -101,14 +129,16 @@ def register(cli: click.Group) -> None:
             "population": population,
             "sampling": sampling,
             "accountant": accountant,
-            "assumption": _assumption(sampling, cohort, population),
+            "asynchronous": buffered,
+            "assumption": _assumption(sampling, cohort, population, buffered),
         }
         if as_json:
             click.echo(json.dumps(out))
             return
+        unit = "applied steps" if buffered else "rounds"
         click.echo(
             f"noise multiplier z = {z:.4f}  (ε = {eps:.4f} ≤ {epsilon:g} at δ = {delta:g} "
-            f"after {rounds} rounds, {accountant.upper()} accountant)"
+            f"after {rounds} {unit}, {accountant.upper()} accountant)"
         )
         click.echo(f"assumes {out['assumption']}")
         click.echo(f"noise stddev on the mean update = z·C / {cohort} for clipping bound C")
@@ -117,11 +147,20 @@ def register(cli: click.Group) -> None:
     @click.option("--noise-multiplier", "z", type=float, required=True, help="Noise multiplier z.")
     @_common
     def epsilon_cmd(
-        z: float, delta: float, rounds: int, cohort: int, population: int, sampling: str, accountant: str, as_json: bool
+        z: float,
+        delta: float,
+        rounds: int,
+        cohort: int,
+        population: int,
+        sampling: str | None,
+        buffered: bool,
+        accountant: str,
+        as_json: bool,
     ) -> None:
         """Print ε(δ) of a run with noise multiplier z."""
         from fedge.privacy.accountant import check_epsilon_delta, epsilon_for
 
+        sampling = _sampling(sampling, buffered)
         check_epsilon_delta(None, delta)
         if rounds < 1:
             raise click.BadParameter("must be >= 1", param_hint="--rounds")
@@ -144,7 +183,8 @@ def register(cli: click.Group) -> None:
                         "rounds": rounds,
                         "sampling": sampling,
                         "accountant": accountant,
-                        "assumption": _assumption(sampling, cohort, population),
+                        "asynchronous": buffered,
+                        "assumption": _assumption(sampling, cohort, population, buffered),
                     }
                 )
             )
@@ -152,4 +192,4 @@ def register(cli: click.Group) -> None:
         click.echo(
             f"ε = {eps:.4f} at δ = {delta:g} after {rounds} rounds with z = {z:g} ({accountant.upper()} accountant)"
         )
-        click.echo(f"assumes {_assumption(sampling, cohort, population)}")
+        click.echo(f"assumes {_assumption(sampling, cohort, population, buffered)}")

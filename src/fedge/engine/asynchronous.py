@@ -17,6 +17,15 @@ FedAvg-family strategy's mean is normalised by the buffer's total weight::
 Updates staler than ``max_staleness`` are dropped (counted as wasted). Each applied step is
 one :class:`~fedge.simulation.history.RoundRecord`: ``round`` is the new version.
 
+Under secure aggregation a buffer is one SecAgg+ session (the transform's
+:meth:`~fedge.transport.exchange.CohortSum.sum_cohort` over the transport's exchange, the
+same orchestrator as a synchronous round): the arriving updates carry no numbers, each
+client holds its input unencoded, and when the buffer is full the session sends each
+member its staleness weight ``s(τ)`` with its share inbox; the client scales and encodes
+its input, masks it, and the server learns only ``Σ s(τ_i) · terms_i``. Under secure
+aggregation and central DP (:func:`one_per_step`) a client whose update waits in the open
+buffer is not dispatched again until the buffer is applied, so no client is in a step twice.
+
 The clock: with ``[devices]`` enabled a client's duration is its device's cost model time for
 the steps it reported (download, compute, upload) and dispatch draws only from clients online
 at the current simulated time; otherwise every client takes :data:`DEFAULT_STEP_S` simulated
@@ -74,6 +83,8 @@ DEFAULT_STEP_S = 1.0
 IDLE_S = 60.0
 """How far the clock moves when no client can be dispatched and none is in flight."""
 MAX_IDLE = 10_000
+MAX_ABORTS = 10
+"""Secure sessions in a row that may abort before the run gives up."""
 
 
 @dataclass
@@ -159,11 +170,16 @@ class _InFlight:
 
 @dataclass
 class _Buffer:
-    """The updates of the step being filled, kept in dispatch order so the sum's order is fixed."""
+    """The updates of the step being filled, kept in dispatch order so the sum's order is fixed.
+
+    ``entries`` are plain updates' staleness-scaled terms; under secure aggregation ``secure``
+    holds the (masked, numberless) updates with their staleness weights for the session.
+    """
 
     rctx: RoundContext
     reducer: Reducer
-    entries: list[tuple[int, Terms]] = field(default_factory=list)
+    entries: list[tuple[int, int, Terms]] = field(default_factory=list)
+    secure: list[tuple[int, ClientUpdate, float]] = field(default_factory=list)
     staleness: list[int] = field(default_factory=list)
     dropped: dict[str, list[int]] = field(default_factory=dict)
     losses: list[tuple[float, float]] = field(default_factory=list)
@@ -175,17 +191,35 @@ class _Buffer:
     def drop(self, cid: int, reason: str) -> None:
         self.dropped.setdefault(reason, []).append(cid)
 
+    def size(self) -> int:
+        return len(self.entries) + len(self.secure)
+
+    def members(self) -> list[int]:
+        """The clients whose update waits in the buffer."""
+        return [cid for _, cid, _ in self.entries] + [u.client_id for _, u, _ in self.secure]
+
     def total(self) -> Terms:
         acc = Accumulator()
-        for _, terms in sorted(self.entries, key=lambda e: e[0]):
+        for _, _, terms in sorted(self.entries, key=lambda e: e[0]):
             acc.add(terms)
         return acc.sums
+
+    def reopen(self, rctx: RoundContext, reducer: Reducer) -> None:
+        """Empty the buffer for a new session at the same version (an aborted one's figures stay)."""
+        self.rctx, self.reducer = rctx, reducer
+        self.entries, self.secure, self.staleness, self.losses = [], [], [], []
 
 
 def _weighted(values: Sequence[tuple[float, float]]) -> float:
     ok = [(v, w) for v, w in values if not math.isnan(v)]
     total = sum(w for _, w in ok)
     return sum(v * w for v, w in ok) / total if total > 0 else math.nan
+
+
+def one_per_step(pipeline: Pipeline) -> bool:
+    """Whether a client may have at most one update in each applied step: under secure aggregation
+    (one session input per client) and with a transform on the sums (central DP's sensitivity)."""
+    return any(isinstance(t, CohortSum) or type(t).aggregate is not Transform.aggregate for t in pipeline.transforms)
 
 
 def check_async(strategy: Strategy, pipeline: Pipeline, cfg: AsyncConfig, population: int) -> None:
@@ -201,9 +235,12 @@ def check_async(strategy: Strategy, pipeline: Pipeline, cfg: AsyncConfig, popula
             f"[async] scales each update's summed terms by its staleness, which strategy {strategy.name!r} "
             f"cannot take; use one of {', '.join(ASYNC_STRATEGIES)}"
         )
-    hiding = [t.name for t in pipeline.transforms if isinstance(t, CohortSum)]
-    if hiding:
-        raise ConfigError(f"[async] does not run with {', '.join(hiding)} yet (secure aggregation per buffer)")
+    fixed = [t.name for t in pipeline.transforms if isinstance(t, CohortSum) and not getattr(t, "pending", False)]
+    if fixed:
+        raise ConfigError(
+            f"[async] needs {', '.join(fixed)} to hold each input unencoded until its buffer's session "
+            "(build it with pending=True) so the client can apply its staleness weight"
+        )
     down = [t.name for t in pipeline.transforms if type(t).downlink is not Transform.downlink]
     if down:
         raise ConfigError(f"[async] sends each client its version's full model; {', '.join(down)} changes the downlink")
@@ -233,7 +270,7 @@ def run_async(
 
     ``sampling`` is unused beyond the synchronous run's signature: who trains is whoever is
     free and online when a slot opens (uniform among them). ``min_updates`` is met by
-    construction (every step has ``buffer_size`` updates).
+    construction (every step has ``buffer_size`` updates, less a secure session's dropouts).
     """
     del sampling, min_updates
     if rounds < 0:
@@ -248,24 +285,30 @@ def run_async(
         strategy, transport, initial_params, pipeline, state, influence, max_update_norm=max_update_norm
     )
     k, c = config.buffer_size, config.concurrency
+    cohort = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
+    hold = one_per_step(pipeline)
+    session = state.round_num
 
-    def open_buffer(version: int) -> _Buffer:
+    def context() -> tuple[RoundContext, Reducer]:
+        # One context per buffer (a secure session's round number); equal to version + 1 unless a session aborted.
+        nonlocal session
+        session += 1
         rctx = RoundContext(
-            round_num=version + 1,
-            rng=np.random.default_rng([seed, version + 1, 0xA5F]),
+            round_num=session,
+            rng=np.random.default_rng([seed, session, 0xA5F]),
             spec=aggregator.validator.spec,
             num_sampled=k,
         )
-        return _Buffer(rctx, aggregator.reducer(rctx, k))
+        return rctx, aggregator.reducer(rctx, k)
 
     steps = Steps(transport, rounds, evaluator, eval_plan, seed, callbacks, pipeline, bound)
     for cb in callbacks:
         cb.on_run_start(state, rounds)
     version = state.round_num
-    now, last_step_at, batch, seq, idle, total_updates, total_wasted = 0.0, 0.0, 0, 0, 0, 0, 0
+    now, last_step_at, batch, seq, idle, aborts, total_updates, total_wasted = 0.0, 0.0, 0, 0, 0, 0, 0, 0
     flight: list[_InFlight] = []
     busy: set[int] = set()
-    buf = open_buffer(version)
+    buf = _Buffer(*context())
     t0 = time.perf_counter()
     while version < rounds:
         # Slots are refilled once every update arriving at this instant is in (equal durations: synchronous).
@@ -296,38 +339,69 @@ def run_async(
         idle = 0
         arrived = heapq.heappop(flight)
         now = max(now, arrived.finish)
-        busy.discard(arrived.cid)
         tau = version - arrived.base
         upd = arrived.update
         buf.uplink += upd.uplink_bytes
         if not math.isnan(arrived.energy):
             buf.energy += arrived.energy
+        # Under one_per_step a client stays busy until its buffer is applied: at most one update of it per step.
+        if not hold or 0 <= config.max_staleness < tau:
+            busy.discard(arrived.cid)
         if 0 <= config.max_staleness < tau:
             buf.wasted += 1
             buf.drop(arrived.cid, "stale")
             continue
+        s = staleness_weight(tau, config.staleness, config.staleness_exponent, config.staleness_hinge)
         try:
-            terms = buf.reducer.contribute(buf.reducer.decode(upd))
+            if cohort is not None:
+                buf.secure.append((arrived.seq, pipeline.server(upd, buf.rctx), s))
+            else:
+                terms = buf.reducer.contribute(buf.reducer.decode(upd))
+                buf.entries.append((arrived.seq, arrived.cid, scale_terms(terms, s)))
         except FedgeError as exc:
+            busy.discard(arrived.cid)
             buf.drop(arrived.cid, f"rejected: {exc}")
             continue
-        s = staleness_weight(tau, config.staleness, config.staleness_exponent, config.staleness_hinge)
-        buf.entries.append((arrived.seq, scale_terms(terms, s)))
         buf.staleness.append(tau)
         buf.losses.append((upd.metrics.get("train_loss", math.nan), float(upd.num_examples)))
-        if len(buf.entries) < k:
+        if buf.size() < k:
             continue
-        sums = pipeline.aggregate(buf.total(), buf.rctx)
+        if hold:
+            busy.difference_update(buf.members())
+        applied = k
+        if cohort is None:
+            summed = buf.total()
+        else:
+            ordered = sorted(buf.secure, key=lambda e: e[0])
+            try:
+                summed, applied, lost = cohort.sum_cohort(
+                    [u for _, u, _ in ordered], buf.rctx, transport, factors={u.client_id: f for _, u, f in ordered}
+                )
+            except AggregationError as exc:
+                # Nothing is revealed, nothing applied: the buffer's updates are wasted, a new session starts.
+                aborts += 1
+                if aborts > MAX_ABORTS:
+                    raise AggregationError(f"[async]: {aborts} secure sessions in a row aborted; last: {exc}") from exc
+                buf.wasted += len(ordered)
+                buf.dropped[f"session aborted: {exc}"] = [u.client_id for _, u, _ in ordered]
+                buf.reopen(*context())
+                continue
+            for reason, lost_ids in lost.items():
+                for cid in lost_ids:
+                    buf.drop(cid, reason)
+                buf.wasted += len(lost_ids)
+        aborts = 0
+        sums = pipeline.aggregate(summed, buf.rctx)
         if config.server_lr != 1.0:
             sums = {**sums, "delta": [d * config.server_lr for d in sums["delta"]]}
         state, metrics = strategy.aggregate(state, sums)
         version += 1
         state.round_num = version
-        total_updates += k
+        total_updates += applied
         total_wasted += buf.wasted
         record = RoundRecord(
             round=version,
-            participants=k,
+            participants=applied,
             failed=sum(len(v) for v in buf.dropped.values()),
             dropped=buf.dropped,
             uplink_bytes=buf.uplink,
@@ -351,7 +425,7 @@ def run_async(
         record.extra.update(metrics)
         record.extra.update(buf.rctx.info)
         last_step_at = now
-        buf = open_buffer(version)
+        buf = _Buffer(*context())
         started, t0 = t0, time.perf_counter()
         steps.evaluate(record, version, state)
         if not steps.publish(record, state, started):
@@ -385,18 +459,18 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
             f"[async] scales each update's summed terms by its staleness, which strategy {exp.strategy.name!r} "
             f"cannot take; use one of {', '.join(ASYNC_STRATEGIES)}"
         )
-    for name in ("secagg", "compression"):
-        if getattr(exp.extensions.get(name), "enabled", False):
-            raise ConfigError(f"[async] does not run with [{name}] yet")
+    comp = exp.extensions.get("compression")
+    if comp is not None and getattr(comp, "downlink", "none") != "none":
+        raise ConfigError(
+            "[async] sends each client its own version's full model; compression.downlink encodes one difference "
+            "per round for a whole cohort, so set compression.downlink = 'none' (the uplink codec works)"
+        )
     privacy = exp.extensions.get("privacy")
-    if privacy is not None and privacy.mode == "central":
-        if privacy.sampling != "fixed":
-            raise ConfigError("[async] with central DP accounts fixed-size buffers: set privacy.sampling = 'fixed'")
-        if ctx.cohort != cfg.buffer_size:
-            raise ConfigError(
-                f"[async] with central DP: the accountant samples [training] clients_per_round ({ctx.cohort}) "
-                f"clients per step; set it to async.buffer_size ({cfg.buffer_size})"
-            )
+    if privacy is not None and privacy.mode == "central" and privacy.sampling != "none":
+        raise ConfigError(
+            "[async] buffers are filled by whoever finishes first, not a uniform sample, so no sampling "
+            f"amplification holds: set privacy.sampling = 'none' (got {privacy.sampling!r})"
+        )
     devices = exp.extensions.get("devices")
     if devices is not None and devices.enabled and (devices.policy != "wait_all" or devices.selection != "uniform"):
         raise ConfigError(
@@ -418,6 +492,7 @@ __all__ = [
     "async_config",
     "check_async",
     "clock_for",
+    "one_per_step",
     "run_async",
     "scale_terms",
     "staleness_weight",

@@ -11,7 +11,13 @@ client updates:
   ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z / 2))`` under
   replace-one-client neighbouring (RDP of Wang et al., AISTATS 2019). Replacing one
   clipped update moves the sum by up to ``2C``, hence ``z / 2``. dp-accounting's PLD
-  accountant does not support this event, so fixed-size sampling needs ``rdp``.
+  accountant does not support this event, so fixed-size sampling needs ``rdp``;
+* ``none`` — no sampling amplification: every client may be in every round (at most once),
+  so each round is ``GaussianDpEvent(z)`` on a sum of sensitivity ``C``. dp-accounting
+  composes it under add/remove-one client, which for a Gaussian mechanism of sensitivity
+  ``C`` is also the zero-out relation (one client's updates replaced by zeros, who trains
+  when unchanged). This is what an asynchronous run (FedBuff) can claim: which clients land
+  in a buffer depends on their speed and availability, not on a uniform sample.
 
 The accountant keeps the run's exact sequence of ``(noise multiplier, sampling, rounds)``
 and composes every round into one dp-accounting accountant, which answers ε(δ).
@@ -33,9 +39,9 @@ from dp_accounting import pld, rdp
 from fedge.core.errors import ConfigError
 
 AccountantKind = Literal["rdp", "pld"]
-SamplingKind = Literal["poisson", "fixed"]
+SamplingKind = Literal["poisson", "fixed", "none"]
 ACCOUNTANTS: tuple[AccountantKind, ...] = ("rdp", "pld")
-SAMPLINGS: tuple[SamplingKind, ...] = ("poisson", "fixed")
+SAMPLINGS: tuple[SamplingKind, ...] = ("poisson", "fixed", "none")
 
 
 @contextmanager
@@ -72,6 +78,8 @@ def round_event(
         return dp_accounting.SampledWithoutReplacementDpEvent(
             population, cohort, dp_accounting.GaussianDpEvent(noise_multiplier / 2)
         )
+    if sampling == "none":
+        return dp_accounting.GaussianDpEvent(noise_multiplier)
     raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
 
 
@@ -112,7 +120,7 @@ class Accountant:
 
     @property
     def sampling_rate(self) -> float:
-        return self.cohort / self.population
+        return 1.0 if self.sampling == "none" else self.cohort / self.population
 
     @property
     def rounds(self) -> int:
@@ -147,11 +155,11 @@ class Accountant:
             return float(acc.get_epsilon(delta))
 
     def describe(self) -> str:
-        how = (
-            "Poisson sampling, add/remove-one client"
-            if self.sampling == "poisson"
-            else "fixed-size sampling without replacement, replace-one client"
-        )
+        how = {
+            "poisson": "Poisson sampling, add/remove-one client",
+            "fixed": "fixed-size sampling without replacement, replace-one client",
+            "none": "no sampling amplification (each client at most once per step), add/remove-one client",
+        }[self.sampling]
         return f"{self.kind.upper()} accountant, {how}, q = {self.sampling_rate:.6g}"
 
 

@@ -59,8 +59,9 @@ class PrivacyConfig:
     sampling: str = opt(
         "fixed",
         "central: client sampling the accounting assumes: a fixed-size cohort, "
-        "or poisson (each client joins with rate clients_per_round / N)",
-        choices=("fixed", "poisson"),
+        "poisson (each client joins with rate clients_per_round / N), "
+        "or none (no amplification; what [async] needs)",
+        choices=("fixed", "poisson", "none"),
     )
     adaptive_clip: bool = opt(False, "central: adapt C to a quantile of the update norms (Andrew et al.)")
     target_quantile: float = opt(0.5, "adaptive clipping: target share of unclipped updates", min=0, max=1)

@@ -55,7 +55,11 @@ def build_transforms(exp: Experiment, ctx: BuildContext | None = None) -> Sequen
             "them; secagg's fixed-point encoding already quantises, so set codec = 'none'"
         )
 
-    return [SecureAggregation(cfg, make_strategy(exp), max_cohort=ctx.cohort)]
+    from fedge.engine.asynchronous import async_config
+
+    # Under [async] one session sums one buffer (ctx.cohort is its size) of inputs held unencoded.
+    buffered = async_config(exp) is not None
+    return [SecureAggregation(cfg, make_strategy(exp), max_cohort=ctx.cohort, pending=buffered)]
 
 
 HOOKS = Hooks(sections={"secagg": SecAggConfig}, transforms=[(Stage.MASK, build_transforms)])

@@ -8,20 +8,23 @@ the secrets never leave the client except as encrypted or requested Shamir share
 
 :func:`respond` is the one client-side handler of a stage message, in process (the
 in-process transport's exchange) and on a device (the node): it keeps the round's input
-words and secrets in the client's own state under :data:`STATE_KEY`.
+words and secrets in the client's own state under :data:`STATE_KEY`. An asynchronous
+client (FedBuff) holds its input *pending* (:func:`hold_pending`): trained before anyone knows
+which buffer it lands in, it joins the first session whose setup names it, and is encoded
+only at the masked-input stage, scaled by the factor the server sends it then.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
 from fedge.core.errors import TransportError
-from fedge.secagg import crypto, shamir
+from fedge.secagg import crypto, fixedpoint, shamir
 from fedge.secagg.messages import (
     AdvertiseKeys,
     KeyRoster,
@@ -193,12 +196,24 @@ def unmask(secrets: ClientSecrets, request: UnmaskRequest) -> UnmaskResponse:
     return UnmaskResponse(me, setup.round_num, seed, keys)
 
 
+PENDING = -1
+"""The round of a held input that waits for the session it will join (asynchronous buffers)."""
+
+
 class RoundInput(TypedDict):
-    """A client's part of one round, in its state under :data:`STATE_KEY`."""
+    """A client's part of one round, in its state under :data:`STATE_KEY`.
+
+    ``words`` are the encoded input; a pending input has none yet, only the real ``values``, the
+    ``seed`` of its stochastic rounding and the fixed-point ``clip`` and ``scale`` to encode them with.
+    """
 
     round_num: int
-    words: npt.NDArray[Any]
+    words: npt.NDArray[Any] | None
     secrets: ClientSecrets | None
+    values: NotRequired[npt.NDArray[np.float64]]
+    seed: NotRequired[int]
+    clip: NotRequired[float]
+    scale: NotRequired[float]
 
 
 REQUESTS: dict[str, type] = {
@@ -219,17 +234,45 @@ def hold_input(state: dict[str, Any], round_num: int, words: npt.NDArray[Any]) -
     state[STATE_KEY] = RoundInput(round_num=round_num, words=words, secrets=None)
 
 
+def hold_pending(
+    state: dict[str, Any], values: npt.NDArray[np.float64], seed: int, *, clip: float, scale: float
+) -> None:
+    """Keep an input that is not yet encoded (see :data:`PENDING`) for the session it will join."""
+    state[STATE_KEY] = RoundInput(
+        round_num=PENDING, words=None, secrets=None, values=values, seed=seed, clip=clip, scale=scale
+    )
+
+
+def _late_words(mine: dict[str, Any], factor: float, bits: int) -> npt.NDArray[Any]:
+    """A pending input's words: its values times ``factor``, encoded with its own rounding seed."""
+    if "values" not in mine:
+        if factor != 1.0:
+            raise ProtocolError(f"this client's input is already encoded and cannot be scaled by {factor}")
+        words: npt.NDArray[Any] = mine["words"]
+        return words
+    return fixedpoint.encode(
+        factor * mine["values"],
+        clip=mine["clip"],
+        scale=mine["scale"],
+        rng=np.random.default_rng(mine["seed"]),
+        bits=bits,
+    )
+
+
 def respond(stage: str, request: Any, *, client_id: int, state: dict[str, Any]) -> Any:
     """Answer the server's ``stage`` message from the client's own state.
 
     Raises :class:`ProtocolError` for a message of the wrong kind, from another round than
-    the client's input, or out of order; the client then withdraws from the stage. After
-    the unmask answer the round's words and secrets are dropped from the state.
+    the client's input, or out of order; the client then withdraws from the stage. A pending
+    input is bound to the first session that sends its setup, and to no other. After the
+    unmask answer the round's words and secrets are dropped from the state.
     """
     if type(request) is not REQUESTS.get(stage):
         raise ProtocolError(f"unexpected {type(request).__name__} in stage {stage!r}")
     round_num = _round_of(request)
     mine = state.get(STATE_KEY)
+    if isinstance(request, RoundSetup) and isinstance(mine, dict) and mine.get("round_num") == PENDING:
+        mine["round_num"] = round_num
     if not isinstance(mine, dict) or mine.get("round_num") != round_num:
         raise ProtocolError(f"client {client_id} has no input for round {round_num}")
     if isinstance(request, RoundSetup):
@@ -241,7 +284,10 @@ def respond(stage: str, request: Any, *, client_id: int, state: dict[str, Any]) 
     if isinstance(request, KeyRoster):
         return share_keys(secrets, request)
     if isinstance(request, ShareInbox):
-        return masked_input(secrets, request, mine["words"])
+        factor = float(request.factor)
+        if not 0.0 <= factor <= 1.0:
+            raise ProtocolError(f"client {client_id} was asked to scale its input by {factor}, outside [0, 1]")
+        return masked_input(secrets, request, _late_words(mine, factor, secrets.setup.bits))
     assert isinstance(request, UnmaskRequest)
     answer = unmask(secrets, request)
     del state[STATE_KEY]

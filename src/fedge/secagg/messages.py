@@ -95,11 +95,17 @@ class ShareKeys:
 
 @dataclass(frozen=True)
 class ShareInbox:
-    """Stage 1, server to one client: the ciphertexts addressed to it, by sender."""
+    """Stage 1, server to one client: the ciphertexts addressed to it, by sender.
+
+    ``factor`` (in ``[0, 1]``) is what the recipient multiplies its input by before it encodes
+    and masks it: an asynchronous buffer's staleness weight, which only the client can apply to
+    a vector the server never sees. A client whose input is already encoded accepts only 1.
+    """
 
     round_num: int
     recipient: int
     ciphertexts: dict[int, bytes]
+    factor: float = 1.0
 
 
 @dataclass(frozen=True)

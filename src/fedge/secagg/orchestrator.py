@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,13 +56,15 @@ def run_round(
     *,
     deadline_s: float = math.inf,
     drop: Mapping[str, set[int] | frozenset[int]] | None = None,
+    factors: Mapping[int, float] | None = None,
 ) -> ProtocolResult:
     """One secure aggregation round over ``setup.cohort``, each stage one ``transport.exchange``.
 
     ``deadline_s`` bounds each stage's wait (a transport may bound it further).
     ``drop[stage]`` (simulation) are clients that vanish just before that stage: they are
-    sent nothing more. Raises :class:`~fedge.secagg.server.SecAggAbort` when too few
-    clients remain.
+    sent nothing more. ``factors[cid]`` goes to that client with its share inbox: it scales
+    its input by it before masking (an asynchronous buffer's staleness weights; default 1).
+    Raises :class:`~fedge.secagg.server.SecAggAbort` when too few clients remain.
     """
     drop = drop or {}
     unknown = set(drop) - set(STAGES)
@@ -109,7 +111,10 @@ def run_round(
         if not on_server(summed.add, msg):
             lost("masked_input", [cid], f"rejected ({summed.rejected[cid]})")
 
-    stage("masked_input", {cid: shared.inboxes[cid] for cid in sorted(shared.commitments)}, add)
+    inboxes = {cid: shared.inboxes[cid] for cid in sorted(shared.commitments)}
+    if factors:
+        inboxes = {cid: replace(box, factor=float(factors.get(cid, 1.0))) for cid, box in inboxes.items()}
+    stage("masked_input", inboxes, add)
     request = on_server(summed.request)
     responses = stage("unmask", {cid: request for cid in request.survivors})
     res.total = on_server(S.unmask, setup, roster, shared, summed, responses)

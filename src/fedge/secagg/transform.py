@@ -15,6 +15,7 @@ fixed-point rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,7 +71,7 @@ class SecureAggregation(Transform):
     stage_s = math.inf
     """How long a stage waits for the clients' answers; a transport bounds it by its own limit."""
 
-    def __init__(self, cfg: SecAggConfig, strategy: Strategy, *, max_cohort: int) -> None:
+    def __init__(self, cfg: SecAggConfig, strategy: Strategy, *, max_cohort: int, pending: bool = False) -> None:
         if strategy.needs_individual_updates:
             raise ConfigError(
                 f"secagg: strategy {strategy.name!r} needs individual updates, which secure "
@@ -79,6 +80,8 @@ class SecureAggregation(Transform):
         if max_cohort < 2:
             raise ConfigError(f"secagg: secure aggregation needs cohorts of at least 2 clients, got {max_cohort}")
         self.cfg = cfg
+        self.pending = pending
+        """Asynchronous buffers: hold the input unencoded until the session scales it (:func:`C.hold_pending`)."""
         self.strategy = strategy
         self.max_cohort = max_cohort
         self.range = max(cfg.clip, 1.0)
@@ -108,14 +111,20 @@ class SecureAggregation(Transform):
             num_examples=int(min(update.num_examples, self.cfg.max_weight)),
         )
         _, values = self._terms(capped)
-        words = fixedpoint.encode(values, clip=self.range, scale=self.scale, rng=ctx.rng, bits=self.cfg.bits)
-        C.hold_input(ctx.state, ctx.round_num, words)
+        if self.pending:
+            seed = int(ctx.rng.integers(2**63))
+            C.hold_pending(ctx.state, np.clip(values, -self.range, self.range), seed, clip=self.range, scale=self.scale)
+            nbytes = values.size * (self.cfg.bits // 8)
+        else:
+            words = fixedpoint.encode(values, clip=self.range, scale=self.scale, rng=ctx.rng, bits=self.cfg.bits)
+            C.hold_input(ctx.state, ctx.round_num, words)
+            nbytes = int(words.nbytes)
         return replace(
             update,
             delta=[],
             extras={},
             payload={**update.payload, PAYLOAD_KEY: "ready"},
-            uplink_bytes=int(words.nbytes) + 8,
+            uplink_bytes=int(nbytes) + 8,
         )
 
     def respond(self, stage: str, request: Any, *, client_id: int, state: dict[str, Any]) -> Any:
@@ -123,10 +132,21 @@ class SecureAggregation(Transform):
         return C.respond(stage, request, client_id=client_id, state=state)
 
     def sum_cohort(
-        self, updates: list[ClientUpdate], rctx: RoundContext, transport: Exchanger
+        self,
+        updates: list[ClientUpdate],
+        rctx: RoundContext,
+        transport: Exchanger,
+        *,
+        factors: Mapping[int, float] | None = None,
     ) -> tuple[Terms, int, dict[str, list[int]]]:
         """Run the protocol with the clients of the round's updates through ``transport``;
-        the summed terms, how many clients they hold, who dropped."""
+        the summed terms, how many clients they hold, who dropped.
+
+        ``factors[cid]`` in ``[0, 1]`` is sent to that client, which scales its pending input
+        by it before masking, so the total is ``Σ factor_i · terms_i`` (asynchronous buffers).
+        """
+        if factors and not self.pending and any(f != 1.0 for f in factors.values()):
+            raise ConfigError("secagg: only pending (asynchronous) inputs can be scaled in the session")
         layout = self.layout(rctx.spec)
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
@@ -156,7 +176,7 @@ class SecureAggregation(Transform):
             ids = rctx.rng.choice(np.asarray(cohort), size=m, replace=False)
             if isinstance(transport, InProcessTransport):  # a deployment's nodes drop on their own
                 drop[self.cfg.dropout_stage] = {int(i) for i in ids}
-        res = run_round(setup, transport, deadline_s=self.stage_s, drop=drop)
+        res = run_round(setup, transport, deadline_s=self.stage_s, drop=drop, factors=factors)
         values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
         terms: Terms = {}
         at = 0

@@ -1,7 +1,7 @@
 """Bytes for the protocol's messages, without pickle: what a transport sends between stages.
 
 A message is ``b"FSA1"``, its type's index in :data:`MESSAGE_TYPES`, a JSON header with
-every field (integers as numbers, byte strings as base64, integer-keyed dicts as pairs,
+every field (integers and finite floats as numbers, byte strings as base64, integer-keyed dicts as pairs,
 tuples tagged) and then the raw bytes of its NumPy arrays, described in the header by
 dtype and shape. Decoding builds only the message dataclasses and plain values, so
 untrusted input cannot run code; anything malformed raises :class:`WireError`.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import struct
 from typing import Any
 
@@ -53,6 +54,10 @@ def _enc(v: Any, blobs: list[bytes]) -> Any:
         raise WireError(f"unsupported value {v!r}")
     if isinstance(v, int | str):
         return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise WireError(f"unsupported value {v!r}")
+        return v
     if isinstance(v, bytes):
         return {"b": base64.b64encode(v).decode()}
     if isinstance(v, np.ndarray):
@@ -68,6 +73,10 @@ def _enc(v: Any, blobs: list[bytes]) -> Any:
 
 def _dec(v: Any, blobs: list[bytes]) -> Any:
     if isinstance(v, int | str) and not isinstance(v, bool):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise WireError("non-finite number")
         return v
     if not isinstance(v, dict) or len(v) not in (1, 3):
         raise WireError("malformed field")

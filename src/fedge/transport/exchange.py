@@ -79,9 +79,17 @@ class CohortSum(Protocol):
     name: str
 
     def sum_cohort(
-        self, updates: list[ClientUpdate], rctx: RoundContext, transport: Exchanger
+        self,
+        updates: list[ClientUpdate],
+        rctx: RoundContext,
+        transport: Exchanger,
+        *,
+        factors: Mapping[int, float] | None = None,
     ) -> tuple[Terms, int, dict[str, list[int]]]:
-        """The summed terms, how many clients they hold, and who was lost (reason -> ids)."""
+        """The summed terms, how many clients they hold, and who was lost (reason -> ids).
+
+        ``factors[cid]`` scales that client's terms inside the sum (an asynchronous buffer's
+        staleness weights), applied where the terms are, on the client."""
         ...
 
 
