@@ -45,6 +45,8 @@ PER_NODE = {"Push": 1, "Fetch": 1, "short": 2}
 STATUS_SLOTS = 2
 """Status calls in flight at once: an unauthenticated reader can hold no more than this."""
 T = TypeVar("T")
+INLINE_DECODE = 1 << 20
+"""A push of at most this many bytes is decoded on the event loop (a thread hop costs more than the decode)."""
 
 
 def grpc_status(code: str) -> grpc.StatusCode:
@@ -113,7 +115,8 @@ class Watched:
         left = self.left()
         limit = min(self.stall_s, left)
         try:
-            return await asyncio.wait_for(awaitable, limit)
+            async with asyncio.timeout(limit):
+                return await awaitable
         except TimeoutError:
             if left <= self.stall_s:
                 raise Cut(f"{self.method} call cut: still running after call_deadline_s={self.deadline_s:g}") from None
@@ -290,9 +293,11 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                     return opened
                 with svc.budget.reserve(node_id) as held:
                     try:
+                        opened.take_inline(held)
                         while (raw := await call.next(requests)) is not None:
                             opened.add(raw, held)
-                        result = await self._blocking(opened.finish)
+                        small = opened.inc is None or opened.inc.received_bytes <= INLINE_DECODE
+                        result = opened.finish() if small else await self._blocking(opened.finish)
                     except (Refused, Cut):
                         raise
                     except (FedgeError, ValueError) as exc:
@@ -309,7 +314,8 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                         return opened.closed_reply()
                     while not verdict.event.is_set():
                         try:
-                            await asyncio.wait_for(woken.wait(), 0.5)
+                            async with asyncio.timeout(0.5):
+                                await woken.wait()
                         except TimeoutError:
                             if opened.task.closed:
                                 verdict.set(False, f"round {opened.task.round_num} closed before the update was read")
@@ -372,7 +378,8 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                     if wait <= 0:
                         return  # the call deadline: end cleanly, the node subscribes again
                     try:
-                        await asyncio.wait_for(changed.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await changed.wait()
                     except TimeoutError:
                         await call.send(PING)
             finally:

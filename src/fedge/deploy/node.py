@@ -466,11 +466,13 @@ class Node:
         else:
             out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
             header = pb.PushHeader(task_id=reply.task_id, round=round_num, update=out.header)
+            if len(out.header.chunk_sha256) == 1 and out.header.total_bytes <= wire.INLINE_BYTES:
+                header.chunks.extend(out.chunks())  # one message: the header carries the update
         head = wire.dump(pb.PushMessage(header=header))
 
         def messages() -> Iterator[bytes]:
             yield head
-            if not error:
+            if not error and not header.chunks:
                 for c in out.chunks():
                     yield pb.PushMessage(chunk=c).SerializeToString()
 

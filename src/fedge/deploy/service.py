@@ -37,9 +37,7 @@ from fedge.deploy.store import Store
 from fedge.engine.aggregator import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
-INLINE_BYTES = 1 << 20
-"""A task whose tensors fit one chunk of at most this many bytes travels inside its Subscribe (or Poll)
-message, so a small model costs a node no Fetch call."""
+INLINE_BYTES = wire.INLINE_BYTES
 REJOIN = wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
 STOP = wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
 PING = wire.dump(pb.PollReply(action=pb.PollReply.WAIT))
@@ -338,6 +336,18 @@ class PushIn:
     def cid(self) -> int:
         return self.node.client_id
 
+    def take_inline(self, held: Reservation) -> None:
+        """Keep the chunks that came inside the header (a small update), each reserved like any other."""
+        chunks = self.head.chunks
+        if chunks and self.inc is None:
+            raise wire.WireError("a failure report carries chunks")
+        for c in chunks:
+            held.take(len(c.data))
+            assert self.inc is not None
+            self.inc.add(c)
+            self.size += len(c.data)
+        del chunks[:]
+
     def add(self, raw: bytes, held: Reservation) -> None:
         if self.task.closed:
             raise wire.WireError(f"round {self.task.round_num} closed while client {self.cid}'s update was arriving")
@@ -442,6 +452,11 @@ class FedgeService:
         with self._lock:
             return sorted(n.client_id for n in self._nodes.values() if n.live(now, self.node_timeout_s))
 
+    def streaming(self) -> int:
+        """Nodes holding a Subscribe stream now."""
+        with self._lock:
+            return sum(n.streams > 0 for n in self._nodes.values())
+
     def is_connected(self, client_id: int) -> bool:
         return client_id in self.connected()
 
@@ -491,8 +506,7 @@ class FedgeService:
                 cid = free[0]
             self.store.register(node_id, cid, profile)
             session = uuid.uuid4().hex[:12]
-            old = self._nodes.get(node_id)
-            self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time(), streams=old.streams if old else 0)
+            self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time())
         log.info("event=join node=%s client=%d profile=%r", node_id, cid, profile)
         return wire.dump(
             pb.JoinReply(
@@ -593,6 +607,7 @@ class FedgeService:
             return opened
         with self.budget.reserve(opened.node_id) as held:
             try:
+                opened.take_inline(held)
                 for raw in it:
                     opened.add(raw, held)
                 result = opened.finish()
@@ -630,7 +645,7 @@ class FedgeService:
             return wire.dump(pb.PushReply(accepted=False, reason=reason))
         assert task is not None
         inc = None if head.error else wire.Incoming(head.update, max_bytes=self.max_update_bytes)
-        return PushIn(self, node_id, node, task, head, inc, len(head.SerializeToString()))
+        return PushIn(self, node_id, node, task, head, inc, len(first))
 
     def deliver(self, task: RoundTask, result: Result, on_set: Callable[[], None] | None = None) -> _Verdict | None:
         """Hand a received result to the round; the verdict its node waits on, None when the round has closed."""
