@@ -1,14 +1,17 @@
 """W4 — a networked round on loopback (BENCHMARKS.md).
 
-A real server process (the round loop over :class:`fedge.deploy.transport.GrpcTransport`)
-and C nodes in client processes on 127.0.0.1 (several nodes share a process, in threads,
-for the larger C); a model of P float32 parameters; every node trains a trivial step.
-Figures per configuration: seconds per round, server peak RSS, bytes on the wire per
-client per round, and ``vs_inprocess``: seconds per round over the same round run by the
-in-process simulation transport in this run (the price of the network path).
+A real server process (the round loop over :class:`fedge.deploy.transport.GrpcTransport`
+on the event-driven gRPC server) and N real nodes from the load generator
+(:mod:`fedge.deploy.loadgen`: each node its own key, its own channel and signed calls,
+thousands per process on asyncio); a model of P float32 parameters; every node replays a
+trivial step. Figures per configuration: seconds per round (steady, and the first round),
+server peak RSS, failed nodes, bytes on the wire per node per round, and
+``inprocess_s_per_round``: the same round run by the in-process simulation transport in this
+run (the price of the network path).
 
-    python benchmarks/w4_network.py            # C=100 and 500 at 10^6, C=10 at 10^7
-    python benchmarks/w4_network.py --quick    # C=10 at 10^5, a smoke run
+    python benchmarks/w4_network.py --nodes 10000 --params 10000
+    python benchmarks/w4_network.py            # 100, 1,000 and 10,000 nodes at 10^4; 500 at 10^6
+    python benchmarks/w4_network.py --quick    # 100 nodes at 10^4, a smoke run
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,10 @@ from typing import Any
 import numpy as np
 
 TOML = 'seed = 0\nrounds = 1\n[model]\nname = "logreg"\nframework = "numpy"\n'
-PER_PROCESS = 50
 
 
 class Trivial:
-    """A client whose training is one trivial step: add a small constant."""
+    """The in-process reference's client: one trivial step, the same the load generator replays."""
 
     def __init__(self, cid: int) -> None:
         self.client_id = cid
@@ -50,7 +52,7 @@ class Trivial:
 
 
 def model(p: int) -> list[np.ndarray]:
-    return [np.zeros(p - 1000, np.float32), np.zeros(1000, np.float32)]
+    return [np.zeros(p - min(p // 2, 1000), np.float32), np.zeros(min(p // 2, 1000), np.float32)]
 
 
 def role_server(a: argparse.Namespace) -> None:
@@ -60,7 +62,7 @@ def role_server(a: argparse.Namespace) -> None:
     from fedge.deploy.service import FedgeService
     from fedge.deploy.store import Store
     from fedge.deploy.transport import GrpcTransport
-    from fedge.engine import Callback, run
+    from fedge.engine import run
     from fedge.simulation.sampling import Sampling
     from fedge.strategies.fedavg import FedAvg
 
@@ -70,29 +72,28 @@ def role_server(a: argparse.Namespace) -> None:
         verifier=Verifier(Path(a.allow)),
         run_id="w4",
         config_toml=TOML,
-        num_clients=a.clients,
+        num_clients=a.nodes,
         rounds=a.rounds,
-        min_nodes=a.clients,
-        heartbeat_s=4.0,
+        min_nodes=a.nodes,
+        heartbeat_s=10.0,
         node_timeout_s=60.0,
     )
-    transport = GrpcTransport(svc, wait_s=600, round_deadline_s=600)
-    server, _ = start_grpc(svc, DeployConfig(port=a.port, workers=64, max_decoding=4, insecure=True))
-
-    class Save(Callback):
-        def on_round_end(self, record: Any, state: Any) -> None:
-            store.checkpoint(record, state)
-
+    transport = GrpcTransport(svc, wait_s=900, round_deadline_s=600, round_min_nodes=a.nodes)
+    cfg = DeployConfig(port=a.port, insecure=True, node_timeout_s=60.0, heartbeat_s=10.0)
+    server, _ = start_grpc(svc, cfg)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"listening": True}), flush=True)
     result = run(
         strategy=FedAvg(),
         transport=transport,
         initial_params=model(a.params),
         rounds=a.rounds,
         sampling=Sampling(count=None, fraction=1.0),
-        callbacks=[Save()],
     )
-    svc.finished = True
-    time.sleep(6.0)
+    transport.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and svc.streaming():
+        time.sleep(0.1)
     server.stop(1).wait()
     recs = result.history.rounds
     print(
@@ -100,9 +101,11 @@ def role_server(a: argparse.Namespace) -> None:
             {
                 "round_s": [r.wall_s for r in recs],
                 "participants": [r.participants for r in recs],
-                "uplink_per_client": recs[-1].uplink_bytes / max(1, recs[-1].participants),
-                "downlink_per_client": recs[-1].downlink_bytes / max(1, recs[-1].participants),
+                "failed": [r.failed for r in recs],
+                "uplink_per_node": recs[-1].uplink_bytes / max(1, recs[-1].participants),
+                "downlink_per_node": recs[-1].downlink_bytes / max(1, recs[-1].participants),
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_before_nodes_mib": rss_before,
                 "final_mean": float(np.mean(result.state.params[0])),
             }
         ),
@@ -110,43 +113,13 @@ def role_server(a: argparse.Namespace) -> None:
     )
 
 
-def role_nodes(a: argparse.Namespace) -> None:
-    from fedge.deploy.auth import Signer, load_private
-    from fedge.deploy.node import Backoff, Node
-
-    sem = threading.Semaphore(1)
-
-    class GroupNode(Node):
-        def train(self, reply: Any) -> None:
-            with sem:
-                super().train(reply)
-
-    lo, hi = map(int, a.ids.split("-"))
-    threads = []
-    for cid in range(lo, hi):
-        node = GroupNode(
-            f"127.0.0.1:{a.port}",
-            Signer(load_private(Path(a.keys) / f"n{cid}.key")),
-            partition=cid,
-            client_factory=lambda exp, cid: Trivial(cid),
-            backoff=Backoff(give_up_s=120),
-            state_dir=Path(a.keys),
-            insecure=True,
-        )
-        t = threading.Thread(target=node.run, daemon=True)
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
-
-
-def inprocess_round_s(clients: int, params: int, rounds: int) -> float:
+def inprocess_round_s(nodes: int, params: int, rounds: int) -> float:
     from fedge.engine import run
     from fedge.simulation.sampling import Sampling
     from fedge.strategies.fedavg import FedAvg
     from fedge.transport.inprocess import InProcessTransport, SequentialBackend
 
-    t = InProcessTransport(Trivial, clients, strategy=FedAvg(), backend=SequentialBackend())
+    t = InProcessTransport(Trivial, nodes, strategy=FedAvg(), backend=SequentialBackend())
     result = run(
         strategy=FedAvg(),
         transport=t,
@@ -154,61 +127,54 @@ def inprocess_round_s(clients: int, params: int, rounds: int) -> float:
         rounds=rounds,
         sampling=Sampling(count=None, fraction=1.0),
     )
-    return float(np.mean([r.wall_s for r in result.history.rounds]))
+    return float(np.median([r.wall_s for r in result.history.rounds]))
 
 
-def one(clients: int, params: int, rounds: int, work: Path) -> dict[str, Any]:
-    from fedge.deploy.auth import new_keys
+def one(nodes: int, params: int, rounds: int, processes: int, work: Path) -> dict[str, Any]:
+    from fedge.deploy.loadgen import run_fleet, write_allow_list
 
-    keys = work / f"keys{clients}"
-    for i in range(clients):
-        new_keys(keys, f"n{i}")
-    allow = work / f"allow{clients}.txt"
-    allow.write_text("".join((keys / f"n{i}.pub").read_text() for i in range(clients)))
-    import socket
-
+    allow = write_allow_list(work / f"allow{nodes}.txt", nodes)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    me = [sys.executable, __file__]
-    common = ["--port", str(port), "--clients", str(clients), "--params", str(params), "--rounds", str(rounds)]
     t0 = time.perf_counter()
     server = subprocess.Popen(
-        [*me, "--role", "server", *common, "--allow", str(allow), "--state", str(work / f"w4-{clients}-{params}.db")],
+        [
+            sys.executable,
+            __file__,
+            "--role",
+            "server",
+            *("--port", str(port), "--nodes", str(nodes), "--params", str(params), "--rounds", str(rounds)),
+            *("--allow", str(allow), "--state", str(work / f"w4-{nodes}-{params}.db")),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
-    groups = [
-        subprocess.Popen(
-            [*me, "--role", "nodes", *common, "--keys", str(keys), "--ids", f"{lo}-{min(clients, lo + PER_PROCESS)}"],
-            stderr=subprocess.DEVNULL,
-        )
-        for lo in range(0, clients, PER_PROCESS)
-    ]
-    out, _ = server.communicate(timeout=1800)
-    for g in groups:
-        try:
-            g.wait(30)
-        except subprocess.TimeoutExpired:
-            g.kill()
-            g.wait()
+    assert server.stdout is not None
+    server.stdout.readline()  # listening
+    fleet = run_fleet(f"127.0.0.1:{port}", nodes, processes=processes, timeout_s=1800)
+    out, _ = server.communicate(timeout=600)
     if server.returncode != 0:
         raise SystemExit(f"server failed with code {server.returncode}")
     res = json.loads(out.strip().splitlines()[-1])
-    ref = inprocess_round_s(clients, params, rounds)
-    round_s = float(np.mean(res["round_s"][1:] or res["round_s"]))
+    ref = inprocess_round_s(min(nodes, 1000), params, 2) * nodes / min(nodes, 1000)
+    steady = res["round_s"][1:] or res["round_s"]
     return {
-        "clients": clients,
+        "workload": "W4",
+        "nodes": nodes,
         "params": params,
         "rounds": rounds,
-        "s_per_round": round_s,
+        "s_per_round": float(np.median(steady)),
         "first_round_s": res["round_s"][0],
-        "inprocess_s_per_round": ref,
-        "vs_inprocess": round_s / ref,
         "server_peak_rss_mib": res["peak_rss_mib"],
-        "wire_bytes_per_client_round": res["uplink_per_client"] + res["downlink_per_client"],
-        "model_bytes": params * 4,
+        "server_rss_before_nodes_mib": res["rss_before_nodes_mib"],
+        "failed": int(sum(res["failed"])),
         "participants": res["participants"],
+        "bytes_per_node_round": res["uplink_per_node"] + res["downlink_per_node"],
+        "model_bytes": params * 4,
+        "inprocess_s_per_round": ref,
+        "vs_inprocess": float(np.median(steady)) / ref,
+        "loadgen": {k: v for k, v in fleet.__dict__.items() if k != "reasons"} | {"reasons": fleet.reasons},
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -216,42 +182,43 @@ def one(clients: int, params: int, rounds: int, work: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--role", choices=["main", "server", "nodes"], default="main")
+    ap.add_argument("--role", choices=["main", "server"], default="main")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--params", type=int, default=10**6)
+    ap.add_argument("--nodes", type=int, default=0)
+    ap.add_argument("--params", type=int, default=10**4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=3, help="load-generator processes")
     ap.add_argument("--allow", default="")
     ap.add_argument("--state", default="")
-    ap.add_argument("--keys", default="")
-    ap.add_argument("--ids", default="0-0")
     a = ap.parse_args()
     if a.role == "server":
         return role_server(a)
-    if a.role == "nodes":
-        return role_nodes(a)
     t0 = time.perf_counter()
-    configs = [(10, 10**5, 2)] if a.quick else [(100, 10**6, 3), (500, 10**6, 3), (10, 10**7, 3)]
+    if a.nodes:
+        configs = [(a.nodes, a.params)]
+    elif a.quick:
+        configs = [(100, 10**4)]
+    else:
+        configs = [(100, 10**4), (1000, 10**4), (10000, 10**4), (500, 10**6)]
     with tempfile.TemporaryDirectory() as d:
-        runs = [one(c, p, r, Path(d)) for c, p, r in configs]
+        runs = [one(n, p, a.rounds, a.processes, Path(d)) for n, p in configs]
     for r in runs:
         print(json.dumps(r))
-    by = {(r["clients"], r["params"]): r for r in runs}
-    summary: dict[str, Any] = {
-        "workload": "W4",
-        "backend": "grpc-loopback",
-        "quick": a.quick,
-        "wall_s": time.perf_counter() - t0,
-        "peak_rss_mib": max(r["server_peak_rss_mib"] for r in runs),
-        "runs": runs,
-    }
-    if (100, 10**6) in by and (500, 10**6) in by:
-        summary["server_rss_500_over_100"] = (
-            by[(500, 10**6)]["server_peak_rss_mib"] / by[(100, 10**6)]["server_peak_rss_mib"]
+    if len(runs) > 1:
+        print(
+            json.dumps(
+                {
+                    "workload": "W4",
+                    "wall_s": time.perf_counter() - t0,
+                    "s_per_round": {f"{r['nodes']}x{r['params']}": r["s_per_round"] for r in runs},
+                    "server_peak_rss_mib": {f"{r['nodes']}x{r['params']}": r["server_peak_rss_mib"] for r in runs},
+                    "failed": sum(r["failed"] for r in runs),
+                }
+            )
         )
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

@@ -424,8 +424,8 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
         rounds=exp.rounds,
         backend=t.backend,
         evaluator=central_evaluator(learner, data) if exp.evaluation.centralized else None,
-        # Federated evaluation is not offered over gRPC yet: a served run evaluates centrally only.
-        eval_plan=EvalPlan(every=exp.evaluation.every, federated_clients=0 if deployed else fed if fed >= 0 else 10**9),
+        # Over gRPC too: the sampled nodes evaluate on their own test data (GrpcTransport.evaluate).
+        eval_plan=EvalPlan(every=exp.evaluation.every, federated_clients=fed if fed >= 0 else 10**9),
         max_update_norm=t.max_update_norm or None,
         min_updates=t.min_clients,
         exp=exp,

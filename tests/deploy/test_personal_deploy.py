@@ -68,3 +68,39 @@ def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, m
         got = [np.asarray(v, dtype=np.float32) for v in after[STATE_KEY]]
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_ditto_nodes_report_their_personal_accuracy_as_the_simulation_does(tmp_path: Path, make_keys: Any) -> None:
+    """Federated evaluation over gRPC: each node evaluates with its personal model from its state file."""
+    from fedge.config import from_dict
+    from fedge.federation import build, execute
+
+    raw = {**RAW, "evaluation": {"centralized": False, "federated_clients": -1}}
+    keys, allow = make_keys(3)
+    sim = execute(build(from_dict(raw)))
+    exp = from_dict(
+        {
+            **raw,
+            "deploy": {
+                "port": 0,
+                "state": str(tmp_path / "run.db"),
+                "min_nodes": 3,
+                "heartbeat_s": 0.2,
+                "allow_list": str(allow),
+                "insecure": True,
+                "examples_cap": 0.0,
+                "norm_cap": 0.0,
+            },
+        }
+    )
+    t, port, out = serve_in_thread(exp)
+    for i in range(3):
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
+    t.join(60)
+    stop_nodes()
+    served = out["served"]
+    for got, want in zip(served.history, sim.history, strict=True):
+        assert "personal_acc_mean" in got.extra
+        for key in ("personal_acc_mean", "personal_acc_worst10", "client_acc_mean"):
+            assert got.extra[key] == pytest.approx(want.extra[key], rel=1e-6), key
+        assert got.fed_test_accuracy == pytest.approx(want.fed_test_accuracy, rel=1e-6)

@@ -18,7 +18,13 @@ class DeployConfig:
     round_deadline_s: float = opt(
         600.0, "a round closes after this long; missing updates count as failed", min=0, exclusive_min=True
     )
-    heartbeat_s: float = opt(2.0, "how often nodes poll the server (also their heartbeat)", min=0, exclusive_min=True)
+    heartbeat_s: float = opt(
+        2.0,
+        "how often a node without a Subscribe stream polls; a stream is pinged every max(heartbeat_s, "
+        "node_timeout_s / 3)",
+        min=0,
+        exclusive_min=True,
+    )
     node_timeout_s: float = opt(
         15.0, "a node silent this long is disconnected (its round work fails)", min=0, exclusive_min=True
     )
@@ -31,10 +37,16 @@ class DeployConfig:
     tls_key: str = opt("", "PEM private key of tls_cert")
     client_ca: str = opt("", "PEM CA that signs node certificates: turns on mutual TLS")
     workers: int = opt(
-        32,
-        "gRPC server threads, also the most calls served at once (more are refused, nodes retry); "
-        "Push and Fetch streams may use all but a quarter (at least 2), kept for Join, Poll and Status",
+        8,
+        "threads for the blocking part of calls (SQLite, decoding updates, status); connected nodes "
+        "hold event-loop streams, not threads",
         min=2,
+    )
+    max_streams: int = opt(
+        10000,
+        "Push and Fetch streams in flight at once, all nodes together (one of each per node); "
+        "more are refused and their nodes retry",
+        min=1,
     )
     insecure: bool = opt(False, "serve plaintext without tls_cert/tls_key: loopback and tests only (--insecure)")
     call_deadline_s: float = opt(

@@ -1,35 +1,40 @@
-"""The gRPC front of ``fedge serve``: who may hold a server thread, for how long, and how refusals are logged.
+"""The gRPC front of ``fedge serve``: event-driven; who may hold a call, for how long; how refusals are logged.
 
-:class:`Gate` answers every call. It authenticates a call from its signed metadata
-(:meth:`~fedge.deploy.auth.Verifier.authenticate`) when gRPC hands it over, before a
-single byte of the body is read: an unauthenticated caller gets its refusal at once and
-never holds a thread that waits for its messages. Every server-side handler reads its
-requests as a stream (a node's unary call is the same on the wire), so that
-:class:`Watchdog` sees each message arrive: a call that waits longer than ``stall_s`` for
-its next message (or for a node to take the next Fetch chunk) is cancelled, and so is
-any call older than ``call_deadline_s``. :class:`Slots` bounds what is in flight: one
-Push and one Fetch per node, two short calls per node, Push and Fetch streams in total
-below the thread count (the rest of the threads always answer Join, Poll and Status),
-two Status calls; beyond that a call is refused RESOURCE_EXHAUSTED, which nodes retry
-with backoff. :class:`RefusalLog` keeps a flood of refusals from flooding the log.
+:class:`Gate` answers every call on a ``grpc.aio`` event loop, so a connected node costs a
+coroutine and a few hundred bytes, not a thread: ten thousand nodes each hold a Subscribe
+stream on which the server pushes work the moment a round, an evaluation or a protocol
+stage opens (:meth:`FedgeService.next_for`), and which is also the node's heartbeat. Work
+that blocks — SQLite, decoding an update, the status snapshot — runs on a small thread pool.
+
+A call is authenticated from its signed metadata (:meth:`~fedge.deploy.auth.Verifier.authenticate`)
+when gRPC hands it over, before a byte of its body is read: an unauthenticated caller gets its
+refusal at once. Every handler reads its requests as a stream (a node's unary call is the same
+on the wire) with a stall limit: a call that waits longer than ``stall_s`` for its next
+message (or for a node to take the next message it is sent) is cut, and so is any call older
+than ``call_deadline_s`` (a Subscribe stream then ends cleanly and its node opens another).
+:class:`Slots` bounds what is in flight: one Push, one Fetch and two short calls per node,
+``max_streams`` Push and Fetch streams in all, two Status calls, one Subscribe per node (a new
+one replaces the old); beyond that a call is refused RESOURCE_EXHAUSTED, which nodes retry with
+backoff. :class:`~fedge.deploy.ratelimit.RefusalLog` keeps a flood of refusals from flooding
+the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+import grpc.aio
 
 from fedge.core.errors import FedgeError
 from fedge.deploy.auth import AuthError, Caller
-from fedge.deploy.ratelimit import RefusalLog
-from fedge.deploy.service import FedgeService, Refused
+from fedge.deploy.service import PING, STOP, FedgeService, Refused
 
 log = logging.getLogger("fedge.deploy")
 SERVICE = "fedge.deploy.Fedge"
@@ -38,7 +43,10 @@ SHORT = ("Join", "Poll", "SecAgg")
 PER_NODE = {"Push": 1, "Fetch": 1, "short": 2}
 """Calls one node may have in flight at once, by kind (``short`` = Join, Poll and SecAgg together)."""
 STATUS_SLOTS = 2
-"""Status calls in flight at once: an unauthenticated reader can take no more threads than this."""
+"""Status calls in flight at once: an unauthenticated reader can hold no more than this."""
+T = TypeVar("T")
+INLINE_DECODE = 1 << 20
+"""A push of at most this many bytes is decoded on the event loop (a thread hop costs more than the decode)."""
 
 
 def grpc_status(code: str) -> grpc.StatusCode:
@@ -67,13 +75,14 @@ class Slots:
                     raise Refused("RESOURCE_EXHAUSTED", f"{who} {limit} {key[0]} call(s) in flight; retry later")
             for key in keys:
                 self._held[key] = self._held.get(key, 0) + 1
-        released = threading.Event()
+        released = False
 
         def release() -> None:
+            nonlocal released
             with self._lock:
-                if released.is_set():
+                if released:
                     return
-                released.set()
+                released = True
                 for key in keys:
                     self._held[key] -= 1
                     if not self._held[key]:
@@ -82,129 +91,104 @@ class Slots:
         return release
 
 
-@dataclass(eq=False)
+class Cut(Exception):
+    """A call stalled or outlived its deadline: the server ends it."""
+
+
+class Gone(Exception):
+    """The peer of a call went away while it was being sent something: nothing more to tell it."""
+
+
 class Watched:
-    """One call as the watchdog sees it: when it started, and since when it waits on its peer."""
+    """One call's clock: its deadline, and the stall limit on each message it waits for or sends."""
 
-    context: grpc.ServicerContext
-    method: str
-    node: str
-    started: float = field(default_factory=time.monotonic)
-    waiting_since: float | None = None
-    cut: str = ""
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, node: str, stall_s: float, deadline_s: float):
+        self.context, self.method, self.node = context, method, node
+        self.stall_s, self.deadline_s = stall_s, deadline_s
+        self.started = time.monotonic()
 
-    def reading(self, requests: Iterable[bytes]) -> Iterator[bytes]:
-        """The call's request messages; waiting for each one counts towards the stall limit."""
-        it = iter(requests)
-        while True:
-            self.waiting_since = time.monotonic()
-            try:
-                raw = next(it)
-            except StopIteration:
-                self._check_cut()
-                return
-            except grpc.RpcError:
-                self._check_cut()
-                raise Refused("CANCELLED", f"{self.method} call ended by the node") from None
-            finally:
-                self.waiting_since = None
-            yield raw
+    def left(self) -> float:
+        return self.deadline_s - (time.monotonic() - self.started)
 
-    def sending(self, replies: Iterable[bytes]) -> Iterator[bytes]:
-        """The call's reply messages; the time gRPC takes to pass each one on counts towards the stall limit."""
-        for raw in replies:
-            self.waiting_since = time.monotonic()
-            yield raw
-            self.waiting_since = None
-
-    def first(self, requests: Iterable[bytes]) -> bytes:
-        for raw in self.reading(requests):
-            return raw
-        raise Refused("INVALID_ARGUMENT", f"{self.method} call without a request message")
-
-    def _check_cut(self) -> None:
-        if self.cut:
-            raise Refused("DEADLINE_EXCEEDED", self.cut)
-
-
-class Watchdog:
-    """Cancels calls that stall (no message for ``stall_s``) or outlive ``deadline_s``.
-
-    Its thread runs only while calls are in flight, so a stopped server leaves none behind.
-    """
-
-    def __init__(self, stall_s: float, deadline_s: float, refusals: RefusalLog) -> None:
-        self.stall_s, self.deadline_s, self.refusals = stall_s, deadline_s, refusals
-        self.tick_s = max(0.05, min(1.0, stall_s / 4))
-        self._lock = threading.Lock()
-        self._calls: set[Watched] = set()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def watch(self, context: grpc.ServicerContext, method: str, node: str) -> Iterator[Watched]:
-        call = Watched(context, method, node)
-        with self._lock:
-            self._calls.add(call)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fedge-watchdog", daemon=True)
-                self._thread.start()
+    async def step(self, awaitable: Awaitable[T]) -> T:
+        """Await one message in or out, cut after ``stall_s`` or at the call deadline."""
+        left = self.left()
+        limit = min(self.stall_s, left)
         try:
-            yield call
-        finally:
-            with self._lock:
-                self._calls.discard(call)
+            async with asyncio.timeout(limit):
+                return await awaitable
+        except TimeoutError:
+            if left <= self.stall_s:
+                raise Cut(f"{self.method} call cut: still running after call_deadline_s={self.deadline_s:g}") from None
+            raise Cut(f"{self.method} call cut: no progress for stall_s={self.stall_s:g}") from None
 
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.tick_s)
-            now = time.monotonic()
-            with self._lock:
-                if not self._calls:
-                    self._thread = None
-                    return
-                late = [(c, self._problem(c, now)) for c in self._calls if not c.cut]
-            for call, problem in late:
-                if problem:
-                    call.cut = problem
-                    self.refusals.refused(call.method, "CANCELLED", problem, event="call_cut", node=call.node or "-")
-                    call.context.cancel()
+    async def next(self, requests: AsyncIterator[bytes]) -> bytes | None:
+        """The call's next request message; None at its end."""
+        try:
+            return await self.step(requests.__anext__())
+        except StopAsyncIteration:
+            return None
 
-    def _problem(self, call: Watched, now: float) -> str:
-        if now - call.started > self.deadline_s:
-            return f"{call.method} call cut: still running after call_deadline_s={self.deadline_s:g}"
-        since = call.waiting_since
-        if since is not None and now - since > self.stall_s:
-            return f"{call.method} call cut: no progress for stall_s={self.stall_s:g}"
-        return ""
+    async def first(self, requests: AsyncIterator[bytes]) -> bytes:
+        raw = await self.next(requests)
+        if raw is None:
+            raise Refused("INVALID_ARGUMENT", f"{self.method} call without a request message")
+        return raw
 
-
-def refuse(context: grpc.ServicerContext, method: str, exc: Exception, refusals: RefusalLog) -> NoReturn:
-    """End the call with the status a refusal names (INVALID_ARGUMENT for other fedge errors); log it, rate-limited."""
-    if isinstance(exc, Refused | AuthError):
-        code, message = exc.code, str(exc)
-    elif isinstance(exc, FedgeError):
-        code, message = "INVALID_ARGUMENT", str(exc)
-    else:
-        log.exception("event=handler_error method=%s", method)
-        code, message = "INTERNAL", f"{method} failed: {type(exc).__name__}"
-    if code != "INTERNAL" and context.is_active():  # a call already cut or cancelled was logged, or is nobody's news
-        refusals.refused(method, code, message)
-    context.abort(grpc_status(code), message)
-    raise AssertionError("ServicerContext.abort returned")
+    async def send(self, raw: bytes) -> None:
+        try:
+            await self.step(self.context.write(raw))
+        except Cut:
+            raise
+        except Exception as exc:  # the call ended under us: the node left or cancelled
+            raise Gone(f"{self.method} peer gone ({type(exc).__name__})") from None
 
 
 class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
     """The service's handlers on raw bytes (the signature covers the exact bytes sent), behind
-    authentication from metadata, per-node and total limits, and the watchdog."""
+    authentication from metadata, per-node and total limits, and stall limits; run on ``loop``."""
 
-    def __init__(self, svc: FedgeService, *, max_streams: int, stall_s: float, deadline_s: float) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        svc: FedgeService,
+        *,
+        max_streams: int,
+        stall_s: float,
+        deadline_s: float,
+        pool: Executor,
+        ping_s: float,
+    ) -> None:
+        self.svc, self.pool = svc, pool
         self.slots = Slots(max_streams)
-        self.watchdog = Watchdog(stall_s, deadline_s, svc.refusals)
+        self.stall_s, self.deadline_s, self.ping_s = stall_s, deadline_s, ping_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self._subscriptions: dict[str, asyncio.Task[Any]] = {}
+
+    # -- wiring -------------------------------------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on ``loop`` (called on it): the service's changes wake every subscription."""
+        self.loop = loop
+        self._changed = asyncio.Event()
+
+        def changed() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake)
+
+        self.svc.on_change = changed
+
+    def _wake(self) -> None:
+        old, self._changed = self._changed, asyncio.Event()
+        if old is not None:
+            old.set()
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self.loop is not None
+        return await self.loop.run_in_executor(self.pool, fn, *args)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         service, _, method = str(details.method).strip("/").partition("/")  # type: ignore[attr-defined]
-        if service != SERVICE or method not in (*SHORT, *STREAMS, "Status"):
+        if service != SERVICE or method not in (*SHORT, *STREAMS, "Status", "Subscribe"):
             return None
         if method == "Status":
             return grpc.stream_unary_rpc_method_handler(self._status)
@@ -215,57 +199,195 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         except FedgeError as exc:  # the allow-list file became unreadable
             log.error("event=auth_error method=%s reason=%r", method, str(exc))
             return self._refusal(method, "UNAVAILABLE", "the server cannot check node keys right now")
-        if method == "Fetch":
-            return grpc.stream_stream_rpc_method_handler(lambda reqs, context: self._fetch(caller, reqs, context))
+
+        if method in ("Fetch", "Subscribe"):
+            handle = self._fetch if method == "Fetch" else self._subscribe
+
+            async def streaming(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+                await handle(caller, requests, context)
+
+            return grpc.stream_stream_rpc_method_handler(streaming)
         if method == "Push":
-            return grpc.stream_unary_rpc_method_handler(lambda reqs, context: self._push(caller, reqs, context))
-        return grpc.stream_unary_rpc_method_handler(lambda reqs, context: self._short(method, caller, reqs, context))
+
+            async def push(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+                return await self._push(caller, requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(push)
+
+        async def short(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            return await self._short(method, caller, requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(short)
 
     def _refusal(self, method: str, code: str, reason: str) -> grpc.RpcMethodHandler:
-        """A handler that answers ``code`` without reading the request (it is request-streaming,
-        so gRPC reads nothing either)."""
+        """A handler that answers ``code`` without reading the request."""
         self.svc.refusals.refused(method, code, reason)
 
-        def answer(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-            context.abort(grpc_status(code), reason)
+        async def answer(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(grpc_status(code), reason)
             raise AssertionError("ServicerContext.abort returned")
 
         return grpc.stream_unary_rpc_method_handler(answer)
 
-    @contextmanager
-    def _admitted(self, context: grpc.ServicerContext, method: str, node: str) -> Iterator[Watched]:
-        release = self.slots.acquire(method, node)
-        try:
-            with self.watchdog.watch(context, method, node) as call:
-                yield call
-        finally:
-            release()
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, call: Watched | None, method: str, exc: Exception
+    ) -> NoReturn:
+        """End the call with the status a refusal names (INVALID_ARGUMENT for other fedge errors); log it."""
+        refusals = self.svc.refusals
+        if isinstance(exc, Cut):
+            code, message = "CANCELLED", str(exc)
+            refusals.refused(method, code, message, event="call_cut", node=(call.node if call else "") or "-")
+        elif isinstance(exc, Refused | AuthError):
+            code, message = exc.code, str(exc)
+            refusals.refused(method, code, message)
+        elif isinstance(exc, FedgeError):
+            code, message = "INVALID_ARGUMENT", str(exc)
+            refusals.refused(method, code, message)
+        else:
+            log.error("event=handler_error method=%s", method, exc_info=exc)
+            code, message = "INTERNAL", f"{method} failed: {type(exc).__name__}"
+        await context.abort(grpc_status(code), message)
+        raise AssertionError("ServicerContext.abort returned")
 
-    def _status(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    def _watch(self, context: grpc.aio.ServicerContext, method: str, node: str) -> Watched:
+        return Watched(context, method, node, self.stall_s, self.deadline_s)
+
+    # -- handlers -----------------------------------------------------------------
+    async def _status(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        call = self._watch(context, "Status", "")
         try:
-            with self._admitted(context, "Status", "") as call:
-                return self.svc.status_reply(call.first(requests), ())
+            release = self.slots.acquire("Status", "")
+            try:
+                raw = await call.first(requests)
+                return await self._blocking(self.svc.status_reply, raw, ())
+            finally:
+                release()
         except Exception as exc:
-            refuse(context, "Status", exc, self.svc.refusals)
+            await self._refuse(context, call, "Status", exc)
 
-    def _short(self, method: str, caller: Caller, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    async def _short(
+        self, method: str, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
         handle = {"Join": self.svc.join, "Poll": self.svc.poll, "SecAgg": self.svc.secagg_post}[method]
+        call = self._watch(context, method, caller.node_id)
         try:
-            with self._admitted(context, method, caller.node_id) as call:
-                return handle(call.first(requests), caller)
+            release = self.slots.acquire(method, caller.node_id)
+            try:
+                raw = await call.first(requests)
+                if method == "Poll":
+                    return handle(raw, caller)  # memory only: answered on the loop
+                return await self._blocking(handle, raw, caller)
+            finally:
+                release()
         except Exception as exc:
-            refuse(context, method, exc, self.svc.refusals)
+            await self._refuse(context, call, method, exc)
 
-    def _push(self, caller: Caller, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    async def _push(self, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        svc, node_id = self.svc, caller.node_id
+        call = self._watch(context, "Push", node_id)
         try:
-            with self._admitted(context, "Push", caller.node_id) as call:
-                return self.svc.push(call.reading(requests), caller)
-        except Exception as exc:
-            refuse(context, "Push", exc, self.svc.refusals)
+            release = self.slots.acquire("Push", node_id)
+            try:
+                opened = svc.push_open(await call.first(requests), caller)
+                if isinstance(opened, bytes):
+                    return opened
+                with svc.budget.reserve(node_id) as held:
+                    try:
+                        opened.take_inline(held)
+                        while (raw := await call.next(requests)) is not None:
+                            opened.add(raw, held)
+                        small = opened.inc is None or opened.inc.received_bytes <= INLINE_DECODE
+                        result = opened.finish() if small else await self._blocking(opened.finish)
+                    except (Refused, Cut):
+                        raise
+                    except (FedgeError, ValueError) as exc:
+                        return opened.refused(exc)
+                    assert self.loop is not None
+                    loop, woken = self.loop, asyncio.Event()
 
-    def _fetch(self, caller: Caller, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        try:
-            with self._admitted(context, "Fetch", caller.node_id) as call:
-                yield from call.sending(self.svc.fetch(call.first(requests), caller))
+                    def wake() -> None:
+                        loop.call_soon_threadsafe(woken.set)
+
+                    verdict = svc.deliver(opened.task, result, on_set=wake)
+                    del result
+                    if verdict is None:
+                        return opened.closed_reply()
+                    while not verdict.event.is_set():
+                        try:
+                            async with asyncio.timeout(0.5):
+                                await woken.wait()
+                        except TimeoutError:
+                            if opened.task.closed:
+                                verdict.set(False, f"round {opened.task.round_num} closed before the update was read")
+                return opened.reply(verdict)
+            finally:
+                release()
         except Exception as exc:
-            refuse(context, "Fetch", exc, self.svc.refusals)
+            await self._refuse(context, call, "Push", exc)
+
+    async def _fetch(self, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        call = self._watch(context, "Fetch", caller.node_id)
+        try:
+            release = self.slots.acquire("Fetch", caller.node_id)
+            try:
+                for raw in self.svc.fetch(await call.first(requests), caller):
+                    await call.send(raw)
+            finally:
+                release()
+        except Gone:
+            return
+        except Exception as exc:
+            await self._refuse(context, call, "Fetch", exc)
+
+    async def _subscribe(
+        self, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Push the node what is due the moment it is due; a ping every ``ping_s`` otherwise.
+
+        The stream ends cleanly at the call deadline, when its node joins again (a new
+        session), or after STOP; a second Subscribe of the same node replaces this one.
+        """
+        svc, node_id = self.svc, caller.node_id
+        call = self._watch(context, "Subscribe", node_id)
+        me = asyncio.current_task()
+        try:
+            node = svc.subscribe_open(await call.first(requests), caller)
+            if node is None:
+                from fedge.deploy.service import REJOIN
+
+                await call.send(REJOIN)
+                return
+            old = self._subscriptions.get(node_id)
+            if old is not None and old is not me:
+                old.cancel()
+            assert me is not None
+            self._subscriptions[node_id] = me
+            node.streams += 1
+            sent: set[str] = set()
+            try:
+                while svc.is_current(node):
+                    changed = self._changed
+                    assert changed is not None
+                    out = svc.next_for(node, sent)
+                    if out is not None:
+                        await call.send(out)
+                        if out is STOP:
+                            return
+                        continue
+                    wait = min(self.ping_s, call.left())
+                    if wait <= 0:
+                        return  # the call deadline: end cleanly, the node subscribes again
+                    try:
+                        async with asyncio.timeout(wait):
+                            await changed.wait()
+                    except TimeoutError:
+                        await call.send(PING)
+            finally:
+                node.streams -= 1
+                node.last_seen = time.time()
+                if self._subscriptions.get(node_id) is me:
+                    del self._subscriptions[node_id]
+        except Gone:
+            return
+        except Exception as exc:
+            await self._refuse(context, call, "Subscribe", exc)

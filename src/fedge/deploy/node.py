@@ -1,11 +1,14 @@
 """``fedge join``: a node that trains for a fedge server.
 
-The node connects outbound only and pulls: Join (receives the run's experiment config and
-its client id), then Poll — which is also its heartbeat — until the server hands it a
-task; it Fetches the global model in checksummed chunks, runs the same
-:func:`fedge.clients.base.run_fit` as a simulated client, and Pushes its update back in
-chunks. Lost connections are retried with exponential backoff and jitter; a restarted
-server is rejoined. The client's own state (SCAFFOLD's ``c_i``) is kept in a local file,
+The node connects outbound only: Join (receives the run's experiment config and its client
+id), then one Subscribe stream — which is also its heartbeat — on which the server pushes
+each task the moment it opens. For a training task the node takes the global model (inline
+when it fits one chunk, else Fetched in checksummed chunks, resumed from the last verified
+one), runs the same :func:`fedge.clients.base.run_fit` as a simulated client, and Pushes its
+update back in chunks; for an evaluation task it evaluates the model on its own test data
+(with its personal model, when its strategy keeps one) and Pushes the result. Lost
+connections are retried with exponential backoff and jitter; a restarted server is rejoined.
+The client's own state (SCAFFOLD's ``c_i``) is kept in a local file,
 so a restarted node carries on where it was.
 
 With a NumPy model this module needs only numpy, grpcio, protobuf and cryptography.
@@ -13,7 +16,6 @@ With a NumPy model this module needs only numpy, grpcio, protobuf and cryptograp
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -223,6 +225,10 @@ class Node:
         opts = [
             ("grpc.max_receive_message_length", wire.MAX_CHUNK + (1 << 20)),
             ("grpc.max_send_message_length", wire.MAX_CHUNK + (1 << 20)),
+            # HTTP/2 pings find a server whose link died without a word; the stream then ends and is retried.
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
         if root_ca is not None or cert_chain is not None:
             key, cert = cert_chain or (None, None)
@@ -239,8 +245,10 @@ class Node:
         """The round's state for a protocol's stages (with [secagg]: the fixed-point input words
         and the round's secrets); only in memory, never saved, and the words never leave the node."""
         self._secagg_sent: tuple[tuple[int, str, str], bytes] | None = None
-        self._busy = threading.Event()
         self._stop = threading.Event()
+        self._call: Any = None
+        """The Subscribe stream being followed: :meth:`stop` cancels it."""
+        self._heard = False
 
     # -- calls -------------------------------------------------------------------
     def _unary(self, method: str, msg: Any) -> bytes:
@@ -273,14 +281,10 @@ class Node:
         if self.client is None or self.client.client_id != rep.client_id:
             from fedge.federation import client_side
 
-            self._busy.set()
-            try:
-                self.exp = load_experiment(rep.config_toml)
-                self.client = self.client_factory(self.exp, rep.client_id)
-                self.strategy: Strategy
-                self.strategy, self.pipeline = client_side(self.exp)
-            finally:
-                self._busy.clear()
+            self.exp = load_experiment(rep.config_toml)
+            self.client = self.client_factory(self.exp, rep.client_id)
+            self.strategy: Strategy
+            self.strategy, self.pipeline = client_side(self.exp)
             self.state: StateFile | MemoryState = (
                 MemoryState()
                 if self.state_dir is None
@@ -297,47 +301,74 @@ class Node:
     def stop(self) -> None:
         """Ask :meth:`run` to return at its next step (it finishes a training in progress)."""
         self._stop.set()
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            if self._busy.is_set() and self.session:
-                with contextlib.suppress(TransportError):
-                    self.poll(busy=True)
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         """Serve the federation until the server says stop; returns the rounds trained."""
-        beat = threading.Thread(target=self._heartbeat, daemon=True)
-        beat.start()
         try:
             self.join()
+            delays = self.backoff.delays()
             while not self._stop.is_set():
-                reply = self.poll()
-                if reply.action == pb.PollReply.STOP:
-                    log.info("event=stop message=%r", reply.message)
-                    return self.rounds_trained
-                if reply.action == pb.PollReply.REJOIN:
-                    self.join()
-                elif reply.action == pb.PollReply.SECAGG:
-                    self.secagg(reply)
-                elif reply.action == pb.PollReply.TRAIN:
-                    self._busy.set()
-                    try:
-                        self.train(reply)
-                    finally:
-                        self._busy.clear()
-                else:
-                    self._stop.wait(min(reply.wait_s or self.heartbeat_s, self.heartbeat_s) / 4)
+                try:
+                    if self._follow():
+                        return self.rounds_trained
+                    delays = self.backoff.delays()
+                except grpc.RpcError as exc:
+                    if self._stop.is_set():
+                        break
+                    if exc.code() not in RETRY:
+                        raise TransportError(f"subscribe refused: {exc.code().name}: {exc.details()}") from None
+                    if self._heard:
+                        delays, self._heard = self.backoff.delays(), False
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise TransportError(f"subscribe: server {self.server} unreachable ({exc.details()})") from None
+                    log.info("event=retry what=subscribe code=%s wait_s=%.2f", exc.code().name, delay)
+                    self._stop.wait(delay)
             return self.rounds_trained
         except Stopped:
             return self.rounds_trained
         finally:
             self._stop.set()
-            beat.join(timeout=30)  # a heartbeat still in a call when the process exits can abort it
             self.channel.close()
 
+    def _follow(self) -> bool:
+        """Follow one Subscribe stream to its end, doing what it asks; True when the server said stop."""
+        req = pb.PollRequest(session=self.session).SerializeToString()
+        stub = self.channel.unary_stream(PREFIX + "Subscribe")
+        call = stub(req, metadata=self.signer.metadata("Subscribe", req), timeout=self.stream_deadline_s)
+        self._call = call
+        try:
+            for raw in call:
+                self._heard = True
+                reply = wire.parse(pb.PollReply, raw)
+                if reply.action == pb.PollReply.STOP:
+                    log.info("event=stop message=%r", reply.message)
+                    return True
+                if reply.action == pb.PollReply.REJOIN:
+                    self.join()
+                    return False
+                if reply.action == pb.PollReply.SECAGG:
+                    self.secagg(reply)
+                elif reply.action == pb.PollReply.TRAIN:
+                    self.train(reply)
+                elif reply.action == pb.PollReply.EVALUATE:
+                    self.evaluate(reply)
+                if self._stop.is_set():
+                    break
+            return False
+        finally:
+            self._call = None
+            call.cancel()
+
     def fetch(self, reply: Any) -> Any:
+        """The task's tensors: the chunks that came inline, then the rest Fetched (resumed where a cut one stopped)."""
         inc = wire.Incoming(reply.task, max_bytes=self.max_task_bytes)
+        for c in reply.chunks:
+            inc.add(c)
 
         def attempt() -> None:
             req = pb.FetchRequest(task_id=reply.task_id, start=inc.received).SerializeToString()
@@ -345,7 +376,8 @@ class Node:
             for raw in stream(req, metadata=self.signer.metadata("Fetch", req), timeout=self.stream_deadline_s):
                 inc.add(wire.parse(pb.Chunk, raw))
 
-        self._retrying("fetch", attempt)
+        if not inc.complete:
+            self._retrying("fetch", attempt)
         return inc.value()
 
     def train(self, reply: Any) -> None:
@@ -365,6 +397,8 @@ class Node:
         )
         assert self.client is not None
         self._exchange_state, self._secagg_sent = {}, None
+        tree: Any = None
+        error = ""
         try:
             update = run_fit(self.client, params, ins, ctx, strategy=self.strategy, pipeline=self.pipeline)
             if SECAGG_STATE in state:
@@ -378,19 +412,69 @@ class Node:
                 "extras": {k: list(v) for k, v in update.extras.items()},
                 "payload": update.payload,
             }
-            out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
-            header = pb.PushHeader(task_id=reply.task_id, round=ins.round_num, update=out.header)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("event=train_failed round=%d error=%r", ins.round_num, reason)
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("event=train_failed round=%d error=%r", ins.round_num, error)
+        rep = self._push(reply, ins.round_num, tree, error)
+        if rep is None:
+            return
+        if rep.accepted and not error:
+            self.rounds_trained += 1
+            self._save_state(ins.round_num, start, state)
+        log.info("event=pushed round=%d accepted=%s reason=%r", ins.round_num, rep.accepted, rep.reason)
+
+    def evaluate(self, reply: Any) -> None:
+        """Evaluate the task's model on this node's own test data, as a simulated client would; Push the result."""
+        try:
+            tree = self.fetch(reply)
+            if not isinstance(tree, dict) or not isinstance(tree.get("params"), list):
+                raise wire.WireError("evaluation task is not a map with params")
+            params = [np.asarray(p, dtype=np.float32) for p in tree["params"]]
+        except TransportError as exc:
+            log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
+            return
+        _, _, after = self.state.load()
+        ctx = ClientContext(
+            client_id=self.client_id,
+            round_num=int(reply.round),
+            rng=client_rng(self.exp.seed, int(reply.round), self.client_id, 1),
+            state=_copy(after),
+        )
+        assert self.client is not None
+        result: Any = None
+        error = ""
+        try:
+            r = self.strategy.client_evaluate(self.client, params, ctx)
+            result = {
+                "num_examples": int(r.num_examples),
+                "loss": float(r.loss),
+                "accuracy": float(r.accuracy),
+                "metrics": {k: float(v) for k, v in r.metrics.items()},
+            }
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("event=evaluate_failed round=%d error=%r", reply.round, error)
+        rep = self._push(reply, int(reply.round), result, error)
+        if rep is not None:
+            log.info("event=evaluated round=%d accepted=%s reason=%r", reply.round, rep.accepted, rep.reason)
+
+    def _push(self, reply: Any, round_num: int, tree: Any, error: str) -> Any:
+        """Push ``tree`` (or the failure ``error``) for the task of ``reply``; the server's PushReply, None if lost."""
+        if error:
             out = wire.encode([])
-            header = pb.PushHeader(task_id=reply.task_id, round=ins.round_num, error=reason)
+            header = pb.PushHeader(task_id=reply.task_id, round=round_num, error=error)
+        else:
+            out = wire.encode(tree, reply.task.chunk_size or wire.DEFAULT_CHUNK)
+            header = pb.PushHeader(task_id=reply.task_id, round=round_num, update=out.header)
+            if len(out.header.chunk_sha256) == 1 and out.header.total_bytes <= wire.INLINE_BYTES:
+                header.chunks.extend(out.chunks())  # one message: the header carries the update
         head = wire.dump(pb.PushMessage(header=header))
 
         def messages() -> Iterator[bytes]:
             yield head
-            for c in out.chunks():
-                yield pb.PushMessage(chunk=c).SerializeToString()
+            if not error and not header.chunks:
+                for c in out.chunks():
+                    yield pb.PushMessage(chunk=c).SerializeToString()
 
         def attempt() -> bytes:
             stub = self.channel.stream_unary(PREFIX + "Push")
@@ -398,14 +482,10 @@ class Node:
             return stub(messages(), metadata=md, timeout=self.stream_deadline_s)  # type: ignore[no-any-return]
 
         try:
-            rep = wire.parse(pb.PushReply, self._retrying("push", attempt))
+            return wire.parse(pb.PushReply, self._retrying("push", attempt))
         except TransportError as exc:
-            log.warning("event=push_failed round=%d reason=%r", ins.round_num, str(exc))
-            return
-        if rep.accepted and not header.error:
-            self.rounds_trained += 1
-            self._save_state(ins.round_num, start, state)
-        log.info("event=pushed round=%d accepted=%s reason=%r", ins.round_num, rep.accepted, rep.reason)
+            log.warning("event=push_failed round=%d reason=%r", round_num, str(exc))
+            return None
 
     def secagg(self, reply: Any) -> None:
         """Answer one stage of secure aggregation with this node's own keys, shares and words.

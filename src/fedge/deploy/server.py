@@ -10,8 +10,11 @@ the last completed round.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+import grpc.aio
 
 from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
@@ -45,16 +49,6 @@ MESSAGE_LIMIT = wire.MAX_CHUNK + (1 << 20)
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_LIMIT), ("grpc.max_send_message_length", MESSAGE_LIMIT)]
 
 
-def grpc_handler(svc: FedgeService, cfg: DeployConfig) -> Gate:
-    """The service's handlers behind authentication from metadata, call limits and the stall watchdog."""
-    return Gate(svc, max_streams=max_streams(cfg.workers), stall_s=cfg.stall_s, deadline_s=cfg.call_deadline_s)
-
-
-def max_streams(workers: int) -> int:
-    """Push and Fetch streams in flight at once: a quarter of the threads (at least 2) stay for short calls."""
-    return max(1, workers - max(2, workers // 4))
-
-
 def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -62,40 +56,103 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(f"deploy.{what}: cannot read {path}") from None
 
 
-def start_grpc(svc: FedgeService, cfg: DeployConfig) -> tuple[grpc.Server, int]:
+def keepalive_options(cfg: DeployConfig) -> list[tuple[str, int]]:
+    """HTTP/2 pings that find a node whose link died without a word (its stream then ends)."""
+    every = max(1000, int(cfg.node_timeout_s * 500))
+    return [
+        ("grpc.keepalive_time_ms", every),
+        ("grpc.keepalive_timeout_ms", max(1000, every // 2)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class GrpcServer:
+    """``grpc.aio`` server on its own event-loop thread, with a thread pool for blocking handler work.
+
+    ``stop(grace).wait()`` as on a ``grpc.Server``; the port is :attr:`port`.
+    """
+
+    def __init__(self, svc: FedgeService, cfg: DeployConfig) -> None:
+        self.svc, self.cfg = svc, cfg
+        self.pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fedge-handler")
+        self.gate = Gate(
+            svc,
+            max_streams=cfg.max_streams,
+            stall_s=cfg.stall_s,
+            deadline_s=cfg.call_deadline_s,
+            pool=self.pool,
+            ping_s=max(cfg.heartbeat_s, cfg.node_timeout_s / 3),
+        )
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fedge-grpc", daemon=True)
+        self._thread.start()
+        self._server: grpc.aio.Server | None = None
+        self._stopped = threading.Event()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    async def _start(self) -> int:
+        cfg = self.cfg
+        self.gate.bind(asyncio.get_running_loop())
+        server = grpc.aio.server(options=[*GRPC_OPTIONS, *keepalive_options(cfg)])
+        server.add_generic_rpc_handlers((self.gate,))
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise ConfigError("deploy: tls_cert and tls_key go together")
+            ca = _read(cfg.client_ca, "client_ca") if cfg.client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            if cfg.client_ca:
+                raise ConfigError("deploy.client_ca needs tls_cert and tls_key")
+            port = server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigError(f"deploy: cannot listen on {address}")
+        await server.start()
+        self._server = server
+        return int(port)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving (calls in flight get ``grace`` seconds); the event is set once stopped."""
+        if not self._stopped.is_set() and not self.loop.is_closed():
+            server = self._server
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(server.stop(grace), self.loop).result((grace or 0) + 30)
+            self._shutdown_loop()
+        return self._stopped
+
+    def _shutdown_loop(self) -> None:
+        self.svc.on_change = lambda: None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self.loop.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+
+
+def start_grpc(svc: FedgeService, cfg: DeployConfig) -> tuple[GrpcServer, int]:
     """Start the gRPC server on ``cfg.host:cfg.port`` (port 0 = any free port).
 
-    Without ``tls_cert``/``tls_key`` it serves plaintext only with ``cfg.insecure``. At most
-    ``cfg.workers`` calls run at once; gRPC answers any further one RESOURCE_EXHAUSTED at
-    once rather than queueing it behind slow ones.
+    Without ``tls_cert``/``tls_key`` it serves plaintext only with ``cfg.insecure``. The
+    server is event-driven (:mod:`fedge.deploy.guard`): a connected node holds a stream, not
+    a thread; ``cfg.workers`` threads run the blocking parts of handlers.
     """
     security.check_plaintext(cfg)
     svc.refusals.window_s = cfg.refusal_log_s
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers),
-        options=GRPC_OPTIONS,
-        maximum_concurrent_rpcs=cfg.workers,
-    )
-    server.add_generic_rpc_handlers((grpc_handler(svc, cfg),))
-    address = f"{cfg.host}:{cfg.port}"
-    if cfg.tls_cert or cfg.tls_key:
-        if not (cfg.tls_cert and cfg.tls_key):
-            raise ConfigError("deploy: tls_cert and tls_key go together")
-        ca = _read(cfg.client_ca, "client_ca") if cfg.client_ca else None
-        creds = grpc.ssl_server_credentials(
-            [(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
-        port = server.add_secure_port(address, creds)
-    else:
-        if cfg.client_ca:
-            raise ConfigError("deploy.client_ca needs tls_cert and tls_key")
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise ConfigError(f"deploy: cannot listen on {address}")
-    server.start()
-    return server, port
+    server = GrpcServer(svc, cfg)
+    return server, server.port
 
 
 STOPPED_BY_SIGNAL = "stopped by signal"

@@ -1,7 +1,12 @@
 """The server's request handlers, free of gRPC so they can be fuzzed and unit-tested.
 
 Each handler takes the raw request bytes and the request metadata and returns raw reply
-bytes, or raises :class:`Refused` with the gRPC status to answer. Nothing a node sends
+bytes, or raises :class:`Refused` with the gRPC status to answer. The event-driven front
+(:mod:`fedge.deploy.guard`) drives the same pieces without a thread per call: a
+subscription asks :meth:`FedgeService.next_for` what to send a node whenever the service
+calls ``on_change`` (a round, an evaluation or a protocol stage opened, the run ended), and
+a Push is :meth:`FedgeService.push_open`, then :meth:`PushIn.add` per chunk, then
+:meth:`PushIn.finish` and :meth:`FedgeService.deliver`. Nothing a node sends
 can stop the server: malformed bytes, bad signatures, updates for another run or round,
 wrong shapes or dtypes are refused with a reason that is logged and returned.
 """
@@ -15,7 +20,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +28,7 @@ import numpy as np
 
 from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import Params, ParamSpec
-from fedge.core.types import ClientUpdate, FitInstructions, Metrics
+from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, Metrics
 from fedge.deploy import wire
 from fedge.deploy.auth import AuthError, Caller, Verifier
 from fedge.deploy.proto import pb
@@ -32,6 +37,11 @@ from fedge.deploy.store import Store
 from fedge.engine.aggregator import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
+INLINE_BYTES = wire.INLINE_BYTES
+REJOIN = wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
+STOP = wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
+PING = wire.dump(pb.PollReply(action=pb.PollReply.WAIT))
+"""What a subscription sends when nothing else is due: it tells the node the server is there."""
 Metadata = Sequence[tuple[str, str | bytes]] | Caller
 """A request's signed metadata, or the :class:`Caller` the gRPC gate already authenticated from it."""
 
@@ -91,11 +101,25 @@ class _Node:
     session: str
     last_seen: float
     busy: bool = False
+    streams: int = 0
+    """Subscribe streams open: a node with one is connected however long it has been silent."""
+
+    def live(self, now: float, timeout_s: float) -> bool:
+        return self.streams > 0 or now - self.last_seen <= timeout_s
+
+
+Result = ClientUpdate | EvalResult | ClientFailure
+"""What a node's Push of a task yields: an update (training), an evaluation, or its reported failure."""
 
 
 @dataclass
 class RoundTask:
-    """One round's work: the encoded global model + instructions, who may answer, results."""
+    """One round's work: the encoded global model + instructions, who may answer, results.
+
+    ``kind`` is ``"fit"`` (train, Push an update) or ``"evaluate"`` (evaluate on the node's own
+    test data, Push the result). ``reply`` is the serialized TRAIN / EVALUATE message every
+    selected node receives, made once; small tasks carry their chunks in it.
+    """
 
     round_num: int
     task_id: str
@@ -104,9 +128,10 @@ class RoundTask:
     """The serialized chunk messages, made once and shared by every node's Fetch."""
     client_ids: frozenset[int]
     spec: ParamSpec
-    results: queue.Queue[tuple[ClientUpdate | ClientFailure, _Verdict]] = field(
-        default_factory=lambda: queue.Queue(maxsize=2)
-    )
+    kind: str = "fit"
+    reply: bytes = b""
+    results: queue.Queue[tuple[Result, _Verdict]] = field(default_factory=queue.Queue)
+    """Unbounded in count, bounded in bytes: each waiting result holds its push's byte-budget reservation."""
     done: set[int] = field(default_factory=set)
     closed: bool = False
 
@@ -116,10 +141,16 @@ class _Verdict:
     event: threading.Event = field(default_factory=threading.Event)
     accepted: bool = False
     reason: str = ""
+    on_set: Callable[[], None] | None = None
+    """Called once the verdict is in (from any thread): how an event-loop handler is woken."""
 
     def set(self, accepted: bool, reason: str = "") -> None:
+        if self.event.is_set():
+            return
         self.accepted, self.reason = accepted, reason
         self.event.set()
+        if self.on_set is not None:
+            self.on_set()
 
 
 def encode_instructions(params: Params, ins: FitInstructions) -> dict[str, Any]:
@@ -165,6 +196,21 @@ def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate
         extras={k: list(v) for k, v in extras.items()},
         payload=payload,
     )
+
+
+def eval_from_tree(tree: Any, client_id: int) -> EvalResult:
+    """Build an :class:`EvalResult` from a node's decoded evaluation, checking its structure."""
+    if not isinstance(tree, dict):
+        raise wire.WireError("evaluation is not a map")
+    n, loss, acc, metrics = tree.get("num_examples"), tree.get("loss"), tree.get("accuracy"), tree.get("metrics") or {}
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise wire.WireError(f"evaluation num_examples must be a non-negative integer, got {n!r}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (loss, acc)):
+        raise wire.WireError("evaluation loss and accuracy must be numbers")
+    if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
+        raise wire.WireError("evaluation metrics must map names to numbers")
+    assert isinstance(loss, int | float) and isinstance(acc, int | float)
+    return EvalResult(client_id, n, float(loss), float(acc), {k: float(v) for k, v in metrics.items()})
 
 
 SECAGG_REQUESTS = {
@@ -268,6 +314,87 @@ class Reservation:
         self.bytes = 0
 
 
+@dataclass
+class PushIn:
+    """One Push being received: its checked header, and the chunks kept so far as they verify.
+
+    Each chunk is reserved in the byte budget before it is kept; nothing is allocated from
+    the size the header claims, and a decode slot is taken only for the CPU-bound decode and
+    checks (:meth:`finish`), never while waiting for a slow stream.
+    """
+
+    svc: FedgeService
+    node_id: str
+    node: _Node
+    task: RoundTask
+    head: Any
+    inc: wire.Incoming | None
+    """None for a node that reports a failure instead of a result."""
+    size: int
+
+    @property
+    def cid(self) -> int:
+        return self.node.client_id
+
+    def take_inline(self, held: Reservation) -> None:
+        """Keep the chunks that came inside the header (a small update), each reserved like any other."""
+        chunks = self.head.chunks
+        if chunks and self.inc is None:
+            raise wire.WireError("a failure report carries chunks")
+        for c in chunks:
+            held.take(len(c.data))
+            assert self.inc is not None
+            self.inc.add(c)
+            self.size += len(c.data)
+        del chunks[:]
+
+    def add(self, raw: bytes, held: Reservation) -> None:
+        if self.task.closed:
+            raise wire.WireError(f"round {self.task.round_num} closed while client {self.cid}'s update was arriving")
+        m = wire.parse(pb.PushMessage, raw)
+        if m.WhichOneof("part") != "chunk" or self.inc is None:
+            raise wire.WireError("push carries a second header" if self.inc else "a failure report carries chunks")
+        held.take(len(m.chunk.data))
+        self.inc.add(m.chunk)
+        self.size += len(raw)
+
+    def finish(self) -> Result:
+        """Decode and check the whole push (under a decode slot), then mark its client done for the round."""
+        task, cid = self.task, self.cid
+        result: Result
+        if self.inc is None:
+            result = ClientFailure(
+                cid, "fit" if task.kind == "fit" else "evaluate", f"node reports: {self.head.error[:300]}"
+            )
+        else:
+            with self.svc._decoding:
+                tree = self.inc.value()
+                if task.kind == "fit":
+                    result = update_from_tree(tree, cid, task.spec)
+                    result.uplink_bytes = self.size
+                else:
+                    result = eval_from_tree(tree, cid)
+            self.inc = None
+        with self.svc._lock:
+            if cid in task.done or task.closed:
+                raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s update")
+            task.done.add(cid)
+        self.node.busy = False
+        return result
+
+    def refused(self, exc: Exception) -> bytes:
+        self.svc.refusals.refused("Push", "REFUSED", str(exc), event="update_refused", node=self.node_id)
+        return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
+
+    def closed_reply(self) -> bytes:
+        return wire.dump(pb.PushReply(accepted=False, reason=f"round {self.task.round_num} closed"))
+
+    def reply(self, verdict: _Verdict) -> bytes:
+        if not verdict.accepted:
+            self.svc.refusals.refused("Push", "REJECTED", verdict.reason, event="update_rejected", node=self.node_id)
+        return wire.dump(pb.PushReply(accepted=verdict.accepted, reason=verdict.reason))
+
+
 class FedgeService:
     """Node registry, round tasks and the handlers (Join, Poll, Fetch, Push, SecAgg, Status)."""
 
@@ -310,13 +437,25 @@ class FedgeService:
         self.finished = False
         self.last_metrics: dict[str, Any] = {}
         self.refusals = RefusalLog(log)
+        self.on_change: Callable[[], None] = lambda: None
+        """Called (from any thread) when what nodes should be sent has changed; the gRPC front sets it."""
+
+    def finish(self) -> None:
+        """The run is over: every node is told to stop."""
+        self.finished = True
+        self.on_change()
 
     # -- registry ----------------------------------------------------------------
     def connected(self) -> list[int]:
         """Client ids of nodes heard from within the node timeout, sorted."""
         now = time.time()
         with self._lock:
-            return sorted(n.client_id for n in self._nodes.values() if now - n.last_seen <= self.node_timeout_s)
+            return sorted(n.client_id for n in self._nodes.values() if n.live(now, self.node_timeout_s))
+
+    def streaming(self) -> int:
+        """Nodes holding a Subscribe stream now."""
+        with self._lock:
+            return sum(n.streams > 0 for n in self._nodes.values())
 
     def is_connected(self, client_id: int) -> bool:
         return client_id in self.connected()
@@ -345,9 +484,6 @@ class FedgeService:
         profile = req.profile[:64]
         with self._lock:
             known = self.store.client_of(node_id)
-            live = {
-                n.client_id: n.node_id for n in self._nodes.values() if time.time() - n.last_seen <= self.node_timeout_s
-            }
             if req.partition >= 0:
                 cid = req.partition
                 if cid >= self.num_clients:
@@ -362,7 +498,9 @@ class FedgeService:
             elif known is not None:
                 cid = known
             else:
-                free = sorted(set(range(self.num_clients)) - self.store.used_clients() - set(live))
+                now = time.time()
+                live = {n.client_id for n in self._nodes.values() if n.live(now, self.node_timeout_s)}
+                free = sorted(set(range(self.num_clients)) - self.store.used_clients() - live)
                 if not free:
                     raise Refused("RESOURCE_EXHAUSTED", f"all {self.num_clients} client slots are taken")
                 cid = free[0]
@@ -383,19 +521,48 @@ class FedgeService:
     def poll(self, raw: bytes, md: Metadata) -> bytes:
         node_id = self._auth("Poll", raw, md)
         req = wire.parse(pb.PollRequest, raw)
-        server_session, _, node_session = req.session.partition(":")
-        node = self._session_node(node_id, node_session) if server_session == self.session else None
+        node = self.session_of(node_id, req.session)
         if node is None:
-            return wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
+            return REJOIN
         node.busy = req.busy
+        if req.busy and not self.finished:
+            return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
+        out = self.next_for(node)
+        return out if out is not None else wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
+
+    def session_of(self, node_id: str, session: str) -> _Node | None:
+        """The node of a Poll or Subscribe naming ``session``; None when it must join (again)."""
+        server_session, _, node_session = session.partition(":")
+        return self._session_node(node_id, node_session) if server_session == self.session else None
+
+    def subscribe_open(self, raw: bytes, md: Metadata) -> _Node | None:
+        """The node a Subscribe call is for (its first message is a PollRequest), None when it must join again."""
+        node_id = self._auth("Subscribe", raw, md)
+        return self.session_of(node_id, wire.parse(pb.PollRequest, raw).session)
+
+    def is_current(self, node: _Node) -> bool:
+        """Whether ``node`` is still the registered session of its node id (it did not join again)."""
+        with self._lock:
+            return self._nodes.get(node.node_id) is node
+
+    def next_for(self, node: _Node, sent: set[str] | None = None) -> bytes | None:
+        """What ``node`` should be sent now: STOP, its secure-aggregation request, or the open task; None for nothing.
+
+        ``sent`` (a subscription's memory) holds what this stream already delivered, which is
+        not sent twice; a Poll passes none and gets the task until its node has answered it.
+        """
         if self.finished:
-            return wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
+            return STOP
+        cid = node.client_id
         sa = self.secagg
-        if not req.busy and sa is not None and not sa.closed:
+        if sa is not None and not sa.closed:
             with self._lock:
-                out = sa.outbox.get(node.client_id) if node.client_id not in sa.answered else None
+                out = sa.outbox.get(cid) if cid not in sa.answered else None
                 stage = sa.stage
-            if out is not None:
+            key = f"{sa.task_id}/{stage}"
+            if out is not None and (sent is None or key not in sent):
+                if sent is not None:
+                    sent.add(key)
                 return wire.dump(
                     pb.PollReply(
                         action=pb.PollReply.SECAGG,
@@ -407,16 +574,17 @@ class FedgeService:
                 )
         task = self.task
         if (
-            not req.busy
-            and task is not None
+            task is not None
             and not task.closed
-            and node.client_id in task.client_ids
-            and node.client_id not in task.done
+            and cid in task.client_ids
+            and cid not in task.done
+            and (sent is None or task.task_id not in sent)
         ):
-            return wire.dump(
-                pb.PollReply(action=pb.PollReply.TRAIN, task_id=task.task_id, round=task.round_num, task=task.header)
-            )
-        return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
+            if sent is not None:
+                sent.add(task.task_id)
+            node.busy = task.kind == "fit"
+            return task.reply
+        return None
 
     def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
         self._auth("Fetch", raw, md)
@@ -429,10 +597,35 @@ class FedgeService:
         return iter(task.chunks[req.start :])
 
     def push(self, messages: Iterable[bytes], md: Metadata) -> bytes:
+        """A node's Push, read to its end in this thread (the event-driven front drives the same pieces)."""
         it = iter(messages)
         first = next(it, None)
         if first is None:
             raise Refused("INVALID_ARGUMENT", "empty push")
+        opened = self.push_open(first, md)
+        if isinstance(opened, bytes):
+            return opened
+        with self.budget.reserve(opened.node_id) as held:
+            try:
+                opened.take_inline(held)
+                for raw in it:
+                    opened.add(raw, held)
+                result = opened.finish()
+            except Refused:
+                raise
+            except (FedgeError, ValueError) as exc:
+                return opened.refused(exc)
+            verdict = self.deliver(opened.task, result)
+            if verdict is None:
+                return opened.closed_reply()
+            del result
+            while not verdict.event.wait(0.2):
+                if opened.task.closed and not verdict.event.is_set():
+                    verdict.set(False, f"round {opened.task.round_num} closed before the update was read")
+        return opened.reply(verdict)
+
+    def push_open(self, first: bytes, md: Metadata) -> PushIn | bytes:
+        """Authenticate and check a Push's header: the push to read, or the reply that refuses it."""
         node_id = self._auth("Push", first, md)
         msg = wire.parse(pb.PushMessage, first)
         if msg.WhichOneof("part") != "header":
@@ -451,34 +644,18 @@ class FedgeService:
             )
             return wire.dump(pb.PushReply(accepted=False, reason=reason))
         assert task is not None
-        with self.budget.reserve(node_id) as held:
-            try:
-                update: ClientUpdate | ClientFailure = (
-                    self._failure(head, node.client_id, task)
-                    if head.error
-                    else self._receive(head, it, node.client_id, task, held)
-                )
-            except Refused:
-                raise
-            except (FedgeError, ValueError) as exc:
-                self.refusals.refused("Push", "REFUSED", str(exc), event="update_refused", node=node_id)
-                return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
-            verdict = _Verdict()
-            while not task.closed:
-                try:
-                    task.results.put((update, verdict), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                return wire.dump(pb.PushReply(accepted=False, reason=f"round {task.round_num} closed"))
-            del update
-            while not verdict.event.wait(0.2):
-                if task.closed and not verdict.event.is_set():
-                    verdict.set(False, f"round {task.round_num} closed before the update was read")
-        if not verdict.accepted:
-            self.refusals.refused("Push", "REJECTED", verdict.reason, event="update_rejected", node=node_id)
-        return wire.dump(pb.PushReply(accepted=verdict.accepted, reason=verdict.reason))
+        inc = None if head.error else wire.Incoming(head.update, max_bytes=self.max_update_bytes)
+        return PushIn(self, node_id, node, task, head, inc, len(first))
+
+    def deliver(self, task: RoundTask, result: Result, on_set: Callable[[], None] | None = None) -> _Verdict | None:
+        """Hand a received result to the round; the verdict its node waits on, None when the round has closed."""
+        verdict = _Verdict(on_set=on_set)
+        if task.closed:
+            return None
+        task.results.put((result, verdict))
+        if task.closed:  # closed meanwhile: close_round may have drained the queue before the put
+            verdict.set(False, f"round {task.round_num} closed")
+        return verdict
 
     def _task_problem(self, task: RoundTask | None, head: Any, cid: int) -> str:
         if task is None or task.closed:
@@ -493,39 +670,6 @@ class FedgeService:
         if cid in task.done:
             return f"client {cid} already sent its update for round {task.round_num}"
         return ""
-
-    def _failure(self, head: Any, cid: int, task: RoundTask) -> ClientFailure:
-        with self._lock:
-            if cid in task.done or task.closed:
-                raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s report")
-            task.done.add(cid)
-        return ClientFailure(cid, "fit", f"node reports: {head.error[:300]}")
-
-    def _receive(self, head: Any, rest: Iterator[bytes], cid: int, task: RoundTask, held: Reservation) -> ClientUpdate:
-        """Take an update's chunks as they come, each reserved in the byte budget before it is kept.
-
-        Nothing is allocated from the header's claimed size, and no decode slot is held while
-        waiting for a slow stream: a slot is taken only for the CPU-bound decode and checks.
-        """
-        inc = wire.Incoming(head.update, max_bytes=self.max_update_bytes)
-        size = len(head.SerializeToString())
-        for raw in rest:
-            if task.closed:
-                raise wire.WireError(f"round {task.round_num} closed while client {cid}'s update was arriving")
-            m = wire.parse(pb.PushMessage, raw)
-            if m.WhichOneof("part") != "chunk":
-                raise wire.WireError("push carries a second header")
-            held.take(len(m.chunk.data))
-            inc.add(m.chunk)
-            size += len(raw)
-        with self._decoding:
-            update = update_from_tree(inc.value(), cid, task.spec)
-        update.uplink_bytes = size
-        with self._lock:
-            if cid in task.done or task.closed:
-                raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s update")
-            task.done.add(cid)
-        return update
 
     def secagg_post(self, raw: bytes, md: Metadata) -> bytes:
         """A node's answer to the open secure-aggregation stage: checked, decoded, queued."""
@@ -589,6 +733,7 @@ class FedgeService:
             sa.stage, sa.outbox, sa.answered = stage, outbox, set()
             sa.inbox = queue.Queue()
         log.info("event=secagg_stage round=%d stage=%s clients=%d", sa.setup.round_num, stage, len(outbox))
+        self.on_change()
 
     def close_secagg(self, sa: SecAggSession) -> None:
         with self._lock:
@@ -604,9 +749,7 @@ class FedgeService:
         now = time.time()
         with self._lock:
             nodes = tuple(
-                NodeStatus(
-                    n.node_id, n.client_id, n.profile, n.last_seen, now - n.last_seen <= self.node_timeout_s, n.busy
-                )
+                NodeStatus(n.node_id, n.client_id, n.profile, n.last_seen, n.live(now, self.node_timeout_s), n.busy)
                 for n in sorted(self._nodes.values(), key=lambda n: n.client_id)
             )
         task = self.task
@@ -619,18 +762,40 @@ class FedgeService:
 
     # -- rounds ------------------------------------------------------------------
     def open_round(self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions) -> RoundTask:
-        out = wire.encode(encode_instructions(params, ins), self.chunk_size)
+        task = self._open(round_num, "fit", client_ids, params, encode_instructions(params, ins))
+        self.phase = "training"
+        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), task.header.total_bytes)
+        self.on_change()
+        return task
+
+    def open_eval(self, round_num: int, client_ids: Sequence[int], params: Params) -> RoundTask:
+        """Ask ``client_ids`` to evaluate ``params`` on their own test data."""
+        task = self._open(round_num, "evaluate", client_ids, params, {"params": list(params), "round": round_num})
+        self.phase = "evaluating"
+        log.info("event=eval_open round=%d clients=%d", round_num, len(client_ids))
+        self.on_change()
+        return task
+
+    def _open(self, round_num: int, kind: str, client_ids: Sequence[int], params: Params, tree: Any) -> RoundTask:
+        out = wire.encode(tree, self.chunk_size)
+        suffix = "" if kind == "fit" else f":{kind}"
         task = RoundTask(
             round_num,
-            f"{self.run_id}:{self.session}:{round_num}",
+            f"{self.run_id}:{self.session}:{round_num}{suffix}",
             out.header,
             [wire.dump(c) for c in out.chunks()],
             frozenset(int(c) for c in client_ids),
             ParamSpec.of(params),
+            kind=kind,
         )
         del out
-        self.round_num, self.phase, self.task = round_num, "training", task
-        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), task.header.total_bytes)
+        action = pb.PollReply.TRAIN if kind == "fit" else pb.PollReply.EVALUATE
+        inline = len(task.chunks) == 1 and task.header.total_bytes <= INLINE_BYTES
+        reply = pb.PollReply(action=action, task_id=task.task_id, round=round_num, task=task.header)
+        if inline:
+            reply.chunks.append(wire.parse(pb.Chunk, task.chunks[0]))
+        task.reply = wire.dump(reply)
+        self.round_num, self.task = round_num, task
         return task
 
     def close_round(self, task: RoundTask) -> None:
@@ -641,7 +806,7 @@ class FedgeService:
             except queue.Empty:
                 break
             verdict.set(False, f"round {task.round_num} closed")
-        self.phase = "aggregating"
+        self.phase = "aggregating" if task.kind == "fit" else "between rounds"
 
     def record_round(self, metrics: dict[str, Metrics | float | int | str]) -> None:
         self.last_metrics = dict(metrics)

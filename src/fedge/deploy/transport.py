@@ -5,8 +5,10 @@ task, then yields each update as its node pushes it — reduced on arrival throu
 loop's :class:`~fedge.engine.aggregator.Reducer` into a one-client
 :class:`~fedge.engine.aggregator.PartialSum`, so the verdict can be returned to the node and
 the server never holds more than a few updates — or a :class:`ClientFailure` when a node
-disconnects, is refused, or misses the round deadline. ``exchange`` runs one stage of a
-multi-message protocol (secure aggregation's) as requests the nodes fetch by polling.
+disconnects, is refused, or misses the round deadline. ``evaluate`` asks nodes to evaluate
+the global model on their own test data (federated evaluation, as in simulation).
+``exchange`` runs one stage of a multi-message protocol (secure aggregation's). Nodes hear of
+each the moment it opens, on their Subscribe stream.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
-from fedge.deploy.service import FedgeService, _Verdict
+from fedge.deploy.service import FedgeService, Result, RoundTask, _Verdict
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.transport.base import FitResult
 from fedge.transport.exchange import Exchanged, OnReply
@@ -100,32 +102,19 @@ class GrpcTransport:
         """
         svc = self.service
         task = svc.open_round(round_num, client_ids, params, ins)
-        pending = set(task.client_ids)
-        deadline = time.monotonic() + self.round_deadline_s
         bound = None if reducer is None else reducer.bound
         held: list[_Held] = []
         try:
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    for cid in sorted(pending):
-                        yield ClientFailure(cid, "fit", f"missed the {self.round_deadline_s:.0f}s round deadline")
-                    break
-                try:
-                    update, verdict = task.results.get(timeout=min(0.1, left))
-                except queue.Empty:
-                    live = set(svc.connected())
-                    for cid in sorted(pending - live - task.done):
-                        pending.discard(cid)
-                        log.warning("event=node_lost round=%d client=%d", round_num, cid)
-                        yield ClientFailure(cid, "fit", "node disconnected")
-                    continue
-                cid = update.client_id
-                pending.discard(cid)
-                if isinstance(update, ClientFailure) or reducer is None:
-                    verdict.set(True)
+            pending = set(task.client_ids)
+            for update, verdict in self._arrivals(task, "fit", pending):
+                if verdict is None or isinstance(update, ClientFailure) or reducer is None:
+                    if verdict is not None:
+                        verdict.set(True)
+                    assert not isinstance(update, EvalResult)
                     yield update
                     continue
+                assert isinstance(update, ClientUpdate)
+                cid = update.client_id
                 metrics = {
                     **update.metrics,
                     "num_examples": float(update.num_examples),
@@ -145,6 +134,35 @@ class GrpcTransport:
                 yield from _reduce(reducer, held)
         finally:
             svc.close_round(task)
+
+    def _arrivals(
+        self, task: RoundTask, what: str, pending: set[int] | None = None
+    ) -> Iterator[tuple[Result, _Verdict | None]]:
+        """Each selected node's result as it arrives (with the verdict its node waits on), and a
+        :class:`ClientFailure` (verdict None) for a node that disconnects or misses the deadline.
+
+        ``pending`` (the task's clients, by default) loses each client as its result is yielded."""
+        svc = self.service
+        pending = set(task.client_ids) if pending is None else pending
+        deadline = time.monotonic() + self.round_deadline_s
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for cid in sorted(pending):
+                    yield ClientFailure(cid, what, f"missed the {self.round_deadline_s:.0f}s round deadline"), None
+                pending.clear()
+                return
+            try:
+                result, verdict = task.results.get(timeout=min(0.1, left))
+            except queue.Empty:
+                live = set(svc.connected())
+                for cid in sorted(pending - live - task.done):
+                    pending.discard(cid)
+                    log.warning("event=node_lost round=%d client=%d", task.round_num, cid)
+                    yield ClientFailure(cid, what, "node disconnected"), None
+                continue
+            pending.discard(result.client_id)
+            yield result, verdict
 
     def exchange(
         self,
@@ -211,11 +229,25 @@ class GrpcTransport:
     def evaluate(
         self, round_num: int, client_ids: Sequence[int], params: Params
     ) -> Iterator[EvalResult | ClientFailure]:
-        for cid in client_ids:
-            yield ClientFailure(cid, "evaluate", "federated evaluation is not offered over gRPC")
+        """Federated evaluation: each node evaluates ``params`` (with its personal model, when its
+        strategy keeps one) on its own test data; a node that fails, leaves or misses the round
+        deadline is a :class:`ClientFailure`."""
+        task = self.service.open_eval(round_num, client_ids, params)
+        try:
+            for result, verdict in self._arrivals(task, "evaluate"):
+                if verdict is not None:
+                    verdict.set(True)
+                if isinstance(result, ClientUpdate):  # cannot happen: an evaluate task's pushes decode as evaluations
+                    continue
+                yield result
+        finally:
+            self.service.close_round(task)
 
     def close(self) -> None:
-        self.service.finished = True
+        """No more rounds from this process: nodes are told the run is over, unless it is stopping to be
+        resumed (``stopping``, a graceful stop), when they keep waiting for the server to come back."""
+        if not self.stopping.is_set():
+            self.service.finish()
 
 
 @dataclass

@@ -18,6 +18,7 @@ Friendly Federated Learning Research Framework", 2020).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,9 @@ from fedge.deploy.proto import pb
 
 DEFAULT_CHUNK = 2 * 1024 * 1024
 MAX_CHUNK = 8 * 1024 * 1024
+INLINE_BYTES = 1 << 20
+"""A bundle that fits one chunk of at most this many bytes travels inside the message that announces it
+(a task inside its Subscribe message, an update inside its Push header): a small model costs no extra call."""
 DTYPES = frozenset(
     {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
 )
@@ -132,7 +136,7 @@ class Incoming:
             if len(t.shape) > MAX_DIMS or any(d < 0 for d in t.shape):
                 raise WireError(f"tensor shape {list(t.shape)[: MAX_DIMS + 1]} is not allowed")
             dt = np.dtype(t.dtype).newbyteorder("<")
-            n = int(np.prod(t.shape, dtype=object)) * dt.itemsize
+            n = math.prod(int(d) for d in t.shape) * dt.itemsize
             total += n
             if total > max_bytes:
                 raise WireError(f"bundle exceeds the limit of {max_bytes} bytes")
@@ -186,7 +190,7 @@ class Incoming:
         cur = memoryview(b"")
         arrays: list[npt.NDArray[Any]] = []
         for dt, shape in self._specs:
-            buf = bytearray(int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+            buf = bytearray(math.prod(shape) * dt.itemsize)
             filled = 0
             while filled < len(buf):
                 if not len(cur):

@@ -1,0 +1,272 @@
+"""A server that carries a fleet: thousands of real nodes from the load generator, churn, a cut
+transfer that resumes, work pushed on the Subscribe stream, federated evaluation over gRPC.
+
+Every node is a real gRPC client on loopback with its own key and signatures
+(:mod:`fedge.deploy.loadgen`); the server is the event-driven one ``fedge serve`` runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedge.deploy.auth import Verifier
+from fedge.deploy.config import DeployConfig
+from fedge.deploy.loadgen import Stats, run_fleet, write_allow_list
+from fedge.deploy.server import start_grpc
+from fedge.deploy.service import FedgeService, Refused
+from fedge.deploy.store import Store
+from fedge.deploy.transport import GrpcTransport
+from fedge.engine import RunResult, run
+from fedge.simulation.sampling import Sampling
+from fedge.strategies.fedavg import FedAvg
+
+from .test_transport import serve_in_thread, start_node, stop_nodes
+
+pytestmark = pytest.mark.integration
+
+TOML = 'seed = 0\nrounds = 1\n[model]\nname = "logreg"\nframework = "numpy"\n'
+
+
+@contextmanager
+def fleet_server(
+    tmp_path: Path, nodes: int, *, rounds: int, deadline_s: float = 120.0, chunk_kib: int = 2048
+) -> Iterator[tuple[FedgeService, GrpcTransport, str]]:
+    allow = write_allow_list(tmp_path / "allow.txt", nodes)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="fleet",
+        config_toml=TOML,
+        num_clients=nodes,
+        rounds=rounds,
+        min_nodes=nodes,
+        heartbeat_s=5.0,
+        node_timeout_s=30.0,
+        chunk_size=chunk_kib * 1024,
+    )
+    transport = GrpcTransport(svc, wait_s=300, round_deadline_s=deadline_s, round_min_nodes=1)
+    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True, node_timeout_s=30.0))
+    try:
+        yield svc, transport, f"127.0.0.1:{port}"
+    finally:
+        transport.close()
+        srv.stop(1.0).wait()
+        svc.refusals.close()
+        svc.store.close()
+
+
+def federate_with_fleet(
+    transport: GrpcTransport, target: str, nodes: int, rounds: int, *, churn: float = 0.0, params: int = 1000
+) -> tuple[RunResult, Stats]:
+    """Run ``rounds`` of FedAvg over ``nodes`` load-generator nodes; the run and the fleet's own counts."""
+    fleet: dict[str, Stats] = {}
+    t = threading.Thread(
+        target=lambda: fleet.update(stats=run_fleet(target, nodes, processes=2, churn=churn, timeout_s=240))
+    )
+    t.start()
+    try:
+        result = run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=[np.zeros(params, np.float32)],
+            rounds=rounds,
+            sampling=Sampling(count=None, fraction=1.0),
+        )
+    finally:
+        transport.close()
+        t.join(120)
+    return result, fleet["stats"]
+
+
+def test_two_thousand_nodes_complete_three_rounds_with_no_failure(tmp_path: Path) -> None:
+    nodes, rounds = 2000, 3
+    with fleet_server(tmp_path, nodes, rounds=rounds) as (_svc, transport, target):
+        result, stats = federate_with_fleet(transport, target, nodes, rounds)
+    recs = result.history.rounds
+    assert [r.participants for r in recs] == [nodes] * rounds, stats
+    assert [r.failed for r in recs] == [0] * rounds
+    assert stats.accepted == nodes * rounds and stats.refused == 0 and stats.errors == 0
+    assert stats.stopped == nodes  # every node heard STOP on its stream
+    # each node replays model + 1e-3: FedAvg moves the model by exactly that each round
+    np.testing.assert_allclose(result.state.params[0], np.full(1000, rounds * 1e-3, np.float32), rtol=1e-5)
+
+
+def test_churn_closes_every_round_and_counts_exactly_the_accepted_pushes(tmp_path: Path) -> None:
+    nodes, rounds = 1000, 10
+    with fleet_server(tmp_path, nodes, rounds=rounds, deadline_s=20.0) as (_svc, transport, target):
+        result, stats = federate_with_fleet(transport, target, nodes, rounds, churn=0.1)
+    recs = result.history.rounds
+    assert len(recs) == rounds
+    assert stats.dropped > rounds * nodes * 0.05  # the fleet really churned, about 10 % a round
+    assert sum(r.participants for r in recs) == stats.accepted  # every accepted push counted, none twice
+    assert all(r.participants + r.failed == nodes for r in recs)
+    assert all(r.participants <= nodes for r in recs)
+    assert result.history.rounds[-1].round == rounds
+
+
+def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path: Path, make_keys: Any) -> None:
+    """A 3 MiB model in 256 KiB chunks; the server cuts the first Fetch after 5 chunks."""
+    keys, allow = make_keys(1)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="cut",
+        config_toml=TOML,
+        num_clients=1,
+        rounds=1,
+        heartbeat_s=0.2,
+        node_timeout_s=5.0,
+        chunk_size=256 * 1024,
+    )
+    starts: list[int] = []
+    original = svc.fetch
+
+    def cutting_fetch(raw: bytes, md: Any) -> Iterator[bytes]:
+        from fedge.deploy import wire
+        from fedge.deploy.proto import pb
+
+        starts.append(wire.parse(pb.FetchRequest, raw).start)
+        for i, chunk in enumerate(original(raw, md)):
+            if len(starts) == 1 and i == 5:
+                raise Refused("UNAVAILABLE", "link cut")
+            yield chunk
+
+    svc.fetch = cutting_fetch  # type: ignore[method-assign]
+    transport = GrpcTransport(svc, wait_s=30, round_deadline_s=60)
+    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True))
+
+    class Adder:
+        def __init__(self, cid: int) -> None:
+            self.client_id = cid
+
+        def train(self, params: Any, cfg: Any, ctx: Any) -> Any:
+            from fedge.clients.base import TrainResult
+
+            return TrainResult([p + np.float32(0.5) for p in params], steps=1, loss=0.0, num_examples=1)
+
+    try:
+        start_node(port, keys[0], lambda exp, cid: Adder(cid), 0)
+        initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks
+        result = run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=initial,
+            rounds=1,
+            sampling=Sampling(count=None, fraction=1.0),
+        )
+    finally:
+        transport.close()
+        stop_nodes()
+        srv.stop(0.5).wait()
+        svc.refusals.close()
+        svc.store.close()
+    assert starts == [0, 5]  # the second Fetch asked for the first chunk it did not have
+    assert result.history.rounds[0].participants == 1
+    np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+
+
+def test_a_node_hears_of_a_round_on_its_stream_and_never_polls(tmp_path: Path, make_keys: Any) -> None:
+    """With a 60 s heartbeat a polling node would wait a minute per round; a subscribed one does not wait."""
+    keys, allow = make_keys(2)
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="push",
+        config_toml=TOML,
+        num_clients=2,
+        rounds=3,
+        heartbeat_s=60.0,
+        node_timeout_s=120.0,
+        min_nodes=2,
+    )
+    polls: list[bytes] = []
+    original = svc.poll
+
+    def counting_poll(raw: bytes, md: Any) -> bytes:
+        polls.append(raw)
+        return original(raw, md)
+
+    svc.poll = counting_poll  # type: ignore[method-assign]
+    transport = GrpcTransport(svc, wait_s=30, round_deadline_s=100)
+    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True, heartbeat_s=60.0, node_timeout_s=120.0))
+
+    class Adder:
+        def __init__(self, cid: int) -> None:
+            self.client_id = cid
+
+        def train(self, params: Any, cfg: Any, ctx: Any) -> Any:
+            from fedge.clients.base import TrainResult
+
+            return TrainResult([p + np.float32(1) for p in params], steps=1, loss=0.0, num_examples=1)
+
+    try:
+        for i in range(2):
+            start_node(port, keys[i], lambda exp, cid: Adder(cid), i)
+        result = run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=[np.zeros(4, np.float32)],
+            rounds=3,
+            sampling=Sampling(count=None, fraction=1.0),
+        )
+    finally:
+        transport.close()
+        stop_nodes()
+        srv.stop(0.5).wait()
+        svc.refusals.close()
+        svc.store.close()
+    assert [r.participants for r in result.history.rounds] == [2, 2, 2]
+    assert polls == []
+    np.testing.assert_array_equal(result.state.params[0], np.full(4, 3.0, np.float32))
+
+
+def test_federated_evaluation_over_grpc_equals_the_simulations(tmp_path: Path, make_keys: Any) -> None:
+    from fedge.config import from_dict
+    from fedge.federation import build, execute
+
+    keys, allow = make_keys(4)
+    raw = {
+        "seed": 11,
+        "rounds": 3,
+        "data": {"num_clients": 4},
+        "model": {"name": "logreg", "framework": "numpy"},
+        "strategy": {"name": "fedavg"},
+        "training": {"clients_per_round": 4, "local_epochs": 1},
+        "evaluation": {"centralized": False, "federated_clients": -1},
+    }
+    sim = execute(build(from_dict(raw)))
+    exp = from_dict(
+        {
+            **raw,
+            "deploy": {
+                "port": 0,
+                "state": str(tmp_path / "run.db"),
+                "min_nodes": 4,
+                "heartbeat_s": 0.2,
+                "allow_list": str(allow),
+                "insecure": True,
+                "examples_cap": 0.0,
+                "norm_cap": 0.0,
+            },
+        }
+    )
+    t, port, out = serve_in_thread(exp)
+    for i in range(4):
+        start_node(port, keys[i], None, i)
+    t.join(90)
+    stop_nodes()
+    served = out["served"]
+    got = [(r.fed_test_loss, r.fed_test_accuracy) for r in served.history]
+    want = [(r.fed_test_loss, r.fed_test_accuracy) for r in sim.history]
+    assert all(np.isfinite(loss) for loss, _ in got)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert served.history.rounds[-1].extra["client_acc_mean"] == pytest.approx(
+        sim.history.rounds[-1].extra["client_acc_mean"], rel=1e-6
+    )
