@@ -153,6 +153,10 @@ def test_a_builtin_model_runs_its_kernel_client_by_client_unless_schedules_are_v
     assert name == "sequential" and "dense kernel, 10.0 steps" in why
     name, why = choose(_task(_builtin_mlp(), [10] * 20), cores=2)  # 2 epochs of 1 batch
     assert name == "vectorized" and "2.0 steps" in why
+    task = _task(_builtin_mlp(), [10] * 20)
+    task.ins.train = TrainConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9)
+    name, why = choose(task, cores=2)  # not batchable, and not worth a worker: the kernel it is
+    assert name == "sequential" and "dense kernel, 2.0 steps" in why
 
 
 class _LoggingClient(LearnerClient):

@@ -13,8 +13,9 @@ work outweighs shipping the share. The rules, in order:
    else ``sequential`` (the batched pass starts every client from one model);
 3. a built-in dense model (a :class:`~fedge.clients.torch_learner.TorchLearner` with a
    dense kernel): ``vectorized`` when the cohort's mean schedule is at most
-   :data:`KERNEL_BATCH_STEPS` steps and at least half of its steps fall into batched
-   buckets, else ``sequential``;
+   :data:`KERNEL_BATCH_STEPS` steps, at least half of its steps fall into batched buckets
+   and its config batches (no momentum, weight decay, anchor or frozen tensors), else
+   ``sequential``;
 4. another PyTorch model the vectorized backend can batch: ``vectorized`` when at least
    half of the cohort's local steps fall into batched buckets (:func:`plan_buckets`); a
    cohort too small or too ragged for that goes to ``processes`` with two cores or more and
@@ -28,8 +29,8 @@ A custom ``Client`` or ``Learner`` (anything but a plain :class:`LearnerClient` 
 it may have side effects its user relies on (appending to a list, writing a file), which
 in a worker would happen in another process, and a batched pass would skip its own code.
 ``debug`` is never picked: it stops the run at the first failing client, which a default
-must not. The pick and its one-line reason are in each
-round's record (``backend``, ``backend_reason``) and logged whenever they change.
+must not. The pick and its one-line reason are in each round's record (``backend``,
+``backend_reason``) and logged whenever they change.
 """
 
 from __future__ import annotations
@@ -101,18 +102,18 @@ def choose(task: FitTask, cores: int) -> tuple[str, str]:
     cfg = client_config(runtime, task.ins, runtime.context(ids[0], task.round_num, dict(state)))
     if why is None:
         why = config_unsupported(cfg)
+    steps = [_steps(runtime.client_fn(cid), cfg, task.ins.per_client.get(cid)) for cid in ids]
+    if getattr(learner, "kernel", None) is not None:
+        mean = sum(steps) / len(steps)
+        if why is None and mean <= KERNEL_BATCH_STEPS and batched_share(steps) >= BATCHED_SHARE:
+            return "vectorized", f"{len(ids)} clients of {mean:.1f} steps: batching beats the dense kernel"
+        return "sequential", f"dense kernel, {mean:.1f} steps per client: cheaper client by client than batched"
     share_out = cores >= 2 and len(ids) >= 2 * cores
     if why is not None:
         if share_out:
             return "processes", f"not batchable ({why}); {len(ids)} clients on {cores} cores"
         return "sequential", f"not batchable ({why}); {len(ids)} clients on {cores} core(s)"
-    steps = [_steps(runtime.client_fn(cid), cfg, task.ins.per_client.get(cid)) for cid in ids]
     share = batched_share(steps)
-    if getattr(learner, "kernel", None) is not None:
-        mean = sum(steps) / len(steps)
-        if mean <= KERNEL_BATCH_STEPS and share >= BATCHED_SHARE:
-            return "vectorized", f"{len(ids)} clients of {mean:.1f} steps: batching beats the dense kernel"
-        return "sequential", f"dense kernel, {mean:.1f} steps per client: cheaper client by client than batched"
     if share >= BATCHED_SHARE:
         return "vectorized", f"{len(ids)} PyTorch clients, {share:.0%} of their steps batch with bounded padding"
     target = "processes" if share_out else "sequential"
@@ -124,7 +125,7 @@ def choose(task: FitTask, cores: int) -> tuple[str, str]:
 def own_client(client: Any) -> bool:
     """Whether ``client`` runs only fedge's code: a plain :class:`LearnerClient` of fedge's learners.
 
-    Only such clients may be moved into worker processes by ``auto``.
+    Only such clients may be moved into a batched pass or worker processes by ``auto``.
     """
     if type(client) is not LearnerClient:
         return False
