@@ -216,3 +216,17 @@ def test_a_federation_on_the_kernel_gives_the_torch_modules_global_model(strateg
         for cid, state in want_states.items():
             if STATE_KEY in state:
                 close(got_states[cid][STATE_KEY], state[STATE_KEY])
+
+
+def test_a_diverging_client_trains_on_silently_to_non_finite_weights_as_torch_does() -> None:
+    import warnings
+
+    fast, _ = pair("mlp")
+    params = fast.init_params(0)
+    x, y = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fast.train(params, x * 1e20, y, TrainConfig(epochs=3, batch_size=4, lr=1e30), np.random.default_rng(0))
+        loss, _ = fast.evaluate(got.params, x, y)
+    assert not all(np.isfinite(p).all() for p in got.params)
+    assert not np.isfinite(loss)

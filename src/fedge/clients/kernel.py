@@ -92,7 +92,22 @@ class DenseKernel:
         cfg: TrainConfig,
         rng: np.random.Generator,
     ) -> TrainResult:
-        """``cfg``'s local SGD from ``params`` on ``(x, y)``; see the module docstring for the step."""
+        """``cfg``'s local SGD from ``params`` on ``(x, y)``; see the module docstring for the step.
+
+        A diverging client (overflow to Inf, then NaN) trains on silently, as torch does; the
+        server's validator rejects its update.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return self._train(params, x, y, cfg, rng)
+
+    def _train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: npt.NDArray[np.int64],
+        cfg: TrainConfig,
+        rng: np.random.Generator,
+    ) -> TrainResult:
         n = len(y)
         start = self._flat(params)
         w = start.copy()
@@ -214,9 +229,13 @@ class DenseKernel:
         return h
 
     def evaluate(self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of ``params`` on ``(x, y)``."""
+        """Mean cross-entropy and accuracy of ``params`` on ``(x, y)`` (NaN for a diverged model, silently)."""
         yl = np.asarray(y, dtype=np.int64)
         self._check_labels(yl)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return self._evaluate(params, x, yl)
+
+    def _evaluate(self, params: Params, x: npt.NDArray[np.generic], yl: npt.NDArray[np.int64]) -> tuple[float, float]:
         loss_sum, hits = 0.0, 0
         for lo in range(0, len(yl), EVAL_ROWS):
             z = self.logits(params, x[lo : lo + EVAL_ROWS]).astype(np.float64)
