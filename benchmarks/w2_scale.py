@@ -7,6 +7,10 @@ same global weights (to 1e-5) and prints one JSON line.
 
     python benchmarks/w2_scale.py --size b --model mlp --backend vectorized
     python benchmarks/w2_scale.py --quick
+
+fedge trains the built-in model (``fedge.models.build_learner``: the torch module, trained
+through its NumPy dense kernel); ``--module-only`` trains the same module with torch alone,
+as fedge did before the kernel.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fedge.data.federated import FederatedDataset
 from fedge.data.w2 import w2
 from fedge.engine import Callback, round_rng, run
 from fedge.federation import make_backend
+from fedge.models import build_learner
 from fedge.simulation.history import RoundRecord
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.base import StrategyState
@@ -155,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--skip-reference", action="store_true", help="do not time the plain loop (no ratio, no weight check)"
     )
     ap.add_argument(
+        "--module-only", action="store_true", help="train the torch module with torch alone (no dense kernel)"
+    )
+    ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads for both fedge and the reference (default 1)"
     )
     args = ap.parse_args(argv)
@@ -164,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     t0 = time.perf_counter()
     data = w2(num_clients, seed=SEED)
     build_s = time.perf_counter() - t0
-    learner = TorchLearner(make_module(args.model))
+    built = build_learner(args.model, "torch", (60,), 10, (64,))
+    assert isinstance(built, TorchLearner)
+    learner = TorchLearner(make_module(args.model)) if args.module_only else built
     torch.manual_seed(SEED)
     initial = get_params(make_module(args.model)())
     params, times = fedge_run(data, learner, initial, rounds, per_round, args.backend)
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out: dict[str, object] = {
         "workload": f"W2({'quick' if args.quick else args.size})-{args.model}",
         "backend": args.backend,
+        "kernel": learner.kernel is not None,
         "clients": num_clients,
         "clients_per_round": per_round,
         "rounds": rounds,

@@ -9,7 +9,7 @@ import torch
 import fedge
 from fedge.config.schema import from_dict
 from fedge.core.errors import ConfigError, ModelError
-from fedge.core.extras import MissingExtraError, missing_message, require
+from fedge.core.extras import MissingExtraError, missing_message, require, require_installed
 from fedge.engine import Callback
 from fedge.preflight import check_population
 from fedge.simulation.history import RoundRecord
@@ -120,3 +120,20 @@ def test_a_missing_optional_module_names_its_extra() -> None:
     assert require("json").dumps([1]) == "[1]"
     with pytest.raises(MissingExtraError, match=r"^training.backend = 'ray' needs Ray, .*'fedge\[ray\]'$"):
         require("ray._no_such_submodule_", "training.backend = 'ray'")
+
+
+def test_the_digits_check_finds_scikit_learn_without_importing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fedge.config import from_dict; from fedge.preflight import check_extras; "
+        "check_extras(from_dict({})); print('sklearn' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    require_installed("json")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"^data.dataset = 'digits' needs scikit-learn, .*'fedge\[data\]'$"):
+        require_installed("sklearn", "data.dataset = 'digits'")

@@ -70,7 +70,7 @@ def run(
     test: ArrayPair | None = None,
     transforms: Sequence[Transform] = (),
     callbacks: Sequence[Callback] = (),
-    backend: str = "sequential",
+    backend: str = "auto",
     seed: int = 0,
     threads: int = 0,
 ) -> RunResult:

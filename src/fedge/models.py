@@ -1,7 +1,10 @@
 """Built-in models by name, for configs and the CLI: ``logreg``, ``mlp`` and ``cnn``, or the user's factory.
 
 Each exists as a PyTorch module and (``logreg``, ``mlp``) as a NumPy-only learner with
-the same parameter layout, so the two can be mixed in one federation.
+the same parameter layout, so the two can be mixed in one federation. The PyTorch
+``logreg`` and ``mlp`` train through the NumPy :class:`~fedge.clients.kernel.DenseKernel`
+(same batches, same result, a fraction of torch's per-step overhead); the module is still
+there for export, the vectorized backend and initialisation.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedge.clients.base import Learner
+from fedge.clients.kernel import DenseKernel
 from fedge.clients.numpy_models import NumpyMLP
 from fedge.core.errors import ConfigError, ModelError
 
@@ -106,7 +110,12 @@ def build_learner(
     from fedge.clients.torch_learner import TorchLearner
 
     torch_module(name, feature_shape, num_classes, hidden, width)  # fail early on a bad name or shape
-    return TorchLearner(_ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden), width), loss=loss)
+    kernel = None
+    if name in ("logreg", "mlp") and not loss:
+        sizes = () if name == "logreg" else (width_hidden(hidden, width) if width != 1 else tuple(hidden))
+        kernel = DenseKernel([math.prod(feature_shape), *sizes, num_classes], scale=1.0 / width)
+    builder = _ModuleFactory(name, tuple(feature_shape), num_classes, tuple(hidden), width)
+    return TorchLearner(builder, loss=loss, kernel=kernel)
 
 
 def user_learner(

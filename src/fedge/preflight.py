@@ -16,7 +16,7 @@ import numpy as np
 from fedge.clients.base import Learner
 from fedge.config.schema import Experiment, TrainingConfig
 from fedge.core.errors import ConfigError, ModelError
-from fedge.core.extras import require
+from fedge.core.extras import require, require_installed
 from fedge.core.params import Params
 from fedge.data.federated import FederatedDataset
 from fedge.simulation.sampling import cohort_size
@@ -27,7 +27,7 @@ def check_extras(exp: Experiment) -> None:
     if exp.model.framework == "torch" and not exp.model.factory:
         require("torch", "model.framework = 'torch'")
     if exp.data.dataset == "digits" and not exp.data.loader:
-        require("sklearn", "data.dataset = 'digits'")
+        require_installed("sklearn", "data.dataset = 'digits'")  # the file is read, sklearn not imported
     backend = exp.training.backend
     if backend == "vectorized":
         require("torch", "training.backend = 'vectorized'")

@@ -54,3 +54,24 @@ def test_unknown_client_is_a_clear_error() -> None:
     fd = synthetic(0.0, 0.0, num_clients=3, seed=0)
     with pytest.raises(DataError, match="unknown client 5"):
         fd.client(5)
+
+
+def test_digits_are_read_from_the_file_scikit_learn_ships_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from fedge.data.datasets import load_digits_arrays
+
+    x, y = load_digits_arrays()
+    bunch = load_digits()
+    np.testing.assert_array_equal(x, (bunch.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, bunch.target)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    code = (
+        "import sys; from fedge.data.datasets import load_digits_arrays; "
+        "x, y = load_digits_arrays(); print(len(y), 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1797", "False"]

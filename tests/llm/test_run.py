@@ -13,7 +13,7 @@ from fedge.core.params import nbytes
 from fedge.core.types import ClientContext, TrainConfig
 from fedge.engine import Callback
 from fedge.llm.config import LlmConfig
-from fedge.llm.run import LoraSetup, federate, generate, perplexities, prepare, run_experiment
+from fedge.llm.run import LoraSetup, federate, generate, lora_federation, perplexities, prepare, run_experiment
 from fedge.llm.strategies import FlexLoRA, LoraFedAvg
 from fedge.pipeline import Pipeline, RoundContext, Transform
 from fedge.simulation.history import RoundRecord
@@ -231,3 +231,14 @@ def test_central_dp_on_lora_accounts_every_writer_training_every_round(tmp_path:
         assert rec.participants == 3
         assert rec.extra["sampling_rate"] == 1.0
         assert rec.extra["epsilon"] == pytest.approx(truth.epsilon(1e-5))
+
+
+def test_auto_runs_lora_clients_sequentially(tiny_base: Path, tmp_path: Path) -> None:
+    """The default backend is accepted and picks the one that keeps the shared base in this process."""
+    setup = small(tiny_base, tmp_path)
+    fed = lora_federation(
+        setup, LoraFedAvg(), rounds=1, clients_per_round=2, train=TrainConfig(epochs=1, batch_size=8), backend="auto"
+    )
+    assert fed.backend == "sequential"
+    result = fed.run()
+    assert len(result.history) == 1 and result.history.rounds[0].participants == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -136,4 +136,72 @@ def test_auto_by_name_puts_its_pick_in_every_record() -> None:
         history = execute(build(exp)).history
         assert len(history) == 2 and all(r.extra["backend_reason"] for r in history)
         picks[framework] = {r.extra["backend"] for r in history}
-    assert picks == {"torch": {"vectorized"}, "numpy": {"sequential"}}
+    assert picks == {"torch": {"sequential"}, "numpy": {"sequential"}}
+
+
+def _builtin_mlp() -> Any:
+    from fedge.models import build_learner
+
+    learner = build_learner("mlp", "torch", (20,), 4, (16,))
+    assert isinstance(learner, TorchLearner) and learner.kernel is not None
+    return learner
+
+
+def test_a_builtin_model_runs_its_kernel_client_by_client_unless_schedules_are_very_short() -> None:
+    """The dense kernel's step is cheap; batching pays only where a client does a step or two."""
+    name, why = choose(_task(_builtin_mlp(), [50] * 20), cores=2)  # 2 epochs of 5 batches
+    assert name == "sequential" and "dense kernel, 10.0 steps" in why
+    name, why = choose(_task(_builtin_mlp(), [10] * 20), cores=2)  # 2 epochs of 1 batch
+    assert name == "vectorized" and "2.0 steps" in why
+    task = _task(_builtin_mlp(), [10] * 20)
+    task.ins.train = TrainConfig(epochs=2, batch_size=10, lr=0.05, momentum=0.9)
+    name, why = choose(task, cores=2)  # not batchable, and not worth a worker: the kernel it is
+    assert name == "sequential" and "dense kernel, 2.0 steps" in why
+
+
+class _LoggingClient(LearnerClient):
+    """A user's client with a side effect in the caller's process."""
+
+    seen: ClassVar[list[int]] = []
+
+    def train(self, params: Any, cfg: TrainConfig, ctx: Any) -> Any:
+        self.seen.append(self.client_id)
+        return super().train(params, cfg, ctx)
+
+
+def test_a_custom_client_is_never_moved_into_worker_processes() -> None:
+    def bn() -> nn.Module:
+        return nn.Sequential(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+
+    learner = TorchLearner(bn)
+    task = _task(learner, [50] * 8)
+    assert choose(task, cores=2)[0] == "processes"
+    clients = _clients([50] * 8)
+    runtime = ClientRuntime(lambda cid: _LoggingClient(cid, learner, clients[cid]), FedAvg(), _pipeline(), seed=1)
+    custom = FitTask(runtime, 1, task.client_ids, task.params, task.ins, {})
+    name, why = choose(custom, cores=2)
+    assert name == "sequential" and "_LoggingClient is a custom client" in why
+    uniform = FitTask(
+        ClientRuntime(lambda cid: _LoggingClient(cid, TorchLearner(_mlp), clients[cid]), FedAvg(), _pipeline(), seed=1),
+        1,
+        task.client_ids,
+        TorchLearner(_mlp).init_params(0),
+        task.ins,
+        {},
+    )
+    assert choose(uniform, cores=2)[0] == "sequential"  # batching would skip its own train()
+
+
+def test_a_custom_client_with_personal_models_stays_in_this_process() -> None:
+    from fedge.strategies.fedper import FedPer
+
+    clients = _clients([50] * 8)
+    learner = NumpyLogReg(20, 4)
+    strategy = FedPer(head_tensors=1)
+    own = ClientRuntime(lambda cid: LearnerClient(cid, learner, clients[cid]), strategy, _pipeline(), seed=1)
+    mine = ClientRuntime(lambda cid: _LoggingClient(cid, learner, clients[cid]), strategy, _pipeline(), seed=1)
+    params = learner.init_params(0)
+    ins = FitInstructions(round_num=1, train=TRAIN)
+    assert choose(FitTask(own, 1, list(range(8)), params, ins, {}), cores=2)[0] == "processes"
+    name, why = choose(FitTask(mine, 1, list(range(8)), params, ins, {}), cores=2)
+    assert name == "sequential" and "custom client" in why

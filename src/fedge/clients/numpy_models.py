@@ -3,8 +3,10 @@
 Multinomial logistic regression and a one-hidden-layer ReLU MLP with hand-derived
 gradients of the mean cross-entropy. Parameters use PyTorch's ``nn.Linear`` layout
 (``weight`` of shape ``(out, in)``, then ``bias``), so a NumPy device can join a
-federation of PyTorch devices training the same architecture. The SGD step follows
-``torch.optim.SGD`` (weight decay, then momentum buffer, then ``p -= lr * buf``).
+federation of PyTorch devices training the same architecture. Training and evaluation run
+in :class:`~fedge.clients.kernel.DenseKernel`, whose SGD step follows ``torch.optim.SGD``
+(weight decay, then momentum buffer, then ``p -= lr * buf``); :meth:`NumpyMLP.forward` and
+:meth:`NumpyMLP.grads` remain as the readable reference of the same maths.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedge.clients.base import TrainResult, anchor_weights, batches, step_budget
+from fedge.clients.base import TrainResult
+from fedge.clients.kernel import DenseKernel
 from fedge.core.errors import ModelError
 from fedge.core.params import Params
 from fedge.core.types import TrainConfig
@@ -53,6 +56,7 @@ class NumpyMLP:
             raise ModelError(f"bad model size: {in_features} inputs, {num_classes} classes")
         self.sizes = [in_features, *hidden, num_classes]
         self.scale = float(scale)
+        self.kernel = DenseKernel(self.sizes, scale)
 
     @property
     def num_classes(self) -> int:
@@ -102,55 +106,10 @@ class NumpyMLP:
         cfg: TrainConfig,
         rng: np.random.Generator,
     ) -> TrainResult:
-        w = [p.astype(np.float32, copy=True) for p in params]
-        xf = np.asarray(x, dtype=np.float32)
-        bufs: list[F32] | None = None
-        n = len(y)
-        epochs, max_steps = step_budget(cfg, n)
-        steps, loss_sum, seen = 0, 0.0, 0
-        lr = np.float32(cfg.lr)
-        frozen = set(cfg.frozen or ())
-        keep_w, pull_w = (np.float32(v) for v in anchor_weights(cfg.lr, cfg.anchor_lambda))
-        for _ in range(epochs):
-            if steps >= max_steps:
-                break
-            for idx in batches(n, cfg.batch_size, rng):
-                if steps >= max_steps:
-                    break
-                loss, g = self.grads(w, xf[idx], y[idx])
-                if cfg.prox_mu:
-                    g = [gi + np.float32(cfg.prox_mu) * (wi - ai) for gi, wi, ai in zip(g, w, params, strict=True)]
-                if cfg.grad_correction is not None:
-                    g = [gi + ci for gi, ci in zip(g, cfg.grad_correction, strict=True)]
-                if cfg.weight_decay:
-                    g = [gi + np.float32(cfg.weight_decay) * wi for gi, wi in zip(g, w, strict=True)]
-                if cfg.momentum:
-                    m = np.float32(cfg.momentum)
-                    bufs = (
-                        [gi.copy() for gi in g] if bufs is None else [m * b + gi for b, gi in zip(bufs, g, strict=True)]
-                    )
-                    g = bufs
-                w = [
-                    wi if i in frozen else (wi - lr * gi).astype(np.float32)
-                    for i, (wi, gi) in enumerate(zip(w, g, strict=True))
-                ]
-                if cfg.anchor is not None:
-                    w = [
-                        wi if i in frozen else (keep_w * wi + pull_w * ai).astype(np.float32)
-                        for i, (wi, ai) in enumerate(zip(w, cfg.anchor, strict=True))
-                    ]
-                steps += 1
-                loss_sum += loss * len(idx)
-                seen += len(idx)
-        return TrainResult(params=w, steps=steps, loss=loss_sum / max(seen, 1), num_examples=n)
+        return self.kernel.train(params, x, y, cfg, rng)
 
     def evaluate(self, params: Params, x: npt.NDArray[np.generic], y: npt.NDArray[np.int64]) -> tuple[float, float]:
-        if len(y) and int(np.max(y)) >= self.num_classes:
-            raise ModelError(f"model outputs {self.num_classes} classes but the labels go up to {int(np.max(y))}")
-        logits, _ = self.forward(params, np.asarray(x, dtype=np.float32))
-        loss, _ = softmax_xent(logits.copy(), y)
-        acc = float(np.mean(logits.argmax(axis=1) == y))
-        return loss, acc
+        return self.kernel.evaluate(params, x, y)
 
 
 class NumpyLogReg(NumpyMLP):

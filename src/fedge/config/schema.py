@@ -123,8 +123,9 @@ class TrainingConfig:
     momentum: float = opt(0.0, "local SGD momentum", min=0, max=0.999)
     weight_decay: float = opt(0.0, "local SGD weight decay", min=0)
     backend: str = opt(
-        "sequential",
-        "how the cohort is executed: debug, sequential, vectorized, processes, ray, or auto to pick per round",
+        "auto",
+        "how the cohort is executed: auto (picks sequential, vectorized or processes per round), "
+        "debug, sequential, vectorized, processes or ray",
     )
     max_update_norm: float = opt(0.0, "reject updates whose L2 norm exceeds this (0 = no bound)", min=0)
     threads: int = opt(

@@ -73,6 +73,16 @@ def available(module: str) -> bool:
     return True
 
 
+def require_installed(module: str, why: str = "") -> None:
+    """Raise :class:`MissingExtraError` unless top-level ``module`` is installed, without importing it.
+
+    For a package fedge only reads files from (scikit-learn's digits), whose import would
+    cost seconds of start-up.
+    """
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(missing_message(module, why) or f"{why}: {module} is not installed")
+
+
 def require(module: str, why: str = "") -> ModuleType:
     """Import ``module``, or raise :class:`MissingExtraError` naming the extra that installs it."""
     try:

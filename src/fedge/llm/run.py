@@ -174,10 +174,12 @@ def lora_federation(
     updates from the server: ``flexlora`` then refuses to run, and ``lora-fedavg``
     stops reporting ``product_gap``.
     """
+    if backend == "auto":
+        backend = "sequential"  # auto's pick for clients that share one base model in this process
     if backend not in SHARED_MODEL_BACKENDS:
         raise ConfigError(
             f"training.backend: {backend!r} cannot run LoRA clients, which share one base "
-            f"model in this process; use one of {', '.join(SHARED_MODEL_BACKENDS)}"
+            f"model in this process; use auto or one of {', '.join(SHARED_MODEL_BACKENDS)}"
         )
     on_sums = [type(t).__name__ for t in transforms if type(t).aggregate is not Transform.aggregate]
     if on_sums and isinstance(strategy, FlexLoRA):

@@ -94,8 +94,8 @@ def unsupported(client: Any, spec: ParamSpec) -> str | None:
     """Why ``client`` cannot join a batched cohort, or ``None`` when it can."""
     from fedge.clients.torch_learner import TorchLearner
 
-    if not isinstance(client, LearnerClient):
-        return f"client type {type(client).__name__} is not a LearnerClient"
+    if type(client) is not LearnerClient:  # a subclass's own train() would be bypassed
+        return f"client type {type(client).__name__} is not a plain LearnerClient"
     learner = client.learner
     if not isinstance(learner, TorchLearner) or type(learner).train is not TorchLearner.train:
         return f"learner {type(learner).__name__} is not a plain TorchLearner"
