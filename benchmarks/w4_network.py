@@ -77,6 +77,8 @@ def role_server(a: argparse.Namespace) -> None:
         min_nodes=a.nodes,
         heartbeat_s=10.0,
         node_timeout_s=60.0,
+        max_inflight_bytes=int(a.inflight_mib * 2**20),
+        max_update_bytes=min(2**31, int(a.inflight_mib * 2**20)),
     )
     transport = GrpcTransport(svc, wait_s=900, round_deadline_s=600, round_min_nodes=a.nodes)
     cfg = DeployConfig(port=a.port, insecure=True, node_timeout_s=60.0, heartbeat_s=10.0)
@@ -130,7 +132,7 @@ def inprocess_round_s(nodes: int, params: int, rounds: int) -> float:
     return float(np.median([r.wall_s for r in result.history.rounds]))
 
 
-def one(nodes: int, params: int, rounds: int, processes: int, work: Path) -> dict[str, Any]:
+def one(nodes: int, params: int, rounds: int, processes: int, work: Path, inflight_mib: float) -> dict[str, Any]:
     from fedge.deploy.loadgen import run_fleet, write_allow_list
 
     allow = write_allow_list(work / f"allow{nodes}.txt", nodes)
@@ -146,6 +148,7 @@ def one(nodes: int, params: int, rounds: int, processes: int, work: Path) -> dic
             "server",
             *("--port", str(port), "--nodes", str(nodes), "--params", str(params), "--rounds", str(rounds)),
             *("--allow", str(allow), "--state", str(work / f"w4-{nodes}-{params}.db")),
+            *("--inflight-mib", str(inflight_mib)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -164,6 +167,7 @@ def one(nodes: int, params: int, rounds: int, processes: int, work: Path) -> dic
         "nodes": nodes,
         "params": params,
         "rounds": rounds,
+        "max_inflight_mib": inflight_mib,
         "s_per_round": float(np.median(steady)),
         "first_round_s": res["round_s"][0],
         "server_peak_rss_mib": res["peak_rss_mib"],
@@ -188,6 +192,9 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=10**4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--processes", type=int, default=3, help="load-generator processes")
+    ap.add_argument(
+        "--inflight-mib", type=float, default=4096.0, help="the server's deploy.max_inflight_mib (bytes in flight)"
+    )
     ap.add_argument("--allow", default="")
     ap.add_argument("--state", default="")
     a = ap.parse_args()
@@ -201,7 +208,7 @@ def main() -> None:
     else:
         configs = [(100, 10**4), (1000, 10**4), (10000, 10**4), (500, 10**6)]
     with tempfile.TemporaryDirectory() as d:
-        runs = [one(n, p, a.rounds, a.processes, Path(d)) for n, p in configs]
+        runs = [one(n, p, a.rounds, a.processes, Path(d), a.inflight_mib) for n, p in configs]
     for r in runs:
         print(json.dumps(r))
     if len(runs) > 1:

@@ -45,6 +45,8 @@ PER_NODE = {"Push": 1, "Fetch": 1, "short": 2}
 STATUS_SLOTS = 2
 """Status calls in flight at once: an unauthenticated reader can hold no more than this."""
 T = TypeVar("T")
+SENDING = 16
+"""Fetch chunks handed to gRPC at once (server-wide): a broadcast holds at most this many copies of a chunk."""
 INLINE_DECODE = 1 << 20
 """A push of at most this many bytes is decoded on the event loop (a thread hop costs more than the decode)."""
 
@@ -164,12 +166,16 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._subscriptions: dict[str, asyncio.Task[Any]] = {}
+        self._sending: asyncio.Semaphore | None = None
+        """Fetch chunks being handed to gRPC at once, all nodes together: gRPC copies each message it is
+        given, so without this bound a broadcast to N nodes would hold N copies of a chunk."""
 
     # -- wiring -------------------------------------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run on ``loop`` (called on it): the service's changes wake every subscription."""
         self.loop = loop
         self._changed = asyncio.Event()
+        self._sending = asyncio.Semaphore(SENDING)
 
         def changed() -> None:
             if not loop.is_closed():
@@ -330,8 +336,10 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         try:
             release = self.slots.acquire("Fetch", caller.node_id)
             try:
+                assert self._sending is not None
                 for raw in self.svc.fetch(await call.first(requests), caller):
-                    await call.send(raw)
+                    async with self._sending:
+                        await call.send(raw)
             finally:
                 release()
         except Gone:

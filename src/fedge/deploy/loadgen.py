@@ -164,9 +164,18 @@ class SimNode:
         self.stats.joined += 1
 
     async def run(self, deadline: float, ramp_s: float = 0.0) -> None:
-        """Serve until the server says stop or ``deadline`` (monotonic) passes; start within ``ramp_s``."""
+        """Serve until the server says stop or ``deadline`` (monotonic) passes; start within ``ramp_s``.
+
+        Whatever goes wrong ends this node only, counted in the stats with its reason."""
         self.stats.nodes += 1
         await asyncio.sleep(random.uniform(0, ramp_s))
+        try:
+            await self._serve(deadline)
+        except Exception as exc:
+            self.stats.errors += 1
+            self.stats.reason(f"{type(exc).__name__}: {exc}")
+
+    async def _serve(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             self.channel = grpc.aio.insecure_channel(self.target, options=OPTIONS)
             step = "join"
