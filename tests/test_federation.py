@@ -85,9 +85,9 @@ def test_a_robust_rule_is_checked_against_the_cohort_a_round_really_selects() ->
         )
 
 
-def test_a_served_federation_evaluates_centrally_and_builds_no_in_process_transport() -> None:
+def test_a_served_federation_evaluates_on_its_nodes_and_builds_no_in_process_transport() -> None:
     fed = build(experiment(evaluation={"federated_clients": 5}), deployed=True)
-    assert fed.deployed and fed.eval_plan.federated_clients == 0
+    assert fed.deployed and fed.eval_plan.federated_clients == 5  # nodes evaluate over gRPC
     assert "transport" not in vars(fed)  # the in-process transport is built only for a simulated run
     simulated = build(experiment(evaluation={"federated_clients": 5}))
     assert simulated.eval_plan.federated_clients == 5

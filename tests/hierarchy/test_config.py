@@ -39,7 +39,7 @@ def _exp(hierarchy: dict[str, Any], **extra: Any) -> Any:
         ({"relay": "forward", "kappa1": 2}, {}, "kappa1 > 1 needs relay = 'aggregate'"),
         ({"kappa1": 2}, {"strategy": {"name": "qfedavg"}}, "which strategy 'qfedavg' does not send"),
         ({"kappa1": 1}, {"strategy": {"name": "median"}}, "strategy 'median' needs every client's update"),
-        ({"kappa1": 2}, {"training": {"backend": "processes"}}, "set training.backend to one of sequential"),
+        ({"kappa1": 2}, {"training": {"backend": "processes"}}, "set training.backend to one of auto, sequential"),
         ({"kappa1": 2}, {"privacy": {"mode": "central"}}, "hierarchy.kappa1 > 1 with [privacy]"),
         ({}, {"secagg": {"enabled": True}}, "[hierarchy] does not run with [secagg]"),
         ({}, {"devices": {"enabled": True}}, "[hierarchy] does not run with [devices]"),

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 RELAY_MODES = ("aggregate", "forward")
 EDGE_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedopt", "fedadam", "fedyogi", "fedadagrad")
 """Strategies whose clients send a plain weighted delta, which a relay can average between edge steps."""
-EDGE_BACKENDS = ("sequential", "debug", "vectorized")
+EDGE_BACKENDS = ("auto", "sequential", "debug", "vectorized")
+"""Backends that run the edge steps in this process; ``auto`` runs them client by client (sequential)."""
 """Backends that run a relay's edge steps in this process (``kappa1 > 1``)."""
 
 
@@ -165,6 +166,10 @@ def behind_relays(exp: Experiment, built: Federation, backend: Backend) -> Backe
     if cfg is None or isinstance(backend, HierarchyBackend):
         return backend
     tree = topology(cfg, built.ctx.population)
+    if cfg.kappa1 > 1 and getattr(backend, "name", "") == "auto":
+        from fedge.transport.inprocess import SequentialBackend
+
+        backend = SequentialBackend()  # auto could pick worker processes, which edge steps cannot use
     return HierarchyBackend(backend, tree, cfg.kappa1, aggregate=cfg.relay == "aggregate")
 
 
