@@ -43,6 +43,21 @@ insecure = true
 """
 
 
+def bare_deploy(tmp_path: Path, allow: Path, nodes: int) -> dict[str, object]:
+    """A ``[deploy]`` section for a served run compared with the simulation: loopback, plaintext,
+    any free port, and no influence bounds (the simulation has none)."""
+    return {
+        "port": 0,
+        "state": str(tmp_path / "run.db"),
+        "min_nodes": nodes,
+        "heartbeat_s": 0.2,
+        "allow_list": str(allow),
+        "insecure": True,
+        "examples_cap": 0.0,
+        "norm_cap": 0.0,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

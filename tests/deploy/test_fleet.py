@@ -27,6 +27,7 @@ from fedge.engine import RunResult, run
 from fedge.simulation.sampling import Sampling
 from fedge.strategies.fedavg import FedAvg
 
+from .conftest import bare_deploy
 from .test_transport import serve_in_thread, start_node, stop_nodes
 
 pytestmark = pytest.mark.integration
@@ -111,20 +112,59 @@ def test_churn_closes_every_round_and_counts_exactly_the_accepted_pushes(tmp_pat
     assert result.history.rounds[-1].round == rounds
 
 
+class Adder:
+    """A node's client that adds ``step`` to every parameter."""
+
+    def __init__(self, cid: int, step: float) -> None:
+        self.client_id, self.step = cid, np.float32(step)
+
+    def train(self, params: Any, cfg: Any, ctx: Any) -> Any:
+        from fedge.clients.base import TrainResult
+
+        return TrainResult([p + self.step for p in params], steps=1, loss=0.0, num_examples=1)
+
+
+def federate_nodes(
+    svc: FedgeService, keys: list[Path], initial: list[np.ndarray], rounds: int, step: float, **cfg: Any
+) -> RunResult:
+    """FedAvg over one real Node per key (client i = key i, each adding ``step``), served by ``svc``."""
+    transport = GrpcTransport(svc, wait_s=30, round_deadline_s=100)
+    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True, **cfg))
+    try:
+        for i, key in enumerate(keys):
+            start_node(port, key, lambda exp, cid: Adder(cid, step), i)
+        return run(
+            strategy=FedAvg(),
+            transport=transport,
+            initial_params=initial,
+            rounds=rounds,
+            sampling=Sampling(count=None, fraction=1.0),
+        )
+    finally:
+        transport.close()
+        stop_nodes()
+        srv.stop(0.5).wait()
+        svc.refusals.close()
+        svc.store.close()
+
+
+def service(tmp_path: Path, allow: Path, nodes: int, rounds: int, **kw: Any) -> FedgeService:
+    return FedgeService(
+        store=Store(tmp_path / "s.db"),
+        verifier=Verifier(allow),
+        run_id="nodes",
+        config_toml=TOML,
+        num_clients=nodes,
+        rounds=rounds,
+        min_nodes=nodes,
+        **kw,
+    )
+
+
 def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path: Path, make_keys: Any) -> None:
     """A 3 MiB model in 256 KiB chunks; the server cuts the first Fetch after 5 chunks."""
     keys, allow = make_keys(1)
-    svc = FedgeService(
-        store=Store(tmp_path / "s.db"),
-        verifier=Verifier(allow),
-        run_id="cut",
-        config_toml=TOML,
-        num_clients=1,
-        rounds=1,
-        heartbeat_s=0.2,
-        node_timeout_s=5.0,
-        chunk_size=256 * 1024,
-    )
+    svc = service(tmp_path, allow, 1, 1, heartbeat_s=0.2, node_timeout_s=5.0, chunk_size=256 * 1024)
     starts: list[int] = []
     original = svc.fetch
 
@@ -139,34 +179,8 @@ def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path
             yield chunk
 
     svc.fetch = cutting_fetch  # type: ignore[method-assign]
-    transport = GrpcTransport(svc, wait_s=30, round_deadline_s=60)
-    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True))
-
-    class Adder:
-        def __init__(self, cid: int) -> None:
-            self.client_id = cid
-
-        def train(self, params: Any, cfg: Any, ctx: Any) -> Any:
-            from fedge.clients.base import TrainResult
-
-            return TrainResult([p + np.float32(0.5) for p in params], steps=1, loss=0.0, num_examples=1)
-
-    try:
-        start_node(port, keys[0], lambda exp, cid: Adder(cid), 0)
-        initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks
-        result = run(
-            strategy=FedAvg(),
-            transport=transport,
-            initial_params=initial,
-            rounds=1,
-            sampling=Sampling(count=None, fraction=1.0),
-        )
-    finally:
-        transport.close()
-        stop_nodes()
-        srv.stop(0.5).wait()
-        svc.refusals.close()
-        svc.store.close()
+    initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks
+    result = federate_nodes(svc, keys, initial, 1, 0.5)
     assert starts == [0, 5]  # the second Fetch asked for the first chunk it did not have
     assert result.history.rounds[0].participants == 1
     np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
@@ -175,17 +189,7 @@ def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path
 def test_a_node_hears_of_a_round_on_its_stream_and_never_polls(tmp_path: Path, make_keys: Any) -> None:
     """With a 60 s heartbeat a polling node would wait a minute per round; a subscribed one does not wait."""
     keys, allow = make_keys(2)
-    svc = FedgeService(
-        store=Store(tmp_path / "s.db"),
-        verifier=Verifier(allow),
-        run_id="push",
-        config_toml=TOML,
-        num_clients=2,
-        rounds=3,
-        heartbeat_s=60.0,
-        node_timeout_s=120.0,
-        min_nodes=2,
-    )
+    svc = service(tmp_path, allow, 2, 3, heartbeat_s=60.0, node_timeout_s=120.0)
     polls: list[bytes] = []
     original = svc.poll
 
@@ -194,34 +198,7 @@ def test_a_node_hears_of_a_round_on_its_stream_and_never_polls(tmp_path: Path, m
         return original(raw, md)
 
     svc.poll = counting_poll  # type: ignore[method-assign]
-    transport = GrpcTransport(svc, wait_s=30, round_deadline_s=100)
-    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True, heartbeat_s=60.0, node_timeout_s=120.0))
-
-    class Adder:
-        def __init__(self, cid: int) -> None:
-            self.client_id = cid
-
-        def train(self, params: Any, cfg: Any, ctx: Any) -> Any:
-            from fedge.clients.base import TrainResult
-
-            return TrainResult([p + np.float32(1) for p in params], steps=1, loss=0.0, num_examples=1)
-
-    try:
-        for i in range(2):
-            start_node(port, keys[i], lambda exp, cid: Adder(cid), i)
-        result = run(
-            strategy=FedAvg(),
-            transport=transport,
-            initial_params=[np.zeros(4, np.float32)],
-            rounds=3,
-            sampling=Sampling(count=None, fraction=1.0),
-        )
-    finally:
-        transport.close()
-        stop_nodes()
-        srv.stop(0.5).wait()
-        svc.refusals.close()
-        svc.store.close()
+    result = federate_nodes(svc, keys, [np.zeros(4, np.float32)], 3, 1.0, heartbeat_s=60.0, node_timeout_s=120.0)
     assert [r.participants for r in result.history.rounds] == [2, 2, 2]
     assert polls == []
     np.testing.assert_array_equal(result.state.params[0], np.full(4, 3.0, np.float32))
@@ -242,21 +219,7 @@ def test_federated_evaluation_over_grpc_equals_the_simulations(tmp_path: Path, m
         "evaluation": {"centralized": False, "federated_clients": -1},
     }
     sim = execute(build(from_dict(raw)))
-    exp = from_dict(
-        {
-            **raw,
-            "deploy": {
-                "port": 0,
-                "state": str(tmp_path / "run.db"),
-                "min_nodes": 4,
-                "heartbeat_s": 0.2,
-                "allow_list": str(allow),
-                "insecure": True,
-                "examples_cap": 0.0,
-                "norm_cap": 0.0,
-            },
-        }
-    )
+    exp = from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 4)})
     t, port, out = serve_in_thread(exp)
     for i in range(4):
         start_node(port, keys[i], None, i)

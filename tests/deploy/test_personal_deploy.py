@@ -12,6 +12,7 @@ import pytest
 from fedge.deploy.node import StateFile
 from fedge.strategies.ditto import STATE_KEY
 
+from .conftest import bare_deploy
 from .test_transport import serve_in_thread, start_node, stop_nodes
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,16 @@ RAW: dict[str, Any] = {
 }
 
 
+def serve_three(exp: Any, keys: list[Path], tmp_path: Path) -> Any:
+    """``exp`` served to three real nodes (client i on key i, state in ``tmp_path/n{i}``): its ``Served``."""
+    t, port, out = serve_in_thread(exp)
+    for i in range(3):
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
+    t.join(60)
+    stop_nodes()
+    return out["served"]
+
+
 def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, make_keys: Any) -> None:
     from fedge.config import from_dict
     from fedge.federation import build, execute
@@ -35,28 +46,7 @@ def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, m
     keys, allow = make_keys(3)
     built = build(from_dict(RAW))
     sim = execute(built)
-    exp = from_dict(
-        {
-            **RAW,
-            "deploy": {
-                "port": 0,
-                "state": str(tmp_path / "run.db"),
-                "min_nodes": 3,
-                "heartbeat_s": 0.2,
-                "allow_list": str(allow),
-                "insecure": True,
-                # compared with the simulation, which has no influence bounds
-                "examples_cap": 0.0,
-                "norm_cap": 0.0,
-            },
-        }
-    )
-    t, port, out = serve_in_thread(exp)
-    for i in range(3):
-        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
-    t.join(60)
-    stop_nodes()
-    served = out["served"]
+    served = serve_three(from_dict({**RAW, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     assert [r.participants for r in served.history] == [3, 3, 3]
     for a, b in zip(served.result.state.params, sim.state.params, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -78,27 +68,7 @@ def test_ditto_nodes_report_their_personal_accuracy_as_the_simulation_does(tmp_p
     raw = {**RAW, "evaluation": {"centralized": False, "federated_clients": -1}}
     keys, allow = make_keys(3)
     sim = execute(build(from_dict(raw)))
-    exp = from_dict(
-        {
-            **raw,
-            "deploy": {
-                "port": 0,
-                "state": str(tmp_path / "run.db"),
-                "min_nodes": 3,
-                "heartbeat_s": 0.2,
-                "allow_list": str(allow),
-                "insecure": True,
-                "examples_cap": 0.0,
-                "norm_cap": 0.0,
-            },
-        }
-    )
-    t, port, out = serve_in_thread(exp)
-    for i in range(3):
-        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}")
-    t.join(60)
-    stop_nodes()
-    served = out["served"]
+    served = serve_three(from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     for got, want in zip(served.history, sim.history, strict=True):
         assert "personal_acc_mean" in got.extra
         for key in ("personal_acc_mean", "personal_acc_worst10", "client_acc_mean"):

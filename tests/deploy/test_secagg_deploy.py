@@ -125,20 +125,23 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
         nodes: list[Any] = []
 
         def hook(transport: Any) -> None:
+            from fedge.deploy.service import PushIn
+
             svc = transport.service
-            push, post = svc.push, svc.secagg_post
+            push_open, add, post = svc.push_open, PushIn.add, svc.secagg_post
 
-            def recording_push(messages: Any, md: Any) -> bytes:
-                def record() -> Any:
-                    for m in messages:
-                        received.append(m)
-                        yield m
+            def recording_open(first: bytes, md: Any) -> Any:
+                received.append(first)  # a Push's header (a small update's chunk rides inside it)
+                return push_open(first, md)
 
-                return push(record(), md)  # type: ignore[no-any-return]
+            def recording_add(self: Any, raw: bytes, held: Any) -> None:
+                received.append(raw)  # each further chunk of a Push
+                add(self, raw, held)
 
-            def recording_post(raw: bytes, md: Any) -> bytes:
-                received.append(raw)
-                reply = post(raw, md)
+            def recording_post(raw: bytes, md: Any, more: Any = ()) -> bytes:
+                more = list(more)
+                received.extend([raw, *more])
+                reply = post(raw, md, more)
                 msg = pb.SecAggPost.FromString(raw)
                 node = md.node_id  # the Caller the gRPC gate authenticated
                 if (msg.round, msg.stage) == (1, "share") and svc._nodes[node].client_id == victim:
@@ -150,7 +153,8 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
                 totals[setup.round_num] = (total.copy(), tuple(sorted(summed.survivors)))
                 return total
 
-            svc.push, svc.secagg_post = recording_push, recording_post
+            svc.push_open, svc.secagg_post = recording_open, recording_post
+            monkeypatch.setattr(PushIn, "add", recording_add)
             monkeypatch.setattr(S, "unmask", capturing)
 
         ready = threading.Event()
@@ -195,3 +199,65 @@ def test_a_node_killed_mid_protocol_is_unmasked_as_a_dropout_and_no_plain_update
             assert len(secret) >= 64
             windows = [secret[i : i + 16] for i in range(0, len(secret) - 16, 16)]
             assert not any(w in blob for w in windows), f"client {cid}'s update reached the server"
+
+
+def test_answers_larger_than_one_message_travel_in_parts_and_sum_exactly(
+    tmp_path: Path, make_keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With parts of 1 KiB every masked input is sent as a stream of parts, checked against the digest
+    its signed first part names: no single gRPC message bounds the model secure aggregation can sum."""
+    import fedge.deploy.node as node_module
+    from fedge.config import from_dict
+
+    from .conftest import bare_deploy
+    from .test_transport import start_node, stop_nodes
+
+    monkeypatch.setattr(node_module, "SECAGG_PART", 1024)
+    keys, allow = make_keys(3)
+    raw = {
+        "seed": 4,
+        "rounds": 2,
+        "data": {"dataset": "synthetic", "num_clients": 3},
+        "model": {"name": "logreg", "framework": "numpy"},
+        "training": {"clients_per_round": 3, "local_epochs": 1},
+        "evaluation": {"centralized": False},
+        "secagg": {"enabled": True},
+    }
+    reference = execute(build(from_dict(raw)))
+    parts: list[int] = []
+
+    def hook(transport: Any) -> None:
+        svc = transport.service
+        original = svc.secagg_post
+
+        def counting(raw: bytes, md: Any, more: Any = ()) -> bytes:
+            more = list(more)
+            parts.append(1 + len(more))
+            return original(raw, md, more)
+
+        svc.secagg_post = counting
+
+    exp = from_dict({**raw, "deploy": {**bare_deploy(tmp_path, allow, 3), "secagg_stage_s": 20}})
+    from fedge.deploy import server as server_module
+
+    ports: list[int] = []
+    ready = threading.Event()
+    out: dict[str, Any] = {}
+
+    def main() -> None:
+        out["served"] = server_module.serve(
+            exp, on_ready=lambda p: (ports.append(p), ready.set()), transport_hook=hook, linger_s=0.5
+        )
+
+    t = threading.Thread(target=main)
+    t.start()
+    assert ready.wait(30)
+    for i in range(3):
+        start_node(ports[0], keys[i], None, i)
+    t.join(90)
+    stop_nodes()
+    served = out["served"]
+    assert [r.participants for r in served.history] == [3, 3]
+    assert max(parts) > 1  # the masked inputs really went in parts
+    for a, b in zip(served.result.state.params, reference.state.params, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -282,11 +282,23 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                 raw = await call.first(requests)
                 if method == "Poll":
                     return handle(raw, caller)  # memory only: answered on the loop
+                if method == "SecAgg":
+                    return await self._blocking(handle, raw, caller, await self._parts(call, requests))
                 return await self._blocking(handle, raw, caller)
             finally:
                 release()
         except Exception as exc:
             await self._refuse(context, call, method, exc)
+
+    async def _parts(self, call: Watched, requests: AsyncIterator[bytes]) -> list[bytes]:
+        """The further parts of a large secure-aggregation answer, no more than the open stage takes."""
+        limit, total, parts = self.svc.secagg_limit(), 0, []
+        while (raw := await call.next(requests)) is not None:
+            total += len(raw)
+            if total > limit + 4096:
+                raise Refused("INVALID_ARGUMENT", f"secure-aggregation answer exceeds the {limit} bytes of its stage")
+            parts.append(raw)
+        return parts
 
     async def _push(self, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         svc, node_id = self.svc, caller.node_id

@@ -50,6 +50,8 @@ RETRY = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.INTERNAL,
 }
+SECAGG_PART = 4 << 20
+"""A secure-aggregation answer larger than this travels in parts of this size (no gRPC message limit)."""
 UNARY_DEADLINE_S = 30.0
 """Deadline of each Join, Poll and SecAgg call."""
 PLAINTEXT = "no CA given: pass --ca FILE (the server's CA) for TLS, or --insecure for plaintext on a trusted network"
@@ -518,13 +520,36 @@ class Node:
                 log.warning("event=secagg_withdraw round=%d stage=%s reason=%r", key[0], key[1], str(exc))
                 out = b""
             self._secagg_sent = (key, out)
-        post = pb.SecAggPost(task_id=reply.task_id, round=key[0], stage=key[1], message=out)
         try:
-            rep = wire.parse(pb.SecAggReply, self._retrying("secagg", lambda: self._unary("SecAgg", post)))
+            rep = wire.parse(pb.SecAggReply, self._retrying("secagg", lambda: self._post(reply.task_id, key, out)))
         except TransportError as exc:
             log.warning("event=secagg_failed round=%d stage=%s reason=%r", key[0], key[1], str(exc))
             return
         log.info("event=secagg round=%d stage=%s accepted=%s reason=%r", key[0], key[1], rep.accepted, rep.reason)
+
+    def _post(self, task_id: str, key: tuple[int, str, str], out: bytes) -> bytes:
+        """Send one secure-aggregation answer: in one message, or in parts of ``SECAGG_PART`` bytes
+        (the first, signed, names the count and the SHA-256 of the whole) when it is larger."""
+        if len(out) <= SECAGG_PART:
+            return self._unary("SecAgg", pb.SecAggPost(task_id=task_id, round=key[0], stage=key[1], message=out))
+        import hashlib
+
+        slices = [out[i : i + SECAGG_PART] for i in range(0, len(out), SECAGG_PART)]
+        first = pb.SecAggPost(
+            task_id=task_id,
+            round=key[0],
+            stage=key[1],
+            message=slices[0],
+            parts=len(slices),
+            sha256=hashlib.sha256(out).digest(),
+        ).SerializeToString()
+        rest = [
+            pb.SecAggPost(task_id=task_id, round=key[0], stage=key[1], message=m, part=i).SerializeToString()
+            for i, m in enumerate(slices[1:], 1)
+        ]
+        stub = self.channel.stream_unary(PREFIX + "SecAgg")
+        md = self.signer.metadata("SecAgg", first)
+        return stub(iter([first, *rest]), metadata=md, timeout=self.stream_deadline_s)  # type: ignore[no-any-return]
 
     def _save_state(self, round_num: int, before: dict[str, Any], after: dict[str, Any]) -> None:
         try:

@@ -253,6 +253,28 @@ class SecAggSession:
         return 65536 + 1024 * len(self.setup.cohort)
 
 
+def _joined(first: Any, more: Iterable[bytes], limit: int) -> bytes:
+    """The whole message of a secure-aggregation answer sent in parts, checked part by part and against
+    the SHA-256 its signed first part names; at most ``limit`` bytes are kept."""
+    import hashlib
+
+    parts, total = [first.message], len(first.message)
+    for raw in more:
+        p = wire.parse(pb.SecAggPost, raw)
+        if p.task_id != first.task_id or p.stage != first.stage or p.part != len(parts):
+            raise wire.WireError(f"part {p.part} does not follow part {len(parts) - 1} of this answer")
+        total += len(p.message)
+        if total > limit:
+            raise wire.WireError(f"{first.stage} message exceeds {limit} bytes")
+        parts.append(p.message)
+    if len(parts) != first.parts:
+        raise wire.WireError(f"{len(parts)} of {first.parts} parts arrived")
+    whole = b"".join(parts)
+    if hashlib.sha256(whole).digest() != first.sha256:
+        raise wire.WireError("the parts do not make the message the first part signs")
+    return whole
+
+
 class ByteBudget:
     """Bytes held by updates being received: at most ``total`` server-wide and ``per_node`` for one node.
 
@@ -671,8 +693,16 @@ class FedgeService:
             return f"client {cid} already sent its update for round {task.round_num}"
         return ""
 
-    def secagg_post(self, raw: bytes, md: Metadata) -> bytes:
-        """A node's answer to the open secure-aggregation stage: checked, decoded, queued."""
+    def secagg_limit(self) -> int:
+        """The largest secure-aggregation answer the open stage takes (0 when none is open)."""
+        sa = self.secagg
+        return 0 if sa is None or sa.closed or not sa.stage else sa.max_bytes(sa.stage)
+
+    def secagg_post(self, raw: bytes, md: Metadata, more: Iterable[bytes] = ()) -> bytes:
+        """A node's answer to the open secure-aggregation stage: checked, decoded, queued.
+
+        ``raw`` is the signed first message; ``more`` the further parts of an answer too large
+        for one message, joined and checked against the digest the first one signs."""
         from fedge.secagg import wire as secagg_wire
 
         node_id = self._auth("SecAgg", raw, md)
@@ -699,11 +729,17 @@ class FedgeService:
             return wire.dump(pb.SecAggReply(accepted=False, reason=reason))
         assert sa is not None
         msg: Any = None
-        if len(req.message) > sa.max_bytes(stage):
-            reason = f"{stage} message of {len(req.message)} bytes exceeds {sa.max_bytes(stage)}"
-        elif req.message:
+        message = req.message
+        if req.parts > 1:
             try:
-                msg = secagg_wire.unpack(req.message)
+                message = _joined(req, more, sa.max_bytes(stage))
+            except wire.WireError as exc:
+                reason, message = str(exc), b""
+        if not reason and len(message) > sa.max_bytes(stage):
+            reason = f"{stage} message of {len(message)} bytes exceeds {sa.max_bytes(stage)}"
+        elif not reason and message:
+            try:
+                msg = secagg_wire.unpack(message)
             except secagg_wire.WireError as exc:
                 reason = str(exc)
             else:
@@ -713,7 +749,7 @@ class FedgeService:
                         f"{type(msg).__name__} from client {msg.client_id}"
                     )
                     msg = None
-        sa.received_bytes[cid] = sa.received_bytes.get(cid, 0) + len(req.message)
+        sa.received_bytes[cid] = sa.received_bytes.get(cid, 0) + len(message)
         box.put((cid, msg))
         if reason:
             self.refusals.refused(
