@@ -25,8 +25,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -34,7 +35,7 @@ import grpc.aio
 
 from fedge.core.errors import FedgeError
 from fedge.deploy.auth import AuthError, Caller
-from fedge.deploy.service import PING, STOP, FedgeService, Refused
+from fedge.deploy.service import PING, REJOIN, STOP, FedgeService, Refused
 
 log = logging.getLogger("fedge.deploy")
 SERVICE = "fedge.deploy.Fedge"
@@ -258,16 +259,22 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _watch(self, context: grpc.aio.ServicerContext, method: str, node: str) -> Watched:
         return Watched(context, method, node, self.stall_s, self.deadline_s)
 
+    @contextmanager
+    def _slot(self, method: str, node: str) -> Iterator[None]:
+        """Hold one ``method`` call's slots for ``node`` (refused at once when over a limit)."""
+        release = self.slots.acquire(method, node)
+        try:
+            yield
+        finally:
+            release()
+
     # -- handlers -----------------------------------------------------------------
     async def _status(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         call = self._watch(context, "Status", "")
         try:
-            release = self.slots.acquire("Status", "")
-            try:
+            with self._slot("Status", ""):
                 raw = await call.first(requests)
                 return await self._blocking(self.svc.status_reply, raw, ())
-            finally:
-                release()
         except Exception as exc:
             await self._refuse(context, call, "Status", exc)
 
@@ -277,16 +284,13 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         handle = {"Join": self.svc.join, "Poll": self.svc.poll, "SecAgg": self.svc.secagg_post}[method]
         call = self._watch(context, method, caller.node_id)
         try:
-            release = self.slots.acquire(method, caller.node_id)
-            try:
+            with self._slot(method, caller.node_id):
                 raw = await call.first(requests)
                 if method == "Poll":
                     return handle(raw, caller)  # memory only: answered on the loop
                 if method == "SecAgg":
                     return await self._blocking(handle, raw, caller, await self._parts(call, requests))
                 return await self._blocking(handle, raw, caller)
-            finally:
-                release()
         except Exception as exc:
             await self._refuse(context, call, method, exc)
 
@@ -304,8 +308,7 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         svc, node_id = self.svc, caller.node_id
         call = self._watch(context, "Push", node_id)
         try:
-            release = self.slots.acquire("Push", node_id)
-            try:
+            with self._slot("Push", node_id):
                 opened = svc.push_open(await call.first(requests), caller)
                 if isinstance(opened, bytes):
                     return opened
@@ -335,25 +338,19 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                             async with asyncio.timeout(0.5):
                                 await woken.wait()
                         except TimeoutError:
-                            if opened.task.closed:
-                                verdict.set(False, f"round {opened.task.round_num} closed before the update was read")
+                            opened.expire(verdict)
                 return opened.reply(verdict)
-            finally:
-                release()
         except Exception as exc:
             await self._refuse(context, call, "Push", exc)
 
     async def _fetch(self, caller: Caller, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         call = self._watch(context, "Fetch", caller.node_id)
         try:
-            release = self.slots.acquire("Fetch", caller.node_id)
-            try:
+            with self._slot("Fetch", caller.node_id):
                 assert self._sending is not None
                 for raw in self.svc.fetch(await call.first(requests), caller):
                     async with self._sending:
                         await call.send(raw)
-            finally:
-                release()
         except Gone:
             return
         except Exception as exc:
@@ -373,8 +370,6 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
         try:
             node = svc.subscribe_open(await call.first(requests), caller)
             if node is None:
-                from fedge.deploy.service import REJOIN
-
                 await call.send(REJOIN)
                 return
             old = self._subscriptions.get(node_id)

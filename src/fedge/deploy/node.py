@@ -16,6 +16,7 @@ With a NumPy model this module needs only numpy, grpcio, protobuf and cryptograp
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -532,8 +533,6 @@ class Node:
         (the first, signed, names the count and the SHA-256 of the whole) when it is larger."""
         if len(out) <= SECAGG_PART:
             return self._unary("SecAgg", pb.SecAggPost(task_id=task_id, round=key[0], stage=key[1], message=out))
-        import hashlib
-
         slices = [out[i : i + SECAGG_PART] for i in range(0, len(out), SECAGG_PART)]
         first = pb.SecAggPost(
             task_id=task_id,

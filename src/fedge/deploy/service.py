@@ -13,6 +13,7 @@ wrong shapes or dtypes are refused with a reason that is logged and returned.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -37,7 +38,6 @@ from fedge.deploy.store import Store
 from fedge.engine.aggregator import ClientFailure
 
 log = logging.getLogger("fedge.deploy")
-INLINE_BYTES = wire.INLINE_BYTES
 REJOIN = wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
 STOP = wire.dump(pb.PollReply(action=pb.PollReply.STOP, message="run finished"))
 PING = wire.dump(pb.PollReply(action=pb.PollReply.WAIT))
@@ -256,8 +256,6 @@ class SecAggSession:
 def _joined(first: Any, more: Iterable[bytes], limit: int) -> bytes:
     """The whole message of a secure-aggregation answer sent in parts, checked part by part and against
     the SHA-256 its signed first part names; at most ``limit`` bytes are kept."""
-    import hashlib
-
     parts, total = [first.message], len(first.message)
     for raw in more:
         p = wire.parse(pb.SecAggPost, raw)
@@ -404,6 +402,11 @@ class PushIn:
         self.node.busy = False
         return result
 
+    def expire(self, verdict: _Verdict) -> None:
+        """Once the round has closed, the verdict it will never give is a refusal (a no-op once given)."""
+        if self.task.closed:
+            verdict.set(False, f"round {self.task.round_num} closed before the update was read")
+
     def refused(self, exc: Exception) -> bytes:
         self.svc.refusals.refused("Push", "REFUSED", str(exc), event="update_refused", node=self.node_id)
         return wire.dump(pb.PushReply(accepted=False, reason=str(exc)))
@@ -547,9 +550,7 @@ class FedgeService:
         if node is None:
             return REJOIN
         node.busy = req.busy
-        if req.busy and not self.finished:
-            return wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
-        out = self.next_for(node)
+        out = None if req.busy and not self.finished else self.next_for(node)  # a busy node's poll is a heartbeat
         return out if out is not None else wire.dump(pb.PollReply(action=pb.PollReply.WAIT, wait_s=self.heartbeat_s))
 
     def session_of(self, node_id: str, session: str) -> _Node | None:
@@ -642,8 +643,7 @@ class FedgeService:
                 return opened.closed_reply()
             del result
             while not verdict.event.wait(0.2):
-                if opened.task.closed and not verdict.event.is_set():
-                    verdict.set(False, f"round {opened.task.round_num} closed before the update was read")
+                opened.expire(verdict)
         return opened.reply(verdict)
 
     def push_open(self, first: bytes, md: Metadata) -> PushIn | bytes:
@@ -826,7 +826,7 @@ class FedgeService:
         )
         del out
         action = pb.PollReply.TRAIN if kind == "fit" else pb.PollReply.EVALUATE
-        inline = len(task.chunks) == 1 and task.header.total_bytes <= INLINE_BYTES
+        inline = len(task.chunks) == 1 and task.header.total_bytes <= wire.INLINE_BYTES
         reply = pb.PollReply(action=action, task_id=task.task_id, round=round_num, task=task.header)
         if inline:
             reply.chunks.append(wire.parse(pb.Chunk, task.chunks[0]))
