@@ -345,9 +345,10 @@ def run_async(
         if not math.isnan(arrived.energy):
             buf.energy += arrived.energy
         # Under one_per_step a client stays busy until its buffer is applied: at most one update of it per step.
-        if not hold or 0 <= config.max_staleness < tau:
+        stale = 0 <= config.max_staleness < tau
+        if not hold or stale:
             busy.discard(arrived.cid)
-        if 0 <= config.max_staleness < tau:
+        if stale:
             buf.wasted += 1
             buf.drop(arrived.cid, "stale")
             continue
