@@ -216,6 +216,99 @@ class DenseKernel:
                 seen += k
         return TrainResult(params=[v.copy() for v in ws], steps=steps, loss=loss_sum / max(seen, 1), num_examples=n)
 
+    def train_stacked(
+        self,
+        params: Params,
+        x: F32,
+        y: npt.NDArray[np.int64],
+        idx: npt.NDArray[np.int64],
+        mask: F32,
+        lr: F32,
+        mu: F32 | None = None,
+        corr: list[F32] | None = None,
+    ) -> tuple[list[F32], npt.NDArray[np.float64]]:
+        """Plain local SGD of ``k`` clients in lock-step, every client from the same ``params``.
+
+        ``x`` (k, n, features) and ``y`` (k, n) are each client's rows, padded; ``idx`` (k, T, b)
+        the rows of each client's mini-batch at step ``t`` and ``mask`` (k, T, b) 1 for the real
+        ones (a client whose schedule is over has an all-zero mask and stays put); ``lr`` and
+        ``mu`` (FedProx's ``mu (w - w_start)``) are per client, ``corr`` SCAFFOLD's per-client
+        correction, one (k, *shape) array per tensor. Each client's step is the one
+        :meth:`train` takes on its own batch: mean cross-entropy over the batch's real rows.
+        Returns the clients' parameters, one (k, *shape) array per tensor, and each client's
+        summed training loss.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return self._train_stacked(params, x, y, idx, mask, lr, mu, corr)
+
+    def _train_stacked(
+        self,
+        params: Params,
+        x: F32,
+        y: npt.NDArray[np.int64],
+        idx: npt.NDArray[np.int64],
+        mask: F32,
+        lr: F32,
+        mu: F32 | None,
+        corr: list[F32] | None,
+    ) -> tuple[list[F32], npt.NDArray[np.float64]]:
+        k, steps = idx.shape[0], idx.shape[1]
+        start = self._views(self._flat(params))
+        ws = [np.repeat(p[None], k, axis=0) for p in start]
+        xf = np.asarray(x, dtype=np.float32).reshape(k, x.shape[1], self.sizes[0])
+        yl = np.asarray(y, dtype=np.int64)
+        self._check_labels(yl.ravel())
+        eye = np.eye(self.num_classes, dtype=np.float32)
+        layers = len(self.sizes) - 1
+        rows = np.arange(k)[:, None]
+        loss = np.zeros(k, np.float64)
+        prox = mu is not None and bool(np.any(mu))
+        for t in range(steps):
+            m = mask[:, t]
+            count = m.sum(axis=1)
+            ib = idx[:, t]
+            a = xf[rows, ib]
+            yb = eye[yl[rows, ib]]
+            acts = [a]
+            for i in range(layers):
+                z = np.matmul(a, ws[2 * i].transpose(0, 2, 1))
+                z += ws[2 * i + 1][:, None, :]
+                if i < layers - 1:
+                    np.maximum(z, 0.0, out=z)
+                    if self.scale != 1:
+                        z *= self.scale
+                    acts.append(z)
+                a = z
+            z = a
+            z -= z.max(axis=2, keepdims=True)
+            e = np.exp(z)
+            s = e.sum(axis=2, keepdims=True)
+            loss += ((np.log(s[:, :, 0]) - (z * yb).sum(axis=2)) * m).sum(axis=1)
+            e /= s
+            e -= yb
+            e *= (m / np.maximum(count, 1.0)[:, None])[:, :, None]
+            g = e
+            grads: list[F32] = [np.empty(0, np.float32)] * len(ws)
+            for i in reversed(range(layers)):
+                a_in = acts[i]
+                grads[2 * i] = np.matmul(g.transpose(0, 2, 1), a_in)
+                grads[2 * i + 1] = g.sum(axis=1)
+                if i > 0:
+                    gh = np.matmul(g, ws[2 * i])
+                    if self.scale != 1:
+                        gh *= self.scale
+                    gh *= a_in > 0
+                    g = gh
+            step = (lr * (count > 0)).astype(np.float32)
+            for j, (w, gr) in enumerate(zip(ws, grads, strict=True)):
+                if prox:
+                    assert mu is not None
+                    gr += mu.reshape((k,) + (1,) * (w.ndim - 1)) * (w - start[j])
+                if corr is not None:
+                    gr += corr[j]
+                w -= step.reshape((k,) + (1,) * (w.ndim - 1)) * gr
+        return ws, loss
+
     def logits(self, params: Params, x: npt.NDArray[np.generic]) -> F32:
         """The model's outputs on ``x`` (one row per example)."""
         ws = self._views(self._flat(params))

@@ -127,6 +127,15 @@ class PartialReducer:
         self.metrics.append(client_metrics(item))
         self.examples += item.num_examples
 
+    def merge(self, part: PartialSum) -> None:
+        """Fold in a sum already reduced elsewhere (a batched bucket's)."""
+        self.acc.add(part.terms, len(part.client_ids))
+        self.ids += part.client_ids
+        self.metrics += part.metrics
+        self.failures += part.failures
+        self.examples += part.num_examples
+        self.uplink += part.uplink_bytes
+
     def result(self) -> PartialSum:
         return PartialSum(
             terms=self.acc.sums,

@@ -29,8 +29,9 @@ batched and its personal model trained per client after it.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,11 +39,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.clients.base import ClientData, LearnerClient, TrainResult, batches, run_fit, step_budget
+from fedge.core import streams
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate, EvalResult, FitInstructions, TrainConfig
-from fedge.engine.aggregator import ClientFailure
+from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.simulation.backends._shard import PartialReducer, fit_one
+from fedge.strategies.base import Strategy
 from fedge.transport.base import FitResult
 from fedge.transport.inprocess import ClientRuntime, FitTask
 
@@ -57,6 +60,8 @@ class _Job:
     ctx: ClientContext
     cfg: TrainConfig
     batches: list[npt.NDArray[np.intp]]
+    orders: npt.NDArray[np.int64] | None = None
+    """The epochs' permutations ``batches`` were cut from, when they were drawn in a batch."""
 
 
 class _Trained:
@@ -132,6 +137,66 @@ def plan_batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[npt
     return out
 
 
+def permutations_drawn(cfg: TrainConfig, n: int) -> int:
+    """How many epochs :func:`plan_batches` starts, i.e. how many permutations it draws (``n > 0``)."""
+    epochs, max_steps = step_budget(cfg, n)
+    per_epoch = -(-n // cfg.batch_size)
+    return max(0, min(epochs, -(-max_steps // per_epoch)))
+
+
+MIN_STREAMED = 16
+"""Fewer clients of one size than this make their generators one by one (the batched draw
+costs a fixed few hundred array operations per permutation)."""
+
+
+class _Deferred(ClientContext):
+    """A client context whose generator is made only if something asks for it, already
+    advanced past the batch orders drawn for the client by :func:`fedge.core.streams.client_permutations`."""
+
+    def __init__(self, client_id: int, round_num: int, state: dict[str, Any], make: Callable[[], Any]) -> None:
+        self.client_id = client_id
+        self.round_num = round_num
+        self.state = state
+        self._make = make
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "rng":
+            raise AttributeError(name)
+        self.rng = self._make()
+        return self.rng
+
+
+def streamed_jobs(
+    runtime: ClientRuntime,
+    round_num: int,
+    members: Sequence[tuple[LearnerClient, TrainConfig, dict[str, Any]]],
+    n: int,
+    count: int,
+) -> list[_Job]:
+    """Jobs for clients of ``n`` examples each, their batches cut from permutations drawn for all of them at once
+    (one by one, as :func:`plan_batches` draws them, when they are too few to repay it)."""
+    if len(members) < MIN_STREAMED:
+        jobs = []
+        for client, cfg, state in members:
+            ctx = runtime.context(client.client_id, round_num, state)
+            jobs.append(_Job(client, ctx, cfg, plan_batches(n, cfg, ctx.rng)))
+        return jobs
+    ids = [c.client_id for c, _, _ in members]
+    drawn = streams.client_permutations(runtime.seed, round_num, ids, n, count)
+    jobs = []
+    for i, (client, cfg, state) in enumerate(members):
+        _epochs, max_steps = step_budget(cfg, n)
+        out: list[npt.NDArray[np.intp]] = []
+        for e in range(count):
+            order = drawn.permutations[i, e]
+            out += [order[lo : lo + cfg.batch_size] for lo in range(0, n, cfg.batch_size)]
+        del out[max_steps:]
+        make = functools.partial(drawn.generator, i, runtime.seed, round_num, client.client_id)
+        ctx = _Deferred(client.client_id, round_num, state, make)
+        jobs.append(_Job(client, ctx, cfg, out, drawn.permutations[i]))
+    return jobs
+
+
 MAX_WASTE = 0.25
 """The most a batched bucket may pad: padded client-steps over all client-steps it computes."""
 
@@ -174,15 +239,29 @@ def plan_buckets(steps: Sequence[int], *, max_waste: float = MAX_WASTE, min_batc
     return out
 
 
-def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[TrainResult]:
-    """Train ``jobs`` (same model, same batch size) in lock-step; one result per job."""
-    import torch
-    from torch.func import functional_call, grad, vmap
+@dataclass
+class _Packed:
+    """A bucket's data and schedules as padded arrays: client ``i``'s step ``t`` trains on rows
+    ``idx[i, t]`` of ``x[i]`` where ``mask[i, t]`` is 1."""
 
-    k = len(jobs)
-    bsz = jobs[0].cfg.batch_size
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    idx: npt.NDArray[np.int64]
+    mask: npt.NDArray[np.float32]
+    sizes: list[int]
+
+
+def pack(jobs: Sequence[_Job]) -> _Packed:
     datas: list[ClientData] = [j.client.data for j in jobs]
     sizes = [d.num_train for d in datas]
+    first = jobs[0]
+    if first.orders is not None and all(
+        j.orders is not None and j.orders.shape == first.orders.shape and len(j.batches) == len(first.batches)
+        for j in jobs
+    ):
+        return pack_equal(jobs, datas)
+    k = len(jobs)
+    bsz = first.cfg.batch_size
     n_max = max(max(sizes), 1)
     t_max = max((len(j.batches) for j in jobs), default=0)
     feat = np.asarray(datas[0].x_train).shape[1:]
@@ -196,6 +275,80 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
         for t, b in enumerate(j.batches):
             idx[i, t, : len(b)] = b
             mask[i, t, : len(b)] = 1.0
+    return _Packed(x_pad, y_pad, idx, mask, sizes)
+
+
+def pack_equal(jobs: Sequence[_Job], datas: Sequence[ClientData]) -> _Packed:
+    """:func:`pack` for clients of one size whose batches were cut from drawn permutations
+    (:func:`streamed_jobs`): the same arrays, built with whole-cohort operations."""
+    orders = np.stack([j.orders for j in jobs if j.orders is not None])
+    k, count, n = orders.shape
+    bsz, steps = jobs[0].cfg.batch_size, len(jobs[0].batches)
+    per_epoch = -(-n // bsz)
+    idx = np.zeros((k, count, per_epoch * bsz), dtype=np.int64)
+    mask = np.zeros((k, count, per_epoch * bsz), dtype=np.float32)
+    idx[:, :, :n] = orders
+    mask[:, :, :n] = 1.0
+    idx = idx.reshape(k, count * per_epoch, bsz)[:, : max(steps, 1)]
+    mask = mask.reshape(k, count * per_epoch, bsz)[:, : max(steps, 1)]
+    if steps == 0:
+        mask = np.zeros_like(mask)
+    x = np.stack([np.asarray(d.x_train, dtype=np.float32) for d in datas])
+    y = np.stack([np.asarray(d.y_train, dtype=np.int64) for d in datas])
+    return _Packed(x, y, np.ascontiguousarray(idx), np.ascontiguousarray(mask), [n] * k)
+
+
+def corrections(params: Params, jobs: Sequence[_Job]) -> list[npt.NDArray[np.float32]] | None:
+    """SCAFFOLD's per-client gradient corrections stacked along the cohort axis (None: no client has one)."""
+    if all(j.cfg.grad_correction is None for j in jobs):
+        return None
+    return [
+        np.stack(
+            [
+                np.asarray(j.cfg.grad_correction[m], dtype=np.float32)
+                if j.cfg.grad_correction is not None
+                else np.zeros(p.shape, np.float32)
+                for j in jobs
+            ]
+        )
+        for m, p in enumerate(params)
+    ]
+
+
+def results(jobs: Sequence[_Job], packed: _Packed, stacked: Sequence[Any], loss_sum: Any) -> list[TrainResult]:
+    """One :class:`TrainResult` per job from the bucket's stacked parameters and summed losses."""
+    seen = packed.mask.sum(axis=(1, 2))
+    return [
+        TrainResult(
+            params=[p[i] for p in stacked],
+            steps=len(j.batches),
+            loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
+            num_examples=packed.sizes[i],
+        )
+        for i, j in enumerate(jobs)
+    ]
+
+
+def train_dense(kernel: Any, params: Params, jobs: Sequence[_Job]) -> tuple[_Packed, list[Any], Any]:
+    """Train ``jobs`` of a built-in dense model in lock-step with its NumPy kernel: the bucket's
+    packed arrays, the stacked parameters and the summed losses."""
+    packed = pack(jobs)
+    lr = np.asarray([j.cfg.lr for j in jobs], dtype=np.float32)
+    mu = np.asarray([j.cfg.prox_mu for j in jobs], dtype=np.float32)
+    stacked, loss = kernel.train_stacked(
+        params, packed.x, packed.y, packed.idx, packed.mask, lr, mu, corrections(params, jobs)
+    )
+    return packed, stacked, loss
+
+
+def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[TrainResult]:
+    """Train ``jobs`` (same model, same batch size) in lock-step; one result per job."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    packed = pack(jobs)
+    k, t_max = len(jobs), packed.idx.shape[1]
+    x_pad, y_pad, idx, mask = packed.x, packed.y, packed.idx, packed.mask
     names = [name for name, _ in module.named_parameters()]
     shape_k = [(k,) + (1,) * p.ndim for p in params]
     glob = [torch.from_numpy(np.ascontiguousarray(p)) for p in params]
@@ -203,21 +356,8 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
     lr = torch.tensor([j.cfg.lr for j in jobs], dtype=torch.float32)
     mu = torch.tensor([j.cfg.prox_mu for j in jobs], dtype=torch.float32)
     use_prox = bool(mu.any())
-    corr: list[torch.Tensor] | None = None
-    if any(j.cfg.grad_correction is not None for j in jobs):
-        corr = [
-            torch.from_numpy(
-                np.stack(
-                    [
-                        np.asarray(j.cfg.grad_correction[m], dtype=np.float32)
-                        if j.cfg.grad_correction is not None
-                        else np.zeros(p.shape, np.float32)
-                        for j in jobs
-                    ]
-                )
-            )
-            for m, p in enumerate(params)
-        ]
+    stacked_corr = corrections(params, jobs)
+    corr = None if stacked_corr is None else [torch.from_numpy(c) for c in stacked_corr]
     xt, yt = torch.from_numpy(x_pad), torch.from_numpy(y_pad)
     idx_t, mask_t = torch.from_numpy(idx), torch.from_numpy(mask)
     rows = torch.arange(k).unsqueeze(1)
@@ -245,17 +385,94 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
                     g = g + corr[m]
                 theta[m].addcmul_(g, scale.view(shape_k[m]), value=-1.0)
             loss_sum += totals.to(torch.float64)
-    seen = mask.sum(axis=(1, 2))
-    out_params = [t.numpy() for t in theta]
-    return [
-        TrainResult(
-            params=[p[i] for p in out_params],
-            steps=len(j.batches),
-            loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
-            num_examples=sizes[i],
+    return results(jobs, packed, [t.numpy() for t in theta], loss_sum.numpy())
+
+
+def summable(runtime: ClientRuntime, reducer: Reducer, ins: FitInstructions) -> bool:
+    """Whether a batched bucket's updates can be validated and summed as arrays, skipping the
+    per-client update objects: the engine's own reducer (not one that changes the decoded
+    update, as a relay's re-basing one does), no pipeline transform, no influence bound, a strategy whose
+    client side and contribution are FedAvg's (the delta from the model it was sent, weighted
+    by :meth:`~fedge.strategies.base.Strategy.weight`), whole-model updates."""
+    strategy = type(runtime.strategy)
+    return (
+        type(reducer) is Reducer
+        and len(runtime.pipeline) == 0
+        and len(reducer.pipeline) == 0
+        and reducer.bound is None
+        and reducer.validator.expected is None
+        and not ins.config.get("report_initial_loss")
+        and all(
+            getattr(strategy, hook) is getattr(Strategy, hook)
+            for hook in ("client_params", "client_train", "client_finish", "contribution", "weight")
         )
-        for i, j in enumerate(jobs)
-    ]
+    )
+
+
+def sum_bucket(
+    runtime: ClientRuntime,
+    reducer: Reducer,
+    params: Params,
+    ins: FitInstructions,
+    jobs: Sequence[_Job],
+    packed: _Packed,
+    stacked: Sequence[npt.NDArray[np.float32]],
+    loss: npt.NDArray[np.float64],
+) -> Iterator[ClientUpdate | PartialSum]:
+    """A :func:`summable` bucket's contribution as one :class:`PartialSum`.
+
+    The checks are the :class:`~fedge.engine.aggregator.Validator`'s, on the stacked deltas:
+    finite values and the norm bound. A client that fails them is handed back as its own
+    update, so the round's reducer rejects it with the usual reason.
+    """
+    k = len(jobs)
+    deltas = [np.asarray(w - p[None], dtype=np.float32) for w, p in zip(stacked, params, strict=True)]
+    ok = np.ones(k, dtype=bool)
+    for d in deltas:
+        ok &= np.isfinite(d.reshape(k, -1)).all(axis=1)
+    max_norm = reducer.validator.max_norm
+    if max_norm is not None:
+        sq = sum(np.square(d.reshape(k, -1), dtype=np.float64).sum(axis=1) for d in deltas)
+        ok &= np.sqrt(sq) <= max_norm
+    mean_loss = loss / np.maximum(packed.mask.sum(axis=(1, 2)), 1.0)
+    for i in np.flatnonzero(~ok):
+        job = jobs[int(i)]
+        result = TrainResult(
+            params=[p[i] for p in stacked],
+            steps=len(job.batches),
+            loss=float(mean_loss[i]),
+            num_examples=packed.sizes[int(i)],
+        )
+        yield run_fit(
+            _Trained(job.client, result),
+            params,
+            ins,
+            job.ctx,
+            strategy=runtime.strategy,
+            pipeline=runtime.pipeline,
+        )
+    keep = np.flatnonzero(ok)
+    if not len(keep):
+        return
+    examples = np.asarray(packed.sizes, dtype=np.float64)[keep]
+    weights = examples if runtime.strategy.weighting == "examples" else np.ones(len(keep))
+    nbytes = sum(int(np.prod(p.shape)) * 4 for p in params)
+    sums = [np.tensordot(weights, d[keep].astype(np.float64), axes=1) for d in deltas]
+    yield PartialSum(
+        terms={"delta": sums, "weight": [np.asarray([weights.sum()], dtype=np.float64)]},
+        client_ids=[jobs[int(i)].client.client_id for i in keep],
+        num_examples=int(examples.sum()),
+        metrics=[
+            {
+                "train_loss": float(mean_loss[i]),
+                "steps": float(len(jobs[int(i)].batches)),
+                "num_examples": float(packed.sizes[int(i)]),
+                "uplink_bytes": float(nbytes),
+            }
+            for i in keep
+        ],
+        uplink_bytes=nbytes * len(keep),
+    )
 
 
 class VectorizedBackend:
@@ -330,9 +547,12 @@ class VectorizedBackend:
                 task.ins,
                 task.states,
                 spec,
+                reducer,
             ):
                 if part is None:
                     yield item
+                elif isinstance(item, PartialSum):
+                    part.merge(item)
                 else:
                     part.add(item)
             if part is not None and (part.ids or part.failures):
@@ -347,13 +567,37 @@ class VectorizedBackend:
         ins: FitInstructions,
         states: dict[int, dict[str, Any]],
         spec: ParamSpec,
-    ) -> Iterator[ClientUpdate | ClientFailure]:
+        reducer: Reducer | None,
+    ) -> Iterator[ClientUpdate | ClientFailure | PartialSum]:
         groups: dict[tuple[int, int], list[_Job]] = {}
+        # Clients whose batch orders can be drawn for the whole group at once (fedge.core.streams):
+        # their generators are used for nothing else, so none is made unless something asks.
+        streamed = (
+            reducer is not None
+            and summable(runtime, reducer, ins)
+            and type(runtime.strategy).client_prepare is Strategy.client_prepare
+            and type(runtime).context is ClientRuntime.context
+            and streams.available()
+        )
+        deferred: dict[tuple[int, int, int, int], list[tuple[LearnerClient, TrainConfig, dict[str, Any]]]] = {}
         for cid in ids:
             state = states.setdefault(cid, {})
             try:
                 client = runtime.client_fn(cid)
                 reason = self._unsupported(client, spec)
+                if (
+                    reason is None
+                    and streamed
+                    and isinstance(client, LearnerClient)
+                    and getattr(client.learner, "kernel", None) is not None
+                ):
+                    cfg = ins.train if cid not in ins.per_client else replace(ins.train, **ins.per_client[cid])
+                    reason = config_unsupported(cfg)
+                    if reason is None and client.data.num_train > 1:
+                        n = client.data.num_train
+                        key = (id(client.learner), cfg.batch_size, n, permutations_drawn(cfg, n))
+                        deferred.setdefault(key, []).append((client, cfg, state))
+                        continue
                 if reason is None:
                     ctx = runtime.context(cid, round_num, state)
                     cfg = client_config(runtime, ins, ctx)
@@ -368,6 +612,8 @@ class VectorizedBackend:
             assert isinstance(client, LearnerClient)
             job = _Job(client, ctx, cfg, plan_batches(client.data.num_train, cfg, ctx.rng))
             groups.setdefault((id(client.learner), cfg.batch_size), []).append(job)
+        for (learner_id, bsz, n, count), same in deferred.items():
+            groups.setdefault((learner_id, bsz), []).extend(streamed_jobs(runtime, round_num, same, n, count))
         for jobs in groups.values():
             for bucket in plan_buckets(
                 [len(j.batches) for j in jobs], max_waste=self.max_waste, min_batch=self.min_batch
@@ -382,20 +628,33 @@ class VectorizedBackend:
                 self._round["padded_steps"] += bucket.steps * len(members) - real
                 self._round["batched_clients"] += len(members)
                 self._round["buckets"] += 1
-                yield from self._train_group(runtime, params, ins, members)
+                yield from self._train_group(runtime, params, ins, members, reducer)
 
     def _train_group(
-        self, runtime: ClientRuntime, params: Params, ins: FitInstructions, jobs: list[_Job]
-    ) -> Iterator[ClientUpdate | ClientFailure]:
+        self,
+        runtime: ClientRuntime,
+        params: Params,
+        ins: FitInstructions,
+        jobs: list[_Job],
+        reducer: Reducer | None,
+    ) -> Iterator[ClientUpdate | ClientFailure | PartialSum]:
         learner: Any = jobs[0].client.learner
+        kernel = getattr(learner, "kernel", None)
         try:
-            results = train_cohort(learner.module, params, jobs)
+            if kernel is not None:
+                packed, stacked, loss = train_dense(kernel, params, jobs)
+                if reducer is not None and summable(runtime, reducer, ins):
+                    yield from sum_bucket(runtime, reducer, params, ins, jobs, packed, stacked, loss)
+                    return
+                trained = results(jobs, packed, stacked, loss)
+            else:
+                trained = train_cohort(learner.module, params, jobs)
         except Exception as exc:
             self._fallback(f"batched training failed ({type(exc).__name__}: {exc})")
             for job in jobs:
                 yield fit_one(runtime, job.client.client_id, params, ins, job.ctx.state)
             return
-        for job, result in zip(jobs, results, strict=True):
+        for job, result in zip(jobs, trained, strict=True):
             try:
                 yield run_fit(
                     _Trained(job.client, result),
