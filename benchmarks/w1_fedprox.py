@@ -7,6 +7,14 @@ batch 10, SGD lr 0.01, 200 rounds, weighted by sample count. Prints test accurac
     python benchmarks/w1_fedprox.py            # the full workload
     python benchmarks/w1_fedprox.py --quick    # 20 rounds, for a smoke test
     python benchmarks/w1_fedprox.py --quick --framework torch --backend vectorized
+    python benchmarks/w1_fedprox.py --fast     # FedAvg, fedge's auto backend against a plain PyTorch loop
+
+``--fast`` runs FedAvg twice in this process on the same data: fedge (``auto`` backend,
+the torch logistic regression, which trains through the dense kernel) and the plain
+PyTorch loop BENCHMARKS.md defines (one reused ``nn.Linear``, ``torch.optim.SGD``, slicing,
+a sample-weighted average), on the same sampled clients and the same mini-batches. It
+checks that both end with the same weights and prints ``ratio_to_plain_loop`` (fedge's
+time over the loop's) with each one's accuracy.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import argparse
 import sys
 import time
 
+import numpy as np
 from _common import emit
 
 from fedge.config import from_dict
@@ -71,6 +80,94 @@ def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta
     }
 
 
+def plain_loop(built, rounds: int, seed: int) -> tuple[list[np.ndarray], float, float]:
+    """BENCHMARKS.md's reference loop over ``built``'s data and sampled clients: final weights, seconds, accuracy."""
+    import torch
+    from torch import nn
+
+    from fedge.clients.base import batches
+    from fedge.clients.torch_learner import get_params, set_params
+    from fedge.core.types import client_rng
+    from fedge.engine import round_rng
+
+    fd, cfg = built.data, built.train
+    xt, yt = torch.from_numpy(fd.x), torch.from_numpy(fd.y)
+    module = nn.Linear(60, 10)
+    glob = [np.asarray(p, np.float32).copy() for p in built.initial]
+    t0 = time.perf_counter()
+    for r in range(1, rounds + 1):
+        ids = built.sampling.sample(list(range(fd.num_clients)), round_rng(seed, r))
+        total = [np.zeros(p.shape, np.float64) for p in glob]
+        weight = 0.0
+        for cid in ids:
+            rows = fd.train[cid]
+            x, y = xt[rows], yt[rows]
+            set_params(module, glob)
+            opt = torch.optim.SGD(module.parameters(), lr=cfg.lr)
+            rng = client_rng(seed, r, cid)
+            for _ in range(cfg.epochs):
+                for idx in batches(len(y), cfg.batch_size, rng):
+                    ib = torch.from_numpy(idx)
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(module(x[ib]), y[ib]).backward()
+                    opt.step()
+            n = float(len(y))
+            for acc, p, g in zip(total, get_params(module), glob, strict=True):
+                acc += (p.astype(np.float64) - g) * n
+            weight += n
+        glob = [(g + (s / weight).astype(np.float32)).astype(np.float32) for g, s in zip(glob, total, strict=True)]
+    seconds = time.perf_counter() - t0
+    x_test, y_test = fd.central()
+    _loss, acc = built.learner.evaluate(glob, x_test, y_test)
+    return glob, seconds, float(acc)
+
+
+def fast(args: argparse.Namespace, rounds: int) -> None:
+    """FedAvg with fedge's auto backend against the plain PyTorch loop, same clients and batches."""
+    import torch
+
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    exp = {
+        "seed": args.seed,
+        "rounds": rounds,
+        "data": {
+            "dataset": "synthetic",
+            "num_clients": 30,
+            "test_fraction": 0.1,
+            "synthetic_alpha": args.alpha,
+            "synthetic_beta": args.beta,
+        },
+        "model": {"name": "logreg", "framework": "torch"},
+        "strategy": {"name": "fedavg"},
+        "training": {"clients_per_round": 10, "local_epochs": 20, "batch_size": 10, "lr": 0.01, "backend": "auto"},
+        "evaluation": {"every": rounds},
+    }
+    built = build(from_dict(exp))
+    t0 = time.perf_counter()
+    result = execute(built)
+    fedge_s = time.perf_counter() - t0
+    ref, ref_s, ref_acc = plain_loop(built, rounds, args.seed)
+    params = result.state.params
+    diff = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(params, ref, strict=True))
+    scale = max(float(np.max(np.abs(b))) for b in ref)
+    emit(
+        {
+            "workload": f"W1 synthetic({args.alpha:g},{args.beta:g}) fedavg",
+            "backend": str(result.history.rounds[-1].extra.get("backend", "auto")),
+            "rounds": rounds,
+            "fedge_s": round(fedge_s, 2),
+            "reference_s": round(ref_s, 2),
+            "ratio_to_plain_loop": round(fedge_s / ref_s, 4),
+            "fedge_test_accuracy": round(result.history.final_accuracy, 4),
+            "reference_test_accuracy": round(ref_acc, 4),
+            "max_abs_weight_diff": diff,
+            "max_abs_weight": scale,
+            "wall_s": round(time.perf_counter() - t_start, 2),
+        }
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=200)
@@ -80,8 +177,14 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--framework", default="numpy", choices=("numpy", "torch"), help="the logistic regression's")
+    ap.add_argument(
+        "--fast", action="store_true", help="FedAvg: fedge's auto backend against the plain PyTorch loop (a ratio)"
+    )
     args = ap.parse_args()
     rounds = 20 if args.quick else args.rounds
+    if args.fast:
+        fast(args, rounds)
+        return
     t0 = time.perf_counter()
     out = {}
     for name, strategy in (("fedavg", {"name": "fedavg"}), ("fedprox", {"name": "fedprox", "mu": 1.0})):
