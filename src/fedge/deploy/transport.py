@@ -76,13 +76,14 @@ class GrpcTransport:
         svc = self.service
         need = svc.min_nodes if self._first else self.round_min_nodes
         self._first = False
-        svc.round_num, svc.phase = round_num, "waiting for nodes"
         start = time.monotonic()
         last_log = -1e9
         while True:
             ids = svc.connected()
             if len(ids) >= need:
                 return ids
+            # Only a real wait shows (an asynchronous run asks at every free slot, mid-training).
+            svc.round_num, svc.phase = round_num, "waiting for nodes"
             now = time.monotonic()
             missing = sorted(set(range(svc.num_clients)) - set(ids))
             msg = f"round {round_num}: {len(ids)} nodes connected, {need} needed (missing client ids {_short(missing)})"
