@@ -304,4 +304,7 @@ def test_influence_bounds_of_a_whole_cohort_buffer_are_the_synchronous_served_ro
         assert {k: v for k, v in a.extra.items() if k.startswith("influence")} == {
             k: v for k, v in b.extra.items() if k.startswith("influence")
         }
+    # A served step reports the median of the nodes' losses, as a served round does (not a mean one node sets).
+    assert [r.train_loss for r in buffered.history] == [r.train_loss for r in sync.history]
+    assert all("client_reported_train_loss_median" in r.extra for r in buffered.history)
     assert_same_model(buffered.result.state.params, sync.result.state.params, atol=0)

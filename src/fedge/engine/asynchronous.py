@@ -443,8 +443,8 @@ def run_async(
         buf.staleness.append(tau)
         buf.tau[arrived.seq] = tau
         buf.losses.append((upd.metrics.get("train_loss", math.nan), float(upd.num_examples)))
-        bound = buf.reducer.bound
-        if buf.held and (bound is None or bound.ready or buf.size() >= k):
+        window = buf.reducer.bound
+        if buf.held and (window is None or window.ready or buf.size() >= k):
             for cid in buf.contribute_held():
                 busy.discard(cid)
         if buf.size() < k:
@@ -496,6 +496,11 @@ def run_async(
             downlink_bytes=buf.downlink,
             train_loss=_weighted(buf.losses),
         )
+        reported = [loss for loss, _ in buf.losses if not math.isnan(loss)]
+        if bound is not None and reported:
+            # A served run: the median, which one node reporting a huge example count cannot set (as in run_round).
+            record.train_loss = float(np.median(reported))
+            record.extra["client_reported_train_loss_median"] = record.train_loss
         extra: dict[str, Any] = {
             "version": version,
             "sim_time_s": now - last_step_at,
