@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,62 @@ def test_influence_bounds_of_a_whole_cohort_buffer_are_the_synchronous_served_ro
     assert [r.train_loss for r in buffered.history] == [r.train_loss for r in sync.history]
     assert all("client_reported_train_loss_median" in r.extra for r in buffered.history)
     assert_same_model(buffered.result.state.params, sync.result.state.params, atol=0)
+
+
+class Vanishes:
+    """Client 2's node disconnects in the middle of its first training and never comes back; clients 0
+    and 1 train at once, except that their second training waits until the server sees client 2 gone."""
+
+    node: Any = None
+    service: Any = None
+    release = threading.Event()
+
+    def __init__(self, cid: int) -> None:
+        self.client_id, self.calls = cid, 0
+
+    def train(self, params: Any, cfg: Any, ctx: Any) -> TrainResult:
+        self.calls += 1
+        if self.client_id == 2:
+            Vanishes.node.stop()  # its Subscribe stream is cancelled: the node is gone
+            Vanishes.release.wait(60)
+        elif self.calls == 2:
+            end = time.monotonic() + 30
+            while Vanishes.service.is_connected(2) and time.monotonic() < end:
+                time.sleep(0.05)
+        step = np.float32(0.01 * (self.client_id + 1))
+        return TrainResult([p + step for p in params], steps=1, loss=0.0, num_examples=10)
+
+
+def test_a_node_that_disconnects_mid_training_frees_its_slot_and_the_run_completes(tmp_path: Path) -> None:
+    from fedge.deploy.server import serve
+
+    Vanishes.release.clear()
+    keys, allow = make_keys_for(tmp_path)
+    raw = with_async({**RAW, "rounds": 4, "evaluation": {"centralized": False}}, buffer_size=2)
+    exp = from_dict({**raw, "deploy": {**bare_deploy(tmp_path, allow, 3), "node_timeout_s": 1.0}})
+    ready, out = threading.Event(), {}
+    ports: list[int] = []
+
+    def hook(transport: Any) -> None:
+        Vanishes.service = transport.service
+
+    def main() -> None:
+        out["served"] = serve(exp, on_ready=lambda p: (ports.append(p), ready.set()), transport_hook=hook)
+
+    t = threading.Thread(target=main)
+    t.start()
+    try:
+        assert ready.wait(30)
+        for i in range(3):
+            node, _ = start_node(ports[0], keys[i], lambda e, cid: Vanishes(cid), i, state_dir=tmp_path / f"n{i}")
+            if i == 2:
+                Vanishes.node = node
+        t.join(90)
+    finally:
+        Vanishes.release.set()
+        stop_nodes()
+    recs = out["served"].history.rounds
+    assert [r.round for r in recs] == [1, 2, 3, 4]
+    lost = [r for r in recs if r.dropped.get("fit: node disconnected") == [2]]
+    assert len(lost) == 1 and not any(2 in r.extra["applied_clients"] for r in recs)
+    assert all(sorted(r.extra["applied_clients"]) == [0, 1] for r in recs)
