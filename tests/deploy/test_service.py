@@ -109,3 +109,28 @@ def test_status_snapshot_round_trips_through_json(joined: tuple[FedgeService, Si
     st = svc.status()
     assert st.waiting_on == (1,) and st.connected == 1 and st.nodes[0].client_id == 1
     assert ServerStatus.from_json(st.to_json()) == st
+
+
+def test_tasks_open_at_once_are_each_matched_by_the_id_a_push_names(joined: tuple[FedgeService, Signer]) -> None:
+    """An asynchronous run keeps one task per dispatch in flight, each stamped with its model version."""
+    svc, signer = joined
+    params = [np.zeros((2, 3), np.float32)]
+    first = svc.open_round(1, [1], params, FitInstructions(1, TrainConfig()), version=0)
+    second = svc.open_round(2, [0], params, FitInstructions(2, TrainConfig()), version=1)
+    assert (first.version, second.version) == (0, 1) and set(svc.tasks) == {first.task_id, second.task_id}
+    assert svc.status().waiting_on == (0, 1)
+    node = next(iter(svc._nodes.values()))
+    sent = wire.parse(pb.PollReply, svc.next_for(node) or b"")
+    assert sent.task_id == first.task_id  # not the task opened last, which is not client 1's
+    stamped = wire.Incoming(sent.task, max_bytes=1 << 20)
+    for c in sent.chunks:
+        stamped.add(c)
+    assert stamped.value()["version"] == 0
+    drain(first)
+    assert push(svc, signer, first.task_id, tree()).accepted
+    wrong = push(svc, signer, second.task_id, tree())
+    assert not wrong.accepted and "client 1 was not selected in round 2" in wrong.reason
+    svc.close_round(first)
+    assert set(svc.tasks) == {second.task_id}
+    late = push(svc, signer, first.task_id, tree())
+    assert not late.accepted and "round 2 of run r1 is open" in late.reason

@@ -161,13 +161,12 @@ def test_bad_combinations_are_refused_in_one_line(extra: dict[str, Any], message
     assert "\n" not in str(info.value)
 
 
-def test_serve_refuses_async_in_one_line() -> None:
-    exp = _exp(**{"async": {"enabled": True, "buffer_size": 2, "concurrency": 4}})
-    with pytest.raises(ConfigError, match="fedge serve does not run") as info:
-        build(exp, deployed=True)
+def test_serve_builds_async_and_refuses_simulated_devices_in_one_line() -> None:
+    on = {"async": {"enabled": True, "buffer_size": 2, "concurrency": 4}}
+    assert build(_exp(**on), deployed=True).deployed
+    with pytest.raises(ConfigError, match="real time") as info:
+        build(_exp(**on, devices={"enabled": True}), deployed=True)
     assert "\n" not in str(info.value)
-    off = _exp(**{"async": {"enabled": False, "buffer_size": 2, "concurrency": 4}})
-    assert build(off, deployed=True).deployed
 
 
 def test_engine_refuses_a_strategy_that_needs_more_than_summed_terms() -> None:

@@ -303,9 +303,10 @@ def _open_run(
     return Prepared(stored, store, opened.run_id, opened.state, notes, finished)
 
 
-CLIENT_SECTIONS = ("privacy", "compression", "secagg", "personalization")
+CLIENT_SECTIONS = ("privacy", "compression", "secagg", "personalization", "async")
 """The extension sections a node's side of a round reads (clipping and local noise, the update
-codec, masking, the personal model's hyperparameters: Ditto's λ, FedRep's head). Nothing else
+codec, masking, the personal model's hyperparameters: Ditto's λ, FedRep's head; under ``[async]``
+a masking node holds its input unencoded until its buffer's session sends its staleness weight). Nothing else
 is sent: ``[deploy]`` names the server's key files, ``[dashboard]`` holds its token, and a node
 need not have the extras of server-only sections."""
 

@@ -129,6 +129,8 @@ class RoundTask:
     client_ids: frozenset[int]
     spec: ParamSpec
     kind: str = "fit"
+    version: int | None = None
+    """The model version the task carries, stamped by an asynchronous run (None in a synchronous round)."""
     reply: bytes = b""
     results: queue.Queue[tuple[Result, _Verdict]] = field(default_factory=queue.Queue)
     """Unbounded in count, bounded in bytes: each waiting result holds its push's byte-budget reservation."""
@@ -153,15 +155,19 @@ class _Verdict:
             self.on_set()
 
 
-def encode_instructions(params: Params, ins: FitInstructions) -> dict[str, Any]:
+def encode_instructions(params: Params, ins: FitInstructions, version: int | None = None) -> dict[str, Any]:
+    """The TRAIN task's tree; an asynchronous run stamps it with the model ``version`` it carries."""
     train = {k: getattr(ins.train, k) for k in ins.train.__dataclass_fields__}
-    return {
+    tree = {
         "params": list(params),
         "round": ins.round_num,
         "train": train,
         "config": ins.config,
         "per_client": [[cid, over] for cid, over in ins.per_client.items()],
     }
+    if version is not None:
+        tree["version"] = version
+    return tree
 
 
 def update_from_tree(tree: Any, client_id: int, spec: ParamSpec) -> ClientUpdate:
@@ -456,6 +462,11 @@ class FedgeService:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self.task: RoundTask | None = None
+        """The task opened last (what the status reports); :attr:`tasks` holds every open one."""
+        self.tasks: dict[str, RoundTask] = {}
+        """Open tasks by id: one in a synchronous round, one per dispatch in flight in an asynchronous run."""
+        self.arrived = threading.Event()
+        """Set whenever a result is handed to an open task (an asynchronous run waits on it)."""
         self.secagg: SecAggSession | None = None
         self.phase = "starting"
         self.round_num = 0
@@ -595,25 +606,24 @@ class FedgeService:
                         secagg_message=out,
                     )
                 )
-        task = self.task
-        if (
-            task is not None
-            and not task.closed
-            and cid in task.client_ids
-            and cid not in task.done
-            and (sent is None or task.task_id not in sent)
-        ):
-            if sent is not None:
-                sent.add(task.task_id)
-            node.busy = task.kind == "fit"
-            return task.reply
+        for task in list(self.tasks.values()):
+            if (
+                not task.closed
+                and cid in task.client_ids
+                and cid not in task.done
+                and (sent is None or task.task_id not in sent)
+            ):
+                if sent is not None:
+                    sent.add(task.task_id)
+                node.busy = task.kind == "fit"
+                return task.reply
         return None
 
     def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
         self._auth("Fetch", raw, md)
         req = wire.parse(pb.FetchRequest, raw)
-        task = self.task
-        if task is None or req.task_id != task.task_id or task.closed:
+        task = self.tasks.get(req.task_id)
+        if task is None or task.closed:
             raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} is not open")
         if req.start > len(task.chunks):
             raise Refused("OUT_OF_RANGE", f"task has {len(task.chunks)} chunks")
@@ -655,7 +665,7 @@ class FedgeService:
         head = msg.header
         with self._lock:
             node = self._nodes.get(node_id)
-        task = self.task
+        task = self.tasks.get(head.task_id, self.task)
         if node is None:
             raise Refused("FAILED_PRECONDITION", "node has not joined this server session")
         node.last_seen = time.time()
@@ -675,6 +685,7 @@ class FedgeService:
         if task.closed:
             return None
         task.results.put((result, verdict))
+        self.arrived.set()
         if task.closed:  # closed meanwhile: close_round may have drained the queue before the put
             verdict.set(False, f"round {task.round_num} closed")
         return verdict
@@ -789,7 +800,8 @@ class FedgeService:
                 for n in sorted(self._nodes.values(), key=lambda n: n.client_id)
             )
         task = self.task
-        waiting = () if task is None or task.closed else tuple(sorted(task.client_ids - task.done))
+        open_ = [t for t in list(self.tasks.values()) if not t.closed]
+        waiting = tuple(sorted(set().union(*(t.client_ids - t.done for t in open_)))) if open_ else ()
         received = 0 if task is None else len(task.done)
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.last_metrics.items()}
         return ServerStatus(
@@ -797,8 +809,18 @@ class FedgeService:
         )
 
     # -- rounds ------------------------------------------------------------------
-    def open_round(self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions) -> RoundTask:
-        task = self._open(round_num, "fit", client_ids, params, encode_instructions(params, ins))
+    def open_round(
+        self,
+        round_num: int,
+        client_ids: Sequence[int],
+        params: Params,
+        ins: FitInstructions,
+        *,
+        version: int | None = None,
+    ) -> RoundTask:
+        """Open a training task; ``version`` stamps it with the model version it carries (asynchronous runs)."""
+        task = self._open(round_num, "fit", client_ids, params, encode_instructions(params, ins, version))
+        task.version = version
         self.phase = "training"
         log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), task.header.total_bytes)
         self.on_change()
@@ -832,10 +854,12 @@ class FedgeService:
             reply.chunks.append(wire.parse(pb.Chunk, task.chunks[0]))
         task.reply = wire.dump(reply)
         self.round_num, self.task = round_num, task
+        self.tasks[task.task_id] = task
         return task
 
     def close_round(self, task: RoundTask) -> None:
         task.closed = True
+        self.tasks.pop(task.task_id, None)
         while True:
             try:
                 _, verdict = task.results.get_nowait()

@@ -9,6 +9,12 @@ disconnects, is refused, or misses the round deadline. ``evaluate`` asks nodes t
 the global model on their own test data (federated evaluation, as in simulation).
 ``exchange`` runs one stage of a multi-message protocol (secure aggregation's). Nodes hear of
 each the moment it opens, on their Subscribe stream.
+
+For an asynchronous run (:func:`fedge.engine.asynchronous.run_async`) the transport is also a
+:class:`~fedge.transport.base.Dispatcher`: ``dispatch`` opens a task stamped with the model
+version it carries and returns at once, ``arrival`` hands back each result in the order nodes
+really push them, with the version stamp of its task, and a node that misses its task's
+deadline (or disconnects) comes back as a :class:`ClientFailure`, which frees its slot.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.service import FedgeService, Result, RoundTask, _Verdict
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
-from fedge.transport.base import FitResult
+from fedge.transport.base import Arrival, FitResult
 from fedge.transport.exchange import Exchanged, OnReply
 
 log = logging.getLogger("fedge.deploy")
@@ -52,6 +58,9 @@ class GrpcTransport:
         self.round_deadline_s = round_deadline_s
         self.stopping = threading.Event()
         self._setup: Any = None
+        self._live: dict[str, _Dispatched] = {}
+        """An asynchronous run's open dispatches, by task id."""
+        self._lost: list[Arrival] = []
 
     def num_clients(self) -> int:
         return self.service.num_clients
@@ -67,13 +76,14 @@ class GrpcTransport:
         svc = self.service
         need = svc.min_nodes if self._first else self.round_min_nodes
         self._first = False
-        svc.round_num, svc.phase = round_num, "waiting for nodes"
         start = time.monotonic()
         last_log = -1e9
         while True:
             ids = svc.connected()
             if len(ids) >= need:
                 return ids
+            # Only a real wait shows (an asynchronous run asks at every free slot, mid-training).
+            svc.round_num, svc.phase = round_num, "waiting for nodes"
             now = time.monotonic()
             missing = sorted(set(range(svc.num_clients)) - set(ids))
             msg = f"round {round_num}: {len(ids)} nodes connected, {need} needed (missing client ids {_short(missing)})"
@@ -243,11 +253,84 @@ class GrpcTransport:
         finally:
             self.service.close_round(task)
 
+    def dispatch(
+        self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions, *, version: int
+    ) -> None:
+        """Send ``client_ids`` a training task stamped with ``version``; their results come from :meth:`arrival`."""
+        task = self.service.open_round(round_num, client_ids, params, ins, version=version)
+        self._live[task.task_id] = _Dispatched(task, set(task.client_ids), time.monotonic() + self.round_deadline_s)
+
+    def in_flight(self) -> int:
+        """Clients dispatched whose result has not come back."""
+        return sum(len(d.pending) for d in self._live.values())
+
+    def arrival(self, timeout_s: float) -> Arrival | None:
+        """The next result of a dispatched client, in arrival order; None if none within ``timeout_s``.
+
+        The node's Push is answered as soon as its result is taken here (accepted: received);
+        what the engine then does with it (a stale drop, a rejection) is in the step's record.
+        A client past its task's ``round_deadline_s``, or whose node disconnected, is a
+        :class:`ClientFailure`: its slot is free again and a late Push is refused.
+        """
+        svc = self.service
+        end = time.monotonic() + timeout_s
+        while True:
+            self._expire()
+            if self._lost:
+                return self._lost.pop(0)
+            svc.arrived.clear()
+            for d in list(self._live.values()):
+                try:
+                    result, verdict = d.task.results.get_nowait()
+                except queue.Empty:
+                    continue
+                d.pending.discard(result.client_id)
+                if not d.pending:
+                    self._close(d)
+                verdict.set(True)
+                assert not isinstance(result, EvalResult)
+                return Arrival(result, d.task.version or 0)
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            svc.arrived.wait(min(0.1, left))
+
+    def _expire(self) -> None:
+        """Fail the dispatched clients that are past their deadline or whose node is gone."""
+        if not self._live:
+            return
+        now, live = time.monotonic(), set(self.service.connected())
+        for d in list(self._live.values()):
+            late = now >= d.deadline
+            for cid in sorted(d.pending):
+                if late or (cid not in live and cid not in d.task.done):
+                    why = f"missed the {self.round_deadline_s:g}s round deadline" if late else "node disconnected"
+                    log.warning("event=node_lost round=%d client=%d reason=%r", d.task.round_num, cid, why)
+                    self._lost.append(Arrival(ClientFailure(cid, "fit", why), d.task.version or 0))
+                    d.pending.discard(cid)
+            if not d.pending:
+                self._close(d)
+
+    def _close(self, d: _Dispatched) -> None:
+        self._live.pop(d.task.task_id, None)
+        self.service.close_round(d.task)
+
     def close(self) -> None:
         """No more rounds from this process: nodes are told the run is over, unless it is stopping to be
         resumed (``stopping``, a graceful stop), when they keep waiting for the server to come back."""
+        for d in list(self._live.values()):
+            self._close(d)
         if not self.stopping.is_set():
             self.service.finish()
+
+
+@dataclass
+class _Dispatched:
+    """One open dispatch of an asynchronous run: its task, who has not answered, its deadline."""
+
+    task: RoundTask
+    pending: set[int]
+    deadline: float
 
 
 @dataclass

@@ -31,6 +31,14 @@ the steps it reported (download, compute, upload) and dispatch draws only from c
 at the current simulated time; otherwise every client takes :data:`DEFAULT_STEP_S` simulated
 seconds per local step it reported. Everything random draws from generators derived from the
 run seed, so a seed fixes the history.
+
+Over a transport whose clients train in real time (a :class:`~fedge.transport.base.Dispatcher`:
+``fedge serve``'s gRPC transport) the same loop dispatches each batch without waiting and takes
+the updates in the order they really arrive; ``τ`` comes from the version stamp of the task the
+update answers, a client that misses its deadline frees its slot, and the clock is the server's
+wall clock. There a client whose update waits in the open buffer is not dispatched again until
+the buffer is applied (as under :func:`one_per_step`): one node cannot fill a step with its own
+updates, and with ``K = C`` a step is exactly a synchronous round.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import heapq
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +76,7 @@ from fedge.simulation.sampling import Sampling
 from fedge.strategies.aggregate import Accumulator, Terms
 from fedge.strategies.base import Strategy, StrategyState
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
+from fedge.transport.base import Dispatcher
 from fedge.transport.exchange import CohortSum
 
 if TYPE_CHECKING:
@@ -85,6 +94,14 @@ IDLE_S = 60.0
 MAX_IDLE = 10_000
 MAX_ABORTS = 10
 """Secure sessions in a row that may abort before the run gives up."""
+LIVE_WAIT_S = 0.2
+"""Over a :class:`~fedge.transport.base.Dispatcher`: how long one wait for an arrival lasts before
+the dispatcher looks again for a free slot and a free client."""
+LIVE_IDLE_S = 300.0
+"""Over a Dispatcher: wall seconds with nothing in flight and nobody to dispatch before the run gives up."""
+DISPATCHES, APPLIED, WASTED = "async_dispatches", "async_updates_applied", "async_updates_wasted"
+"""The strategy state's counters of an asynchronous run (``scalars``), so a resumed run continues them:
+the dispatch number (each dispatch's round number, which seeds its clients), updates applied, wasted."""
 
 
 @dataclass
@@ -180,7 +197,11 @@ class _Buffer:
     reducer: Reducer
     entries: list[tuple[int, int, Terms]] = field(default_factory=list)
     secure: list[tuple[int, ClientUpdate, float]] = field(default_factory=list)
+    held: list[tuple[int, int, ClientUpdate, float]] = field(default_factory=list)
+    """Decoded updates waiting for the influence bound's window (see :meth:`contribute_held`)."""
     staleness: list[int] = field(default_factory=list)
+    tau: dict[int, int] = field(default_factory=dict)
+    """Each buffered update's staleness, by its dispatch order."""
     dropped: dict[str, list[int]] = field(default_factory=dict)
     losses: list[tuple[float, float]] = field(default_factory=list)
     uplink: int = 0
@@ -192,11 +213,32 @@ class _Buffer:
         self.dropped.setdefault(reason, []).append(cid)
 
     def size(self) -> int:
-        return len(self.entries) + len(self.secure)
+        return len(self.entries) + len(self.secure) + len(self.held)
 
     def members(self) -> list[int]:
         """The clients whose update waits in the buffer."""
-        return [cid for _, cid, _ in self.entries] + [u.client_id for _, u, _ in self.secure]
+        return (
+            [cid for _, cid, _ in self.entries]
+            + [u.client_id for _, u, _ in self.secure]
+            + [cid for _, cid, _, _ in self.held]
+        )
+
+    def contribute_held(self) -> list[int]:
+        """Reduce the decoded updates held back (in arrival order) into ``entries``; the ids it rejected.
+
+        An influence bound whose window is not yet full enough (the first buffer of a server
+        process) has its arrivals held until it is, or until the buffer is full, as the
+        synchronous gRPC transport does: then the bounds do not depend on the order of arrival."""
+        rejected = []
+        for order, cid, update, factor in self.held:
+            try:
+                self.entries.append((order, cid, scale_terms(self.reducer.contribute(update), factor)))
+            except FedgeError as exc:
+                self.drop(cid, f"rejected: {exc}")
+                self.tau.pop(order, None)
+                rejected.append(cid)
+        self.held = []
+        return rejected
 
     def total(self) -> Terms:
         acc = Accumulator()
@@ -207,7 +249,7 @@ class _Buffer:
     def reopen(self, rctx: RoundContext, reducer: Reducer) -> None:
         """Empty the buffer for a new session at the same version (an aborted one's figures stay)."""
         self.rctx, self.reducer = rctx, reducer
-        self.entries, self.secure, self.staleness, self.losses = [], [], [], []
+        self.entries, self.secure, self.staleness, self.losses, self.tau, self.held = [], [], [], [], {}, []
 
 
 def _weighted(values: Sequence[tuple[float, float]]) -> float:
@@ -280,13 +322,18 @@ def run_async(
     check_pipeline(strategy, pipeline)
     check_async(strategy, pipeline, config, transport.num_clients())
     eval_plan = eval_plan or EvalPlan()
+    live = transport if isinstance(transport, Dispatcher) else None
+    if live is not None and policy is not None and type(policy) is not RoundPolicy:
+        raise ConfigError(
+            f"[async] over deployed nodes runs on real time; round policy {type(policy).__name__} simulates it"
+        )
     clock = clock_for(policy)
     state, bound, aggregator = start_run(
         strategy, transport, initial_params, pipeline, state, influence, max_update_norm=max_update_norm
     )
     k, c = config.buffer_size, config.concurrency
     cohort = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
-    hold = one_per_step(pipeline)
+    hold = one_per_step(pipeline) or live is not None
     session = state.round_num
 
     def context() -> tuple[RoundContext, Reducer]:
@@ -305,40 +352,71 @@ def run_async(
     for cb in callbacks:
         cb.on_run_start(state, rounds)
     version = state.round_num
-    now, last_step_at, batch, seq, idle, aborts, total_updates, total_wasted = 0.0, 0.0, 0, 0, 0, 0, 0, 0
+    batch = int(state.scalars.get(DISPATCHES, 0))
+    total_updates, total_wasted = int(state.scalars.get(APPLIED, 0)), int(state.scalars.get(WASTED, 0))
+    now, last_step_at, seq, idle, aborts = 0.0, 0.0, 0, 0, 0
     flight: list[_InFlight] = []
+    dispatched: dict[int, int] = {}  # over a Dispatcher: client -> its dispatch order
     busy: set[int] = set()
     buf = _Buffer(*context())
-    t0 = time.perf_counter()
+    t0 = start = time.perf_counter()
+    idle_since = start
     while version < rounds:
-        # Slots are refilled once every update arriving at this instant is in (equal durations: synchronous).
-        free = c - len(flight) if not flight or flight[0].finish > now else 0
-        ids = clock.online([i for i in transport.available(batch + 1) if i not in busy], now) if free else []
+        if live is None:
+            # Slots are refilled once every update arriving at this instant is in (equal durations: synchronous).
+            free = c - len(flight) if not flight or flight[0].finish > now else 0
+            ids = clock.online([i for i in transport.available(batch + 1) if i not in busy], now) if free else []
+        else:
+            free = c - live.in_flight()
+            ids = [i for i in transport.available(batch + 1) if i not in busy] if free else []
         if ids:
             batch += 1
             rng = round_rng(seed, batch)
             picked = Sampling(count=min(free, len(ids))).sample(ids, rng)
             ins = strategy.configure(state, batch, train)
             buf.downlink += len(picked) * nbytes(state.params)
-            for item in transport.fit(batch, picked, state.params, ins, None):
-                if isinstance(item, PartialSum):
-                    raise ConfigError("[async] needs each update as it arrives; this backend sums the cohort first")
-                if isinstance(item, ClientFailure):
-                    buf.drop(item.client_id, f"{item.stage}: {item.reason}")
-                    continue
-                seconds, joules = clock.duration(item.client_id, item)
-                seq += 1
-                heapq.heappush(flight, _InFlight(now + seconds, seq, item.client_id, version, item, joules))
-                busy.add(item.client_id)
-        if not flight:
-            idle += 1
-            if idle > MAX_IDLE:
-                raise AggregationError("[async]: no client could be dispatched for a long simulated time")
-            now += IDLE_S
-            continue
-        idle = 0
-        arrived = heapq.heappop(flight)
-        now = max(now, arrived.finish)
+            if live is not None:
+                live.dispatch(batch, picked, state.params, ins, version=version)
+                for cid in picked:
+                    seq += 1
+                    dispatched[cid] = seq
+                    busy.add(cid)
+            else:
+                for item in transport.fit(batch, picked, state.params, ins, None):
+                    if isinstance(item, PartialSum):
+                        raise ConfigError("[async] needs each update as it arrives; this backend sums the cohort first")
+                    if isinstance(item, ClientFailure):
+                        buf.drop(item.client_id, f"{item.stage}: {item.reason}")
+                        continue
+                    seconds, joules = clock.duration(item.client_id, item)
+                    seq += 1
+                    heapq.heappush(flight, _InFlight(now + seconds, seq, item.client_id, version, item, joules))
+                    busy.add(item.client_id)
+        if live is not None:
+            got = live.arrival(LIVE_WAIT_S)
+            if got is None:
+                if not live.in_flight() and time.perf_counter() - idle_since > LIVE_IDLE_S:
+                    raise AggregationError(f"[async]: no node could be dispatched for {LIVE_IDLE_S:g}s")
+                continue
+            idle_since = time.perf_counter()
+            cid = got.result.client_id
+            order = dispatched.pop(cid, seq)
+            if isinstance(got.result, ClientFailure):
+                busy.discard(cid)
+                buf.drop(cid, f"{got.result.stage}: {got.result.reason}")
+                continue
+            now = time.perf_counter() - start
+            arrived = _InFlight(now, order, cid, got.version, got.result, math.nan)
+        else:
+            if not flight:
+                idle += 1
+                if idle > MAX_IDLE:
+                    raise AggregationError("[async]: no client could be dispatched for a long simulated time")
+                now += IDLE_S
+                continue
+            idle = 0
+            arrived = heapq.heappop(flight)
+            now = max(now, arrived.finish)
         tau = version - arrived.base
         upd = arrived.update
         buf.uplink += upd.uplink_bytes
@@ -357,14 +435,18 @@ def run_async(
             if cohort is not None:
                 buf.secure.append((arrived.seq, pipeline.server(upd, buf.rctx), s))
             else:
-                terms = buf.reducer.contribute(buf.reducer.decode(upd))
-                buf.entries.append((arrived.seq, arrived.cid, scale_terms(terms, s)))
+                buf.held.append((arrived.seq, arrived.cid, buf.reducer.decode(upd), s))
         except FedgeError as exc:
             busy.discard(arrived.cid)
             buf.drop(arrived.cid, f"rejected: {exc}")
             continue
         buf.staleness.append(tau)
+        buf.tau[arrived.seq] = tau
         buf.losses.append((upd.metrics.get("train_loss", math.nan), float(upd.num_examples)))
+        window = buf.reducer.bound
+        if buf.held and (window is None or window.ready or buf.size() >= k):
+            for cid in buf.contribute_held():
+                busy.discard(cid)
         if buf.size() < k:
             continue
         if hold:
@@ -372,6 +454,7 @@ def run_async(
         applied = k
         if cohort is None:
             summed = buf.total()
+            members = [(order, cid) for order, cid, _ in sorted(buf.entries, key=lambda e: e[0])]
         else:
             ordered = sorted(buf.secure, key=lambda e: e[0])
             try:
@@ -387,19 +470,23 @@ def run_async(
                 buf.dropped[f"session aborted: {exc}"] = [u.client_id for _, u, _ in ordered]
                 buf.reopen(*context())
                 continue
+            gone: set[int] = set()
             for reason, lost_ids in lost.items():
                 for cid in lost_ids:
                     buf.drop(cid, reason)
                 buf.wasted += len(lost_ids)
+                gone.update(lost_ids)
+            members = [(order, u.client_id) for order, u, _ in ordered if u.client_id not in gone]
         aborts = 0
         sums = pipeline.aggregate(summed, buf.rctx)
         if config.server_lr != 1.0:
             sums = {**sums, "delta": [d * config.server_lr for d in sums["delta"]]}
         state, metrics = strategy.aggregate(state, sums)
         version += 1
-        state.round_num = version
         total_updates += applied
         total_wasted += buf.wasted
+        counters = {DISPATCHES: float(batch), APPLIED: float(total_updates), WASTED: float(total_wasted)}
+        state = replace(state, round_num=version, scalars={**state.scalars, **counters})
         record = RoundRecord(
             round=version,
             participants=applied,
@@ -409,6 +496,11 @@ def run_async(
             downlink_bytes=buf.downlink,
             train_loss=_weighted(buf.losses),
         )
+        reported = [loss for loss, _ in buf.losses if not math.isnan(loss)]
+        if bound is not None and reported:
+            # A served run: the median, which one node reporting a huge example count cannot set (as in run_round).
+            record.train_loss = float(np.median(reported))
+            record.extra["client_reported_train_loss_median"] = record.train_loss
         extra: dict[str, Any] = {
             "version": version,
             "sim_time_s": now - last_step_at,
@@ -418,7 +510,9 @@ def run_async(
             "updates_wasted": buf.wasted,
             "updates_applied_total": total_updates,
             "updates_wasted_total": total_wasted,
-            "in_flight": len(flight),
+            "in_flight": len(flight) if live is None else live.in_flight(),
+            "applied_clients": [cid for _, cid in members],
+            "applied_staleness": [buf.tau[order] for order, _ in members],
         }
         if isinstance(clock, DeviceClock):
             extra["energy_j"] = buf.energy
@@ -442,13 +536,20 @@ def async_config(exp: Experiment | None) -> AsyncConfig | None:
     return cfg if cfg.enabled else None
 
 
+def devices_on(exp: Experiment) -> bool:
+    devices = exp.extensions.get("devices")
+    return devices is not None and bool(devices.enabled)
+
+
 def validate(exp: Experiment, ctx: BuildContext) -> None:
     """Refuse, in one line, a combination ``[async]`` cannot run (see :func:`check_async` for the rest)."""
     cfg = async_config(exp)
     if cfg is None:
         return
-    if ctx.deployed:
-        raise ConfigError("fedge serve does not run [async] yet (its gRPC half is not built); run it with fedge run")
+    if ctx.deployed and devices_on(exp):
+        raise ConfigError(
+            "[async] under fedge serve runs on the nodes' real time; [devices] simulates it, so disable [devices]"
+        )
     if cfg.buffer_size > cfg.concurrency:
         raise ConfigError(
             f"async.buffer_size ({cfg.buffer_size}) > async.concurrency ({cfg.concurrency}): a buffer could never fill"

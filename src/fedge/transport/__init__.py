@@ -3,7 +3,7 @@
 What the server does with what arrives (validation, reduction) is :mod:`fedge.engine.aggregator`.
 """
 
-from fedge.transport.base import FitResult, Transport
+from fedge.transport.base import Arrival, Dispatcher, FitResult, Transport
 from fedge.transport.inprocess import (
     BACKENDS,
     Backend,
@@ -16,9 +16,11 @@ from fedge.transport.inprocess import (
 
 __all__ = [
     "BACKENDS",
+    "Arrival",
     "Backend",
     "ClientRuntime",
     "DebugBackend",
+    "Dispatcher",
     "FitResult",
     "FitTask",
     "InProcessTransport",

@@ -14,7 +14,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
@@ -22,6 +22,32 @@ from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.transport.exchange import Exchanged, OnReply
 
 FitResult = ClientUpdate | PartialSum | ClientFailure
+
+
+class Arrival(NamedTuple):
+    """One dispatched client's result, with the model version its task was stamped with."""
+
+    result: ClientUpdate | ClientFailure
+    version: int
+
+
+@runtime_checkable
+class Dispatcher(Protocol):
+    """A transport whose clients train in real time (deployed nodes), for an asynchronous run.
+
+    ``dispatch`` sends clients a task stamped with the model ``version`` it carries and returns
+    at once; ``arrival`` returns the results one by one in the order they really come back
+    (a client that misses its deadline as a ``ClientFailure``), or None after ``timeout_s``.
+    The in-process transport is no Dispatcher: there the virtual clock orders the arrivals.
+    """
+
+    def dispatch(
+        self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions, *, version: int
+    ) -> None: ...
+
+    def in_flight(self) -> int: ...
+
+    def arrival(self, timeout_s: float) -> Arrival | None: ...
 
 
 @runtime_checkable
