@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +31,7 @@ from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.deploy import security, wire
 from fedge.deploy.auth import Verifier
+from fedge.deploy.classes import model_classes
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.guard import Gate
 from fedge.deploy.node import Backoff
@@ -447,6 +449,7 @@ def _run_served(
         round_deadline_s=cfg.round_deadline_s,
         round_min_nodes=cfg.round_min_nodes,
         secagg_stage_s=cfg.secagg_stage_s,
+        classes=partial(model_classes, built.strategy) if built.strategy.per_client_models else None,
     )
     if transport_hook is not None:
         transport_hook(transport)
