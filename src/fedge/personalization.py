@@ -10,7 +10,7 @@ See ``docs/personalization.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -158,6 +158,39 @@ def bind_heterofl(exp: Experiment, data: FederatedDataset, strategy: Strategy, c
         return LearnerClient(cid, learners[strategy.ratio(cid)], data.client(cid))
 
     return narrow_client
+
+
+def declared_widths(exp: Experiment, data: FederatedDataset, strategy: Strategy) -> Callable[[int, str], None] | None:
+    """For a served HeteroFL run: ``f(client_id, profile)`` gives a node that declared a device
+    profile of the catalog (``fedge join --profile``) the width that profile fits, by the same
+    cost model as the fleet's simulated devices (nominal speed, the client's example count);
+    a node that declared none, or a name the catalog lacks, keeps the fleet's width. None for
+    any other strategy."""
+    if not isinstance(strategy, HeteroFL):
+        return None
+    from fedge.devices import DevicesConfig, catalog
+    from fedge.devices.widths import choose_widths
+
+    dev: DevicesConfig = exp.section("devices")
+    known = catalog(dev.profiles or None)
+    ratios = sorted({float(r) for r in exp.section("heterofl").ratios}, reverse=True)
+    costs = width_costs(exp, data, ratios)
+    deadline = dev.deadline_s if dev.policy in ("deadline", "partial") else 0.0
+    sizes = list(data.num_examples())
+    fitted: dict[tuple[int, str], float] = {}
+
+    def bind(cid: int, profile: str) -> None:
+        if profile not in known or not 0 <= cid < len(sizes):
+            return
+        if (cid, profile) not in fitted:
+            train = train_config(exp)
+            chosen, _ = choose_widths(
+                [known[profile]], [1.0], [int(sizes[cid])], train, costs, deadline_s=deadline, precision=dev.precision
+            )
+            fitted[cid, profile] = chosen.get(0, ratios[-1])
+        strategy.widths[cid] = fitted[cid, profile]
+
+    return bind
 
 
 def client_models(exp: Experiment, data: FederatedDataset, strategy: Strategy) -> list[ModelCost] | None:

@@ -273,3 +273,28 @@ def test_heterofl_over_grpc_with_every_ratio_one_is_fedavg(tmp_path: Path, make_
         np.testing.assert_allclose(a, b, atol=1e-6)
     for got, want in zip(served.history, fedavg.history, strict=True):
         assert got.fed_test_accuracy == pytest.approx(want.fed_test_accuracy, rel=1e-6)
+
+
+def test_a_heterofl_node_that_declares_its_device_gets_the_width_that_device_fits(
+    tmp_path: Path, make_keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node declares ``quarter-mem`` (fedge join --profile): each is sent the quarter-width model,
+    whatever device the fleet would have simulated for its client."""
+    from fedge.config import from_dict
+    from fedge.federation import build
+    from fedge.strategies.heterofl import width_shapes
+
+    raw = _heterofl(tmp_path)
+    keys, allow = make_keys(3)
+    shapes = [p.shape for p in build(from_dict(raw)).initial]
+    tasks = _record_tasks(monkeypatch)
+    t, port, out = serve_in_thread(from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 3)}))
+    for i in range(3):
+        start_node(port, keys[i], None, i, state_dir=tmp_path / f"n{i}", profile="quarter-mem")
+    t.join(60)
+    stop_nodes()
+    assert [r.participants for r in out["served"].history] == [3, 3]
+    quarter = width_shapes(shapes, 0.25, "mlp")
+    for task in tasks:
+        assert len({id(c) for c in task.classes.values()}) == 1
+        assert all(task.spec_for(cid).shapes == quarter for cid in range(3))
