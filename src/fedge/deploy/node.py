@@ -388,9 +388,9 @@ class Node:
 
     def train(self, reply: Any) -> None:
         try:
-            tree = self.fetch(reply)
-            params, ins = decode_instructions(tree)
-            params = self._whole(params, tree)
+            task = self.fetch(reply)
+            params, ins = decode_instructions(task)
+            params = self._whole(params, task)
         except TransportError as exc:
             log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
             return
@@ -482,14 +482,14 @@ class Node:
             if learner is None:
                 raise wire.WireError(f"strategy {self.strategy.name!r} needs the node's model (a learner client)")
             self._template = learner.init_params(self.exp.seed)
+        from fedge.personalization import node_client
+
         try:
             self.strategy.bind_view(self.client_id, view)
             whole = embed(self._template, params)
+            self.client = node_client(self.exp, self.strategy, self._full, self._narrow)
         except (ConfigError, ValueError, TypeError) as exc:
             raise wire.WireError(f"the task's model class does not fit this node: {exc}") from None
-        from fedge.personalization import node_client
-
-        self.client = node_client(self.exp, self.strategy, self._full, self._narrow)
         return whole
 
     def _push(self, reply: Any, round_num: int, tree: Any, error: str) -> Any:
