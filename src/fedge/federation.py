@@ -34,7 +34,7 @@ from fedge.core.threads import apply_threads
 from fedge.core.types import TrainConfig
 from fedge.data.datasets import digits, synthetic
 from fedge.data.federated import FederatedDataset
-from fedge.engine import Callback, EvalPlan, Evaluator, RoundPolicy, RunResult, run
+from fedge.engine import Callback, EvalPlan, Evaluator, RoundPolicy, RunResult, check_pipeline, run
 from fedge.models import build_learner
 from fedge.pipeline import Pipeline, Transform
 from fedge.plugins import registry
@@ -401,22 +401,19 @@ def build(exp: Experiment, *, dataset: FederatedDataset | None = None, deployed:
     def client_fn(cid: int) -> LearnerClient:
         return LearnerClient(cid, learner, data.client(cid))
 
-    make_client: ClientFn = bind_heterofl(exp, data, strategy, client_fn, deployed=deployed)
+    make_client: ClientFn = bind_heterofl(exp, data, strategy, client_fn)
     if strategy.per_client_models and t.backend == "vectorized":
         raise ConfigError(
             f"training.backend = 'vectorized' trains the whole cohort from one shared model, but strategy "
             f"{strategy.name!r} gives each client its own; use 'sequential', 'debug', 'processes' or 'ray'"
         )
-    if deployed and strategy.partial_updates:
-        raise ConfigError(
-            f"strategy {strategy.name!r} sends part of the model per client, which the gRPC server does not "
-            "decode yet; it runs in simulation (fedge run); deploy fedavg, fedprox, scaffold, finetune or ditto"
-        )
     make_client = registry.wrap_client(exp, data, make_client)
+    pipeline = Pipeline(config_transforms(exp, ctx))
+    check_pipeline(strategy, pipeline)  # before a server starts: sub-models cannot be masked or encoded
     fed = exp.evaluation.federated_clients
     return Federation(
         strategy=strategy,
-        pipeline=Pipeline(config_transforms(exp, ctx)),
+        pipeline=pipeline,
         initial=initial,
         train=train_config(exp),
         ctx=ctx,

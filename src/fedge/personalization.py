@@ -10,6 +10,7 @@ See ``docs/personalization.md``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from fedge.strategies.base import Strategy
 from fedge.strategies.heterofl import HeteroFL
 
 if TYPE_CHECKING:
-    from fedge.clients.base import Learner
+    from fedge.clients.base import Client, Learner
     from fedge.data.federated import FederatedDataset
     from fedge.devices.cost import ModelCost
     from fedge.transport.inprocess import ClientFn
@@ -67,14 +68,18 @@ def width_costs(exp: Experiment, data: FederatedDataset, ratios: list[float]) ->
 
 
 def narrow_learner(exp: Experiment, data: FederatedDataset, ratio: float) -> Learner:
+    return _narrow(exp, data.feature_shape, exp.model.num_classes or data.num_classes, ratio)
+
+
+def _narrow(exp: Experiment, feature_shape: Sequence[int], num_classes: int, ratio: float) -> Learner:
     from fedge.models import build_learner
 
     m = exp.model
     return build_learner(
         m.name,
         m.framework,
-        data.feature_shape,
-        m.num_classes or data.num_classes,
+        feature_shape,
+        num_classes,
         m.hidden,
         factory=m.factory,
         loss=exp.training.loss,
@@ -89,9 +94,26 @@ def train_config(exp: Experiment) -> TrainConfig:
     )
 
 
-def bind_heterofl(
-    exp: Experiment, data: FederatedDataset, strategy: Strategy, client_fn: ClientFn, *, deployed: bool = False
-) -> ClientFn:
+def node_client(exp: Experiment, strategy: Strategy, full: Client, built: dict[float, Client]) -> Client:
+    """The client a deployed node trains with: under HeteroFL, ``full``'s data on the learner of the
+    width the server gave it (:meth:`HeteroFL.bind_view`), kept in ``built`` by width; otherwise ``full``."""
+    from fedge.clients.base import LearnerClient
+
+    if not isinstance(strategy, HeteroFL):
+        return full
+    ratio = strategy.ratio(full.client_id)
+    if ratio == 1:
+        return full
+    if not isinstance(full, LearnerClient) or exp.model.name not in ("mlp", "cnn") or exp.model.factory:
+        raise ConfigError("strategy 'heterofl' needs model.name = 'mlp' or 'cnn' on the node (a built-in model)")
+    if ratio not in built:
+        classes = exp.model.num_classes or int(full.learner.init_params(exp.seed)[-1].shape[0])
+        learner = _narrow(exp, full.data.x_train.shape[1:], classes, ratio)
+        built[ratio] = LearnerClient(full.client_id, learner, full.data)
+    return built[ratio]
+
+
+def bind_heterofl(exp: Experiment, data: FederatedDataset, strategy: Strategy, client_fn: ClientFn) -> ClientFn:
     """For a HeteroFL run: choose every client's width from the fleet, give the strategy the
     table and each client the learner of its width. Any other strategy passes through."""
     if not isinstance(strategy, HeteroFL):
@@ -100,11 +122,6 @@ def bind_heterofl(
     from fedge.devices import DevicesConfig, assign_fleet, catalog, parse_mix
     from fedge.devices.widths import choose_widths
 
-    if deployed:
-        raise ConfigError(
-            "strategy 'heterofl' runs in simulation only: the gRPC server decodes every update "
-            "against the whole model; use fedavg, fedprox, scaffold or ditto with fedge serve"
-        )
     if exp.model.name not in ("mlp", "cnn") or exp.model.factory:
         raise ConfigError("strategy 'heterofl' needs model.name = 'mlp' or 'cnn' (sub-models of a built-in model)")
     dev: DevicesConfig = exp.section("devices")
@@ -141,6 +158,39 @@ def bind_heterofl(
         return LearnerClient(cid, learners[strategy.ratio(cid)], data.client(cid))
 
     return narrow_client
+
+
+def declared_widths(exp: Experiment, data: FederatedDataset, strategy: Strategy) -> Callable[[int, str], None] | None:
+    """For a served HeteroFL run: ``f(client_id, profile)`` gives a node that declared a device
+    profile of the catalog (``fedge join --profile``) the width that profile fits, by the same
+    cost model as the fleet's simulated devices (nominal speed, the client's example count);
+    a node that declared none, or a name the catalog lacks, keeps the fleet's width. None for
+    any other strategy."""
+    if not isinstance(strategy, HeteroFL):
+        return None
+    from fedge.devices import DevicesConfig, catalog
+    from fedge.devices.widths import choose_widths
+
+    dev: DevicesConfig = exp.section("devices")
+    known = catalog(dev.profiles or None)
+    ratios = sorted({float(r) for r in exp.section("heterofl").ratios}, reverse=True)
+    costs = width_costs(exp, data, ratios)
+    deadline = dev.deadline_s if dev.policy in ("deadline", "partial") else 0.0
+    sizes = list(data.num_examples())
+    fitted: dict[tuple[int, str], float] = {}
+
+    def bind(cid: int, profile: str) -> None:
+        if profile not in known or not 0 <= cid < len(sizes):
+            return
+        if (cid, profile) not in fitted:
+            train = train_config(exp)
+            chosen, _ = choose_widths(
+                [known[profile]], [1.0], [int(sizes[cid])], train, costs, deadline_s=deadline, precision=dev.precision
+            )
+            fitted[cid, profile] = chosen.get(0, ratios[-1])
+        strategy.widths[cid] = fitted[cid, profile]
+
+    return bind
 
 
 def client_models(exp: Experiment, data: FederatedDataset, strategy: Strategy) -> list[ModelCost] | None:

@@ -85,3 +85,35 @@ def test_a_numpy_node_trains_without_torch_pandas_or_sklearn(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-c", NODE_PATH, str(data)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("heavy: []")
+
+
+def test_serving_heterofl_with_secure_aggregation_is_refused_in_one_line_before_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        f"""
+rounds = 1
+[data]
+num_clients = 3
+[model]
+name = "mlp"
+framework = "numpy"
+[strategy]
+name = "heterofl"
+[devices]
+enabled = true
+fleet = {{ orin-nano = 1.0 }}
+[secagg]
+enabled = true
+[deploy]
+port = {free_port()}
+state = "{tmp_path / "run.db"}"
+insecure = true
+"""
+    )
+    res = CliRunner().invoke(cli, ["serve", str(exp), "-q"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "sends part of the model per client, which secagg cannot" in lines[0]
+    assert "Traceback" not in res.output

@@ -134,3 +134,27 @@ def test_tasks_open_at_once_are_each_matched_by_the_id_a_push_names(joined: tupl
     assert set(svc.tasks) == {second.task_id}
     late = push(svc, signer, first.task_id, tree())
     assert not late.accepted and "round 2 of run r1 is open" in late.reason
+
+
+def test_a_node_of_a_model_class_gets_its_class_task_and_must_send_its_class_shapes(
+    joined: tuple[FedgeService, Signer],
+) -> None:
+    from fedge.deploy.classes import model_classes
+    from fedge.strategies import HeteroFL
+
+    svc, signer = joined
+    params = [np.ones((4, 3), np.float32), np.ones(4, np.float32), np.ones((2, 4), np.float32), np.ones(2, np.float32)]
+    strategy = HeteroFL(widths={0: 1.0, 1: 0.5})
+    task = svc.open_round(1, [0, 1], params, FitInstructions(1, TrainConfig()), model_classes(strategy, params, [0, 1]))
+    drain(task)
+    node = next(iter(svc._nodes.values()))
+    sent = pb.PollReply.FromString(svc.next_for(node) or b"")
+    got = wire.decode(sent.task, sent.chunks, max_bytes=1 << 20)
+    assert got["model"] == {"width": 0.5, "layout": "mlp"}
+    assert [p.shape for p in got["params"]] == [(2, 3), (2,), (2, 2), (2,)]
+    req = pb.FetchRequest(task_id=task.task_id, start=0).SerializeToString()
+    assert list(svc.fetch(req, signer.metadata("Fetch", req))) == task.chunks_for(1) != task.chunks_for(0)
+    whole = push(svc, signer, task.task_id, tree(delta=[np.zeros_like(p) for p in params]))
+    assert not whole.accepted and "tensor 0 has shape (4, 3), expected (2, 3)" in whole.reason
+    narrow = push(svc, signer, task.task_id, tree(delta=[np.zeros(p.shape, np.float32) for p in got["params"]]))
+    assert narrow.accepted, narrow.reason

@@ -85,9 +85,10 @@ def test_impossible_heterofl_runs_are_refused_with_one_line(raw: dict[str, objec
         build(from_dict(raw))
 
 
-def test_a_partial_update_strategy_is_refused_for_a_deployed_run() -> None:
+def test_a_deployed_partial_update_run_builds_and_refuses_secure_aggregation_in_one_line() -> None:
     from fedge.federation import build
 
     raw = {"rounds": 1, "data": {"num_clients": 4}, "strategy": {"name": "fedrep"}}
-    with pytest.raises(ConfigError, match="sends part of the model"):
-        build(from_dict(raw), deployed=True)
+    assert build(from_dict(raw), deployed=True).strategy.partial_updates
+    with pytest.raises(ConfigError, match="sends part of the model per client, which secagg cannot"):
+        build(from_dict({**_heterofl(), "secagg": {"enabled": True}}), deployed=True)

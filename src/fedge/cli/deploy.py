@@ -265,7 +265,11 @@ def _serve(
     show_default=True,
     help="Where the client's own state (e.g. SCAFFOLD c_i) is kept.",
 )
-@click.option("--profile", default="", help="Device profile name shown in `fedge status`.")
+@click.option(
+    "--profile",
+    default="",
+    help="Device profile name (`fedge devices`), shown in `fedge status`; under heterofl it picks this node's width.",
+)
 @click.option(
     "--give-up",
     type=float,

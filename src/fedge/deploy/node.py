@@ -286,6 +286,9 @@ class Node:
 
             self.exp = load_experiment(rep.config_toml)
             self.client = self.client_factory(self.exp, rep.client_id)
+            self._full: Client = self.client
+            self._template: list[np.ndarray] | None = None
+            self._narrow: dict[float, Client] = {}
             self.strategy: Strategy
             self.strategy, self.pipeline = client_side(self.exp)
             self.state: StateFile | MemoryState = (
@@ -385,7 +388,9 @@ class Node:
 
     def train(self, reply: Any) -> None:
         try:
-            params, ins = decode_instructions(self.fetch(reply))
+            task = self.fetch(reply)
+            params, ins = decode_instructions(task)
+            params = self._whole(params, task)
         except TransportError as exc:
             log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
             return
@@ -432,7 +437,7 @@ class Node:
             tree = self.fetch(reply)
             if not isinstance(tree, dict) or not isinstance(tree.get("params"), list):
                 raise wire.WireError("evaluation task is not a map with params")
-            params = [np.asarray(p, dtype=np.float32) for p in tree["params"]]
+            params = self._whole([np.asarray(p, dtype=np.float32) for p in tree["params"]], tree)
         except TransportError as exc:
             log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
             return
@@ -460,6 +465,32 @@ class Node:
         rep = self._push(reply, int(reply.round), result, error)
         if rep is not None:
             log.info("event=evaluated round=%d accepted=%s reason=%r", reply.round, rep.accepted, rep.reason)
+
+    def _whole(self, params: list[np.ndarray], tree: dict[str, Any]) -> list[np.ndarray]:
+        """The whole model a task of one model class stands for (:mod:`fedge.deploy.classes`): its blocks over
+        the model's initial parameters, with the client this node trains for the class (HeteroFL: its width).
+        A task without a class holds the whole model already."""
+        view = tree.get("model")
+        if view is None:
+            return params
+        from fedge.deploy.classes import embed
+
+        if not isinstance(view, dict):
+            raise wire.WireError("the task's model class is not a map")
+        if self._template is None:
+            learner = getattr(self._full, "learner", None)
+            if learner is None:
+                raise wire.WireError(f"strategy {self.strategy.name!r} needs the node's model (a learner client)")
+            self._template = learner.init_params(self.exp.seed)
+        from fedge.personalization import node_client
+
+        try:
+            self.strategy.bind_view(self.client_id, view)
+            whole = embed(self._template, params)
+            self.client = node_client(self.exp, self.strategy, self._full, self._narrow)
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise wire.WireError(f"the task's model class does not fit this node: {exc}") from None
+        return whole
 
     def _push(self, reply: Any, round_num: int, tree: Any, error: str) -> Any:
         """Push ``tree`` (or the failure ``error``) for the task of ``reply``; the server's PushReply, None if lost."""

@@ -28,14 +28,16 @@ import grpc.aio
 
 from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
+from fedge.core.params import Params
 from fedge.deploy import security, wire
 from fedge.deploy.auth import Verifier
+from fedge.deploy.classes import ModelClass, model_classes
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.guard import Gate
 from fedge.deploy.node import Backoff
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Opened, Store
-from fedge.deploy.transport import GrpcTransport
+from fedge.deploy.transport import Classes, GrpcTransport
 from fedge.engine import Callback, RoundState, RunResult, StopRun
 from fedge.simulation.history import History, RoundRecord
 from fedge.strategies.base import StrategyState
@@ -409,6 +411,26 @@ def serve(
     return Served(result, history, run.run_id, built, out)
 
 
+def _classes(built: Federation, svc: FedgeService) -> Classes | None:
+    """How a served round splits its clients by the part of the model each holds (None: all hold the
+    whole model); a HeteroFL node that declared a device profile gets the width that profile fits."""
+    from fedge.personalization import declared_widths
+
+    strategy = built.strategy
+    if not strategy.per_client_models:
+        return None
+    declared = None if built.data is None else declared_widths(built.config, built.data, strategy)
+
+    def split(params: Params, client_ids: Sequence[int]) -> list[ModelClass] | None:
+        if declared is not None:
+            for node in svc.status().nodes:
+                if node.profile:
+                    declared(node.client_id, node.profile)
+        return model_classes(strategy, params, client_ids)
+
+    return split
+
+
 def _run_served(
     built: Federation,
     cfg: DeployConfig,
@@ -448,6 +470,7 @@ def _run_served(
         round_deadline_s=cfg.round_deadline_s,
         round_min_nodes=cfg.round_min_nodes,
         secagg_stage_s=cfg.secagg_stage_s,
+        classes=_classes(built, svc),
     )
     if transport_hook is not None:
         transport_hook(transport)

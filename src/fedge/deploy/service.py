@@ -32,6 +32,7 @@ from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, Metrics
 from fedge.deploy import wire
 from fedge.deploy.auth import AuthError, Caller, Verifier
+from fedge.deploy.classes import ModelClass
 from fedge.deploy.proto import pb
 from fedge.deploy.ratelimit import RefusalLog
 from fedge.deploy.store import Store
@@ -136,6 +137,31 @@ class RoundTask:
     """Unbounded in count, bounded in bytes: each waiting result holds its push's byte-budget reservation."""
     done: set[int] = field(default_factory=set)
     closed: bool = False
+    classes: dict[int, TaskClass] = field(default_factory=dict)
+    """Per client, its model class's own message (:mod:`fedge.deploy.classes`); empty when all share one."""
+
+    def reply_for(self, cid: int) -> bytes:
+        c = self.classes.get(cid)
+        return self.reply if c is None else c.reply
+
+    def chunks_for(self, cid: int) -> list[bytes]:
+        c = self.classes.get(cid)
+        return self.chunks if c is None else c.chunks
+
+    def spec_for(self, cid: int) -> ParamSpec:
+        """The shapes client ``cid``'s update must have."""
+        c = self.classes.get(cid)
+        return self.spec if c is None else c.spec
+
+
+@dataclass
+class TaskClass:
+    """One model class's part of a round task: its message and chunks, made once for all its nodes."""
+
+    header: Any
+    chunks: list[bytes]
+    reply: bytes
+    spec: ParamSpec
 
 
 @dataclass
@@ -259,6 +285,13 @@ class SecAggSession:
         return 65536 + 1024 * len(self.setup.cohort)
 
 
+def _task_bytes(task: RoundTask) -> int:
+    """The model bytes a round task serialised: once per class, not per node."""
+    if not task.classes:
+        return int(task.header.total_bytes)
+    return sum(int(c.header.total_bytes) for c in {id(c): c for c in task.classes.values()}.values())
+
+
 def _joined(first: Any, more: Iterable[bytes], limit: int) -> bytes:
     """The whole message of a secure-aggregation answer sent in parts, checked part by part and against
     the SHA-256 its signed first part names; at most ``limit`` bytes are kept."""
@@ -370,8 +403,7 @@ class PushIn:
         for c in chunks:
             held.take(len(c.data))
             assert self.inc is not None
-            self.inc.add(c)
-            self.size += len(c.data)
+            self.inc.add(c)  # its bytes are in ``size`` already: they came inside the header message
         del chunks[:]
 
     def add(self, raw: bytes, held: Reservation) -> None:
@@ -396,7 +428,7 @@ class PushIn:
             with self.svc._decoding:
                 tree = self.inc.value()
                 if task.kind == "fit":
-                    result = update_from_tree(tree, cid, task.spec)
+                    result = update_from_tree(tree, cid, task.spec_for(cid))
                     result.uplink_bytes = self.size
                 else:
                     result = eval_from_tree(tree, cid)
@@ -616,18 +648,25 @@ class FedgeService:
                 if sent is not None:
                     sent.add(task.task_id)
                 node.busy = task.kind == "fit"
-                return task.reply
+                return task.reply_for(cid)
         return None
 
     def fetch(self, raw: bytes, md: Metadata) -> Iterator[bytes]:
-        self._auth("Fetch", raw, md)
+        node_id = self._auth("Fetch", raw, md)
         req = wire.parse(pb.FetchRequest, raw)
         task = self.tasks.get(req.task_id)
         if task is None or task.closed:
             raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} is not open")
-        if req.start > len(task.chunks):
-            raise Refused("OUT_OF_RANGE", f"task has {len(task.chunks)} chunks")
-        return iter(task.chunks[req.start :])
+        chunks = task.chunks
+        if task.classes:
+            with self._lock:
+                node = self._nodes.get(node_id)
+            if node is None or node.client_id not in task.classes:
+                raise Refused("FAILED_PRECONDITION", f"task {req.task_id[:40]!r} has no model for this node")
+            chunks = task.chunks_for(node.client_id)
+        if req.start > len(chunks):
+            raise Refused("OUT_OF_RANGE", f"task has {len(chunks)} chunks")
+        return iter(chunks[req.start :])
 
     def push(self, messages: Iterable[bytes], md: Metadata) -> bytes:
         """A node's Push, read to its end in this thread (the event-driven front drives the same pieces)."""
@@ -815,47 +854,67 @@ class FedgeService:
         client_ids: Sequence[int],
         params: Params,
         ins: FitInstructions,
+        classes: Sequence[ModelClass] | None = None,
         *,
         version: int | None = None,
     ) -> RoundTask:
-        """Open a training task; ``version`` stamps it with the model version it carries (asynchronous runs)."""
-        task = self._open(round_num, "fit", client_ids, params, encode_instructions(params, ins, version))
+        """Open a training task; with ``classes``, each class's nodes get its own part of the model;
+        ``version`` stamps it with the model version it carries (asynchronous runs)."""
+        task = self._open(round_num, "fit", client_ids, params, encode_instructions(params, ins, version), classes)
         task.version = version
         self.phase = "training"
-        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), task.header.total_bytes)
+        log.info("event=round_open round=%d clients=%d bytes=%d", round_num, len(client_ids), _task_bytes(task))
         self.on_change()
         return task
 
-    def open_eval(self, round_num: int, client_ids: Sequence[int], params: Params) -> RoundTask:
+    def open_eval(
+        self, round_num: int, client_ids: Sequence[int], params: Params, classes: Sequence[ModelClass] | None = None
+    ) -> RoundTask:
         """Ask ``client_ids`` to evaluate ``params`` on their own test data."""
-        task = self._open(round_num, "evaluate", client_ids, params, {"params": list(params), "round": round_num})
+        tree = {"params": list(params), "round": round_num}
+        task = self._open(round_num, "evaluate", client_ids, params, tree, classes)
         self.phase = "evaluating"
         log.info("event=eval_open round=%d clients=%d", round_num, len(client_ids))
         self.on_change()
         return task
 
-    def _open(self, round_num: int, kind: str, client_ids: Sequence[int], params: Params, tree: Any) -> RoundTask:
-        out = wire.encode(tree, self.chunk_size)
+    def _open(
+        self,
+        round_num: int,
+        kind: str,
+        client_ids: Sequence[int],
+        params: Params,
+        tree: dict[str, Any],
+        classes: Sequence[ModelClass] | None = None,
+    ) -> RoundTask:
         suffix = "" if kind == "fit" else f":{kind}"
-        task = RoundTask(
-            round_num,
-            f"{self.run_id}:{self.session}:{round_num}{suffix}",
-            out.header,
-            [wire.dump(c) for c in out.chunks()],
-            frozenset(int(c) for c in client_ids),
-            ParamSpec.of(params),
-            kind=kind,
-        )
-        del out
-        action = pb.PollReply.TRAIN if kind == "fit" else pb.PollReply.EVALUATE
-        inline = len(task.chunks) == 1 and task.header.total_bytes <= wire.INLINE_BYTES
-        reply = pb.PollReply(action=action, task_id=task.task_id, round=round_num, task=task.header)
-        if inline:
-            reply.chunks.append(wire.parse(pb.Chunk, task.chunks[0]))
-        task.reply = wire.dump(reply)
+        task_id = f"{self.run_id}:{self.session}:{round_num}{suffix}"
+        ids = frozenset(int(c) for c in client_ids)
+        if classes is None:
+            header, chunks, reply = self._encode_task(task_id, kind, round_num, tree)
+            task = RoundTask(round_num, task_id, header, chunks, ids, ParamSpec.of(params), kind=kind, reply=reply)
+        else:
+            task = RoundTask(round_num, task_id, pb.BundleHeader(), [], ids, ParamSpec.of(params), kind=kind)
+            for c in classes:
+                part = {**tree, "params": list(c.params), "model": dict(c.view)}
+                one = TaskClass(*self._encode_task(task_id, kind, round_num, part), spec=c.spec)
+                task.classes.update(dict.fromkeys(c.client_ids, one))
         self.round_num, self.task = round_num, task
         self.tasks[task.task_id] = task
         return task
+
+    def _encode_task(self, task_id: str, kind: str, round_num: int, tree: Any) -> tuple[Any, list[bytes], bytes]:
+        """A task's bundle header, its serialized chunks, and the TRAIN / EVALUATE message announcing it
+        (which carries the chunk itself when the bundle is small)."""
+        out = wire.encode(tree, self.chunk_size)
+        chunks = [wire.dump(c) for c in out.chunks()]
+        header = out.header
+        del out
+        action = pb.PollReply.TRAIN if kind == "fit" else pb.PollReply.EVALUATE
+        reply = pb.PollReply(action=action, task_id=task_id, round=round_num, task=header)
+        if len(chunks) == 1 and header.total_bytes <= wire.INLINE_BYTES:
+            reply.chunks.append(wire.parse(pb.Chunk, chunks[0]))
+        return header, chunks, wire.dump(reply)
 
     def close_round(self, task: RoundTask) -> None:
         task.closed = True

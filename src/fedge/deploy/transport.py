@@ -23,19 +23,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fedge.core.errors import FedgeError, TransportError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
+from fedge.deploy.classes import ModelClass
 from fedge.deploy.service import FedgeService, Result, RoundTask, _Verdict
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.transport.base import Arrival, FitResult
 from fedge.transport.exchange import Exchanged, OnReply
 
 log = logging.getLogger("fedge.deploy")
+Classes = Callable[[Params, Sequence[int]], "list[ModelClass] | None"]
+"""A round's model classes from the global model and the selected clients (None: one, the whole model)."""
 
 
 class GrpcTransport:
@@ -49,8 +52,12 @@ class GrpcTransport:
         round_deadline_s: float = 600.0,
         round_min_nodes: int = 1,
         secagg_stage_s: float = 60.0,
+        classes: Classes | None = None,
     ) -> None:
+        """``classes`` splits a round's clients by the part of the model each needs (a strategy with
+        per-client models: :func:`fedge.deploy.classes.model_classes`); without it all get the whole model."""
         self.service = service
+        self.classes = classes
         self.secagg_stage_s = secagg_stage_s
         self.round_min_nodes = round_min_nodes
         self._first = True
@@ -111,7 +118,7 @@ class GrpcTransport:
         ``min_reference - 1`` of them — and reduced once enough are in or the round ends.
         """
         svc = self.service
-        task = svc.open_round(round_num, client_ids, params, ins)
+        task = svc.open_round(round_num, client_ids, params, ins, self._split(params, client_ids))
         bound = None if reducer is None else reducer.bound
         held: list[_Held] = []
         try:
@@ -242,7 +249,7 @@ class GrpcTransport:
         """Federated evaluation: each node evaluates ``params`` (with its personal model, when its
         strategy keeps one) on its own test data; a node that fails, leaves or misses the round
         deadline is a :class:`ClientFailure`."""
-        task = self.service.open_eval(round_num, client_ids, params)
+        task = self.service.open_eval(round_num, client_ids, params, self._split(params, client_ids))
         try:
             for result, verdict in self._arrivals(task, "evaluate"):
                 if verdict is not None:
@@ -257,7 +264,9 @@ class GrpcTransport:
         self, round_num: int, client_ids: Sequence[int], params: Params, ins: FitInstructions, *, version: int
     ) -> None:
         """Send ``client_ids`` a training task stamped with ``version``; their results come from :meth:`arrival`."""
-        task = self.service.open_round(round_num, client_ids, params, ins, version=version)
+        task = self.service.open_round(
+            round_num, client_ids, params, ins, self._split(params, client_ids), version=version
+        )
         self._live[task.task_id] = _Dispatched(task, set(task.client_ids), time.monotonic() + self.round_deadline_s)
 
     def in_flight(self) -> int:
@@ -314,6 +323,9 @@ class GrpcTransport:
     def _close(self, d: _Dispatched) -> None:
         self._live.pop(d.task.task_id, None)
         self.service.close_round(d.task)
+
+    def _split(self, params: Params, client_ids: Sequence[int]) -> list[ModelClass] | None:
+        return None if self.classes is None else self.classes(params, client_ids)
 
     def close(self) -> None:
         """No more rounds from this process: nodes are told the run is over, unless it is stopping to be

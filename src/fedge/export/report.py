@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedge.export.device import DeviceEstimate
+from fedge.export.widths import WidthModel
 
 
 @dataclass
@@ -44,6 +45,8 @@ class ExportReport:
     model_file: str = "model.onnx"
     catalog: list[DeviceEstimate] = field(default_factory=list)
     """The estimate on every device of the catalog."""
+    width_models: list[WidthModel] = field(default_factory=list)
+    """A heterofl run's model file per width class (:mod:`fedge.export.widths`)."""
 
     @property
     def accuracy_drop_points(self) -> float:
@@ -90,5 +93,12 @@ class ExportReport:
                 f"{e.memory_needed_mib:6.1f} of {e.memory_available_mib:6.0f} MiB  "
                 + ("fits" if e.fits else "DOES NOT FIT")
                 for e in self.catalog
+            ]
+        if self.width_models:
+            lines.append("  width classes  ratio: file, clients, parameters, bytes, ONNX Runtime accuracy, max diff")
+            lines += [
+                f"    {m.ratio:<6g} {m.file:<18} {m.clients:4d} clients {m.params:9,} params {m.onnx_bytes:9,} B "
+                f"acc {m.accuracy_onnx:.4f}  |diff| {m.max_abs_diff:.1e}"
+                for m in self.width_models
             ]
         return "\n".join(lines) + "\n"

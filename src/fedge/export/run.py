@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.core.errors import DataError, ModelError
-from fedge.export import formats, onnx_io
+from fedge.export import formats, onnx_io, widths
 from fedge.export.device import DeviceEstimate, device_profile, estimate
 from fedge.export.prune import NORMS, count_params, prune
 from fedge.export.report import ExportReport
@@ -157,6 +157,12 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
     run = Path(run_dir)
     profile = device_profile(opts.device, opts.profiles) if opts.device else None
     exp, data, module = load_run(run)
+    heterofl = exp.strategy.name == "heterofl"
+    if heterofl and (opts.prune or opts.format != "onnx"):
+        raise ModelError(
+            "a heterofl run exports one float32 ONNX model per width class (its trained sub-models): "
+            "use --format onnx without --prune"
+        )
     x_test, y_test = data.central()
     x_test = np.asarray(x_test, dtype=np.float32)
     if len(y_test) == 0:
@@ -202,6 +208,7 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
             lat = onnx_io.host_latency_s(sess, x_test)
             blob = final.read_bytes()
             ref_bytes = reference.stat().st_size
+        classes = widths.export_widths(exp, data, module, tmp, x_test, y_test) if heterofl else []
     cost = count_torch(final_module, data.feature_shape)
 
     def fit(p: Any) -> DeviceEstimate:
@@ -239,8 +246,11 @@ def export_run(run_dir: str | Path, opts: ExportOptions | None = None) -> tuple[
         runtime=formats.runtime_name(opts.format),
         model_file=formats.file_name(opts.format),
         catalog=[fit(p) for p in catalog(opts.profiles or None).values()],
+        width_models=[m for m, _ in classes],
     )
     _write_atomic(out / report.model_file, blob)
+    for m, data_bytes in classes:
+        _write_atomic(out / m.file, data_bytes)
     _write_atomic(out / "report.json", report.dumps().encode())
     _write_atomic(out / "report.txt", report.to_text().encode())
     return report, out

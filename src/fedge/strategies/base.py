@@ -105,6 +105,15 @@ class Strategy:
         """The shapes of the model ``client_id`` needs from the server (all of it by default)."""
         return spec
 
+    def client_view(self, client_id: int) -> dict[str, float | str]:
+        """What a deployed node of ``client_id`` must be told about the model it holds, beyond its
+        shapes (HeteroFL: its width ratio); empty by default. Clients with equal specs and views
+        share one serialised task (:mod:`fedge.deploy.classes`)."""
+        return {}
+
+    def bind_view(self, client_id: int, view: dict[str, float | str]) -> None:
+        """On a node: take in the server's :meth:`client_view` for ``client_id`` (nothing by default)."""
+
     # -- client side ---------------------------------------------------------------
     def client_params(self, params: Params, ins: FitInstructions, ctx: ClientContext) -> Params:
         """The model this client trains from the global ``params`` it received (the same by default)."""

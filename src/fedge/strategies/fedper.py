@@ -53,6 +53,10 @@ class FedPer(Strategy):
         k = self.body(len(spec.shapes))
         return ParamSpec(tuple(s if i < k else (0,) for i, s in enumerate(spec.shapes)))
 
+    def downlink_spec(self, spec: ParamSpec, client_id: int) -> ParamSpec:
+        """The body alone: the head a client trains is its own, or the initial one it can build itself."""
+        return self.update_spec(spec, client_id)
+
     def aggregate(self, state: StrategyState, sums: dict[str, list[np.ndarray]]) -> tuple[StrategyState, Metrics]:
         k = self.body(len(state.params))
         mean = self.mean_delta(sums)

@@ -116,6 +116,18 @@ class HeteroFL(Strategy):
     def downlink_spec(self, spec: ParamSpec, client_id: int) -> ParamSpec:
         return self.update_spec(spec, client_id)
 
+    def client_view(self, client_id: int) -> dict[str, float | str]:
+        return {"width": self.ratio(client_id), "layout": self.layout}
+
+    def bind_view(self, client_id: int, view: dict[str, float | str]) -> None:
+        layout = str(view.get("layout", self.layout))
+        if layout not in LAYOUTS:
+            raise ConfigError(f"heterofl.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        ratio = float(view.get("width", 1.0))
+        scaled(1, ratio)  # refuses a ratio outside (0, 1]
+        self.widths[int(client_id)] = ratio
+        self.layout = layout
+
     def contribution(self, update: ClientUpdate) -> Terms:
         w = self.weight(update)
         terms = block_terms(update.delta, self._shapes, w)
