@@ -107,7 +107,8 @@ class Relay:
         self.transport: GrpcTransport | None = None
         self.server: GrpcServer | None = None
         self.port = 0
-        self.rounds_relayed = int(self.store.meta("last_round") or 0)
+        self.rounds_relayed = 0
+        """Parent rounds this process relayed (the last one of the relay's life is the store's ``last_round``)."""
         self._bound: InfluenceBound | None = None
         self._experiment: Any = None
 
