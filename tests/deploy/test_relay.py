@@ -383,3 +383,53 @@ def test_the_round_checks_a_partial_sums_terms_against_its_strategy() -> None:
     for item, why in ((bad_shape, "shapes"), (nan, "NaN"), (heavy, "weighs"), (other, "terms")):
         with pytest.raises(ValidationError, match=why):
             check_partial(item, reducer)
+
+
+def test_a_parent_that_goes_away_is_rejoined_while_the_children_stay_connected(tmp_path: Path) -> None:
+    """The cloud stops after round 1 (as SIGTERM stops it) and is resumed on the same port and state.
+    Meanwhile the relay's children stay connected to it (its status says so); the relay rejoins the
+    resumed cloud with backoff and the run ends where flat FedAvg ends."""
+    from fedge.deploy.client import fetch_status
+    from fedge.deploy.server import STOPPED_BY_SIGNAL, serve
+
+    raw = {**RAW, "data": {"num_clients": 2}, "training": {"clients_per_round": 2, "local_epochs": 1}}
+    sim = execute(build(from_dict(raw)))
+    keys = keyring(tmp_path, ["r0", "d0", "d1"])
+    allow = tmp_path / "allow-cloud.txt"
+    allow.write_text(pub(keys["r0"], "relay=2"))
+    exp = from_dict({**raw, "deploy": {**bare_deploy(tmp_path, allow, 2), "port": free_port()}})
+    ready = threading.Event()
+    out: dict[str, Any] = {}
+
+    def stop_after_one_round(transport: Any) -> None:
+        fit = transport.fit
+
+        def fit_then_stop(*args: Any, **kw: Any) -> Any:
+            yield from fit(*args, **kw)
+            transport.stopping.set()
+
+        transport.fit = fit_then_stop
+
+    def first() -> None:
+        out["first"] = serve(exp, on_ready=lambda _: ready.set(), transport_hook=stop_after_one_round)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert ready.wait(30)
+    cfg = relay_config(tmp_path, "r0", [pub(keys["d0"]), pub(keys["d1"])], free_port())
+    start_relay(exp.section("deploy").port, keys["r0"], cfg, partition=0)
+    for cid in range(2):
+        start_node(cfg.port, keys[f"d{cid}"], None, cid)
+    t.join(60)
+    assert not t.is_alive() and out["first"].result.stopped_early == STOPPED_BY_SIGNAL
+    assert fetch_status(f"127.0.0.1:{cfg.port}", insecure=True).connected == 2
+    time.sleep(1.0)  # the relay retries its parent meanwhile
+    assert fetch_status(f"127.0.0.1:{cfg.port}", insecure=True).connected == 2
+    again = threading.Thread(target=lambda: out.update(second=serve(exp, resume=True, linger_s=0.5)))
+    again.start()
+    again.join(60)
+    stop_nodes()
+    assert not again.is_alive()
+    served = out["second"]
+    assert [r.participants for r in served.history] == [2, 2, 2]
+    close_to(served.result.state.params, sim.state.params)
