@@ -433,3 +433,35 @@ def test_a_parent_that_goes_away_is_rejoined_while_the_children_stay_connected(t
     served = out["second"]
     assert [r.participants for r in served.history] == [2, 2, 2]
     close_to(served.result.state.params, sim.state.params)
+
+
+def test_a_relay_refuses_a_run_with_secure_aggregation_in_one_line(tmp_path: Path) -> None:
+    """Per-tier SecAgg+ is not built: a relay asked to serve a [secagg] run says so and serves nothing."""
+    from fedge.config.schema import to_toml
+    from fedge.deploy.relay import SECAGG_REFUSED, Relay
+
+    exp = from_dict({**RAW, "secagg": {"enabled": True}})
+    (key,) = keyring(tmp_path, ["d0"]).values()
+    relay = Relay(relay_config(tmp_path, "r0", [pub(key)], free_port()), kappa1=1)
+    try:
+        with pytest.raises(ConfigError, match="per-tier secure aggregation") as err:
+            relay.start(0, 2, "run", to_toml(exp, commented=False))
+        assert str(err.value) == SECAGG_REFUSED and "\n" not in SECAGG_REFUSED
+        assert relay.server is None
+    finally:
+        relay.close(linger_s=0)
+
+
+def test_fedge_relay_bad_input_exits_2_in_one_line(tmp_path: Path) -> None:
+    (key,) = keyring(tmp_path, ["r0"]).values()
+    base = [*FEDGE, "relay", "--parent", "127.0.0.1:1", "--key", str(key), "--state", str(tmp_path / "r.db")]
+    cases = [
+        ([*base, "--allow", "a.txt"], "no CA given"),
+        ([*base, "--allow", "a.txt", "--insecure", "--kappa1", "0"], "--kappa1 must be >= 1"),
+        ([*base, "--allow", "a.txt", "--insecure", "--set", "rounds=3"], "only deploy.* settings"),
+    ]
+    for cmd, said in cases:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert said in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r.db").exists()
