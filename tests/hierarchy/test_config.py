@@ -55,7 +55,7 @@ def test_impossible_combinations_are_refused_in_one_line(
 
 
 def test_a_served_run_refuses_the_section_and_points_to_fedge_relay() -> None:
-    with pytest.raises(ConfigError, match="fedge serve does not read \\[hierarchy\\]: .* `fedge relay` processes"):
+    with pytest.raises(ConfigError, match=r"fedge serve does not read \[hierarchy\]: .* `fedge relay` processes"):
         build(_exp({}), deployed=True)
 
 

@@ -345,7 +345,12 @@ def run_relay(
     )
     watcher = None
     if stop is not None:
-        watcher = threading.Thread(target=lambda: (stop.wait(), node.stop()), daemon=True)
+
+        def watch() -> None:
+            stop.wait()
+            node.stop()
+
+        watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
     finished = False
     try:

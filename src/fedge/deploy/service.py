@@ -455,7 +455,7 @@ class PushIn:
         """Decode and check the whole push (under a decode slot), then mark its client done for the round."""
         task, cid, claim = self.task, self.cid, self.node.relay
         covers = task.selected(self.node)
-        result: Result
+        result: ClientUpdate | EvalResult | ClientFailure | PartialSum
         if self.inc is None:
             result = ClientFailure(
                 cid, "fit" if task.kind == "fit" else "evaluate", f"node reports: {self.head.error[:300]}"
@@ -464,11 +464,13 @@ class PushIn:
             with self.svc._decoding:
                 tree = self.inc.value()
                 if task.kind == "fit" and claim is not None:
-                    result = partial_from_tree(tree, covers, claim)
-                    result.uplink_bytes = self.size
+                    partial = partial_from_tree(tree, covers, claim)
+                    partial.uplink_bytes = self.size
+                    result = partial
                 elif task.kind == "fit":
-                    result = update_from_tree(tree, cid, task.spec)
-                    result.uplink_bytes = self.size
+                    update = update_from_tree(tree, cid, task.spec)
+                    update.uplink_bytes = self.size
+                    result = update
                 else:
                     result = eval_from_tree(tree, cid)
             self.inc = None
@@ -478,8 +480,9 @@ class PushIn:
             task.done.update(covers)
         self.node.busy = False
         if claim is not None:
-            assert not isinstance(result, ClientUpdate | Relayed)
+            assert not isinstance(result, ClientUpdate)
             return Relayed(covers, result)
+        assert not isinstance(result, PartialSum)
         return result
 
     def expire(self, verdict: _Verdict) -> None:
