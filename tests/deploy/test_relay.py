@@ -465,3 +465,15 @@ def test_fedge_relay_bad_input_exits_2_in_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert said in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+def test_a_server_with_central_dp_refuses_a_relays_sum() -> None:
+    """Central DP clips and counts each client's own update on the server; a relay's sum skips that."""
+    from fedge.privacy.transforms import CentralDP
+
+    spec = ParamSpec(((3, 2),))
+    rctx = RoundContext(round_num=1, rng=np.random.default_rng(0), spec=spec, num_sampled=2)
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, expected_clients=2.0)
+    reducer = Reducer(FedAvg(), Pipeline([dp]), rctx, Validator(spec))
+    with pytest.raises(ValidationError, match="per-tier DP is not built"):
+        check_partial(partial_from_tree(tree([0, 1]), frozenset({0, 1}), RelayClaim(2)), reducer)

@@ -126,6 +126,11 @@ class Relay:
         exp = load_experiment(config_toml)
         if getattr(exp.extensions.get("secagg"), "enabled", False):
             raise ConfigError(SECAGG_REFUSED)
+        if self.kappa1 > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
+            raise ConfigError(
+                "fedge relay --kappa1 > 1 does not run with [privacy]: each child's update is released kappa1 "
+                "times per parent round, which the accountant does not count (per-tier DP is not built); use --kappa1 1"
+            )
         if self.svc is not None:
             self.svc.config_toml = config_toml
             self._experiment = exp

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -311,6 +312,12 @@ def check_partial(item: PartialSum, reducer: Reducer) -> None:
     influence bound of single updates (a weight capped at a multiple of the median) does not
     apply to a sum: the allow-list's ``examples=M`` bounds what a relay may claim.
     """
+    dp = sys.modules.get("fedge.privacy.transforms")  # loaded whenever this run has [privacy]
+    if dp is not None and any(isinstance(t, dp.CentralDP) for t in reducer.pipeline.transforms):
+        raise ValidationError(
+            "central DP clips and counts each client's own update on this server, which a relay's sum "
+            "skips (per-tier DP is not built)"
+        )
     spec = reducer.validator.spec
     probe = ClientUpdate(client_id=-1, delta=[np.zeros(s, np.float32) for s in spec.shapes], num_examples=1)
     want = reducer.strategy.contribution(probe)
