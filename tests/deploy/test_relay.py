@@ -435,8 +435,8 @@ def test_a_parent_that_goes_away_is_rejoined_while_the_children_stay_connected(t
     close_to(served.result.state.params, sim.state.params)
 
 
-def test_a_relay_refuses_a_run_with_secure_aggregation_in_one_line(tmp_path: Path) -> None:
-    """Per-tier SecAgg+ is not built: a relay asked to serve a [secagg] run says so and serves nothing."""
+def test_a_relay_refuses_a_parent_with_secure_aggregation_in_one_line(tmp_path: Path) -> None:
+    """A parent that masks its children's updates cannot take a relay's sum: the relay says so and serves nothing."""
     from fedge.config.schema import to_toml
     from fedge.deploy.relay import SECAGG_REFUSED, Relay
 
@@ -444,7 +444,7 @@ def test_a_relay_refuses_a_run_with_secure_aggregation_in_one_line(tmp_path: Pat
     (key,) = keyring(tmp_path, ["d0"]).values()
     relay = Relay(relay_config(tmp_path, "r0", [pub(key)], free_port()), kappa1=1)
     try:
-        with pytest.raises(ConfigError, match="per-tier secure aggregation") as err:
+        with pytest.raises(ConfigError, match="cannot be masked for its parent") as err:
             relay.start(0, 2, "run", to_toml(exp, commented=False))
         assert str(err.value) == SECAGG_REFUSED and "\n" not in SECAGG_REFUSED
         assert relay.server is None
@@ -477,3 +477,93 @@ def test_a_server_with_central_dp_refuses_a_relays_sum() -> None:
     reducer = Reducer(FedAvg(), Pipeline([dp]), rctx, Validator(spec))
     with pytest.raises(ValidationError, match="per-tier DP is not built"):
         check_partial(partial_from_tree(tree([0, 1]), frozenset({0, 1}), RelayClaim(2)), reducer)
+
+
+class WithdrawingNode(Node):
+    """A child that drops out of round 1's secure aggregation at its masked-input stage (it withdraws)."""
+
+    def secagg(self, reply: Any) -> None:
+        if reply.round == 1 and reply.secagg_stage == "masked_input":
+            self._secagg_sent = ((1, "masked_input", str(reply.task_id)), b"")
+        super().secagg(reply)
+
+
+def failing_in_round_one(exp: Any, cid: int) -> Any:
+    from fedge.deploy.node import partition_client
+
+    client = partition_client(exp, cid)
+    train = client.train
+
+    def train_but_round_one(params: Any, cfg: Any, ctx: Any) -> Any:
+        if ctx.round_num == 1:
+            raise RuntimeError("gone in round 1")
+        return train(params, cfg, ctx)
+
+    client.train = train_but_round_one  # type: ignore[method-assign]
+    return client
+
+
+def one_relay_of_four(tmp_path: Path, raw: dict[str, Any], *, secagg: bool) -> Any:
+    """Cloud <- one relay (relay=4) <- devices 0..3, device 3 lost in round 1: masked and withdrawing at
+    the masked-input stage (``secagg``), or plain and failing its training."""
+    keys = keyring(tmp_path, ["r", "d0", "d1", "d2", "d3"])
+    t, port, out = cloud(raw, tmp_path, pub(keys["r"], "relay=4"))
+    cfg = relay_config(tmp_path, "r", [pub(keys[f"d{i}"]) for i in range(4)], free_port(), secagg_stage_s=20.0)
+    threading.Thread(
+        target=run_relay,
+        args=(f"127.0.0.1:{port}", Signer(load_private(keys["r"])), cfg),
+        kwargs={"partition": 0, "insecure": True, "backoff": Backoff(give_up_s=30), "secagg": secagg},
+        daemon=True,
+    ).start()
+    nodes = []
+    for cid in range(4):
+        kind = WithdrawingNode if secagg and cid == 3 else Node
+        factory = failing_in_round_one if not secagg and cid == 3 else None
+        node = kind(
+            f"127.0.0.1:{cfg.port}",
+            Signer(load_private(keys[f"d{cid}"])),
+            partition=cid,
+            client_factory=factory,
+            backoff=Backoff(give_up_s=30),
+            insecure=True,
+        )
+        nodes.append(node)
+        threading.Thread(target=node.run, daemon=True).start()
+    t.join(120)
+    for node in nodes:
+        node.stop()
+    assert not t.is_alive(), "the cloud did not finish"
+    return out["served"]
+
+
+def test_a_relay_with_secagg_forwards_its_survivors_masked_sum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SecAgg+ among a relay's children, one dropping out at the masked-input stage: the relay's sum is
+    the three survivors' (within the fixed-point step of the masking), the same as a plain relay's
+    whose fourth child failed; the run then goes on with all four, masked."""
+    import fedge.deploy.transport as transport_mod
+
+    raw = {**RAW, "rounds": 2}
+    sums: list[PartialSum] = []
+    check = transport_mod.check_partial
+
+    def recording(item: PartialSum, reducer: Any) -> None:
+        sums.append(item)
+        check(item, reducer)
+
+    monkeypatch.setattr(transport_mod, "check_partial", recording)
+    masked = one_relay_of_four(tmp_path / "masked", raw, secagg=True)
+    plain_sums, sums[:] = list(sums), []
+    plain = one_relay_of_four(tmp_path / "plain", raw, secagg=False)
+    masked_sums, plain_sums = plain_sums, list(sums)
+    for served in (masked, plain):
+        first, second = served.history.rounds
+        assert first.participants == 3 and sorted(c for ids in first.dropped.values() for c in ids) == [3]
+        assert second.participants == 4
+    assert any("secagg" in reason for reason in masked.history.rounds[0].dropped)
+    assert [sorted(s.client_ids) for s in masked_sums] == [[0, 1, 2], [0, 1, 2, 3]]
+    for m, p in zip(masked_sums, plain_sums, strict=True):
+        assert sorted(m.client_ids) == sorted(p.client_ids) and m.num_examples == p.num_examples
+        np.testing.assert_allclose(m.terms["weight"][0], p.terms["weight"][0], rtol=1e-6)
+        for a, b in zip(m.terms["delta"], p.terms["delta"], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    close_to(masked.result.state.params, plain.result.state.params, atol=1e-4)

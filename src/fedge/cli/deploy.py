@@ -364,6 +364,9 @@ def join_cmd(
     metavar="KEY=VALUE",
     help="A child-facing deploy.* key, e.g. --set deploy.round_deadline_s=120.",
 )
+@click.option(
+    "--secagg", is_flag=True, help="SecAgg+ among the children: this relay learns only their sum (needs --kappa1 1)."
+)
 @click.option("--give-up", type=float, default=300.0, show_default=True, help="Seconds without the parent before exit.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 def relay_cmd(
@@ -386,6 +389,7 @@ def relay_cmd(
     client_ca: str | None,
     serve_insecure: bool,
     settings: tuple[str, ...],
+    secagg: bool,
     give_up: float,
     quiet: bool,
 ) -> None:
@@ -439,6 +443,7 @@ def relay_cmd(
             backoff=Backoff(give_up_s=give_up),
             on_ready=lambda p: click.echo(f"fedge relay: serving children on {host}:{p}", err=True),
             stop=stop,
+            secagg=secagg,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -32,7 +32,7 @@ import numpy as np
 
 from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import ParamSpec
-from fedge.core.types import EvalResult, FitInstructions
+from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.auth import Signer, Verifier
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.node import EDGE_STEP, Backoff, Node, decode_instructions, load_experiment
@@ -49,8 +49,8 @@ from fedge.transport.inprocess import ClientRuntime, FitTask
 
 log = logging.getLogger("fedge.deploy.relay")
 SECAGG_REFUSED = (
-    "fedge relay does not run with [secagg]: per-tier secure aggregation (SecAgg+ among a relay's children) "
-    "is not built, and a relay's sum cannot be masked for its parent; set secagg.enabled = false"
+    "fedge relay does not run under a parent with [secagg]: a relay's sum cannot be masked for its parent; "
+    "set secagg.enabled = false there and run the relay with --secagg (SecAgg+ among its children)"
 )
 
 
@@ -80,6 +80,18 @@ def _remote(cid: int) -> Any:
     raise TransportError(f"client {cid} trains on its own device, not in the relay")
 
 
+def masked_config(config_toml: str) -> str:
+    """The run's config as a relay's children get it under ``--secagg``: ``[secagg]`` turned on."""
+    import tomllib
+
+    from fedge.config.schema import CORE_SECTIONS, from_dict, to_toml
+
+    raw = tomllib.loads(config_toml)
+    raw.setdefault("secagg", {})["enabled"] = True
+    sections = [k for k, v in raw.items() if isinstance(v, dict) and k not in CORE_SECTIONS]
+    return to_toml(from_dict(raw), commented=False, only=sections)
+
+
 def terms_tree(item: PartialSum) -> dict[str, Any]:
     """What a relay Pushes its parent: the partial sum's terms, ids, example count, metrics, failures."""
     return {
@@ -95,13 +107,22 @@ class Relay:
     """The child-facing server of a relay, built once its parent has said which client ids it serves.
 
     ``cfg`` is the child-facing ``[deploy]`` section (address, TLS, allow-list of child keys,
-    state file, deadlines); ``kappa1`` the edge steps per parent round.
+    state file, deadlines); ``kappa1`` the edge steps per parent round. With ``secagg`` the
+    children mask their updates (the run's config reaches them with ``[secagg]`` on) and the
+    relay runs SecAgg+ among them through its own transport, so it learns only their sum.
     """
 
-    def __init__(self, cfg: DeployConfig, kappa1: int, on_ready: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, cfg: DeployConfig, kappa1: int, on_ready: Callable[[int], None] | None = None, *, secagg: bool = False
+    ) -> None:
         if kappa1 < 1:
             raise ConfigError(f"--kappa1 must be >= 1, got {kappa1}")
-        self.cfg, self.kappa1, self.on_ready = cfg, kappa1, on_ready
+        if secagg and kappa1 > 1:
+            raise ConfigError(
+                "fedge relay --secagg runs with --kappa1 1: between edge steps the relay would need its "
+                "children's individual updates, which masking hides"
+            )
+        self.cfg, self.kappa1, self.on_ready, self.secagg = cfg, kappa1, on_ready, secagg
         self.store = Store(cfg.state)
         self.svc: FedgeService | None = None
         self.transport: GrpcTransport | None = None
@@ -126,6 +147,9 @@ class Relay:
         exp = load_experiment(config_toml)
         if getattr(exp.extensions.get("secagg"), "enabled", False):
             raise ConfigError(SECAGG_REFUSED)
+        if self.secagg:
+            config_toml = masked_config(config_toml)
+            exp = load_experiment(config_toml)
         if self.kappa1 > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
             raise ConfigError(
                 "fedge relay --kappa1 > 1 does not run with [privacy]: each child's update is released kappa1 "
@@ -178,6 +202,7 @@ class Relay:
         from fedge.engine.rounds import round_rng
         from fedge.federation import client_side
         from fedge.hierarchy.relays import HierarchyBackend, Topology
+        from fedge.transport.exchange import CohortSum
 
         svc, transport, exp = self.svc, self.transport, self._experiment
         assert svc is not None and transport is not None
@@ -197,10 +222,13 @@ class Relay:
         rctx = RoundContext(
             round_num=ins.round_num, rng=round_rng(exp.seed, ins.round_num), spec=spec, num_sampled=len(chosen)
         )
+        failures = list(missing)
+        cohort_sum = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
+        if cohort_sum is not None:
+            return self._masked_round(cohort_sum, pipeline, rctx, params, ins, chosen, failures)
         runtime = ClientRuntime(_remote, strategy, pipeline, exp.seed)
         backend = HierarchyBackend(GrpcBackend(transport), Topology(len(chosen), len(chosen)), self.kappa1)
         task = FitTask(runtime, ins.round_num, chosen, params, ins, {}, aggregator.reducer(rctx, len(chosen)))
-        failures = list(missing)
         for item in backend.edge_round(task):
             if isinstance(item, PartialSum):
                 item.failures = failures + item.failures
@@ -208,6 +236,49 @@ class Relay:
             if isinstance(item, ClientFailure):
                 failures.append(item)
         return failures
+
+    def _masked_round(
+        self,
+        cohort_sum: Any,
+        pipeline: Any,
+        rctx: RoundContext,
+        params: Any,
+        ins: FitInstructions,
+        chosen: list[int],
+        failures: list[ClientFailure],
+    ) -> PartialSum | list[ClientFailure]:
+        """One child round under SecAgg+: the masked updates, then the protocol's stages through this
+        relay's transport (the same orchestrator ``fedge serve`` runs); the survivors' sum."""
+        from fedge.core.errors import AggregationError
+
+        assert self.transport is not None
+        updates, metrics = [], {}
+        for item in self.transport.fit(ins.round_num, chosen, params, ins, None):
+            if isinstance(item, ClientFailure):
+                failures.append(item)
+            elif isinstance(item, ClientUpdate):
+                updates.append(pipeline.server(item, rctx))
+                metrics[item.client_id] = {
+                    **item.metrics,
+                    "num_examples": float(item.num_examples),
+                    "uplink_bytes": float(item.uplink_bytes),
+                }
+        try:
+            terms, _, lost = cohort_sum.sum_cohort(updates, rctx, self.transport)
+        except AggregationError as exc:
+            return failures + [ClientFailure(u.client_id, "secagg", str(exc)) for u in updates]
+        gone = {c for ids in lost.values() for c in ids}
+        failures += [ClientFailure(c, "secagg", reason) for reason, ids in lost.items() for c in ids]
+        kept = [u for u in updates if u.client_id not in gone]
+        if not kept:
+            return failures
+        return PartialSum(
+            terms=terms,
+            client_ids=[u.client_id for u in kept],
+            num_examples=int(sum(u.num_examples for u in kept)),
+            metrics=[metrics[u.client_id] for u in kept],
+            failures=failures,
+        )
 
     def evaluate(self, params: Any, round_num: int, cohort: list[int]) -> EvalResult | None:
         """The connected cohort's evaluation of ``params``, as one example-weighted result (None: none answered)."""
@@ -328,6 +399,7 @@ def run_relay(
     backoff: Backoff | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    secagg: bool = False,
 ) -> int:
     """Relay between ``parent`` and this relay's children until the parent's run ends; the rounds relayed.
 
@@ -337,7 +409,7 @@ def run_relay(
     from fedge.deploy.security import check_plaintext
 
     check_plaintext(cfg)
-    relay = Relay(cfg, kappa1, on_ready)
+    relay = Relay(cfg, kappa1, on_ready, secagg=secagg)
     node = RelayNode(
         parent,
         signer,
