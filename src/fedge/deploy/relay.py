@@ -15,6 +15,9 @@ same re-basing and reducer) over this relay's :class:`~fedge.deploy.transport.Gr
 one child round per edge step. It then Pushes the parent ONE :class:`~fedge.engine.aggregator.PartialSum`:
 the strategy's named terms summed over its children, their example count and their reported
 metrics — never a child's update. A relay's children may be relays themselves (any depth).
+With ``secagg`` (``--secagg``, ``kappa1 = 1``) the children mask their updates and the relay runs
+SecAgg+ among them through its own transport, so it learns only their sum. See
+``docs/deployment.md`` ("Relays").
 """
 
 from __future__ import annotations

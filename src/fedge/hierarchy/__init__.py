@@ -153,7 +153,8 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
     for name in ("secagg", "async", "devices"):
         if getattr(exp.extensions.get(name), "enabled", False):
             why = {
-                "secagg": "per-tier secure aggregation (SecAgg+ among a relay's children) is not built",
+                "secagg": "per-tier secure aggregation runs over gRPC (fedge relay --secagg), not in the "
+                "simulated relays",
                 "async": "relays run synchronous edge steps",
                 "devices": "the hierarchy costs its own tiers (hierarchy.device and hierarchy.gateway)",
             }[name]
