@@ -153,6 +153,7 @@ PLUGINS: tuple[Plugin, ...] = (
                 "serve", "fedge.cli.deploy", "Run the federation in CONFIG for remote nodes (`fedge join`) over gRPC."
             ),
             Command("join", "fedge.cli.deploy", "Join the federation at SERVER and train until the run ends."),
+            Command("relay", "fedge.cli.deploy", "Relay between a parent and children for hierarchical FL."),
             Command("keys", "fedge.cli.deploy", "Node key pairs for authenticating to a fedge server."),
             Command(
                 "certs", "fedge.cli.deploy", "TLS certificates for `fedge serve`, `fedge join` and `fedge status`."

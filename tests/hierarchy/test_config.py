@@ -54,8 +54,8 @@ def test_impossible_combinations_are_refused_in_one_line(
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_served_run_is_refused_until_the_grpc_relays_exist() -> None:
-    with pytest.raises(ConfigError, match="fedge serve does not run \\[hierarchy\\] yet"):
+def test_a_served_run_refuses_the_section_and_points_to_fedge_relay() -> None:
+    with pytest.raises(ConfigError, match=r"fedge serve does not read \[hierarchy\]: .* `fedge relay` processes"):
         build(_exp({}), deployed=True)
 
 

@@ -1,4 +1,4 @@
-"""``fedge serve``, ``fedge join``, ``fedge keys new`` and ``fedge status``: deployment over gRPC.
+"""``fedge serve``, ``fedge join``, ``fedge relay``, ``fedge keys new`` and ``fedge status``: deployment over gRPC.
 
 gRPC and ``cryptography`` are imported inside the commands, so ``fedge`` starts fast
 without them.
@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -328,6 +329,131 @@ def join_cmd(
     click.echo(f"node {node.signer.node_id} (client {node.client_id}): trained {rounds} rounds")
 
 
+@click.command("relay")
+@click.option("--parent", required=True, help="HOST:PORT of the parent: a `fedge serve` server or another relay.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="This relay's node key towards its parent (its .pub line, marked relay=N, is in the parent's allow-list).",
+)
+@click.option("--kappa1", type=int, default=1, show_default=True, help="Edge steps with the children per parent round.")
+@click.option("--partition", type=int, default=-1, show_default=True, help="First client id of this relay's block.")
+@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path), help="PEM CA of the parent's certificate: TLS.")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM client certificate to the parent.")
+@click.option("--cert-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --cert.")
+@click.option("--insecure", is_flag=True, help="Talk to the parent in plaintext without --ca: a trusted network only.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the children connect to.")
+@click.option("--port", type=int, default=9092, show_default=True, help="Port the children connect to (0 = any).")
+@click.option(
+    "--state",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="This relay's SQLite state file (its children's ids, its progress); kept across restarts.",
+)
+@click.option("--allow", "allow_list", required=True, help="Allow-list of the children's public keys.")
+@click.option("--revoked", help="Revocation list of the children's public keys.")
+@click.option("--min-nodes", type=int, default=0, help="Children the first round waits for (0 = all of its block).")
+@click.option("--tls-cert", help="PEM certificate the children see.")
+@click.option("--tls-key", help="PEM key of --tls-cert.")
+@click.option("--client-ca", help="PEM CA of the children's certificates: mutual TLS.")
+@click.option(
+    "--serve-insecure", is_flag=True, help="Serve the children in plaintext without --tls-cert: a trusted network only."
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A child-facing deploy.* key, e.g. --set deploy.round_deadline_s=120.",
+)
+@click.option(
+    "--secagg", is_flag=True, help="SecAgg+ among the children: this relay learns only their sum (needs --kappa1 1)."
+)
+@click.option("--give-up", type=float, default=300.0, show_default=True, help="Seconds without the parent before exit.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+def relay_cmd(
+    parent: str,
+    key_path: Path,
+    kappa1: int,
+    partition: int,
+    ca: Path | None,
+    cert: Path | None,
+    cert_key: Path | None,
+    insecure: bool,
+    host: str,
+    port: int,
+    state: Path,
+    allow_list: str,
+    revoked: str | None,
+    min_nodes: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    client_ca: str | None,
+    serve_insecure: bool,
+    settings: tuple[str, ...],
+    secagg: bool,
+    give_up: float,
+    quiet: bool,
+) -> None:
+    """Relay between a parent and children for hierarchical FL.
+
+    To its parent it is a node with its own key; to its children a server with its own TLS,
+    allow-list and state file. Each parent round it runs --kappa1 rounds with its children
+    and sends the parent one partial sum, never a child's update. SIGTERM stops it; run it
+    again with the same --state to rejoin with the same children.
+    """
+    from fedge.deploy.auth import Signer, load_private
+    from fedge.deploy.node import Backoff
+    from fedge.deploy.relay import run_relay
+    from fedge.deploy.server import experiment_for
+
+    _logging(not quiet)
+    other = [s for s in settings if not s.strip().startswith("deploy.")]
+    if other:
+        raise ConfigError(f"fedge relay takes only deploy.* settings, not --set {other[0]}")
+    if (cert is None) != (cert_key is None):
+        raise ConfigError("--cert and --cert-key go together")
+    if kappa1 < 1:
+        raise ConfigError(f"--kappa1 must be >= 1, got {kappa1}")
+    _plaintext_choice(ca, insecure, "relay")
+    options = {
+        "host": host,
+        "port": port,
+        "state": str(state),
+        "allow_list": allow_list,
+        "revoked": revoked,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "client_ca": client_ca,
+        "insecure": serve_insecure or None,
+        "min_nodes": min_nodes or 1 << 30,
+    }
+    cfg = experiment_for(None, options, settings).section("deploy")
+    chain = (cert_key.read_bytes(), cert.read_bytes()) if cert and cert_key else None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        rounds = run_relay(
+            parent,
+            Signer(load_private(key_path)),
+            cfg,
+            kappa1=kappa1,
+            partition=partition,
+            root_ca=ca.read_bytes() if ca else None,
+            cert_chain=chain,
+            insecure=insecure,
+            backoff=Backoff(give_up_s=give_up),
+            on_ready=lambda p: click.echo(f"fedge relay: serving children on {host}:{p}", err=True),
+            stop=stop,
+            secagg=secagg,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(f"relay {Signer(load_private(key_path)).node_id}: relayed {rounds} rounds")
+
+
 @click.group("keys")
 def keys_group() -> None:
     """Node key pairs for authenticating to a fedge server."""
@@ -447,6 +573,7 @@ def certs_new(out: Path, hosts: tuple[str, ...], clients: tuple[str, ...], days:
 def register(cli: click.Group) -> None:
     cli.add_command(serve_cmd)
     cli.add_command(join_cmd)
+    cli.add_command(relay_cmd)
     cli.add_command(keys_group)
     cli.add_command(certs_group)
     cli.add_command(status_cmd)

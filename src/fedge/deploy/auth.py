@@ -6,6 +6,11 @@ holds::
 
     ed25519 <base64 public key> <name>
 
+An allow-list line may mark its key as a relay (``fedge relay``) that answers for up to
+``N`` client ids with one partial sum, and bound the examples each of them may claim::
+
+    ed25519 <base64 public key> vehicle-7 relay=4 examples=5000
+
 A node's id is the first 16 hex digits of the SHA-256 of its public key. Every request
 carries, as gRPC metadata, the node id, the SHA-256 of its body, a timestamp, a random
 nonce and an Ed25519 signature over ``method, SHA-256(body), timestamp, nonce``. Since
@@ -27,7 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -102,6 +107,38 @@ def parse_keys(text: str, where: str) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+@dataclass(frozen=True)
+class RelayClaim:
+    """What an allow-list grants a relay: ``clients`` client ids, each claiming at most ``examples`` (0 = unbounded)."""
+
+    clients: int
+    examples: int = 0
+
+
+def parse_relays(text: str, where: str) -> dict[str, RelayClaim]:
+    """The keys an allow-list marks ``relay=N`` (optionally ``examples=M``), by node id."""
+    out: dict[str, RelayClaim] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if len(parts) < 2 or parts[0] != "ed25519":
+            continue
+        opts: dict[str, int] = {}
+        for token in parts[3:]:
+            key, eq, value = token.partition("=")
+            if key not in ("relay", "examples") or not eq or not value.isdigit():
+                raise ConfigError(f"{where}:{n}: unknown marking {token[:40]!r} (expected relay=N, examples=M)")
+            opts[key] = int(value)
+        if "examples" in opts and "relay" not in opts:
+            raise ConfigError(f"{where}:{n}: examples=M goes with relay=N")
+        if "relay" in opts:
+            if opts["relay"] < 1:
+                raise ConfigError(f"{where}:{n}: relay=N needs N >= 1")
+            out[node_id_of(base64.b64decode(parts[1], validate=True))] = RelayClaim(
+                opts["relay"], opts.get("examples", 0)
+            )
+    return out
+
+
 def signed_message(method: str, digest: str, ts: str, nonce: str) -> bytes:
     """What a node signs: ``digest`` is the hex SHA-256 of the request body."""
     return b"\n".join([b"fedge-v1", method.encode(), digest.encode(), ts.encode(), nonce.encode()])
@@ -143,6 +180,7 @@ class _KeyFile:
     path: Path | None
     mtime: float = -1.0
     keys: dict[str, Ed25519PublicKey] | None = None
+    relays: dict[str, RelayClaim] = field(default_factory=dict)
 
     def get(self) -> dict[str, Ed25519PublicKey]:
         """The file's keys, re-read whenever it changes (add or revoke nodes without restart)."""
@@ -153,7 +191,9 @@ class _KeyFile:
         except OSError:
             raise ConfigError(f"{self.path}: key list not found") from None
         if self.keys is None or mtime != self.mtime:
-            self.keys = parse_keys(self.path.read_text(), str(self.path))
+            text = self.path.read_text()
+            self.keys = parse_keys(text, str(self.path))
+            self.relays = parse_relays(text, str(self.path))
             self.mtime = mtime
         return self.keys
 
@@ -178,6 +218,16 @@ class Verifier:
         self._lock = threading.Lock()
         self._allow.get()
         self._revoked.get()
+
+    def relays(self) -> dict[str, RelayClaim]:
+        """Every relay the allow-list marks, by node id."""
+        self._allow.get()
+        return dict(self._allow.relays)
+
+    def relay(self, node_id: str) -> RelayClaim | None:
+        """The relay claim the allow-list grants ``node_id``; None for a plain node."""
+        self._allow.get()
+        return self._allow.relays.get(node_id)
 
     def verify(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]]) -> str:
         """Return the authenticated node id of a whole request, or raise :class:`AuthError`."""

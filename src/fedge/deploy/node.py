@@ -43,6 +43,11 @@ from fedge.strategies.base import Strategy
 log = logging.getLogger("fedge.deploy.node")
 SECAGG_STATE = "secagg"
 """``fedge.secagg.client.STATE_KEY``, spelled here so a node without it imports nothing."""
+EDGE_STEP = "edge_step"
+"""``FitInstructions.config`` key a relay (``fedge relay``) sets to the edge step ``k`` it runs."""
+EDGE_STREAM = 0x4E1A0
+"""``fedge.hierarchy.relays.EDGE_STREAM``: edge step ``k >= 1`` trains with stream ``EDGE_STREAM + k``,
+as the simulated relays do (spelled here so a node imports nothing of the hierarchy)."""
 PREFIX = "/fedge.deploy.Fedge/"
 RETRY = {
     grpc.StatusCode.UNAVAILABLE,
@@ -281,6 +286,12 @@ class Node:
         self.session, self.client_id = rep.session, rep.client_id
         self.heartbeat_s = rep.heartbeat_s
         self.run_id = rep.run_id
+        self.joined(rep)
+        log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
+        return self.exp
+
+    def joined(self, rep: Any) -> None:
+        """Build this node's client for the run and client id of the JoinReply ``rep`` (once per client id)."""
         if self.client is None or self.client.client_id != rep.client_id:
             from fedge.federation import client_side
 
@@ -296,8 +307,6 @@ class Node:
                 if self.state_dir is None
                 else StateFile(self.state_dir / f"fedge-client-{rep.client_id}.state")
             )
-        log.info("event=joined server=%s client=%d run=%s", self.server, rep.client_id, rep.run_id)
-        return self.exp
 
     def poll(self, busy: bool = False) -> Any:
         req = pb.PollRequest(session=self.session, busy=busy)
@@ -397,12 +406,13 @@ class Node:
         saved_round, before, after = self.state.load()
         start = before if ins.round_num <= saved_round else after
         state = _copy(start)
-        ctx = ClientContext(
-            client_id=self.client_id,
-            round_num=ins.round_num,
-            rng=client_rng(self.exp.seed, ins.round_num, self.client_id),
-            state=state,
+        step = int(ins.config.get(EDGE_STEP, 0) or 0)
+        rng = (
+            client_rng(self.exp.seed, ins.round_num, self.client_id)
+            if step == 0
+            else client_rng(self.exp.seed, ins.round_num, self.client_id, EDGE_STREAM + step)
         )
+        ctx = ClientContext(client_id=self.client_id, round_num=ins.round_num, rng=rng, state=state)
         assert self.client is not None
         self._exchange_state, self._secagg_sent = {}, None
         tree: Any = None

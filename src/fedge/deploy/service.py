@@ -31,12 +31,12 @@ from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, Metrics
 from fedge.deploy import wire
-from fedge.deploy.auth import AuthError, Caller, Verifier
+from fedge.deploy.auth import AuthError, Caller, RelayClaim, Verifier
 from fedge.deploy.classes import ModelClass
 from fedge.deploy.proto import pb
 from fedge.deploy.ratelimit import RefusalLog
 from fedge.deploy.store import Store
-from fedge.engine.aggregator import ClientFailure
+from fedge.engine.aggregator import ClientFailure, PartialSum
 
 log = logging.getLogger("fedge.deploy")
 REJOIN = wire.dump(pb.PollReply(action=pb.PollReply.REJOIN, message="unknown session: join again"))
@@ -104,13 +104,29 @@ class _Node:
     busy: bool = False
     streams: int = 0
     """Subscribe streams open: a node with one is connected however long it has been silent."""
+    relay: RelayClaim | None = None
+    """Set for a relay (``fedge relay``): it answers for client ids ``client_id .. + relay.clients - 1``."""
+
+    @property
+    def ids(self) -> range:
+        return range(self.client_id, self.client_id + (self.relay.clients if self.relay else 1))
 
     def live(self, now: float, timeout_s: float) -> bool:
         return self.streams > 0 or now - self.last_seen <= timeout_s
 
 
-Result = ClientUpdate | EvalResult | ClientFailure
-"""What a node's Push of a task yields: an update (training), an evaluation, or its reported failure."""
+@dataclass
+class Relayed:
+    """What a relay pushed for the selected client ids it answers for (``covers``): one partial
+    sum of their contributions (training), one evaluation over them, or its reported failure."""
+
+    covers: frozenset[int]
+    result: PartialSum | EvalResult | ClientFailure
+
+
+Result = ClientUpdate | EvalResult | ClientFailure | Relayed
+"""What a node's Push of a task yields: an update (training), an evaluation, or its reported failure;
+a relay's push is :class:`Relayed`."""
 
 
 @dataclass
@@ -152,6 +168,12 @@ class RoundTask:
         """The shapes client ``cid``'s update must have."""
         c = self.classes.get(cid)
         return self.spec if c is None else c.spec
+
+    def selected(self, node: _Node) -> frozenset[int]:
+        """The client ids of this task that ``node`` answers for (a relay: those of its block)."""
+        if node.relay is None:
+            return frozenset((node.client_id,)) if node.client_id in self.client_ids else frozenset()
+        return self.client_ids.intersection(node.ids)
 
 
 @dataclass
@@ -243,6 +265,57 @@ def eval_from_tree(tree: Any, client_id: int) -> EvalResult:
         raise wire.WireError("evaluation metrics must map names to numbers")
     assert isinstance(loss, int | float) and isinstance(acc, int | float)
     return EvalResult(client_id, n, float(loss), float(acc), {k: float(v) for k, v in metrics.items()})
+
+
+def partial_from_tree(tree: Any, covers: frozenset[int], claim: RelayClaim) -> PartialSum:
+    """Build a relay's :class:`PartialSum` from its decoded push, checking its structure and claims.
+
+    Its client ids must be selected ids of the relay's block (each once), its example count
+    within what the allow-list lets it claim (``examples=M`` per client). Whether its terms
+    are the ones the strategy sums, finite, and weighted no more than its examples, is the
+    round's to check (:func:`fedge.deploy.transport.check_partial`): the service does not
+    know the strategy.
+    """
+    if not isinstance(tree, dict) or not isinstance(tree.get("terms"), dict):
+        raise wire.WireError("partial sum is not a map with terms")
+    terms = tree["terms"]
+    if not all(
+        isinstance(v, list) and all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in v)
+        for v in terms.values()
+    ):
+        raise wire.WireError("partial sum terms must map names to lists of float64 tensors")
+    ids, n = tree.get("client_ids"), tree.get("num_examples")
+    if not isinstance(ids, list) or not ids or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+        raise wire.WireError("partial sum client_ids must be a non-empty list of client ids")
+    if len(set(ids)) != len(ids) or not set(ids) <= covers:
+        raise wire.WireError(
+            f"partial sum names client ids {sorted(set(ids) - covers)[:8]} outside this relay's cohort"
+        )
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise wire.WireError(f"partial sum num_examples must be a non-negative integer, got {n!r}")
+    if claim.examples and n > claim.examples * len(ids):
+        raise wire.WireError(
+            f"partial sum claims {n} examples for {len(ids)} clients, above the allow-list's examples={claim.examples}"
+        )
+    metrics = tree.get("metrics") or []
+    if (
+        not isinstance(metrics, list)
+        or len(metrics) != len(ids)
+        or not all(isinstance(m, dict) and all(isinstance(v, int | float) for v in m.values()) for m in metrics)
+    ):
+        raise wire.WireError("partial sum metrics must be one map of numbers per client id")
+    failures = []
+    for f in tree.get("failures") or []:
+        if not (isinstance(f, list) and len(f) == 3 and isinstance(f[0], int) and f[0] in covers):
+            raise wire.WireError("partial sum failures must be [client id, stage, reason] of this relay's cohort")
+        failures.append(ClientFailure(int(f[0]), str(f[1])[:40], str(f[2])[:300]))
+    return PartialSum(
+        terms={str(k): list(v) for k, v in terms.items()},
+        client_ids=[int(c) for c in ids],
+        num_examples=n,
+        metrics=[{k: float(v) for k, v in m.items()} for m in metrics],
+        failures=failures,
+    )
 
 
 SECAGG_REQUESTS = {
@@ -418,8 +491,9 @@ class PushIn:
 
     def finish(self) -> Result:
         """Decode and check the whole push (under a decode slot), then mark its client done for the round."""
-        task, cid = self.task, self.cid
-        result: Result
+        task, cid, claim = self.task, self.cid, self.node.relay
+        covers = task.selected(self.node)
+        result: ClientUpdate | EvalResult | ClientFailure | PartialSum
         if self.inc is None:
             result = ClientFailure(
                 cid, "fit" if task.kind == "fit" else "evaluate", f"node reports: {self.head.error[:300]}"
@@ -427,17 +501,26 @@ class PushIn:
         else:
             with self.svc._decoding:
                 tree = self.inc.value()
-                if task.kind == "fit":
-                    result = update_from_tree(tree, cid, task.spec_for(cid))
-                    result.uplink_bytes = self.size
+                if task.kind == "fit" and claim is not None:
+                    partial = partial_from_tree(tree, covers, claim)
+                    partial.uplink_bytes = self.size
+                    result = partial
+                elif task.kind == "fit":
+                    update = update_from_tree(tree, cid, task.spec_for(cid))
+                    update.uplink_bytes = self.size
+                    result = update
                 else:
                     result = eval_from_tree(tree, cid)
             self.inc = None
         with self.svc._lock:
-            if cid in task.done or task.closed:
+            if not covers or covers & task.done or task.closed:
                 raise wire.WireError(f"round {task.round_num} no longer takes client {cid}'s update")
-            task.done.add(cid)
+            task.done.update(covers)
         self.node.busy = False
+        if claim is not None:
+            assert not isinstance(result, ClientUpdate)
+            return Relayed(covers, result)
+        assert not isinstance(result, PartialSum)
         return result
 
     def expire(self, verdict: _Verdict) -> None:
@@ -471,6 +554,7 @@ class FedgeService:
         num_clients: int,
         rounds: int,
         min_nodes: int = 1,
+        first_client: int = 0,
         heartbeat_s: float = 2.0,
         node_timeout_s: float = 15.0,
         chunk_size: int = wire.DEFAULT_CHUNK,
@@ -482,6 +566,9 @@ class FedgeService:
         self.run_id, self.config_toml = run_id, config_toml
         self.session = uuid.uuid4().hex[:12]
         self.num_clients, self.rounds, self.min_nodes = num_clients, rounds, min_nodes
+        self.clients = range(first_client, first_client + num_clients)
+        """The client ids this service hands out (a relay's: the block its parent gave it)."""
+        self._opened: dict[tuple[int, str], int] = {}
         self.heartbeat_s, self.node_timeout_s = heartbeat_s, node_timeout_s
         self.chunk_size, self.max_update_bytes = chunk_size, max_update_bytes
         if max_inflight_bytes < max_update_bytes:
@@ -518,7 +605,7 @@ class FedgeService:
         """Client ids of nodes heard from within the node timeout, sorted."""
         now = time.time()
         with self._lock:
-            return sorted(n.client_id for n in self._nodes.values() if n.live(now, self.node_timeout_s))
+            return sorted(c for n in self._nodes.values() if n.live(now, self.node_timeout_s) for c in n.ids)
 
     def streaming(self) -> int:
         """Nodes holding a Subscribe stream now."""
@@ -550,32 +637,46 @@ class FedgeService:
         node_id = self._auth("Join", raw, md)
         req = wire.parse(pb.JoinRequest, raw)
         profile = req.profile[:64]
+        claim = self.verifier.relay(node_id)
+        span = claim.clients if claim else 1
+        first, last = self.clients.start, self.clients.stop - 1
         with self._lock:
             known = self.store.client_of(node_id)
+            blocks = self._relay_blocks(node_id)
             if req.partition >= 0:
                 cid = req.partition
-                if cid >= self.num_clients:
+                if cid not in self.clients or cid + span - 1 > last:
                     raise Refused(
-                        "INVALID_ARGUMENT", f"partition {cid} does not exist: clients are 0..{self.num_clients - 1}"
+                        "INVALID_ARGUMENT",
+                        f"partition {cid}" + (f" with {span} clients" if claim else "") + f" does not exist: "
+                        f"clients are {first}..{last}",
                     )
-                owner = self.store.node_of(cid)
-                if owner is not None and owner != node_id:
-                    raise Refused("ALREADY_EXISTS", f"client {cid} belongs to node {owner}")
+                for c in range(cid, cid + span):
+                    owner = self.store.node_of(c) or next((n for n, r in blocks.items() if c in r), None)
+                    if owner is not None and owner != node_id:
+                        raise Refused("ALREADY_EXISTS", f"client {c} belongs to node {owner}")
                 if known is not None and known != cid:
                     raise Refused("ALREADY_EXISTS", f"node {node_id} is registered as client {known}")
             elif known is not None:
                 cid = known
             else:
                 now = time.time()
-                live = {n.client_id for n in self._nodes.values() if n.live(now, self.node_timeout_s)}
-                free = sorted(set(range(self.num_clients)) - self.store.used_clients() - live)
+                live = {
+                    c
+                    for n in self._nodes.values()
+                    if n.node_id != node_id and n.live(now, self.node_timeout_s)
+                    for c in n.ids
+                }
+                taken = self.store.used_clients() | live | {c for r in blocks.values() for c in r}
+                free = [c for c in range(first, last - span + 2) if not taken.intersection(range(c, c + span))]
                 if not free:
-                    raise Refused("RESOURCE_EXHAUSTED", f"all {self.num_clients} client slots are taken")
+                    what = f"{span} consecutive client slots" if claim else "client slots"
+                    raise Refused("RESOURCE_EXHAUSTED", f"no {what} left of {self.num_clients}")
                 cid = free[0]
             self.store.register(node_id, cid, profile)
             session = uuid.uuid4().hex[:12]
-            self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time())
-        log.info("event=join node=%s client=%d profile=%r", node_id, cid, profile)
+            self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time(), relay=claim)
+        log.info("event=join node=%s client=%d clients=%d profile=%r", node_id, cid, span, profile)
         return wire.dump(
             pb.JoinReply(
                 run_id=self.run_id,
@@ -583,8 +684,18 @@ class FedgeService:
                 client_id=cid,
                 config_toml=self.config_toml,
                 heartbeat_s=self.heartbeat_s,
+                clients=claim.clients if claim else 0,
             )
         )
+
+    def _relay_blocks(self, but: str) -> dict[str, range]:
+        """The client-id blocks of the registered relays other than ``but``, by node id."""
+        out = {}
+        for nid, claim in self.verifier.relays().items():
+            start = self.store.client_of(nid) if nid != but else None
+            if start is not None:
+                out[nid] = range(start, start + claim.clients)
+        return out
 
     def poll(self, raw: bytes, md: Metadata) -> bytes:
         node_id = self._auth("Poll", raw, md)
@@ -639,12 +750,8 @@ class FedgeService:
                     )
                 )
         for task in list(self.tasks.values()):
-            if (
-                not task.closed
-                and cid in task.client_ids
-                and cid not in task.done
-                and (sent is None or task.task_id not in sent)
-            ):
+            mine = frozenset() if task.closed else task.selected(node)
+            if mine and not mine & task.done and (sent is None or task.task_id not in sent):
                 if sent is not None:
                     sent.add(task.task_id)
                 node.busy = task.kind == "fit"
@@ -708,7 +815,7 @@ class FedgeService:
         if node is None:
             raise Refused("FAILED_PRECONDITION", "node has not joined this server session")
         node.last_seen = time.time()
-        reason = self._task_problem(task, head, node.client_id)
+        reason = self._task_problem(task, head, node)
         if reason:
             self.refusals.refused(
                 "Push", "REFUSED", reason, event="update_refused", node=node_id, client=node.client_id
@@ -729,7 +836,8 @@ class FedgeService:
             verdict.set(False, f"round {task.round_num} closed")
         return verdict
 
-    def _task_problem(self, task: RoundTask | None, head: Any, cid: int) -> str:
+    def _task_problem(self, task: RoundTask | None, head: Any, node: _Node) -> str:
+        cid = node.client_id
         if task is None or task.closed:
             return f"update for round {head.round} refused: no round is open"
         if head.task_id != task.task_id:
@@ -737,9 +845,10 @@ class FedgeService:
                 f"update for task {head.task_id[:40]!r} (round {head.round}) refused: "
                 f"round {task.round_num} of run {self.run_id} is open"
             )
-        if cid not in task.client_ids:
+        mine = task.selected(node)
+        if not mine:
             return f"client {cid} was not selected in round {task.round_num}"
-        if cid in task.done:
+        if mine & task.done:
             return f"client {cid} already sent its update for round {task.round_num}"
         return ""
 
@@ -887,7 +996,13 @@ class FedgeService:
         tree: dict[str, Any],
         classes: Sequence[ModelClass] | None = None,
     ) -> RoundTask:
-        suffix = "" if kind == "fit" else f":{kind}"
+        with self._lock:
+            relays = any(n.relay is not None for n in self._nodes.values())
+            opened = self._opened[round_num, kind] = self._opened.get((round_num, kind), 0) + 1
+        if relays:
+            tree = {**tree, "cohort": sorted(int(c) for c in client_ids)}  # a relay trains its selected children
+        # A round opened again in this process (a relay's edge steps) gets its own task id.
+        suffix = ("" if kind == "fit" else f":{kind}") + ("" if opened == 1 else f".{opened}")
         task_id = f"{self.run_id}:{self.session}:{round_num}{suffix}"
         ids = frozenset(int(c) for c in client_ids)
         if classes is None:

@@ -20,18 +20,22 @@ deadline (or disconnects) comes back as a :class:`ClientFailure`, which frees it
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedge.core.errors import FedgeError, TransportError
+import numpy as np
+
+from fedge.core.errors import FedgeError, TransportError, ValidationError
 from fedge.core.params import Params
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.classes import ModelClass
-from fedge.deploy.service import FedgeService, Result, RoundTask, _Verdict
+from fedge.deploy.service import FedgeService, Relayed, Result, RoundTask, _Verdict
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.transport.base import Arrival, FitResult
 from fedge.transport.exchange import Exchanged, OnReply
@@ -92,7 +96,7 @@ class GrpcTransport:
             # Only a real wait shows (an asynchronous run asks at every free slot, mid-training).
             svc.round_num, svc.phase = round_num, "waiting for nodes"
             now = time.monotonic()
-            missing = sorted(set(range(svc.num_clients)) - set(ids))
+            missing = sorted(set(svc.clients) - set(ids))
             msg = f"round {round_num}: {len(ids)} nodes connected, {need} needed (missing client ids {_short(missing)})"
             if self.stopping.is_set():
                 raise TransportError(f"stopped while waiting for nodes; {msg}")
@@ -124,6 +128,10 @@ class GrpcTransport:
         try:
             pending = set(task.client_ids)
             for update, verdict in self._arrivals(task, "fit", pending):
+                if isinstance(update, Relayed):
+                    assert verdict is not None
+                    yield from _relayed(update, verdict, reducer)
+                    continue
                 if verdict is None or isinstance(update, ClientFailure) or reducer is None:
                     if verdict is not None:
                         verdict.set(True)
@@ -178,7 +186,10 @@ class GrpcTransport:
                     log.warning("event=node_lost round=%d client=%d", task.round_num, cid)
                     yield ClientFailure(cid, what, "node disconnected"), None
                 continue
-            pending.discard(result.client_id)
+            if isinstance(result, Relayed):
+                pending -= result.covers
+            else:
+                pending.discard(result.client_id)
             yield result, verdict
 
     def exchange(
@@ -254,6 +265,12 @@ class GrpcTransport:
             for result, verdict in self._arrivals(task, "evaluate"):
                 if verdict is not None:
                     verdict.set(True)
+                if isinstance(result, Relayed):  # a relay's evaluation over its children, or its failure
+                    if isinstance(result.result, ClientFailure):
+                        yield from (ClientFailure(c, "evaluate", result.result.reason) for c in sorted(result.covers))
+                    elif isinstance(result.result, EvalResult):
+                        yield result.result
+                    continue
                 if isinstance(result, ClientUpdate):  # cannot happen: an evaluate task's pushes decode as evaluations
                     continue
                 yield result
@@ -292,6 +309,14 @@ class GrpcTransport:
                 try:
                     result, verdict = d.task.results.get_nowait()
                 except queue.Empty:
+                    continue
+                if isinstance(result, Relayed):  # FedBuff buffers single updates; a relay's sum has no staleness
+                    d.pending -= result.covers
+                    verdict.set(False, "an asynchronous run takes single updates, not a relay's partial sum")
+                    for cid in sorted(result.covers):
+                        self._lost.append(Arrival(ClientFailure(cid, "fit", "relay sum refused by [async]"), 0))
+                    if not d.pending:
+                        self._close(d)
                     continue
                 d.pending.discard(result.client_id)
                 if not d.pending:
@@ -353,6 +378,67 @@ class _Held:
     verdict: _Verdict
     metrics: dict[str, float]
     uplink_bytes: int
+
+
+def _relayed(got: Relayed, verdict: _Verdict, reducer: Reducer | None) -> Iterator[FitResult]:
+    """A relay's push: its partial sum, once checked against the round (:func:`check_partial`), or a
+    failure for each selected client id it answers for."""
+    item = got.result
+    if isinstance(item, ClientFailure):
+        verdict.set(True)
+        yield from (ClientFailure(c, item.stage, f"relay: {item.reason}") for c in sorted(got.covers))
+        return
+    assert isinstance(item, PartialSum)
+    try:
+        if reducer is None:
+            raise ValidationError(
+                "this round needs every client's own update (a strategy that needs individual updates, or "
+                "secure aggregation), which a relay sums away"
+            )
+        check_partial(item, reducer)
+    except FedgeError as exc:
+        verdict.set(False, str(exc))
+        yield from (ClientFailure(c, "rejected", str(exc)) for c in sorted(got.covers))
+        return
+    verdict.set(True)
+    lost = got.covers - set(item.client_ids) - {f.client_id for f in item.failures}
+    item.failures += [ClientFailure(c, "fit", "the relay sent nothing for it") for c in sorted(lost)]
+    yield item
+
+
+def check_partial(item: PartialSum, reducer: Reducer) -> None:
+    """Check a relay's partial sum as the round would check its clients' updates.
+
+    Its terms must be those this strategy sums for one update, with the same shapes, and
+    finite; its ``weight`` term (when the strategy has one) non-negative and at most one
+    per example it claims (or one per client, for a strategy that counts clients). The
+    influence bound of single updates (a weight capped at a multiple of the median) does not
+    apply to a sum: the allow-list's ``examples=M`` bounds what a relay may claim.
+    """
+    dp = sys.modules.get("fedge.privacy.transforms")  # loaded whenever this run has [privacy]
+    if dp is not None and any(isinstance(t, dp.CentralDP) for t in reducer.pipeline.transforms):
+        raise ValidationError(
+            "central DP clips and counts each client's own update on this server, which a relay's sum "
+            "skips (per-tier DP is not built)"
+        )
+    spec = reducer.validator.spec
+    probe = ClientUpdate(client_id=-1, delta=[np.zeros(s, np.float32) for s in spec.shapes], num_examples=1)
+    want = reducer.strategy.contribution(probe)
+    who = f"partial sum of clients {item.client_ids[:8]}"
+    if set(item.terms) != set(want):
+        raise ValidationError(f"{who} has terms {sorted(item.terms)}, this round sums {sorted(want)}")
+    for name, tensors in want.items():
+        got = item.terms[name]
+        if [np.shape(t) for t in got] != [np.shape(t) for t in tensors]:
+            raise ValidationError(f"{who}: term {name!r} has the wrong shapes")
+        if not all(np.isfinite(t).all() for t in got):
+            raise ValidationError(f"{who}: term {name!r} has NaN or Inf values")
+    if "weight" in want:
+        w = float(item.terms["weight"][0].reshape(-1)[0])
+        most = float(max(item.num_examples, len(item.client_ids)))
+        # 1e-4 relative: a sum masked by secure aggregation comes back through fixed point.
+        if not 0 <= w <= most * (1 + 1e-4) or math.isnan(w):
+            raise ValidationError(f"{who} weighs {w:g}, more than its {most:g} examples allow")
 
 
 def _reduce(reducer: Reducer, held: list[_Held]) -> Iterator[FitResult]:

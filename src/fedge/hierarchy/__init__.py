@@ -5,8 +5,8 @@ HierFAVG (Liu et al., ICC 2020) on fedge's seams: the relays are an execution ba
 wrapper hook), so the cloud's strategy, the pipeline and the reducer are those of a flat
 run; their cost on the virtual clock is the run's round policy
 (:class:`~fedge.hierarchy.links.HierarchyPolicy`). Enable it with a ``[hierarchy]``
-section (``enabled = true``); see ``docs/hierarchy.md``. The gRPC relays (``fedge relay``)
-are not built yet, so ``fedge serve`` refuses the section.
+section (``enabled = true``); see ``docs/hierarchy.md``. Over gRPC the relays are ``fedge relay``
+processes (:mod:`fedge.deploy.relay`), so ``fedge serve`` refuses the section.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
         return
     if ctx.deployed:
         raise ConfigError(
-            "fedge serve does not run [hierarchy] yet (the gRPC relays, fedge relay, are not built); "
-            "simulate it with fedge run"
+            "fedge serve does not read [hierarchy]: a served hierarchy is built from `fedge relay` processes "
+            "(mark each relay's key relay=N in the allow-list, see docs/hierarchy.md); set hierarchy.enabled = false"
         )
     topology(cfg, ctx.population)
     cat = catalog(cfg.profiles or None)
@@ -153,7 +153,8 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
     for name in ("secagg", "async", "devices"):
         if getattr(exp.extensions.get(name), "enabled", False):
             why = {
-                "secagg": "per-tier secure aggregation runs in the relays, which are not built yet",
+                "secagg": "per-tier secure aggregation runs over gRPC (fedge relay --secagg), not in the "
+                "simulated relays",
                 "async": "relays run synchronous edge steps",
                 "devices": "the hierarchy costs its own tiers (hierarchy.device and hierarchy.gateway)",
             }[name]

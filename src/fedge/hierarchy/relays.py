@@ -175,6 +175,15 @@ class HierarchyBackend:
             else:
                 yield from self._forward(task, children, trace)
 
+    def edge_round(self, task: FitTask) -> Iterator[FitResult]:
+        """``task``'s clients as the children of one relay: its ``kappa1`` edge steps, then its one
+        partial sum (or its children's failures). What ``fedge relay`` runs for each parent round."""
+        if task.reducer is None:
+            raise ConfigError("a relay sums its children's updates, so it needs the round's reducer")
+        trace = RelayTrace(0)
+        self.trace = [trace]
+        yield from self._relay(task, list(task.client_ids), trace)
+
     def _runtime(self, base: ClientRuntime, step: int) -> ClientRuntime:
         if step == 0:
             return base
