@@ -17,8 +17,8 @@ Part 3 — driver state: the four methods of Part 1 on the synthetic car fleet o
 mixes; key -> value telemetry hashed on each car with :func:`fedge.data.keyvalue.load_keyvalue`
 under a fixed benchmark secret). Each car is one client with its own 20 % test split; the
 experiment is built as ``examples/driver_state/run.py`` builds it (``build(exp,
-dataset=...)``), without its device simulation and secure aggregation (neither changes
-what is learned).
+dataset=...)``), without its device simulation and secure aggregation (neither is
+what this compares).
 
 Everything goes through ``fedge.experiment`` (the config sections a user would write).
 Prints a line per run, then one JSON line.
