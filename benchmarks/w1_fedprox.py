@@ -24,7 +24,7 @@ import sys
 import time
 
 import numpy as np
-from _common import emit
+from _common import emit, plain_fedavg
 
 from fedge.config import from_dict
 from fedge.engine import Callback
@@ -82,42 +82,12 @@ def run(strategy: dict, rounds: int, seed: int, backend: str, alpha: float, beta
 
 def plain_loop(built, rounds: int, seed: int) -> tuple[list[np.ndarray], float, float]:
     """BENCHMARKS.md's reference loop over ``built``'s data and sampled clients: final weights, seconds, accuracy."""
-    import torch
     from torch import nn
 
-    from fedge.clients.base import batches
-    from fedge.clients.torch_learner import get_params, set_params
-    from fedge.core.types import client_rng
-    from fedge.engine import round_rng
-
-    fd, cfg = built.data, built.train
-    xt, yt = torch.from_numpy(fd.x), torch.from_numpy(fd.y)
-    module = nn.Linear(60, 10)
-    glob = [np.asarray(p, np.float32).copy() for p in built.initial]
     t0 = time.perf_counter()
-    for r in range(1, rounds + 1):
-        ids = built.sampling.sample(list(range(fd.num_clients)), round_rng(seed, r))
-        total = [np.zeros(p.shape, np.float64) for p in glob]
-        weight = 0.0
-        for cid in ids:
-            rows = fd.train[cid]
-            x, y = xt[rows], yt[rows]
-            set_params(module, glob)
-            opt = torch.optim.SGD(module.parameters(), lr=cfg.lr)
-            rng = client_rng(seed, r, cid)
-            for _ in range(cfg.epochs):
-                for idx in batches(len(y), cfg.batch_size, rng):
-                    ib = torch.from_numpy(idx)
-                    opt.zero_grad()
-                    nn.functional.cross_entropy(module(x[ib]), y[ib]).backward()
-                    opt.step()
-            n = float(len(y))
-            for acc, p, g in zip(total, get_params(module), glob, strict=True):
-                acc += (p.astype(np.float64) - g) * n
-            weight += n
-        glob = [(g + (s / weight).astype(np.float32)).astype(np.float32) for g, s in zip(glob, total, strict=True)]
+    glob, _ = plain_fedavg(built.data, nn.Linear(60, 10), built.initial, rounds, built.sampling, built.train, seed)
     seconds = time.perf_counter() - t0
-    x_test, y_test = fd.central()
+    x_test, y_test = built.data.central()
     _loss, acc = built.learner.evaluate(glob, x_test, y_test)
     return glob, seconds, float(acc)
 

@@ -26,15 +26,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import plain_fedavg
 from torch import nn
 
 import fedge.simulation.backends  # noqa: F401  (registers the backends)
-from fedge.clients.base import LearnerClient, batches
-from fedge.clients.torch_learner import TorchLearner, get_params, set_params
-from fedge.core.types import TrainConfig, client_rng
+from fedge.clients.base import LearnerClient
+from fedge.clients.torch_learner import TorchLearner, get_params
+from fedge.core.types import TrainConfig
 from fedge.data.federated import FederatedDataset
 from fedge.data.w2 import w2
-from fedge.engine import Callback, round_rng, run
+from fedge.engine import Callback, run
 from fedge.federation import make_backend
 from fedge.models import build_learner
 from fedge.simulation.history import RoundRecord
@@ -72,34 +73,7 @@ def plain_loop(
     seed: int = SEED,
 ) -> tuple[list[np.ndarray], list[float]]:
     """The reference: one reused module, torch.optim.SGD, slicing, a weighted average."""
-    glob = [p.copy() for p in initial]
-    times = []
-    xt, yt = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    sampling = Sampling(count=per_round)
-    for r in range(1, rounds + 1):
-        t0 = time.perf_counter()
-        ids = sampling.sample(list(range(data.num_clients)), round_rng(seed, r))
-        total = [np.zeros(p.shape, np.float64) for p in glob]
-        weight = 0.0
-        for cid in ids:
-            rows = data.train[cid]
-            x, y = xt[rows], yt[rows]
-            set_params(module, glob)
-            opt = torch.optim.SGD(module.parameters(), lr=cfg.lr)
-            rng = client_rng(seed, r, cid)
-            for _ in range(cfg.epochs):
-                for idx in batches(len(y), cfg.batch_size, rng):
-                    ib = torch.from_numpy(idx)
-                    opt.zero_grad()
-                    nn.functional.cross_entropy(module(x[ib]), y[ib]).backward()
-                    opt.step()
-            n = float(len(y))
-            for acc, p, g in zip(total, get_params(module), glob, strict=True):
-                acc += (p.astype(np.float64) - g) * n
-            weight += n
-        glob = [(g + (s / weight).astype(np.float32)).astype(np.float32) for g, s in zip(glob, total, strict=True)]
-        times.append(time.perf_counter() - t0)
-    return glob, times
+    return plain_fedavg(data, module, initial, rounds, Sampling(count=per_round), cfg, seed)
 
 
 class _Timer(Callback):

@@ -388,6 +388,18 @@ def train_cohort(module: Any, params: Params, jobs: Sequence[_Job]) -> list[Trai
     return results(jobs, packed, [t.numpy() for t in theta], loss_sum.numpy())
 
 
+def finish(
+    runtime: ClientRuntime, job: _Job, result: TrainResult, params: Params, ins: FitInstructions
+) -> ClientUpdate | ClientFailure:
+    """A batched client's update from its training result, through the same ``run_fit`` as every backend."""
+    try:
+        return run_fit(
+            _Trained(job.client, result), params, ins, job.ctx, strategy=runtime.strategy, pipeline=runtime.pipeline
+        )
+    except Exception as exc:
+        return ClientFailure(job.client.client_id, "fit", f"{type(exc).__name__}: {exc}")
+
+
 def summable(runtime: ClientRuntime, reducer: Reducer, ins: FitInstructions) -> bool:
     """Whether a batched bucket's updates can be validated and summed as arrays, skipping the
     per-client update objects: the engine's own reducer (not one that changes the decoded
@@ -418,7 +430,7 @@ def sum_bucket(
     packed: _Packed,
     stacked: Sequence[npt.NDArray[np.float32]],
     loss: npt.NDArray[np.float64],
-) -> Iterator[ClientUpdate | PartialSum]:
+) -> Iterator[ClientUpdate | ClientFailure | PartialSum]:
     """A :func:`summable` bucket's contribution as one :class:`PartialSum`.
 
     The checks are the :class:`~fedge.engine.aggregator.Validator`'s, on the stacked deltas:
@@ -443,14 +455,7 @@ def sum_bucket(
             loss=float(mean_loss[i]),
             num_examples=packed.sizes[int(i)],
         )
-        yield run_fit(
-            _Trained(job.client, result),
-            params,
-            ins,
-            job.ctx,
-            strategy=runtime.strategy,
-            pipeline=runtime.pipeline,
-        )
+        yield finish(runtime, job, result, params, ins)
     keep = np.flatnonzero(ok)
     if not len(keep):
         return
@@ -655,14 +660,4 @@ class VectorizedBackend:
                 yield fit_one(runtime, job.client.client_id, params, ins, job.ctx.state)
             return
         for job, result in zip(jobs, trained, strict=True):
-            try:
-                yield run_fit(
-                    _Trained(job.client, result),
-                    params,
-                    ins,
-                    job.ctx,
-                    strategy=runtime.strategy,
-                    pipeline=runtime.pipeline,
-                )
-            except Exception as exc:
-                yield ClientFailure(job.client.client_id, "fit", f"{type(exc).__name__}: {exc}")
+            yield finish(runtime, job, result, params, ins)
