@@ -161,10 +161,57 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
             lambda d: d.execute_script("return document.querySelectorAll('#acc path').length > 0")
         )
         assert proc.poll() is None, "the run ended before the page was checked"
+        note = browser.execute_script("return document.getElementById('persnote').textContent")
+        assert note.startswith("no per-client evaluation in this run")
         shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
         colors = shot.getcolors(maxcolors=1 << 20) or []
         assert len(colors) > 20
         assert max(n for n, _ in colors) < 0.97 * shot.width * shot.height
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+DITTO_TOML = (
+    DASH_TOML.replace('name = "logreg"\nframework = "numpy"', 'name = "logreg"\nframework = "torch"')
+    + """[strategy]
+name = "ditto"
+[evaluation]
+every = 1
+federated_clients = -1
+"""
+)
+
+
+@pytest.mark.integration
+def test_the_dashboard_draws_personal_and_global_accuracy_per_client(tmp_path: Path, browser: Any) -> None:
+    """A Ditto run's personal models and the global model, on the clients' own data: mean and worst 10 %."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(DITTO_TOML.format(out=tmp_path / "run"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        url = next((ln.split(" ", 1)[1].strip() for ln in proc.stderr if ln.startswith("dashboard: ")), "")
+        assert url
+        browser.get(url)
+        WebDriverWait(browser, 60, poll_frequency=0.2).until(
+            lambda d: d.execute_script("return document.querySelectorAll('#pers path').length >= 4")
+        )
+        labels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#pers text.legend')).map(t => t.textContent)"
+        )
+        assert labels == ["personal: mean", "personal: worst 10 %", "global: mean", "global: worst 10 %"]
+        assert browser.execute_script("return document.getElementById('persnote').textContent") == ""
+        assert proc.poll() is None, "the run ended before the page was checked"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
