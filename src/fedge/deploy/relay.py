@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +35,10 @@ import numpy as np
 from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import ParamSpec
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
-from fedge.deploy.auth import Signer, Verifier
+from fedge.deploy.auth import Signer
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.node import EDGE_STEP, Backoff, Node, decode_instructions, load_experiment
-from fedge.deploy.server import GrpcServer, start_grpc
+from fedge.deploy.server import GrpcServer, deploy_service, deploy_transport, start_grpc
 from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
@@ -166,33 +165,17 @@ class Relay:
         self.store.set_meta(run_id=run_id, block=block, parent_run=parent_run)
         cfg = self.cfg
         self._experiment = exp
-        self.svc = FedgeService(
-            store=self.store,
-            verifier=Verifier(
-                Path(cfg.allow_list) if cfg.allow_list else None,
-                Path(cfg.revoked) if cfg.revoked else None,
-                window_s=cfg.window_s,
-            ),
+        self.svc = deploy_service(
+            cfg,
+            self.store,
             run_id=run_id,
             config_toml=config_toml,
             num_clients=clients,
             first_client=first,
             rounds=exp.rounds,
             min_nodes=min(cfg.min_nodes, clients),
-            heartbeat_s=cfg.heartbeat_s,
-            node_timeout_s=cfg.node_timeout_s,
-            chunk_size=cfg.chunk_kib * 1024,
-            max_update_bytes=int(cfg.max_update_mib * 2**20),
-            max_decoding=cfg.max_decoding,
-            max_inflight_bytes=int(cfg.max_inflight_mib * 2**20),
         )
-        self.transport = GrpcTransport(
-            self.svc,
-            wait_s=cfg.wait_s,
-            round_deadline_s=cfg.round_deadline_s,
-            round_min_nodes=cfg.round_min_nodes,
-            secagg_stage_s=cfg.secagg_stage_s,
-        )
+        self.transport = deploy_transport(cfg, self.svc)
         limits = InfluenceLimits(cfg.examples_cap, 0.0 if exp.training.max_update_norm else cfg.norm_cap)
         self._bound = InfluenceBound(limits) if (limits.examples_factor or limits.norm_factor) else None
         self.server, self.port = start_grpc(self.svc, cfg)

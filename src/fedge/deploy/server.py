@@ -431,6 +431,53 @@ def _classes(built: Federation, svc: FedgeService) -> Classes | None:
     return split
 
 
+def deploy_service(
+    cfg: DeployConfig,
+    store: Store,
+    *,
+    run_id: str,
+    config_toml: str,
+    num_clients: int,
+    rounds: int,
+    first_client: int = 0,
+    min_nodes: int | None = None,
+) -> FedgeService:
+    """The service ``[deploy]`` describes (allow-list, limits, timing), for ``fedge serve`` and ``fedge relay``;
+    ``min_nodes`` overrides ``[deploy] min_nodes``."""
+    return FedgeService(
+        store=store,
+        verifier=Verifier(
+            Path(cfg.allow_list) if cfg.allow_list else None,
+            Path(cfg.revoked) if cfg.revoked else None,
+            window_s=cfg.window_s,
+        ),
+        run_id=run_id,
+        config_toml=config_toml,
+        num_clients=num_clients,
+        first_client=first_client,
+        rounds=rounds,
+        min_nodes=cfg.min_nodes if min_nodes is None else min_nodes,
+        heartbeat_s=cfg.heartbeat_s,
+        node_timeout_s=cfg.node_timeout_s,
+        chunk_size=cfg.chunk_kib * 1024,
+        max_update_bytes=int(cfg.max_update_mib * 2**20),
+        max_decoding=cfg.max_decoding,
+        max_inflight_bytes=int(cfg.max_inflight_mib * 2**20),
+    )
+
+
+def deploy_transport(cfg: DeployConfig, svc: FedgeService, *, classes: Classes | None = None) -> GrpcTransport:
+    """The round transport over ``svc`` with ``[deploy]``'s waits and deadlines."""
+    return GrpcTransport(
+        svc,
+        wait_s=cfg.wait_s,
+        round_deadline_s=cfg.round_deadline_s,
+        round_min_nodes=cfg.round_min_nodes,
+        secagg_stage_s=cfg.secagg_stage_s,
+        classes=classes,
+    )
+
+
 def _run_served(
     built: Federation,
     cfg: DeployConfig,
@@ -444,34 +491,15 @@ def _run_served(
 ) -> RunResult:
     """Serve the rounds left; a run that had already ended (``finished``) only tells its nodes so."""
     exp = built.config
-    verifier = Verifier(
-        Path(cfg.allow_list) if cfg.allow_list else None,
-        Path(cfg.revoked) if cfg.revoked else None,
-        window_s=cfg.window_s,
-    )
-    svc = FedgeService(
-        store=store,
-        verifier=verifier,
+    svc = deploy_service(
+        cfg,
+        store,
         run_id=run_id,
         config_toml=node_config(exp, built.dataset.num_classes),
         num_clients=built.ctx.population,
         rounds=exp.rounds,
-        min_nodes=cfg.min_nodes,
-        heartbeat_s=cfg.heartbeat_s,
-        node_timeout_s=cfg.node_timeout_s,
-        chunk_size=cfg.chunk_kib * 1024,
-        max_update_bytes=int(cfg.max_update_mib * 2**20),
-        max_decoding=cfg.max_decoding,
-        max_inflight_bytes=int(cfg.max_inflight_mib * 2**20),
     )
-    transport = GrpcTransport(
-        svc,
-        wait_s=cfg.wait_s,
-        round_deadline_s=cfg.round_deadline_s,
-        round_min_nodes=cfg.round_min_nodes,
-        secagg_stage_s=cfg.secagg_stage_s,
-        classes=_classes(built, svc),
-    )
+    transport = deploy_transport(cfg, svc, classes=_classes(built, svc))
     if transport_hook is not None:
         transport_hook(transport)
     if finished is not None and state is not None:
