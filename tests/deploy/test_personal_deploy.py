@@ -29,6 +29,11 @@ RAW: dict[str, Any] = {
 }
 
 
+def _same_model(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def serve_three(exp: Any, keys: list[Path], tmp_path: Path) -> Any:
     """``exp`` served to three real nodes (client i on key i, state in ``tmp_path/n{i}``): its ``Served``."""
     t, port, out = serve_in_thread(exp)
@@ -48,8 +53,7 @@ def test_ditto_personal_models_persist_in_the_node_state_files(tmp_path: Path, m
     sim = execute(built)
     served = serve_three(from_dict({**RAW, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     assert [r.participants for r in served.history] == [3, 3, 3]
-    for a, b in zip(served.result.state.params, sim.state.params, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    _same_model(served.result.state.params, sim.state.params)
     for i in range(3):
         saved_round, before, after = StateFile(tmp_path / f"n{i}" / f"fedge-client-{i}.state").load()
         assert saved_round == 3
@@ -121,8 +125,7 @@ def test_fedper_and_fedrep_over_grpc_send_only_the_body_and_end_as_the_simulatio
     served = serve_three(from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     body, head = sum(p.nbytes for p in initial[:2]), sum(p.nbytes for p in initial[2:])
     assert [r.participants for r in served.history] == [3, 3, 3]
-    for a, b in zip(served.result.state.params, sim.state.params, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    _same_model(served.result.state.params, sim.state.params)
     for a, b in zip(served.result.state.params[2:], initial[2:], strict=True):
         np.testing.assert_array_equal(a, b)  # the server's head is never trained
     for got, want in zip(served.history, sim.history, strict=True):
@@ -176,8 +179,7 @@ def test_a_restarted_node_keeps_its_head(tmp_path: Path, make_keys: Any, monkeyp
     assert [r.participants for r in served.history] == [3, 3, 3]
     for got, want in zip(served.history, sim.history, strict=True):
         assert got.extra["personal_acc_mean"] == pytest.approx(want.extra["personal_acc_mean"], rel=1e-6)
-    for a, b in zip(served.result.state.params, sim.state.params, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    _same_model(served.result.state.params, sim.state.params)
 
 
 PROFILES = """
@@ -245,8 +247,7 @@ def test_heterofl_over_grpc_sends_each_width_class_its_sub_model_and_ends_as_the
     tasks = _record_tasks(monkeypatch)
     served = serve_three(from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     assert [r.participants for r in served.history] == [3, 3]
-    for a, b in zip(served.result.state.params, sim.state.params, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    _same_model(served.result.state.params, sim.state.params)
     for got, want in zip(served.history, sim.history, strict=True):
         assert got.fed_test_accuracy == pytest.approx(want.fed_test_accuracy, rel=1e-6)
         assert got.extra["client_acc_mean"] == pytest.approx(want.extra["client_acc_mean"], rel=1e-6)
@@ -269,8 +270,7 @@ def test_heterofl_over_grpc_with_every_ratio_one_is_fedavg(tmp_path: Path, make_
     raw = _heterofl(tmp_path, ratios=[1.0], fleet=whole)
     served = serve_three(from_dict({**raw, "deploy": bare_deploy(tmp_path, allow, 3)}), keys, tmp_path)
     assert [r.participants for r in served.history] == [3, 3]
-    for a, b in zip(served.result.state.params, fedavg.state.params, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    _same_model(served.result.state.params, fedavg.state.params)
     for got, want in zip(served.history, fedavg.history, strict=True):
         assert got.fed_test_accuracy == pytest.approx(want.fed_test_accuracy, rel=1e-6)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +129,11 @@ token = "browser-test-token"
 """
 
 
-@pytest.mark.integration
-def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, browser: Any) -> None:
-    from PIL import Image
-    from selenium.webdriver.support.ui import WebDriverWait
-
+@contextlib.contextmanager
+def _dashboard_run(toml: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A ``fedge run --dashboard`` process on ``toml`` and the address it printed ('' if none); stopped after."""
     cfg = tmp_path / "exp.toml"
-    cfg.write_text(DASH_TOML.format(out=tmp_path / "run"))
+    cfg.write_text(toml.format(out=tmp_path / "run"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
         stdout=subprocess.DEVNULL,
@@ -142,11 +142,21 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
     )
     try:
         assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            if line.startswith("dashboard: "):
-                url = line.split(" ", 1)[1].strip()
-                break
+        url = next((ln.split(" ", 1)[1].strip() for ln in proc.stderr if ln.startswith("dashboard: ")), "")
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.integration
+def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, browser: Any) -> None:
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _dashboard_run(DASH_TOML, tmp_path) as (proc, url):
         assert url.startswith("http://127.0.0.1:") and "/login?code=" in url and "browser-test-token" not in url
         base = url.split("login?")[0]
         assert _get(base + "api/status")[0] == 401
@@ -167,11 +177,6 @@ def test_dashboard_in_a_real_run_renders_in_headless_chromium(tmp_path: Path, br
         colors = shot.getcolors(maxcolors=1 << 20) or []
         assert len(colors) > 20
         assert max(n for n, _ in colors) < 0.97 * shot.width * shot.height
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 DITTO_TOML = (
@@ -190,17 +195,7 @@ def test_the_dashboard_draws_personal_and_global_accuracy_per_client(tmp_path: P
     """A Ditto run's personal models and the global model, on the clients' own data: mean and worst 10 %."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text(DITTO_TOML.format(out=tmp_path / "run"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedge.cli.main", "run", str(cfg), "--dashboard", "-q"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        url = next((ln.split(" ", 1)[1].strip() for ln in proc.stderr if ln.startswith("dashboard: ")), "")
+    with _dashboard_run(DITTO_TOML, tmp_path) as (proc, url):
         assert url
         browser.get(url)
         WebDriverWait(browser, 60, poll_frequency=0.2).until(
@@ -212,11 +207,6 @@ def test_the_dashboard_draws_personal_and_global_accuracy_per_client(tmp_path: P
         assert labels == ["personal: mean", "personal: worst 10 %", "global: mean", "global: worst 10 %"]
         assert browser.execute_script("return document.getElementById('persnote').textContent") == ""
         assert proc.poll() is None, "the run ended before the page was checked"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 SHORT_TOML = """
