@@ -103,6 +103,12 @@ class LearnerClient:
         return EvalResult(client_id=self.client_id, num_examples=len(y), loss=loss, accuracy=acc)
 
 
+def overridden(cfg: TrainConfig, ins: FitInstructions, client_id: int) -> TrainConfig:
+    """``cfg`` with the round plan's overrides for this client (a straggler's epochs, a step budget)."""
+    extra = ins.per_client.get(client_id)
+    return cfg if extra is None else replace(cfg, **extra)
+
+
 def run_fit(
     client: Client,
     params: Params,
@@ -121,9 +127,7 @@ def run_fit(
     from fedge.strategies.base import delta_of
 
     start = strategy.client_params(params, ins, ctx)
-    cfg = strategy.client_prepare(ins, ctx)
-    if ctx.client_id in ins.per_client:
-        cfg = replace(cfg, **ins.per_client[ctx.client_id])
+    cfg = overridden(strategy.client_prepare(ins, ctx), ins, ctx.client_id)
     metrics: dict[str, float] = {}
     if ins.config.get("report_initial_loss"):
         metrics["initial_loss"] = float(client.loss(start))

@@ -32,13 +32,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedge.clients.base import ClientData, LearnerClient, TrainResult, batches, run_fit, step_budget
+from fedge.clients.base import ClientData, LearnerClient, TrainResult, batches, overridden, run_fit, step_budget
 from fedge.core import streams
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
@@ -89,10 +89,7 @@ class _Trained:
 
 def client_config(runtime: ClientRuntime, ins: FitInstructions, ctx: ClientContext) -> TrainConfig:
     """The config :func:`run_fit` will train this client with."""
-    cfg = runtime.strategy.client_prepare(ins, ctx)
-    if ctx.client_id in ins.per_client:
-        cfg = replace(cfg, **ins.per_client[ctx.client_id])
-    return cfg
+    return overridden(runtime.strategy.client_prepare(ins, ctx), ins, ctx.client_id)
 
 
 def unsupported(client: Any, spec: ParamSpec) -> str | None:
@@ -596,7 +593,7 @@ class VectorizedBackend:
                     and isinstance(client, LearnerClient)
                     and getattr(client.learner, "kernel", None) is not None
                 ):
-                    cfg = ins.train if cid not in ins.per_client else replace(ins.train, **ins.per_client[cid])
+                    cfg = overridden(ins.train, ins, cid)  # client_prepare is the base one: ins.train
                     reason = config_unsupported(cfg)
                     if reason is None and client.data.num_train > 1:
                         n = client.data.num_train
