@@ -30,7 +30,7 @@ from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.core.params import Params
 from fedge.deploy import security, wire
-from fedge.deploy.auth import Verifier
+from fedge.deploy.auth import Verifier, parse_relays
 from fedge.deploy.classes import ModelClass, model_classes
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.guard import Gate
@@ -388,6 +388,7 @@ def serve(
     folder = None
     try:
         check_extras(exp)
+        check_relay_privacy(exp, cfg)
         if output is not None and run.finished is None:
             folder = claim_run_folder(exp, None if output == "default" else output, overwrite=overwrite)
         for note in [*run.notes, *security.startup_warnings(cfg)]:
@@ -409,6 +410,31 @@ def serve(
     finally:
         store.close()
     return Served(result, history, run.run_id, built, out)
+
+
+def check_relay_privacy(exp: Experiment, cfg: DeployConfig) -> None:
+    """Refuse, before round 1, central DP that a relay of the allow-list could not take part in.
+
+    Under central DP with relays each child clips its own update and its relay clips it again
+    (:func:`fedge.deploy.transport.check_private_partial`): the server never sees the children's
+    updates, so it can neither clip them nor count their clipping bits.
+    """
+    p = exp.extensions.get("privacy")
+    if getattr(p, "mode", "off") != "central" or not cfg.allow_list:
+        return
+    path = Path(cfg.allow_list)
+    if not path.is_file() or not parse_relays(path.read_text(encoding="utf-8"), str(path)):
+        return
+    if getattr(p, "clip_at", "server") != "client":
+        raise ConfigError(
+            f"{path} lists relays, whose sums this server cannot clip: central DP with relays needs "
+            "privacy.clip_at = 'client' (children clip, their relay clips again)"
+        )
+    if getattr(p, "adaptive_clip", False):
+        raise ConfigError(
+            f"{path} lists relays: privacy.adaptive_clip counts each client's clipping bit on this server, "
+            "which a relay's sum does not carry; turn it off"
+        )
 
 
 def _classes(built: Federation, svc: FedgeService) -> Classes | None:
