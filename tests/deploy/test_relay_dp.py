@@ -28,6 +28,7 @@ from fedge.pipeline import Pipeline, RoundContext
 from fedge.privacy.transforms import CentralDP
 from fedge.strategies.fedavg import FedAvg
 
+from .conftest import served_noise_key, simulated_with_noise_key
 from .test_relay import RAW, close_to, keyring, pub, tree, two_relays
 
 pytestmark = pytest.mark.integration
@@ -41,12 +42,16 @@ PRIVATE: dict[str, Any] = {
 
 def test_central_dp_over_relays_equals_flat_dp_fedavg_and_its_epsilon(tmp_path: Path) -> None:
     """kappa1 = 1: the children's clipped updates summed by their relays, plus the cloud's noise, are
-    the flat DP-FedAvg round (same clipping, same noise draw), and the accountant's epsilon is the
-    flat run's round by round. The clip binds (0.05 is below the children's update norms)."""
-    sim = execute(build(from_dict(PRIVATE)))
+    the flat DP-FedAvg round (same clipping, the same draw from the server's secret noise key),
+    and the accountant's epsilon is the flat run's round by round. The clip binds (0.05 is below
+    the children's update norms)."""
     served = two_relays(tmp_path, PRIVATE)
+    sim = simulated_with_noise_key(from_dict(PRIVATE), served_noise_key(served))
     assert [(r.participants, r.failed) for r in served.history] == [(4, 0)] * 3
     close_to(served.result.state.params, sim.state.params)
+    # The noise is the server's secret: not the one a node could draw from the seed it was sent.
+    seeded = execute(build(from_dict(PRIVATE)))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(seeded.state.params, sim.state.params, strict=True)) > 1e-3
     eps = [r.extra["epsilon"] for r in served.history]
     np.testing.assert_allclose(eps, [r.extra["epsilon"] for r in sim.history], rtol=1e-9)
     assert eps == sorted(eps) and eps[0] > 0

@@ -23,13 +23,12 @@ SecAgg+ among them through its own transport, so it learns only their sum. See
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -99,12 +98,11 @@ def clipped_at_relay(pipeline: Pipeline) -> Pipeline:
     """The relay's pipeline for its children's updates: under central DP (``clip_at = "client"``)
     the relay clips each child's update to ``C`` again before summing, so its sum is what the
     parent checks (weight one per child, L2 norm at most ``n C``) even if a child did not clip."""
-    dp = sys.modules.get("fedge.privacy.transforms")
-    if dp is None or not any(isinstance(t, dp.CentralDP) for t in pipeline.transforms):
+    if not pipeline.named("central_dp"):
         return pipeline
     return Pipeline(
         [
-            replace(t, clip_at="server", accountant=None, adaptive=None) if isinstance(t, dp.CentralDP) else t
+            replace(cast(Any, t), clip_at="server", accountant=None, adaptive=None) if t.name == "central_dp" else t
             for t in pipeline.transforms
         ]
     )

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -394,6 +395,7 @@ def serve(
         for note in [*run.notes, *security.startup_warnings(cfg)]:
             warn(note)
         built = build(exp, deployed=True)
+        keep_noise_secret(built, store)
         result = _run_served(built, cfg, store, run.run_id, run.state, on_ready, transport_hook, linger_s, run.finished)
         history = History(store.records())
         out = None
@@ -410,6 +412,25 @@ def serve(
     finally:
         store.close()
     return Served(result, history, run.run_id, built, out)
+
+
+def keep_noise_secret(built: Federation, store: Store) -> None:
+    """Draw central DP's noise from a secret of this server, not from the run's seed.
+
+    Every node's config carries the seed, so noise drawn from it could be regenerated and taken
+    off the released model. The secret (128 random bits) is made on the run's first start and
+    kept in the server's state file, so a resumed run draws the noise the uninterrupted run
+    would have; it is never sent to a node, written to the run folder or shown in a status.
+    """
+    central = built.pipeline.named("central_dp")
+    if not central:
+        return
+    key = store.meta("dp_noise_key")
+    if key is None:
+        key = str(secrets.randbits(128))
+        store.set_meta(dp_noise_key=key)
+    for t in central:
+        t.noise_key = int(key)
 
 
 def check_relay_privacy(exp: Experiment, cfg: DeployConfig) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -433,8 +432,7 @@ def check_partial(item: PartialSum, reducer: Reducer) -> None:
         # 1e-4 relative: a sum masked by secure aggregation comes back through fixed point.
         if not 0 <= w <= most * (1 + 1e-4) or math.isnan(w):
             raise ValidationError(f"{who} weighs {w:g}, more than its {most:g} examples allow")
-    dp = sys.modules.get("fedge.privacy.transforms")  # loaded whenever this run has [privacy]
-    central = [t for t in reducer.pipeline.transforms if dp is not None and isinstance(t, dp.CentralDP)]
+    central = reducer.pipeline.named("central_dp")
     if central:
         check_private_partial(item, central[0].clip_norm, central[0].clip_at, central[0].adaptive is not None)
 
