@@ -205,3 +205,26 @@ def test_a_custom_client_with_personal_models_stays_in_this_process() -> None:
     assert choose(FitTask(own, 1, list(range(8)), params, ins, {}), cores=2)[0] == "processes"
     name, why = choose(FitTask(mine, 1, list(range(8)), params, ins, {}), cores=2)
     assert name == "sequential" and "custom client" in why
+
+
+def test_the_vectorized_backend_runs_a_custom_client_that_shares_a_plain_ones_learner_itself() -> None:
+    """Plain and custom clients of one learner in one round: the plain ones are batched, and each
+    custom one still runs its own train() (the backend's check is remembered per learner and type)."""
+    from fedge.simulation.backends.vectorized import VectorizedBackend
+
+    learner = TorchLearner(_mlp)
+    clients = _clients([50] * 12)
+    _LoggingClient.seen = []
+
+    def make(cid: int) -> LearnerClient:
+        kind = _LoggingClient if cid % 3 == 2 else LearnerClient
+        return kind(cid, learner, clients[cid])
+
+    runtime = ClientRuntime(make, FedAvg(), _pipeline(), seed=1)
+    ins = FitInstructions(round_num=1, train=TRAIN)
+    task = FitTask(runtime, 1, list(range(12)), learner.init_params(0), ins, {})
+    backend = VectorizedBackend()
+    got = list(backend.fit(task))
+    assert sorted(_LoggingClient.seen) == [2, 5, 8, 11]
+    assert backend.round_info["batched_clients"] == 8
+    assert sorted(u.client_id for u in got) == list(range(12))

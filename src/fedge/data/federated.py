@@ -7,8 +7,10 @@ objects with tensors of their own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,10 +88,10 @@ class FederatedDataset:
         return tuple(int(d) for d in self.x.shape[1:])
 
     def client(self, k: int) -> ClientData:
+        """Client ``k``'s arrays, gathered from the shared ones when first read (:class:`SharedRows`)."""
         if not 0 <= k < self.num_clients:
             raise DataError(f"unknown client {k}: the federation has clients 0..{self.num_clients - 1}")
-        tr, te = self.train[k], self.test[k]
-        return ClientData(self.x[tr], self.y[tr], self.x[te], self.y[te])
+        return SharedRows(self, k)
 
     def num_examples(self) -> Index:
         return self.train.sizes()
@@ -106,6 +108,62 @@ class FederatedDataset:
         owner = np.repeat(np.arange(self.num_clients), self.train.sizes())
         np.add.at(out, (owner, self.y[self.train.values]), 1)
         return out
+
+
+class SharedRows(ClientData):
+    """One client's :class:`ClientData` as rows of its federation's shared arrays.
+
+    Each array is gathered the first time it is read, so a backend that trains a whole bucket
+    of clients at once gathers their rows in one operation from :attr:`source`
+    (``source.train[k]``) instead of once per client; a client whose test arrays nobody reads
+    never copies them. It pickles as the plain :class:`ClientData` it stands for, not with the
+    whole federation.
+    """
+
+    def __init__(self, source: FederatedDataset, k: int) -> None:  # not ClientData's: nothing is gathered yet
+        self.source, self.k = source, k
+
+    @functools.cached_property
+    def x_train(self) -> npt.NDArray[np.generic]:  # type: ignore[override]
+        return self.source.x[self.source.train[self.k]]
+
+    @functools.cached_property
+    def y_train(self) -> npt.NDArray[np.int64]:  # type: ignore[override]
+        return self.source.y[self.source.train[self.k]]
+
+    @functools.cached_property
+    def x_test(self) -> npt.NDArray[np.generic] | None:  # type: ignore[override]
+        return self.source.x[self.source.test[self.k]]
+
+    @functools.cached_property
+    def y_test(self) -> npt.NDArray[np.int64] | None:  # type: ignore[override]
+        return self.source.y[self.source.test[self.k]]
+
+    @property
+    def num_train(self) -> int:
+        return int(self.source.train.offsets[self.k + 1] - self.source.train.offsets[self.k])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.source.test.offsets[self.k + 1] - self.source.test.offsets[self.k])
+
+    def __reduce__(self) -> tuple[type[ClientData], tuple[Any, ...]]:
+        return ClientData, (self.x_train, self.y_train, self.x_test, self.y_test)
+
+
+def shared_rows(datas: Sequence[ClientData]) -> tuple[FederatedDataset, Index] | None:
+    """The one federation all of ``datas`` are rows of and their training rows stacked
+    ``(clients, n)`` (None unless every one is a :class:`SharedRows` of one federation, of equal size)."""
+    first = datas[0] if datas else None
+    if not isinstance(first, SharedRows):
+        return None
+    src = first.source
+    if not all(isinstance(d, SharedRows) and d.source is src for d in datas):
+        return None
+    rows = [src.train[d.k] for d in datas if isinstance(d, SharedRows)]
+    if any(len(r) != len(rows[0]) for r in rows):
+        return None
+    return src, np.stack(rows)
 
 
 def split_local(

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.clients.base import Client, LearnerClient, TrainResult
+from fedge.clients.base import Client, ClientData, LearnerClient, TrainResult
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec, add, flatten, sub, unflatten
 from fedge.core.types import ClientContext, EvalResult, TrainConfig, client_rng
@@ -101,7 +101,8 @@ class Attack:
     def poisoned(self, client: Client) -> Client:
         if not isinstance(client, LearnerClient):
             raise ConfigError(f"attack.kind = {self.kind!r} needs clients with local arrays (LearnerClient)")
-        data = replace(client.data, y_train=flip_labels(client.data.y_train, self.num_classes))
+        d = client.data
+        data = ClientData(d.x_train, flip_labels(d.y_train, self.num_classes), d.x_test, d.y_test)
         return LearnerClient(client.client_id, client.learner, data)
 
     def honest_stats(self, params: Params, cfg: TrainConfig, round_num: int) -> tuple[np.ndarray, np.ndarray]:

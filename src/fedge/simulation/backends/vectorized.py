@@ -43,6 +43,7 @@ from fedge.core import streams
 from fedge.core.errors import ConfigError
 from fedge.core.params import Params, ParamSpec
 from fedge.core.types import ClientContext, ClientUpdate, EvalResult, FitInstructions, TrainConfig
+from fedge.data.federated import shared_rows
 from fedge.engine.aggregator import ClientFailure, PartialSum, Reducer
 from fedge.simulation.backends._shard import PartialReducer, fit_one
 from fedge.strategies.base import Strategy
@@ -54,14 +55,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    """One client prepared for batched training."""
+    """One client prepared for batched training: its ``steps`` mini-batches, listed (``planned``)
+    or cut when first asked for from the epochs' permutations drawn in a batch (``orders``)."""
 
     client: LearnerClient
     ctx: ClientContext
     cfg: TrainConfig
-    batches: list[npt.NDArray[np.intp]]
+    planned: list[npt.NDArray[np.intp]] | None
     orders: npt.NDArray[np.int64] | None = None
-    """The epochs' permutations ``batches`` were cut from, when they were drawn in a batch."""
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.planned is not None:
+            self.steps = len(self.planned)
+
+    @property
+    def batches(self) -> list[npt.NDArray[np.intp]]:
+        if self.planned is None:
+            assert self.orders is not None
+            bsz, n = self.cfg.batch_size, self.orders.shape[1]
+            self.planned = [order[lo : lo + bsz] for order in self.orders for lo in range(0, n, bsz)][: self.steps]
+        return self.planned
 
 
 class _Trained:
@@ -181,16 +195,14 @@ def streamed_jobs(
     ids = [c.client_id for c, _, _ in members]
     drawn = streams.client_permutations(runtime.seed, round_num, ids, n, count)
     jobs = []
+    budgets: dict[int, int] = {}  # steps by id(cfg)
     for i, (client, cfg, state) in enumerate(members):
-        _epochs, max_steps = step_budget(cfg, n)
-        out: list[npt.NDArray[np.intp]] = []
-        for e in range(count):
-            order = drawn.permutations[i, e]
-            out += [order[lo : lo + cfg.batch_size] for lo in range(0, n, cfg.batch_size)]
-        del out[max_steps:]
+        steps = budgets.get(id(cfg), -1)
+        if steps < 0:
+            steps = budgets[id(cfg)] = min(step_budget(cfg, n)[1], count * -(-n // cfg.batch_size))
         make = functools.partial(drawn.generator, i, runtime.seed, round_num, client.client_id)
         ctx = _Deferred(client.client_id, round_num, state, make)
-        jobs.append(_Job(client, ctx, cfg, out, drawn.permutations[i]))
+        jobs.append(_Job(client, ctx, cfg, None, drawn.permutations[i], steps))
     return jobs
 
 
@@ -253,14 +265,13 @@ def pack(jobs: Sequence[_Job]) -> _Packed:
     sizes = [d.num_train for d in datas]
     first = jobs[0]
     if first.orders is not None and all(
-        j.orders is not None and j.orders.shape == first.orders.shape and len(j.batches) == len(first.batches)
-        for j in jobs
+        j.orders is not None and j.orders.shape == first.orders.shape and j.steps == first.steps for j in jobs
     ):
         return pack_equal(jobs, datas)
     k = len(jobs)
     bsz = first.cfg.batch_size
     n_max = max(max(sizes), 1)
-    t_max = max((len(j.batches) for j in jobs), default=0)
+    t_max = max((j.steps for j in jobs), default=0)
     feat = np.asarray(datas[0].x_train).shape[1:]
     x_pad = np.zeros((k, n_max, *feat), dtype=np.float32)
     y_pad = np.zeros((k, n_max), dtype=np.int64)
@@ -280,7 +291,7 @@ def pack_equal(jobs: Sequence[_Job], datas: Sequence[ClientData]) -> _Packed:
     (:func:`streamed_jobs`): the same arrays, built with whole-cohort operations."""
     orders = np.stack([j.orders for j in jobs if j.orders is not None])
     k, count, n = orders.shape
-    bsz, steps = jobs[0].cfg.batch_size, len(jobs[0].batches)
+    bsz, steps = jobs[0].cfg.batch_size, jobs[0].steps
     per_epoch = -(-n // bsz)
     idx = np.zeros((k, count, per_epoch * bsz), dtype=np.int64)
     mask = np.zeros((k, count, per_epoch * bsz), dtype=np.float32)
@@ -290,8 +301,14 @@ def pack_equal(jobs: Sequence[_Job], datas: Sequence[ClientData]) -> _Packed:
     mask = mask.reshape(k, count * per_epoch, bsz)[:, : max(steps, 1)]
     if steps == 0:
         mask = np.zeros_like(mask)
-    x = np.stack([np.asarray(d.x_train, dtype=np.float32) for d in datas])
-    y = np.stack([np.asarray(d.y_train, dtype=np.int64) for d in datas])
+    shared = shared_rows(datas)
+    if shared is not None:  # one gather from the federation's arrays, not one per client and a stack
+        src, rows = shared
+        x = np.asarray(src.x[rows], dtype=np.float32)
+        y = np.asarray(src.y[rows], dtype=np.int64)
+    else:
+        x = np.stack([np.asarray(d.x_train, dtype=np.float32) for d in datas])
+        y = np.stack([np.asarray(d.y_train, dtype=np.int64) for d in datas])
     return _Packed(x, y, np.ascontiguousarray(idx), np.ascontiguousarray(mask), [n] * k)
 
 
@@ -318,7 +335,7 @@ def results(jobs: Sequence[_Job], packed: _Packed, stacked: Sequence[Any], loss_
     return [
         TrainResult(
             params=[p[i] for p in stacked],
-            steps=len(j.batches),
+            steps=j.steps,
             loss=float(loss_sum[i]) / max(float(seen[i]), 1.0),
             num_examples=packed.sizes[i],
         )
@@ -448,7 +465,7 @@ def sum_bucket(
         job = jobs[int(i)]
         result = TrainResult(
             params=[p[i] for p in stacked],
-            steps=len(job.batches),
+            steps=job.steps,
             loss=float(mean_loss[i]),
             num_examples=packed.sizes[int(i)],
         )
@@ -467,7 +484,7 @@ def sum_bucket(
         metrics=[
             {
                 "train_loss": float(mean_loss[i]),
-                "steps": float(len(jobs[int(i)].batches)),
+                "steps": float(jobs[int(i)].steps),
                 "num_examples": float(packed.sizes[int(i)]),
                 "uplink_bytes": float(nbytes),
             }
@@ -488,7 +505,9 @@ class VectorizedBackend:
         self.min_batch = min_batch
         self._round: dict[str, int] = dict.fromkeys(("padded_steps", "real_steps", "batched_clients", "buckets"), 0)
         self._reported: set[str] = set()
-        self._checked: dict[tuple[int, ParamSpec], str | None] = {}
+        self._checked: dict[tuple[int, type], str | None] = {}
+        self._spec: ParamSpec | None = None
+        """The global model's shapes the remembered checks were made against."""
 
     def configure(self, engine: Any) -> None:
         """Take options from the ``[engine]`` config section."""
@@ -502,7 +521,11 @@ class VectorizedBackend:
         learner = getattr(client, "learner", None)
         if not isinstance(client, LearnerClient) or learner is None:
             return unsupported(client, spec)
-        key = (id(learner), spec)
+        if spec is not self._spec:
+            if spec != self._spec:
+                self._checked.clear()
+            self._spec = spec
+        key = (id(learner), type(client))  # a subclass's own train() must not be batched
         if key not in self._checked:
             self._checked[key] = unsupported(client, spec)
         return self._checked[key]
@@ -582,6 +605,7 @@ class VectorizedBackend:
             and streams.available()
         )
         deferred: dict[tuple[int, int, int, int], list[tuple[LearnerClient, TrainConfig, dict[str, Any]]]] = {}
+        epochs_drawn: dict[tuple[int, int], int] = {}  # by (id(cfg), n): most clients share the round's cfg
         for cid in ids:
             state = states.setdefault(cid, {})
             try:
@@ -595,9 +619,12 @@ class VectorizedBackend:
                 ):
                     cfg = overridden(ins.train, ins, cid)  # client_prepare is the base one: ins.train
                     reason = config_unsupported(cfg)
-                    if reason is None and client.data.num_train > 1:
-                        n = client.data.num_train
-                        key = (id(client.learner), cfg.batch_size, n, permutations_drawn(cfg, n))
+                    n = client.data.num_train
+                    if reason is None and n > 1:
+                        drawn = epochs_drawn.get((id(cfg), n))
+                        if drawn is None:
+                            drawn = epochs_drawn[(id(cfg), n)] = permutations_drawn(cfg, n)
+                        key = (id(client.learner), cfg.batch_size, n, drawn)
                         deferred.setdefault(key, []).append((client, cfg, state))
                         continue
                 if reason is None:
@@ -617,15 +644,13 @@ class VectorizedBackend:
         for (learner_id, bsz, n, count), same in deferred.items():
             groups.setdefault((learner_id, bsz), []).extend(streamed_jobs(runtime, round_num, same, n, count))
         for jobs in groups.values():
-            for bucket in plan_buckets(
-                [len(j.batches) for j in jobs], max_waste=self.max_waste, min_batch=self.min_batch
-            ):
+            for bucket in plan_buckets([j.steps for j in jobs], max_waste=self.max_waste, min_batch=self.min_batch):
                 members = [jobs[i] for i in bucket.members]
                 if not bucket.batched:
                     for job in members:
                         yield fit_one(runtime, job.client.client_id, params, ins, job.ctx.state)
                     continue
-                real = sum(len(j.batches) for j in members)
+                real = sum(j.steps for j in members)
                 self._round["real_steps"] += real
                 self._round["padded_steps"] += bucket.steps * len(members) - real
                 self._round["batched_clients"] += len(members)
