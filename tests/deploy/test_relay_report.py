@@ -1,0 +1,130 @@
+"""A served tree in the records, ``fedge report`` and ``fedge serve``'s dashboard, over real gRPC on loopback.
+
+The cloud is :func:`~fedge.deploy.server.serve` with its run folder and dashboard, two
+``fedge relay`` processes (threads here) of two real nodes each sit below it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedge.config import from_dict
+from fedge.deploy.auth import Signer, load_private
+from fedge.deploy.server import serve
+from fedge.report.deploy_status import ServeDashboard
+from fedge.report.html import write_report
+from fedge.report.runs import load_run
+from fedge.report.tree import LAN_UNKNOWN, RELAY_SUMS, hierarchy
+
+from .conftest import bare_deploy, free_port
+from .test_relay import RAW, keyring, pub, relay_config, start_relay
+from .test_transport import start_node, stop_nodes
+
+pytestmark = pytest.mark.integration
+
+
+def served_tree(tmp_path: Path) -> tuple[Any, ServeDashboard, dict[str, str]]:
+    """Cloud <- relays r0 (clients 0, 1) and r1 (clients 2, 3) <- devices d0..d3: the cloud's ``Served``,
+    its dashboard (still serving) and each relay's node id by name."""
+    keys = keyring(tmp_path, ["r0", "r1", "d0", "d1", "d2", "d3"])
+    allow = tmp_path / "allow-cloud.txt"
+    allow.write_text(pub(keys["r0"], "relay=2") + pub(keys["r1"], "relay=2"))
+    exp = from_dict({**RAW, "deploy": {**bare_deploy(tmp_path, allow, 4), "round_deadline_s": 60.0}})
+    board = ServeDashboard(port=0, poll_s=0.05)
+    ready, ports, out = threading.Event(), list[int](), dict[str, Any]()
+
+    def main() -> None:
+        out["served"] = serve(
+            exp,
+            on_ready=lambda p: (ports.append(p), ready.set()),
+            linger_s=0.5,
+            transport_hook=board,
+            output=tmp_path / "run",
+        )
+
+    t = threading.Thread(target=main)
+    t.start()
+    assert ready.wait(30), "the cloud did not start"
+    for r in range(2):
+        kids = [f"d{2 * r}", f"d{2 * r + 1}"]
+        cfg = relay_config(tmp_path, f"r{r}", [pub(keys[k]) for k in kids], free_port())
+        start_relay(ports[0], keys[f"r{r}"], cfg, partition=2 * r)
+        for k in kids:
+            start_node(cfg.port, keys[k], None, int(k[1:]))
+    t.join(120)
+    stop_nodes()
+    assert not t.is_alive(), "the cloud did not finish"
+    ids = {n: Signer(load_private(keys[n])).node_id for n in ("r0", "r1")}
+    return out["served"], board, ids
+
+
+def test_each_served_round_records_its_relays_and_fedge_report_draws_them(tmp_path: Path) -> None:
+    served, board, _ = served_tree(tmp_path)
+    try:
+        assert served.output is not None
+        run = load_run(served.output)
+        assert len(run.history) == 3
+        for rec in run.history:
+            sums = rec.extra[RELAY_SUMS]
+            assert sorted((e["first"], e["clients"], e["children"], e["selected"]) for e in sums.values()) == [
+                (0, 2, 2, 2),
+                (2, 2, 2, 2),
+            ]
+            assert sorted((e["first_child"], e["last_child"]) for e in sums.values()) == [(0, 1), (2, 3)]
+            assert all(e["wan_up_bytes"] > 0 for e in sums.values())
+            assert sum(e["wan_up_bytes"] for e in sums.values()) == rec.uplink_bytes
+
+        tree = hierarchy(run)
+        assert tree is not None and tree.served and tree.num_relays == 2
+        total_up = sum(r.uplink_bytes for r in run.history)
+        assert sum(r.wan_up_bytes or 0 for r in tree.relays) == total_up
+        page = write_report([served.output]).read_text()
+        svg = ET.fromstring(re.search(r'<svg id="hierarchy-tree".*?</svg>', page, re.S).group(0))  # type: ignore[union-attr]
+        relays = svg.findall("{http://www.w3.org/2000/svg}g[@class='relay']")
+        assert [(g.get("data-first"), g.get("data-clients"), g.get("data-children")) for g in relays] == [
+            ("0", "2", "2"),
+            ("2", "2", "2"),
+        ]
+        wan = re.search(r"<tr><th>relays ↔ cloud \(WAN\)</th><td data-bytes=\"([^\"]+)\"", page)
+        assert wan and float(wan.group(1)) == total_up
+        assert LAN_UNKNOWN.replace("'", "&#x27;") in page
+    finally:
+        board.close()
+
+
+def test_the_serve_dashboard_lists_each_relay_with_its_block_children_and_wan_bytes(
+    tmp_path: Path, browser: Any
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    served, board, ids = served_tree(tmp_path)
+    try:
+        assert board.source is not None and board.dashboard is not None
+        last = list(served.history)[-1].extra[RELAY_SUMS]
+        snap = board.source.snapshot()
+        rows = {r["node"]: r for r in snap["relays"]}
+        assert sorted(rows) == sorted(i[:16] for i in ids.values())
+        for name, first in (("r0", 0), ("r1", 2)):
+            row = rows[ids[name][:16]]
+            assert (row["first"], row["clients"], row["children"], row["round"]) == (first, 2, 2, 3)
+            assert row["wan_up_bytes"] == last[ids[name]]["wan_up_bytes"]
+        browser.get(board.dashboard.url)
+        WebDriverWait(browser, 30, poll_frequency=0.2).until(
+            lambda d: d.execute_script("return document.querySelectorAll('#relays tr.relay').length === 2")
+        )
+        cells = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#relays tr.relay'))"
+            ".map(tr => Array.from(tr.cells).map(td => td.textContent))"
+        )
+        assert sorted(c[1:3] for c in cells) == [["0–1", "2 of 2"], ["2–3", "2 of 2"]]
+        assert all(c[3].endswith(" B") or c[3].endswith("kB") for c in cells)
+        note = browser.execute_script("return document.getElementById('relaynote').textContent")
+        assert "known only to that relay" in note
+    finally:
+        board.close()
