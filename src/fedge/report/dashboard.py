@@ -59,8 +59,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-RelayRows = Callable[[], list[dict[str, Any]]]
-"""The dashboard's "Relays" panel rows, read after each round (see :class:`TopologyRelays`)."""
+class RelayRows(Protocol):
+    """The dashboard's "Relays" panel: its rows, read after each round, and how many relays there are
+    in all (the rows may list fewer). :class:`TopologyRelays` is a simulated hierarchy's."""
+
+    def __call__(self) -> list[dict[str, Any]]: ...
+
+    def total(self) -> int: ...
 
 
 class TopologyRelays:
@@ -111,6 +116,7 @@ class RunStatus(Callback):
         self._started = time.time()
         self._relay_rows = relays
         self._relays: list[dict[str, Any]] = []
+        self._relays_total = 0
 
     def on_run_start(self, state: StrategyState, rounds: int) -> None:
         relays = self._relay_rows() if self._relay_rows is not None else []
@@ -119,6 +125,7 @@ class RunStatus(Callback):
             self._state = "running"
             self._started = time.time()
             self._relays = relays
+            self._relays_total = self._relay_rows.total() if self._relay_rows is not None else 0
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
         relays = self._relay_rows() if self._relay_rows is not None else []
@@ -145,7 +152,7 @@ class RunStatus(Callback):
                 "history": history,
                 "nodes": [],
                 "relays": list(self._relays),
-                "relays_total": getattr(self._relay_rows, "total", lambda: len(self._relays))(),
+                "relays_total": self._relays_total,
             }
 
 
