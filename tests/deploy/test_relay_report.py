@@ -72,9 +72,11 @@ def test_each_served_round_records_its_relays_and_fedge_report_draws_them(tmp_pa
         assert len(run.history) == 3
         for rec in run.history:
             sums = rec.extra[RELAY_SUMS]
-            assert sorted((e["first"], e["clients"], e["children"], e["selected"]) for e in sums.values()) == [
-                (0, 2, 2, 2),
-                (2, 2, 2, 2),
+            assert sorted(
+                (e["name"], e["first"], e["clients"], e["children"], e["selected"]) for e in sums.values()
+            ) == [
+                ("r0", 0, 2, 2, 2),
+                ("r1", 2, 2, 2, 2),
             ]
             assert sorted((e["first_child"], e["last_child"]) for e in sums.values()) == [(0, 1), (2, 3)]
             assert all(e["wan_up_bytes"] > 0 for e in sums.values())
@@ -82,6 +84,7 @@ def test_each_served_round_records_its_relays_and_fedge_report_draws_them(tmp_pa
 
         tree = hierarchy(run)
         assert tree is not None and tree.served and tree.num_relays == 2
+        assert [r.name for r in tree.relays] == ["r0", "r1"]
         total_up = sum(r.uplink_bytes for r in run.history)
         assert sum(r.wan_up_bytes or 0 for r in tree.relays) == total_up
         page = write_report([served.output]).read_text()
@@ -91,6 +94,7 @@ def test_each_served_round_records_its_relays_and_fedge_report_draws_them(tmp_pa
             ("0", "2", "2"),
             ("2", "2", "2"),
         ]
+        assert ["".join(g.itertext()).startswith(n) for g, n in zip(relays, ("r0", "r1"), strict=True)] == [True, True]
         wan = re.search(r"<tr><th>relays ↔ cloud \(WAN\)</th><td data-bytes=\"([^\"]+)\"", page)
         assert wan and float(wan.group(1)) == total_up
         assert LAN_UNKNOWN.replace("'", "&#x27;") in page
@@ -109,10 +113,16 @@ def test_the_serve_dashboard_lists_each_relay_with_its_block_children_and_wan_by
         last = list(served.history)[-1].extra[RELAY_SUMS]
         snap = board.source.snapshot()
         rows = {r["node"]: r for r in snap["relays"]}
-        assert sorted(rows) == sorted(i[:16] for i in ids.values())
+        assert sorted(rows) == ["r0", "r1"]
         for name, first in (("r0", 0), ("r1", 2)):
-            row = rows[ids[name][:16]]
-            assert (row["first"], row["clients"], row["children"], row["round"]) == (first, 2, 2, 3)
+            row = rows[name]
+            assert (row["node_id"], row["first"], row["clients"], row["children"], row["round"]) == (
+                ids[name],
+                first,
+                2,
+                2,
+                3,
+            )
             assert row["wan_up_bytes"] == last[ids[name]]["wan_up_bytes"]
         browser.get(board.dashboard.url)
         WebDriverWait(browser, 30, poll_frequency=0.2).until(
@@ -122,7 +132,7 @@ def test_the_serve_dashboard_lists_each_relay_with_its_block_children_and_wan_by
             "return Array.from(document.querySelectorAll('#relays tr.relay'))"
             ".map(tr => Array.from(tr.cells).map(td => td.textContent))"
         )
-        assert sorted(c[1:3] for c in cells) == [["0–1", "2 of 2"], ["2–3", "2 of 2"]]
+        assert sorted(c[:3] for c in cells) == [["r0", "0–1", "2 of 2"], ["r1", "2–3", "2 of 2"]]
         assert all(c[3].endswith(" B") or c[3].endswith("kB") for c in cells)
         note = browser.execute_script("return document.getElementById('relaynote').textContent")
         assert "known only to that relay" in note

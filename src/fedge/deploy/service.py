@@ -65,6 +65,8 @@ class NodeStatus:
     busy: bool
     relay_clients: int = 0
     """A relay's block size (``fedge relay``, ``relay=N`` in the allow-list); 0 for a node that trains itself."""
+    relay_name: str = ""
+    """A relay's name in the allow-list."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,9 @@ class Relayed:
     covers: frozenset[int]
     result: PartialSum | EvalResult | ClientFailure
     node: str = ""
-    """The relay's node id, and below its client-id block: what the round's record names it by."""
+    """The relay's node id, its client-id block and its allow-list name: what the round's record names it by."""
     block: range = range(0)
+    name: str = ""
 
 
 Result = ClientUpdate | EvalResult | ClientFailure | Relayed
@@ -524,7 +527,7 @@ class PushIn:
         self.node.busy = False
         if claim is not None:
             assert not isinstance(result, ClientUpdate)
-            return Relayed(covers, result, self.node.node_id, self.node.ids)
+            return Relayed(covers, result, self.node.node_id, self.node.ids, claim.name)
         assert not isinstance(result, PartialSum)
         return result
 
@@ -957,6 +960,7 @@ class FedgeService:
                     n.live(now, self.node_timeout_s),
                     n.busy,
                     n.relay.clients if n.relay else 0,
+                    n.relay.name if n.relay else "",
                 )
                 for n in sorted(self._nodes.values(), key=lambda n: n.client_id)
             )

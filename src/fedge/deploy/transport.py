@@ -412,6 +412,7 @@ def record_relay(info: dict[str, Any], got: Relayed, item: PartialSum) -> None:
     which children and what its push cost: a few numbers per relay, however many children it has."""
     ids = item.client_ids
     info.setdefault("relay_sums", {})[got.node] = {
+        "name": got.name,
         "first": got.block.start,
         "clients": len(got.block),
         "selected": len(got.covers),

@@ -39,15 +39,17 @@ def relay_rows(nodes: Any, last: dict[str, Any] | None, now: float) -> list[dict
         if size <= 0:
             continue
         got = sums.get(n.get("node_id"))
+        got = got if isinstance(got, dict) else None
         seen = float(n.get("last_heartbeat") or now)
         rows.append(
             {
-                "node": str(n.get("node_id", ""))[:16],
+                "node": str(n.get("relay_name") or n.get("node_id", ""))[:32],
+                "node_id": str(n.get("node_id", ""))[:16],
                 "first": n.get("client_id"),
                 "clients": size,
-                "children": got.get("children") if isinstance(got, dict) else None,
-                "wan_up_bytes": got.get("wan_up_bytes") if isinstance(got, dict) else None,
-                "round": last.get("round") if last is not None and isinstance(got, dict) else None,
+                "children": got.get("children") if got else None,
+                "wan_up_bytes": got.get("wan_up_bytes") if got else None,
+                "round": last.get("round") if last is not None and got else None,
                 "state": "online" if n.get("connected") else "offline",
                 "last_seen": seen,
             }

@@ -27,8 +27,8 @@ from fedge.report.runs import RunData
 MAX_DRAWN = 12
 """Relays drawn one by one; the rest are one box."""
 RELAY_SUMS = "relay_sums"
-"""``extra`` key of a served round: ``{relay node: {first, clients, selected, children, first_child,
-last_child, wan_up_bytes}}`` (see :func:`fedge.deploy.transport.record_relay`)."""
+"""``extra`` key of a served round: ``{relay node id: {name, first, clients, selected, children,
+first_child, last_child, wan_up_bytes}}`` (see :func:`fedge.deploy.transport.record_relay`)."""
 LAN_UNKNOWN = "known only to each relay: its children's traffic never reaches the cloud"
 
 
@@ -37,6 +37,7 @@ class RelayRow:
     """One relay as the report draws it."""
 
     name: str
+    """Its allow-list name (served; its node id when the line has none), or ``relay v`` (simulated)."""
     first: int
     clients: int
     """The relay's client-id block: ``first .. first + clients - 1``."""
@@ -129,12 +130,15 @@ def _served(run: RunData) -> Tree | None:
         total_up += rec.uplink_bytes
         if not isinstance(sums, dict):
             continue
-        for name, e in sums.items():
+        for node, e in sums.items():
             if not isinstance(e, dict):
                 continue
-            row = seen.setdefault(str(name), {"wan": 0.0, "rounds": 0})
+            row = seen.setdefault(str(node), {"wan": 0.0, "rounds": 0})
             row.update(
-                first=int(e.get("first", 0)), clients=int(e.get("clients", 0)), children=int(e.get("children", 0))
+                name=str(e.get("name") or node),
+                first=int(e.get("first", 0)),
+                clients=int(e.get("clients", 0)),
+                children=int(e.get("children", 0)),
             )
             up = _num(e.get("wan_up_bytes")) or 0.0
             row["wan"] += up
@@ -144,8 +148,8 @@ def _served(run: RunData) -> Tree | None:
         return None
     ordered = sorted(seen.items(), key=lambda kv: (kv[1]["first"], kv[0]))
     rows = [
-        RelayRow(name, r["first"], r["clients"], r["children"], r["wan"], r["rounds"])
-        for name, r in ordered[:MAX_DRAWN]
+        RelayRow(r["name"], r["first"], r["clients"], r["children"], r["wan"], r["rounds"])
+        for _, r in ordered[:MAX_DRAWN]
     ]
     tiers = [
         TierRow("children ↔ relays (LAN)", None, None, None, LAN_UNKNOWN),
