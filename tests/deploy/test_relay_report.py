@@ -95,6 +95,13 @@ def test_each_served_round_records_its_relays_and_fedge_report_draws_them(tmp_pa
             ("2", "2", "2"),
         ]
         assert ["".join(g.itertext()).startswith(n) for g, n in zip(relays, ("r0", "r1"), strict=True)] == [True, True]
+        bars = re.search(r'<svg id="tier-bars".*?</svg>', page, re.S)
+        assert bars
+        drawn = [
+            float(b.get("data-bytes", "nan"))
+            for b in ET.fromstring(bars.group(0)).iter("{http://www.w3.org/2000/svg}rect")
+        ]
+        assert drawn == [r.wan_up_bytes for r in tree.relays]
         wan = re.search(r"<tr><th>relays ↔ cloud \(WAN\)</th><td data-bytes=\"([^\"]+)\"", page)
         assert wan and float(wan.group(1)) == total_up
         assert LAN_UNKNOWN.replace("'", "&#x27;") in page

@@ -47,6 +47,13 @@ def drawn_tree(page: str) -> ET.Element:
     return ET.fromstring(found.group(0))
 
 
+def bar_bytes(page: str) -> list[float]:
+    """The bytes behind each bar of the traffic figure, in order."""
+    found = re.search(r'<svg id="tier-bars".*?</svg>', page, re.S)
+    assert found, "the report has no traffic figure"
+    return [float(r.get("data-bytes", "nan")) for r in ET.fromstring(found.group(0)).iter(f"{SVG}rect")]
+
+
 def tier_cells(page: str) -> list[tuple[str, list[float], list[float]]]:
     """Each tier row of the table: its name, the numbers of its byte cells, of its energy cell."""
     table = re.search(r'<table id="tiers">(.*?)</table>', page, re.S)
@@ -79,6 +86,7 @@ def test_a_simulated_hierarchy_report_draws_each_relay_and_the_tiers_of_summary_
         ("relays ↔ cloud (WAN)", [totals["wan_up_bytes"], totals["wan_down_bytes"]], [totals["gateway_energy_j"]]),
     ]
     assert totals["wan_up_bytes"] > 0 and totals["lan_up_bytes"] > totals["wan_up_bytes"]
+    assert bar_bytes(page) == [totals[k] for k in ("lan_up_bytes", "lan_down_bytes", "wan_up_bytes", "wan_down_bytes")]
     clock = re.search(r'id="sim-clock" data-seconds="([^"]+)"', page)
     assert clock and float(clock.group(1)) == totals["sim_clock_s"]
 

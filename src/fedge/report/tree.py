@@ -184,42 +184,87 @@ def _ids(first: int, clients: int) -> str:
 
 
 def svg(tree: Tree) -> str:
-    """The tree as inline SVG: cloud, relays (each with its block and children), then '… N more'."""
-    boxes: list[tuple[str, list[str], dict[str, str]]] = [
+    """The tree as inline SVG: the cloud, its relays (each with its block and, served, its WAN bytes),
+    under each relay its children's box, and '… N more' for the relays past :data:`MAX_DRAWN`."""
+    boxes: list[tuple[str, list[str], dict[str, str], str]] = [
         (
             "relay",
-            [r.name[:16], _ids(r.first, r.clients), f"{r.children} children"]
+            [r.name[:16], _ids(r.first, r.clients)]
             + ([f"WAN ↑ {_bytes(r.wan_up_bytes)}"] if r.wan_up_bytes is not None else []),
             {"data-children": str(r.children), "data-first": str(r.first), "data-clients": str(r.clients)},
+            f"{r.children} of {r.clients}" if tree.served else f"{r.children} children",
         )
         for r in tree.relays
     ]
     rest = tree.num_relays - len(tree.relays)
     if rest > 0:
-        boxes.append(("more", [f"… {rest} more", "relays"], {"data-relays": str(rest)}))
-    w, gap, top = 104, 8, 70
+        boxes.append(("more", [f"… {rest} more", "relays"], {"data-relays": str(rest)}, ""))
+    w, gap, top, low = 92, 8, 64, 130
     width = max(len(boxes) * (w + gap) + gap, 3 * w)
     cx = width / 2
     out = [
         f'<svg id="hierarchy-tree" class="tree" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-        f'height="{top + 90}" viewBox="0 0 {width} {top + 90}" data-relays="{tree.num_relays}" '
-        f'data-clients="{tree.num_clients}" font-family="sans-serif" font-size="10">',
-        f'<rect x="{cx - 60}" y="4" width="120" height="30" rx="4" fill="#264653"/>'
+        f'height="{low + 30}" viewBox="0 0 {width} {low + 30}" data-relays="{tree.num_relays}" '
+        f'data-clients="{tree.num_clients}" font-family="sans-serif" font-size="11">',
+        f'<rect x="{cx - 70}" y="4" width="140" height="30" rx="4" fill="#264653"/>'
         f'<text x="{cx}" y="23" fill="#fff" text-anchor="middle">cloud · {tree.num_clients} clients</text>',
     ]
-    for i, (kind, lines, attrs) in enumerate(boxes):
+    for i, (kind, lines, attrs, children) in enumerate(boxes):
         x = gap + i * (w + gap)
+        mid = x + w / 2
         extra = "".join(f' {k}="{html.escape(v)}"' for k, v in attrs.items())
         fill = "#e9f5f3" if kind == "relay" else "#f3f3f3"
         out.append(f'<g class="{kind}"{extra}>')
-        out.append(f'<line x1="{cx}" y1="34" x2="{x + w / 2}" y2="{top}" stroke="#999"/>')
+        out.append(f'<line x1="{cx}" y1="34" x2="{mid}" y2="{top}" stroke="#999"/>')
         out.append(
-            f'<rect x="{x}" y="{top}" width="{w}" height="{14 + 12 * len(lines)}" rx="4" '
+            f'<rect x="{x}" y="{top}" width="{w}" height="{10 + 13 * len(lines)}" rx="4" '
             f'fill="{fill}" stroke="#2a9d8f"/>'
         )
         for j, line in enumerate(lines):
-            out.append(f'<text x="{x + w / 2}" y="{top + 16 + 12 * j}" text-anchor="middle">{html.escape(line)}</text>')
+            out.append(f'<text x="{mid}" y="{top + 16 + 13 * j}" text-anchor="middle">{html.escape(line)}</text>')
+        if children:
+            out.append(
+                f'<line x1="{mid}" y1="{top + 10 + 13 * len(lines)}" x2="{mid}" y2="{low}" stroke="#999"/>'
+                f'<rect class="children" x="{x + 8}" y="{low}" width="{w - 16}" height="22" rx="4" '
+                f'fill="#fff" stroke="#999"/>'
+                f'<text x="{mid}" y="{low + 15}" text-anchor="middle">{html.escape(children)}</text>'
+            )
         out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _bar_items(tree: Tree) -> list[tuple[str, float]]:
+    if tree.served:
+        items = [(f"{r.name[:16]} WAN ↑", r.wan_up_bytes or 0.0) for r in tree.relays]
+        items += [(t.tier.split(" (")[0], t.up_bytes) for t in tree.tiers[2:] if t.up_bytes is not None]
+        return items
+    out = []
+    for t in tree.tiers:
+        link = t.tier.rsplit("(", 1)[-1].rstrip(")")
+        out += [(f"{link} {arrow}", v) for arrow, v in (("↑", t.up_bytes), ("↓", t.down_bytes)) if v is not None]
+    return out
+
+
+def bars(tree: Tree) -> str:
+    """The bytes of each link (simulated) or each drawn relay's WAN bytes (served) as horizontal SVG bars."""
+    items = _bar_items(tree)
+    if not items:
+        return ""
+    top = max(v for _, v in items) or 1.0
+    label_w, bar_w, row = 150, 240, 18
+    out = [
+        f'<svg id="tier-bars" class="tree" xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" '
+        f'height="{row * len(items) + 6}" font-family="sans-serif" font-size="10">'
+    ]
+    for i, (label, v) in enumerate(items):
+        y = 3 + i * row
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(label)}</text>'
+            f'<rect class="bar" x="{label_w}" y="{y + 2}" width="{bar_w * v / top:.1f}" height="{row - 6}" '
+            f'fill="#2a9d8f" data-bytes="{v:.17g}"/>'
+            f'<text x="{label_w + bar_w * v / top + 4:.1f}" y="{y + 12}">{html.escape(_bytes(v))}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -255,4 +300,7 @@ def section(run: RunData) -> str:
     if tree is None:
         return ""
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in tree.notes)
-    return f'<section id="hierarchy"><h3>Hierarchy</h3><figure>{svg(tree)}</figure>{tier_table(tree)}{notes}</section>'
+    return (
+        f'<section id="hierarchy"><h3>Hierarchy</h3><figure>{svg(tree)}</figure>{tier_table(tree)}'
+        f"<figure>{bars(tree)}</figure>{notes}</section>"
+    )
