@@ -12,18 +12,26 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedge.config import from_dict
-from fedge.deploy.auth import Signer, load_private
+from fedge.core.params import ParamSpec
+from fedge.deploy.auth import RelayClaim, Signer, load_private
 from fedge.deploy.server import serve
+from fedge.deploy.service import Relayed, _Verdict, partial_from_tree
+from fedge.deploy.transport import _relayed
+from fedge.engine.aggregator import PartialSum, Reducer, Validator
+from fedge.pipeline import Pipeline, RoundContext
 from fedge.report.deploy_status import ServeDashboard
 from fedge.report.html import write_report
 from fedge.report.runs import load_run
 from fedge.report.tree import LAN_UNKNOWN, RELAY_SUMS, hierarchy
+from fedge.strategies.fedavg import FedAvg
 
 from .conftest import bare_deploy, free_port
 from .test_relay import RAW, keyring, pub, relay_config, start_relay
+from .test_relay import tree as sum_tree
 from .test_transport import start_node, stop_nodes
 
 pytestmark = pytest.mark.integration
@@ -145,3 +153,32 @@ def test_the_serve_dashboard_lists_each_relay_with_its_block_children_and_wan_by
         assert "known only to that relay" in note
     finally:
         board.close()
+
+
+def test_only_an_accepted_relay_sum_is_recorded_and_with_its_ids_as_count_and_range() -> None:
+    """``relay_sums`` is what the cloud took: a refused sum (wrong terms) leaves no entry, an accepted
+    one its block, its children as a count and a range, and its push's bytes."""
+    spec = ParamSpec(((3, 2),))
+    rctx = RoundContext(round_num=1, rng=np.random.default_rng(0), spec=spec, num_sampled=3)
+    reducer = Reducer(FedAvg(), Pipeline([]), rctx, Validator(spec))
+    bad = Relayed(frozenset({4, 5}), PartialSum({"delta": [np.ones((3, 2))]}, [4], 1), "n-bad", range(4, 6), "bad")
+    refused = list(_relayed(bad, _Verdict(), reducer))
+    assert [type(f).__name__ for f in refused] == ["ClientFailure", "ClientFailure"]
+    assert "relay_sums" not in rctx.info
+    item = partial_from_tree(sum_tree([8, 10]), frozenset({8, 10, 11}), RelayClaim(4))
+    item.uplink_bytes = 777
+    verdict = _Verdict()
+    (out,) = _relayed(Relayed(frozenset({8, 10, 11}), item, "n-ok", range(8, 12), "vehicle-2"), verdict, reducer)
+    assert verdict.accepted and out is item and [f.client_id for f in item.failures] == [11]
+    assert rctx.info["relay_sums"] == {
+        "n-ok": {
+            "name": "vehicle-2",
+            "first": 8,
+            "clients": 4,
+            "selected": 3,
+            "children": 2,
+            "first_child": 8,
+            "last_child": 10,
+            "wan_up_bytes": 777,
+        }
+    }
