@@ -60,6 +60,7 @@ def test_a_default_one_round_run_imports_no_optional_part(tmp_path: Path) -> Non
     _, imported = fedge_imports("run", "--rounds", "1", "-q", "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert (tmp_path / "out" / "model.npz").is_file()
     assert [m for m in HEAVY if m in imported["top"]] == []
+    assert "torch" not in imported["top"] and "sklearn" not in imported["top"]  # the NumPy MLP; digits' file
     for part in ("fedge.privacy", "fedge.secagg", "fedge.robust", "fedge.llm"):
         assert not any(m == part or m.startswith(part + ".") for m in imported["fedge"]), part
     # auto, the default backend, is the one part a default run needs; Ray is never imported (HEAVY)

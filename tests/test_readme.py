@@ -38,7 +38,7 @@ def test_first_command_installs_the_light_run_extra() -> None:
     assert re.search(r'-e "\.\[run\]"', first), first
     extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     names = {re.split(r"[<>=\[ ]", req)[0] for req in extras["run"]}
-    assert names == {"torch", "scikit-learn"}
+    assert names == {"scikit-learn"}  # the default federation trains the NumPy MLP: no PyTorch
     assert '".[all,dev]"' in (README.parent / "scripts" / "test.sh").read_text()
     for extra in extras:
         assert f"- `{extra}` —" in README.read_text() or extra == "dev", f"extra {extra!r} is not listed in the README"

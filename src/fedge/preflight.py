@@ -25,7 +25,7 @@ from fedge.simulation.sampling import cohort_size
 def check_extras(exp: Experiment) -> None:
     """Every optional package the configuration needs can be imported (else: which extra to install)."""
     if exp.model.framework == "torch" and not exp.model.factory:
-        require("torch", "model.framework = 'torch'")
+        require_installed("torch", "model.framework = 'torch'")
     if exp.data.dataset == "digits" and not exp.data.loader:
         require_installed("sklearn", "data.dataset = 'digits'")  # the file is read, sklearn not imported
     backend = exp.training.backend

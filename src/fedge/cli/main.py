@@ -108,15 +108,16 @@ def run_cmd(
     """Run a federated experiment in simulation.
 
     With no CONFIG: the embedded default — scikit-learn's handwritten digits over 100
-    clients with Dirichlet(0.5) label skew, a small MLP, FedAvg. With CONFIG: an
+    clients with Dirichlet(0.5) label skew, a small MLP in NumPy (no PyTorch needed;
+    --set model.framework=torch for the PyTorch one), FedAvg. With CONFIG: an
     experiment TOML file (write a commented one with `fedge init`).
     """
     from fedge.cli.progress import ProgressCallback, print_summary
-    from fedge.config import Experiment, load
+    from fedge.config import embedded_default, load
     from fedge.config.overrides import apply_overrides
     from fedge.experiment import RunInterrupted, run_experiment
 
-    exp = apply_overrides(load(str(config)) if config else Experiment(), overrides)
+    exp = apply_overrides(load(str(config)) if config else embedded_default(), overrides)
     if rounds is not None:
         if rounds < 1:
             raise click.BadParameter("must be >= 1", param_hint="--rounds")

@@ -3,6 +3,7 @@
 from fedge.config.schema import (
     SECTIONS,
     Experiment,
+    embedded_default,
     from_dict,
     load,
     opt,
@@ -11,4 +12,14 @@ from fedge.config.schema import (
     to_toml,
 )
 
-__all__ = ["SECTIONS", "Experiment", "from_dict", "load", "opt", "register_section", "to_dict", "to_toml"]
+__all__ = [
+    "SECTIONS",
+    "Experiment",
+    "embedded_default",
+    "from_dict",
+    "load",
+    "opt",
+    "register_section",
+    "to_dict",
+    "to_toml",
+]

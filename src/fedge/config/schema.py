@@ -201,6 +201,18 @@ SECTIONS: dict[str, type] = {}
 (:data:`fedge.plugins.PLUGINS`) imported when a config or the code first uses them."""
 
 
+def embedded_default() -> Experiment:
+    """What ``fedge run`` runs with no config: every default, with the MLP in NumPy.
+
+    The NumPy MLP trains with the same kernel as a PyTorch ``mlp`` on the dense fast path,
+    so the default federation needs no PyTorch and starts without importing it; only its
+    initial weights differ (drawn by NumPy rather than ``torch.nn.Linear``).
+    """
+    exp = Experiment()
+    exp.model.framework = "numpy"
+    return exp
+
+
 def register_section(name: str, cls: type) -> type:
     if not is_dataclass(cls):
         raise TypeError(f"section {name!r} must be a dataclass")

@@ -79,7 +79,11 @@ def require_installed(module: str, why: str = "") -> None:
     For a package fedge only reads files from (scikit-learn's digits), whose import would
     cost seconds of start-up.
     """
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a finder that refuses the name, as a blocked import does
+        found = False
+    if not found:
         raise MissingExtraError(missing_message(module, why) or f"{why}: {module} is not installed")
 
 

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from fedge.deploy.service import FedgeService
 from fedge.deploy.store import Store
 from fedge.deploy.transport import GrpcTransport
 from fedge.engine.aggregator import Aggregator, ClientFailure, PartialSum
-from fedge.pipeline import RoundContext
+from fedge.pipeline import Pipeline, RoundContext
 from fedge.strategies.base import Strategy
 from fedge.strategies.influence import InfluenceBound, InfluenceLimits
 from fedge.transport.base import FitResult
@@ -92,6 +92,20 @@ def masked_config(config_toml: str) -> str:
     raw.setdefault("secagg", {})["enabled"] = True
     sections = [k for k, v in raw.items() if isinstance(v, dict) and k not in CORE_SECTIONS]
     return to_toml(from_dict(raw), commented=False, only=sections)
+
+
+def clipped_at_relay(pipeline: Pipeline) -> Pipeline:
+    """The relay's pipeline for its children's updates: under central DP (``clip_at = "client"``)
+    the relay clips each child's update to ``C`` again before summing, so its sum is what the
+    parent checks (weight one per child, L2 norm at most ``n C``) even if a child did not clip."""
+    if not pipeline.named("central_dp"):
+        return pipeline
+    return Pipeline(
+        [
+            replace(cast(Any, t), clip_at="server", accountant=None, adaptive=None) if t.name == "central_dp" else t
+            for t in pipeline.transforms
+        ]
+    )
 
 
 def terms_tree(item: PartialSum) -> dict[str, Any]:
@@ -212,6 +226,7 @@ class Relay:
         cohort_sum = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
         if cohort_sum is not None:
             return self._masked_round(cohort_sum, pipeline, rctx, params, ins, chosen, failures)
+        pipeline = clipped_at_relay(pipeline)
         runtime = ClientRuntime(_remote, strategy, pipeline, exp.seed)
         backend = HierarchyBackend(GrpcBackend(transport), Topology(len(chosen), len(chosen)), self.kappa1)
         task = FitTask(runtime, ins.round_num, chosen, params, ins, {}, aggregator.reducer(rctx, len(chosen)))
