@@ -1,12 +1,9 @@
-"""Shared fixtures: a real finished run, a run folder with every optional value, a headless Chromium."""
+"""Shared fixtures: a real finished run, a run folder with every optional value."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +11,6 @@ import pytest
 
 from fedge.simulation.history import RoundRecord
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 TINY_TOML = """
 seed = 3
 rounds = 3
@@ -94,40 +89,3 @@ def make_rich_run() -> Any:
 @pytest.fixture
 def rich_run(tmp_path: Path) -> Path:
     return write_rich_run(tmp_path / "rich")
-
-
-def _chrome() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="fedge-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    driver.fedge_profile = profile
-    return driver
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """A real headless Chromium (Debian's ``chromium`` + ``chromium-driver``) driven by Selenium."""
-    driver = _chrome()
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(driver.fedge_profile, ignore_errors=True)

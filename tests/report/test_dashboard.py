@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import urllib.error
@@ -308,3 +309,47 @@ def test_on_a_terminal_the_finished_dashboard_waits_for_ctrl_c(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
         os.close(leader)
+
+
+HIER_TOML = (
+    DASH_TOML.replace("num_clients = 10", "num_clients = 60")
+    .replace("clients_per_round = 3", "clients_per_round = 20")
+    .replace('token = "browser-test-token"\n', "")
+    + """[hierarchy]
+enabled = true
+zones_per_vehicle = 4
+kappa1 = 2
+"""
+)
+
+
+@pytest.mark.integration
+def test_the_dashboard_lists_a_simulated_hierarchys_relays(tmp_path: Path, browser: Any) -> None:
+    """15 vehicles of 4 zonal ECUs: one row per relay with its block; after a round, the children in
+    each reporting relay's sum and its WAN bytes (a relay none of whose children were sampled shows –)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _dashboard_run(HIER_TOML, tmp_path) as (proc, url):
+        assert url
+        browser.get(url)
+        WebDriverWait(browser, 60, poll_frequency=0.2).until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll('#relays tr.relay td:nth-child(3)'))"
+                ".some(td => td.textContent !== '–')"
+            )
+        )
+        cells = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#relays tr.relay'))"
+            ".map(tr => Array.from(tr.cells).map(td => td.textContent))"
+        )
+        assert [c[:2] for c in cells] == [[f"relay {v}", f"{4 * v}–{4 * v + 3}"] for v in range(15)]
+        for _, _, children, wan, state, _seen in cells:
+            assert state == "simulated"
+            if children == "–":  # none of its children sampled in the last round
+                assert wan == "–"
+            else:
+                assert re.fullmatch(r"[1-4] of 4", children) and wan.endswith("kB")
+        assert browser.execute_script("return document.getElementById('nodes').textContent").startswith(
+            "no connected nodes"
+        )
+        assert proc.poll() is None, "the run ended before the page was checked"

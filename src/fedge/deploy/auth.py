@@ -113,6 +113,8 @@ class RelayClaim:
 
     clients: int
     examples: int = 0
+    name: str = field(default="", compare=False)
+    """The key's name in the allow-list line (``vehicle-7``): what the records and the report call the relay."""
 
 
 def parse_relays(text: str, where: str) -> dict[str, RelayClaim]:
@@ -134,7 +136,7 @@ def parse_relays(text: str, where: str) -> dict[str, RelayClaim]:
             if opts["relay"] < 1:
                 raise ConfigError(f"{where}:{n}: relay=N needs N >= 1")
             out[node_id_of(base64.b64decode(parts[1], validate=True))] = RelayClaim(
-                opts["relay"], opts.get("examples", 0)
+                opts["relay"], opts.get("examples", 0), parts[2][:64]
             )
     return out
 

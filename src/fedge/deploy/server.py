@@ -181,16 +181,17 @@ class _Checkpoint(Callback):
         self.store.save_round(record, state)
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
-        self.svc.record_round(
-            {
-                "round": record.round,
-                "participants": record.participants,
-                "failed": record.failed,
-                "train_loss": record.train_loss,
-                "test_accuracy": record.test_accuracy,
-                "wall_s": record.wall_s,
-            }
-        )
+        metrics: dict[str, Any] = {
+            "round": record.round,
+            "participants": record.participants,
+            "failed": record.failed,
+            "train_loss": record.train_loss,
+            "test_accuracy": record.test_accuracy,
+            "wall_s": record.wall_s,
+        }
+        if "relay_sums" in record.extra:
+            metrics["relay_sums"] = record.extra["relay_sums"]
+        self.svc.record_round(metrics)
         log.info(
             "event=round_done round=%d participants=%d failed=%d train_loss=%.4g test_accuracy=%.4g wall_s=%.2f",
             record.round,

@@ -63,6 +63,10 @@ class NodeStatus:
     last_heartbeat: float
     connected: bool
     busy: bool
+    relay_clients: int = 0
+    """A relay's block size (``fedge relay``, ``relay=N`` in the allow-list); 0 for a node that trains itself."""
+    relay_name: str = ""
+    """A relay's name in the allow-list."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ class Relayed:
 
     covers: frozenset[int]
     result: PartialSum | EvalResult | ClientFailure
+    node: str = ""
+    """The relay's node id, its client-id block and its allow-list name: what the round's record names it by."""
+    block: range = range(0)
+    name: str = ""
 
 
 Result = ClientUpdate | EvalResult | ClientFailure | Relayed
@@ -519,7 +527,7 @@ class PushIn:
         self.node.busy = False
         if claim is not None:
             assert not isinstance(result, ClientUpdate)
-            return Relayed(covers, result)
+            return Relayed(covers, result, self.node.node_id, self.node.ids, claim.name)
         assert not isinstance(result, PartialSum)
         return result
 
@@ -944,7 +952,16 @@ class FedgeService:
         now = time.time()
         with self._lock:
             nodes = tuple(
-                NodeStatus(n.node_id, n.client_id, n.profile, n.last_seen, n.live(now, self.node_timeout_s), n.busy)
+                NodeStatus(
+                    n.node_id,
+                    n.client_id,
+                    n.profile,
+                    n.last_seen,
+                    n.live(now, self.node_timeout_s),
+                    n.busy,
+                    n.relay.clients if n.relay else 0,
+                    n.relay.name if n.relay else "",
+                )
                 for n in sorted(self._nodes.values(), key=lambda n: n.client_id)
             )
         task = self.task

@@ -14,6 +14,7 @@ from fedge.engine import Callback
 
 if TYPE_CHECKING:
     from fedge.federation import Federation
+    from fedge.report.dashboard import RelayRows
 
 
 @dataclass
@@ -63,6 +64,16 @@ def _announce(url: str) -> None:
     print(f"dashboard: {url}", file=sys.stderr, flush=True)
 
 
+def _relays(built: Federation | None) -> RelayRows | None:
+    """The "Relays" panel of a simulated ``[hierarchy]`` run: its relays backend's topology and trace."""
+    from fedge.hierarchy import HierarchyBackend
+    from fedge.report.dashboard import TopologyRelays
+
+    transport = getattr(built, "transport", None)
+    backend = getattr(transport, "backend", None)
+    return TopologyRelays(backend) if isinstance(backend, HierarchyBackend) else None
+
+
 def callbacks_from_config(exp: Experiment, built: Federation | None = None) -> Sequence[Callback]:
     """Builds the dashboard and tracking callbacks the experiment asks for (none by default)."""
     from fedge.report.dashboard import DashboardCallback
@@ -72,7 +83,14 @@ def callbacks_from_config(exp: Experiment, built: Federation | None = None) -> S
     d: DashboardConfig = exp.section("dashboard")
     if d.enabled and not (built is not None and built.deployed):  # `fedge serve` starts its own over the server
         out.append(
-            DashboardCallback(host=d.host, port=d.port, token=d.token or None, linger_s=d.linger_s, announce=_announce)
+            DashboardCallback(
+                host=d.host,
+                port=d.port,
+                token=d.token or None,
+                linger_s=d.linger_s,
+                announce=_announce,
+                relays=_relays(built),
+            )
         )
     t: TrackingConfig = exp.section("tracking")
     if t.tensorboard:

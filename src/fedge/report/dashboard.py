@@ -37,6 +37,8 @@ from fedge.strategies.base import StrategyState
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_ROUNDS_SENT = 5000
+MAX_RELAYS_SENT = 200
+"""Relays a simulated hierarchy's snapshot lists; the page says how many more there are."""
 MAX_LOGIN_CODES = 16
 """Unused one-time login codes kept at once; making another drops the oldest."""
 
@@ -57,26 +59,79 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class RunStatus(Callback):
-    """A simulation's status for the dashboard, fed by the round loop's callbacks."""
+class RelayRows(Protocol):
+    """The dashboard's "Relays" panel: its rows, read after each round, and how many relays there are
+    in all (the rows may list fewer). :class:`TopologyRelays` is a simulated hierarchy's."""
 
-    def __init__(self, name: str = "simulation") -> None:
+    def __call__(self) -> list[dict[str, Any]]: ...
+
+    def total(self) -> int: ...
+
+
+class TopologyRelays:
+    """The relays of a simulated ``[hierarchy]`` run, from its :class:`~fedge.hierarchy.HierarchyBackend`:
+    each relay's block from the topology and, from the backend's trace of the round just run, the
+    children in its sum and the bytes it sent the cloud. At most ``limit`` relays are listed."""
+
+    def __init__(self, backend: Any, limit: int = MAX_RELAYS_SENT) -> None:
+        self.backend, self.limit = backend, limit
+        self._seen: dict[int, float] = {}
+
+    def total(self) -> int:
+        return int(self.backend.topology.num_relays)
+
+    def __call__(self) -> list[dict[str, Any]]:
+        topo, now = self.backend.topology, time.time()
+        traced = {t.relay: t for t in self.backend.trace}
+        self._seen.update((v, now) for v in traced)
+        rows = []
+        for v in range(min(topo.num_relays, self.limit)):
+            t = traced.get(v)
+            rows.append(
+                {
+                    "node": f"relay {v}",
+                    "first": v * topo.fanout,
+                    "clients": topo.fanout,
+                    "children": (len(t.steps[-1]) if t.steps else 0) if t is not None else None,
+                    "wan_up_bytes": t.up_bytes if t is not None else None,
+                    "state": "simulated",
+                    "last_seen": self._seen.get(v),
+                }
+            )
+        return rows
+
+
+class RunStatus(Callback):
+    """A simulation's status for the dashboard, fed by the round loop's callbacks.
+
+    ``relays`` (a simulated hierarchy's :class:`TopologyRelays`) fills the "Relays" panel after each round.
+    """
+
+    def __init__(self, name: str = "simulation", relays: RelayRows | None = None) -> None:
         self.name = name
         self._lock = threading.Lock()
         self._rounds_total = 0
         self._records: list[dict[str, Any]] = []
         self._state = "starting"
         self._started = time.time()
+        self._relay_rows = relays
+        self._relays: list[dict[str, Any]] = []
+        self._relays_total = 0
 
     def on_run_start(self, state: StrategyState, rounds: int) -> None:
+        relays = self._relay_rows() if self._relay_rows is not None else []
         with self._lock:
             self._rounds_total = rounds
             self._state = "running"
             self._started = time.time()
+            self._relays = relays
+            self._relays_total = self._relay_rows.total() if self._relay_rows is not None else 0
 
     def on_round_end(self, record: RoundRecord, state: StrategyState) -> None:
+        relays = self._relay_rows() if self._relay_rows is not None else []
         with self._lock:
             self._records.append(record.to_json())
+            self._relays = relays
 
     def on_run_end(self, history: History, state: StrategyState) -> None:
         with self._lock:
@@ -96,6 +151,8 @@ class RunStatus(Callback):
                 "elapsed_s": time.time() - self._started,
                 "history": history,
                 "nodes": [],
+                "relays": list(self._relays),
+                "relays_total": self._relays_total,
             }
 
 
@@ -324,8 +381,9 @@ class DashboardCallback(Callback):
         token: str | None = None,
         linger_s: float = LINGER_UNTIL_CTRL_C,
         announce: Any = None,
+        relays: RelayRows | None = None,
     ) -> None:
-        self.status = RunStatus()
+        self.status = RunStatus(relays=relays)
         self.host, self.port, self.token = host, port, token
         self.linger_s = linger_s
         self.announce = announce or (lambda url: None)

@@ -29,6 +29,34 @@ def _as_dict(status: Any) -> dict[str, Any]:
     raise TypeError(f"a server status must be a dataclass or dict, got {type(status).__name__}")
 
 
+def relay_rows(nodes: Any, last: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:
+    """The dashboard's relays: each relay node of the server's table (``relay_clients > 0``) with its
+    block, and from the last round that had relays (``last``) its children in the sum and its push's bytes."""
+    sums = (last or {}).get("relay_sums") or {}
+    rows = []
+    for n in nodes:
+        size = int(n.get("relay_clients") or 0)
+        if size <= 0:
+            continue
+        got = sums.get(n.get("node_id"))
+        got = got if isinstance(got, dict) else None
+        seen = float(n.get("last_heartbeat") or now)
+        rows.append(
+            {
+                "node": str(n.get("relay_name") or n.get("node_id", ""))[:32],
+                "node_id": str(n.get("node_id", ""))[:16],
+                "first": n.get("client_id"),
+                "clients": size,
+                "children": got.get("children") if got else None,
+                "wan_up_bytes": got.get("wan_up_bytes") if got else None,
+                "round": last.get("round") if last is not None and got else None,
+                "state": "online" if n.get("connected") else "offline",
+                "last_seen": seen,
+            }
+        )
+    return rows
+
+
 class ServerStatusSource:
     """A dashboard status source over a server's ``status()`` function."""
 
@@ -81,6 +109,7 @@ class ServerStatusSource:
         )
         with self._lock:
             history = [self._rounds[k] for k in sorted(self._rounds)][-MAX_ROUNDS_SENT:]
+        last = next((h for h in reversed(history) if isinstance(h.get("relay_sums"), dict)), None)
         return {
             "name": f"{self.name} {s.get('run_id', '')}".strip(),
             "mode": "deployment",
@@ -90,6 +119,7 @@ class ServerStatusSource:
             "round_progress": progress,
             "history": history,
             "nodes": nodes,
+            "relays": relay_rows(s.get("nodes", ()), last, now),
             "min_nodes": s.get("min_nodes"),
         }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedge.core.errors import DataError
 from fedge.core.files import atomic_folder
-from fedge.report import plots
+from fedge.report import plots, tree
 from fedge.report.header import settings_rows
 from fedge.report.plots import Plot
 from fedge.report.runs import RunData, load_run
@@ -28,6 +28,7 @@ h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; 
 table { border-collapse: collapse; } td, th { padding: 2px 10px; border-bottom: 1px solid #eee; text-align: left; }
 .cols { display: flex; flex-wrap: wrap; gap: 0 3em; } .cols h3 { margin: .4em 0; }
 figure { margin: 1em 0; } img { max-width: 100%; } .note { color: #777; font-style: italic; }
+svg.tree { max-width: 100%; height: auto; }
 """
 
 
@@ -115,6 +116,7 @@ def render(runs: Sequence[RunData]) -> tuple[str, dict[str, bytes]]:
             body.append(f"<div><h3>Results</h3>{_table(_summary_rows(run))}</div></div>")
         else:
             body.append(_table(_summary_rows(run)))
+        body.append(tree.section(run))
         for make in plots.SINGLE:
             plot = make(run)
             name = f"{prefix}{plot.name}.png"
