@@ -159,10 +159,24 @@ class SecureAggregation(Transform):
         ``factors[cid]`` in ``[0, 1]`` is sent to that client, which scales its pending input
         by it before masking, so the total is ``Σ factor_i · terms_i`` (asynchronous buffers).
         A participant whose update names a block (:data:`BLOCK_KEY`, a relay) counts as its
-        block's clients.
+        block's clients. The one check left on masked inputs is made on the total: its weight
+        may not exceed the examples (or clients) the survivors claimed in clear, or the round
+        aborts — no single input can be checked, so no single participant can be blamed.
         """
         words, count, lost = self.sum_words(updates, rctx, transport, factors=factors)
-        return self.decode(words, rctx.spec), count, lost
+        terms = self.decode(words, rctx.spec)
+        gone = {c for ids in lost.values() for c in ids}
+        kept = [u for u in updates if u.client_id not in gone]
+        if "weight" in terms:
+            w = float(np.sum(terms["weight"][0]))
+            most = float(sum(max(u.num_examples, len(u.payload.get(BLOCK_KEY, ())) or 1) for u in kept))
+            slack = len(kept) * self.max_weight / self.scale
+            if not -slack <= w <= most * (1 + 1e-6) + slack:
+                raise SecAggAbort(
+                    f"secure aggregation aborted in round {rctx.round_num}: the unmasked sum weighs {w:g}, "
+                    f"outside the 0..{most:g} its {len(kept)} participants claimed"
+                )
+        return terms, count, lost
 
     def decode(self, words: npt.NDArray[Any], spec: ParamSpec) -> Terms:
         """The summed terms a total of ring words stands for, in the layout of ``spec``'s updates."""
