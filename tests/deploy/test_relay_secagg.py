@@ -281,3 +281,45 @@ def test_dropouts_at_both_tiers_leave_the_sum_exact_over_the_survivors(
     assert sorted(lost) == [3, 4, 5]
     assert "secagg masked_input" in lost[3] and "withdrew" in lost[3]
     assert lost[4] == lost[5] and lost[4].startswith("secagg masked_input") and "withdrew" in lost[4]
+
+
+def test_depth_three_masks_every_tier_and_each_total_is_its_inputs_sum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cloud [secagg] <- vehicle relay v (--secagg; relay=4) and a plain node 4; v <- zonal relays z0
+    (--secagg; devices 0, 1) and z1 (plain; devices 2, 3). v's session has z0 and z1 as participants, so
+    v learns only z0 + z1, and the cloud only v + node 4: each tier's revealed total is the ring sum of
+    its inputs, v's input to the cloud is its own session's total and z0's is its devices', so the cloud's
+    total holds devices 0 and 1's encoded updates to the bit. The model is flat FedAvg's."""
+    raw = {**RAW, "data": {"num_clients": 5}, "training": {"clients_per_round": 5, "local_epochs": 1}}
+    sessions = Sessions(monkeypatch)
+    keys = keyring(tmp_path, ["v", "z0", "z1", *(f"d{i}" for i in range(5))])
+    t, port, out = cloud(raw, tmp_path, pub(keys["v"], "relay=4") + pub(keys["d4"]), secagg_stage_s=20.0)
+    zones = [pub(keys["z0"], "relay=2"), pub(keys["z1"], "relay=2")]
+    vcfg = relay_config(tmp_path, "v", zones, free_port(), secagg_stage_s=20.0)
+    relay_thread(port, keys["v"], vcfg, 0, secagg=True)
+    for z in range(2):
+        kids = [f"d{2 * z}", f"d{2 * z + 1}"]
+        zcfg = relay_config(tmp_path, f"z{z}", [pub(keys[k]) for k in kids], free_port(), secagg_stage_s=20.0)
+        relay_thread(vcfg.port, keys[f"z{z}"], zcfg, 2 * z, secagg=z == 0)
+        for k in kids:
+            start_node(zcfg.port, keys[k], None, int(k[1:]))
+    start_node(port, keys["d4"], None, 4)
+    t.join(120)
+    stop_nodes()
+    assert not t.is_alive(), "the cloud did not finish"
+    served = out["served"]
+    assert [(r.participants, r.failed) for r in served.history] == [(5, 0), (5, 0)]
+    sessions.exact()
+    for rnd in (1, 2):
+        cloud_total, at_cloud, cloud_in = sessions.session(rnd, (0, 4))
+        v_total, at_v, v_in = sessions.session(rnd, (0, 2))
+        z0_total, at_z0, z0_in = sessions.session(rnd, (0, 1))
+        assert at_cloud == [0, 4] and at_v == [0, 2] and at_z0 == [0, 1]
+        np.testing.assert_array_equal(cloud_in[0], v_total)
+        np.testing.assert_array_equal(v_in[0], z0_total)
+        parts = [z0_in[0], z0_in[1], v_in[2], cloud_in[4]]
+        whole = sum(w.astype(np.uint64) for w in parts) % RING
+        np.testing.assert_array_equal(cloud_total, whole.astype(np.uint32))
+    sim = execute(build(from_dict({k: v for k, v in raw.items() if k != "secagg"})))
+    close_to(served.result.state.params, sim.state.params, atol=1e-4)
