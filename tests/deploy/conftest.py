@@ -6,6 +6,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,26 @@ def bare_deploy(tmp_path: Path, allow: Path, nodes: int) -> dict[str, object]:
         "examples_cap": 0.0,
         "norm_cap": 0.0,
     }
+
+
+def simulated_with_noise_key(exp: Any, key: int) -> Any:
+    """The simulation of ``exp`` with central DP's noise drawn from a served run's secret ``key``
+    (a served run never draws it from the seed its nodes know): what the served run must equal."""
+    from fedge.federation import build, execute
+
+    fed = build(exp)
+    dps = fed.pipeline.named("central_dp")
+    assert dps, "no central DP in this experiment"
+    for dp in dps:
+        dp.noise_key = key
+    return execute(fed)
+
+
+def served_noise_key(served: Any) -> int:
+    """The secret a served run drew central DP's noise from."""
+    (dp,) = served.built.pipeline.named("central_dp")
+    assert isinstance(dp.noise_key, int)
+    return dp.noise_key
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ from fedge.config import from_dict, load
 from fedge.experiment import load_params_npz
 from fedge.federation import build, execute
 
-from .conftest import bare_deploy, free_port
+from .conftest import bare_deploy, free_port, served_noise_key, simulated_with_noise_key
 from .test_integration import last_round, processes, spawn, wait_for
 from .test_personal_deploy import serve_three
 from .test_transport import serve_in_thread, start_node, stop_nodes
@@ -249,8 +249,8 @@ def test_central_dp_per_applied_step_over_grpc_spends_the_simulations_epsilon(tm
         "strategy": {"name": "fedavg", "weighting": "uniform"},
         "privacy": {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 1.1, "sampling": "none"},
     }
-    sim = execute(build(from_dict(raw)))
     out = served(raw, tmp_path, keys, allow)
+    sim = simulated_with_noise_key(from_dict(raw), served_noise_key(out))
     want = [r.extra["epsilon"] for r in sim.history]
     assert len(set(want)) == 3  # ε grows with every applied step
     assert [r.extra["epsilon"] for r in out.history.rounds] == pytest.approx(want, rel=1e-9)

@@ -210,38 +210,26 @@ def test_a_relay_never_sends_its_parent_a_childs_update(tmp_path: Path, monkeypa
         assert not any(w in to_cloud for w in windows), "a child's update reached the cloud"
 
 
-def test_a_relay_killed_mid_round_restarts_from_its_state_and_the_cloud_round_completes(tmp_path: Path) -> None:
-    """Relay r0 runs as `fedge relay` in its own process; round 2's child 1 trains slowly, and r0 is
-    killed (SIGKILL) while it waits for it. r0 restarts on the same --state, its children rejoin it
-    with their client ids, it rejoins the cloud with backoff while the cloud's round 2 is still open
-    (the cloud counts a node lost after node_timeout_s = 30 s), runs that round again, and the run
-    ends where flat FedAvg ends."""
-    raw = {**RAW, "rounds": 3}
-    sim = execute(build(from_dict(raw)))
-    keys = keyring(tmp_path, ["r0", "r1", "d0", "d1", "d2", "d3"])
-    t, port, out = cloud(
-        raw, tmp_path, pub(keys["r0"], "relay=2") + pub(keys["r1"], "relay=2"), round_min_nodes=4, node_timeout_s=30.0
-    )
-    r0_port = free_port()
-    r0_allow = tmp_path / "allow-r0.txt"
-    r0_allow.write_text(pub(keys["d0"]) + pub(keys["d1"]))
-    r0_state = tmp_path / "r0.db"
-    cmd = [
+def relay_command(tmp_path: Path, parent: int, keys: dict[str, Path], port: int, state: Path) -> list[str]:
+    """``fedge relay`` for relay r0 (children d0 and d1) on ``port`` with its SQLite ``state``."""
+    allow = tmp_path / "allow-r0.txt"
+    allow.write_text(pub(keys["d0"]) + pub(keys["d1"]))
+    return [
         *FEDGE,
         "relay",
         "--parent",
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{parent}",
         "--key",
         str(keys["r0"]),
         "--partition",
         "0",
         "--insecure",
         "--port",
-        str(r0_port),
+        str(port),
         "--state",
-        str(r0_state),
+        str(state),
         "--allow",
-        str(r0_allow),
+        str(allow),
         "--serve-insecure",
         "--give-up",
         "60",
@@ -255,6 +243,25 @@ def test_a_relay_killed_mid_round_restarts_from_its_state_and_the_cloud_round_co
         "deploy.norm_cap=0",
         "-q",
     ]
+
+
+def killed_relay(tmp_path: Path, raw: dict[str, Any], node_timeout_s: float, wait_for_round: int = 0) -> Any:
+    """Cloud <- relay r0 as a `fedge relay` process (children d0, d1) and r1 in a thread (d2, d3).
+
+    Round 2's child 1 trains slowly and r0 is SIGKILLed while it waits for it; r0 is restarted on
+    the same --state at once, or once the cloud has recorded round ``wait_for_round``. Returns the
+    cloud's ``Served``, the restarted relay's output, and r0's stored client ids.
+    """
+    keys = keyring(tmp_path, ["r0", "r1", "d0", "d1", "d2", "d3"])
+    t, port, out = cloud(
+        raw,
+        tmp_path,
+        pub(keys["r0"], "relay=2") + pub(keys["r1"], "relay=2"),
+        round_min_nodes=4,
+        node_timeout_s=node_timeout_s,
+    )
+    r0_port, r0_state = free_port(), tmp_path / "r0.db"
+    cmd = relay_command(tmp_path, port, keys, r0_port, r0_state)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = open(tmp_path / "r0.log", "wb")  # noqa: SIM115 (closed below, after the kill)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
@@ -302,6 +309,11 @@ def test_a_relay_killed_mid_round_restarts_from_its_state_and_the_cloud_round_co
             kept = dict(db.execute("SELECT client_id, node_id FROM nodes").fetchall())
             last = db.execute("SELECT value FROM meta WHERE key = 'last_round'").fetchone()
         assert sorted(kept) == [0, 1] and last == ("1",)
+        if wait_for_round:
+            end = time.monotonic() + 60
+            while not recorded(tmp_path / "run.db", wait_for_round):
+                assert time.monotonic() < end, f"the cloud never closed round {wait_for_round} without r0"
+                time.sleep(0.1)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         t.join(90)
         assert not t.is_alive(), "the cloud did not finish"
@@ -314,14 +326,68 @@ def test_a_relay_killed_mid_round_restarts_from_its_state_and_the_cloud_round_co
             proc.communicate()
         for node in nodes:
             node.stop()
-    records = out["served"].history.rounds
-    assert [r.round for r in records] == [1, 2, 3]
-    assert [(r.participants, r.failed) for r in records] == [(4, 0)] * 3
-    close_to(out["served"].result.state.params, sim.state.params)
-    assert b"relayed 2 rounds" in said  # rounds 2 and 3, by the restarted process
     with sqlite3.connect(r0_state) as db:
         assert dict(db.execute("SELECT client_id, node_id FROM nodes").fetchall()) == kept
         assert db.execute("SELECT value FROM meta WHERE key = 'last_round'").fetchone() == ("3",)
+    return out["served"], said
+
+
+def recorded(state: Path, round_num: int) -> bool:
+    """Whether the server whose SQLite state is ``state`` has recorded round ``round_num``."""
+    if not state.exists():
+        return False
+    with sqlite3.connect(state, timeout=1.0) as db:
+        try:
+            return db.execute("SELECT 1 FROM rounds WHERE round = ?", (round_num,)).fetchone() is not None
+        except sqlite3.OperationalError:  # not created yet
+            return False
+
+
+def test_a_relay_killed_mid_round_restarts_from_its_state_and_the_cloud_round_completes(tmp_path: Path) -> None:
+    """r0 restarts on the same --state, its children rejoin it with their client ids, it rejoins the
+    cloud with backoff while the cloud's round 2 is still open (the cloud counts a node lost after
+    node_timeout_s = 30 s), runs that round again, and the run ends where flat FedAvg ends."""
+    raw = {**RAW, "rounds": 3}
+    sim = execute(build(from_dict(raw)))
+    served, said = killed_relay(tmp_path, raw, node_timeout_s=30.0)
+    records = served.history.rounds
+    assert [r.round for r in records] == [1, 2, 3]
+    assert [(r.participants, r.failed) for r in records] == [(4, 0)] * 3
+    close_to(served.result.state.params, sim.state.params)
+    assert b"relayed 2 rounds" in said  # rounds 2 and 3, by the restarted process
+
+
+def test_a_relay_down_past_its_timeout_loses_its_round_and_rejoins_the_next(tmp_path: Path) -> None:
+    """r0 stays down past the cloud's node_timeout_s = 3 s: the cloud closes round 2 with r1's two
+    children (r0's two failed), waits for r0 before round 3 (round_min_nodes = 4), and r0, restarted
+    on its state, relays round 3 with both children. The run equals the simulation in which clients
+    0 and 1 fail in round 2."""
+    raw = {**RAW, "rounds": 3}
+    fed = build(from_dict(raw))
+    make = fed.client_fn
+
+    def failing_in_round_two(cid: int) -> Any:
+        client = make(cid)
+        if cid in (0, 1):
+            train = client.train
+
+            def train_but_round_two(params: Any, cfg: Any, ctx: Any) -> Any:
+                if ctx.round_num == 2:
+                    raise RuntimeError("its relay is down")
+                return train(params, cfg, ctx)
+
+            client.train = train_but_round_two  # type: ignore[method-assign]
+        return client
+
+    fed.client_fn = failing_in_round_two
+    sim = execute(fed)
+    served, said = killed_relay(tmp_path, raw, node_timeout_s=3.0, wait_for_round=2)
+    records = served.history.rounds
+    assert [(r.round, r.participants, r.failed) for r in records] == [(1, 4, 0), (2, 2, 2), (3, 4, 0)]
+    assert sorted(c for ids in records[1].dropped.values() for c in ids) == [0, 1]
+    assert [(r.participants, r.failed) for r in sim.history.rounds] == [(4, 0), (2, 2), (4, 0)]
+    close_to(served.result.state.params, sim.state.params)
+    assert b"relayed 1 round" in said  # round 3 only: round 2 closed without this relay
 
 
 def test_a_relay_whose_key_is_not_marked_relay_stops_with_one_line(tmp_path: Path) -> None:
@@ -474,18 +540,6 @@ def test_fedge_relay_bad_input_exits_2_in_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert said in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r.db").exists()
-
-
-def test_a_server_with_central_dp_refuses_a_relays_sum() -> None:
-    """Central DP clips and counts each client's own update on the server; a relay's sum skips that."""
-    from fedge.privacy.transforms import CentralDP
-
-    spec = ParamSpec(((3, 2),))
-    rctx = RoundContext(round_num=1, rng=np.random.default_rng(0), spec=spec, num_sampled=2)
-    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, expected_clients=2.0)
-    reducer = Reducer(FedAvg(), Pipeline([dp]), rctx, Validator(spec))
-    with pytest.raises(ValidationError, match="per-tier DP is not built"):
-        check_partial(partial_from_tree(tree([0, 1]), frozenset({0, 1}), RelayClaim(2)), reducer)
 
 
 class WithdrawingNode(Node):

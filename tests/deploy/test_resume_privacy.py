@@ -16,7 +16,7 @@ from fedge.config import load
 from fedge.experiment import load_params_npz
 from fedge.federation import build, execute
 
-from .conftest import free_port
+from .conftest import free_port, simulated_with_noise_key
 from .test_integration import last_round, processes, spawn, wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,8 +47,7 @@ def test_a_dp_server_killed_after_round_2_resumes_with_the_uninterrupted_epsilon
     exp_path = write_experiment(allow=allow, clients=3, rounds=6, port=port, epochs=40)
     text = exp_path.read_text().replace('name = "fedavg"', 'name = "fedavg"\nweighting = "uniform"')
     exp_path.write_text(text + PRIVACY)
-    reference = execute(build(load(str(exp_path))))
-    expected_eps = [r.extra["epsilon"] for r in reference.history]
+    expected_eps = [r.extra["epsilon"] for r in execute(build(load(str(exp_path)))).history]
     assert len(set(expected_eps)) == 6  # ε grows every round
     db, out = tmp_path / "state.db", tmp_path / "out"
     with processes() as procs:
@@ -68,6 +67,10 @@ def test_a_dp_server_killed_after_round_2_resumes_with_the_uninterrupted_epsilon
         second = spawn(procs, ["serve", str(exp_path), "--resume", "-o", str(out)], tmp_path / "server2.log")
         assert second.wait(120) == 0, (tmp_path / "server2.log").read_text()[-2000:]
         assert all(n.wait(30) == 0 for n in nodes)
+    # The resumed server drew its noise from the secret its first start kept in the state file.
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        (key,) = con.execute("SELECT value FROM meta WHERE key = 'dp_noise_key'").fetchone()
+    reference = simulated_with_noise_key(load(str(exp_path)), int(key))
     assert epsilons(db) == pytest.approx(expected_eps, rel=1e-9)
     written = [json.loads(line)["extra"]["epsilon"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert written == pytest.approx(expected_eps, rel=1e-9)

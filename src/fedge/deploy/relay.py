@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,6 +95,20 @@ def masked_config(config_toml: str, enabled: bool = True) -> str:
     raw.setdefault("secagg", {})["enabled"] = enabled
     sections = [k for k, v in raw.items() if isinstance(v, dict) and k not in CORE_SECTIONS]
     return to_toml(from_dict(raw), commented=False, only=sections)
+
+
+def clipped_at_relay(pipeline: Pipeline) -> Pipeline:
+    """The relay's pipeline for its children's updates: under central DP (``clip_at = "client"``)
+    the relay clips each child's update to ``C`` again before summing, so its sum is what the
+    parent checks (weight one per child, L2 norm at most ``n C``) even if a child did not clip."""
+    if not pipeline.named("central_dp"):
+        return pipeline
+    return Pipeline(
+        [
+            replace(cast(Any, t), clip_at="server", accountant=None, adaptive=None) if t.name == "central_dp" else t
+            for t in pipeline.transforms
+        ]
+    )
 
 
 def parent_secagg(exp: Any) -> Any:
@@ -240,6 +254,7 @@ class Relay:
         cohort_sum = next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
         if cohort_sum is not None:
             return self._masked_round(cohort_sum, pipeline, rctx, params, ins, chosen, failures)
+        pipeline = clipped_at_relay(pipeline)
         runtime = ClientRuntime(_remote, strategy, pipeline, exp.seed)
         backend = HierarchyBackend(GrpcBackend(transport), Topology(len(chosen), len(chosen)), self.kappa1)
         task = FitTask(runtime, ins.round_num, chosen, params, ins, {}, aggregator.reducer(rctx, len(chosen)))

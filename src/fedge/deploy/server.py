@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from fedge.config.schema import Experiment, from_dict, to_toml
 from fedge.core.errors import ConfigError, DataError, TransportError
 from fedge.core.params import Params
 from fedge.deploy import security, wire
-from fedge.deploy.auth import Verifier
+from fedge.deploy.auth import Verifier, parse_relays
 from fedge.deploy.classes import ModelClass, model_classes
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.guard import Gate
@@ -388,11 +389,13 @@ def serve(
     folder = None
     try:
         check_extras(exp)
+        check_relay_privacy(exp, cfg)
         if output is not None and run.finished is None:
             folder = claim_run_folder(exp, None if output == "default" else output, overwrite=overwrite)
         for note in [*run.notes, *security.startup_warnings(cfg)]:
             warn(note)
         built = build(exp, deployed=True)
+        keep_noise_secret(built, store)
         result = _run_served(built, cfg, store, run.run_id, run.state, on_ready, transport_hook, linger_s, run.finished)
         history = History(store.records())
         out = None
@@ -409,6 +412,50 @@ def serve(
     finally:
         store.close()
     return Served(result, history, run.run_id, built, out)
+
+
+def keep_noise_secret(built: Federation, store: Store) -> None:
+    """Draw central DP's noise from a secret of this server, not from the run's seed.
+
+    Every node's config carries the seed, so noise drawn from it could be regenerated and taken
+    off the released model. The secret (128 random bits) is made on the run's first start and
+    kept in the server's state file, so a resumed run draws the noise the uninterrupted run
+    would have; it is never sent to a node, written to the run folder or shown in a status.
+    """
+    central = built.pipeline.named("central_dp")
+    if not central:
+        return
+    key = store.meta("dp_noise_key")
+    if key is None:
+        key = str(secrets.randbits(128))
+        store.set_meta(dp_noise_key=key)
+    for t in central:
+        t.noise_key = int(key)
+
+
+def check_relay_privacy(exp: Experiment, cfg: DeployConfig) -> None:
+    """Refuse, before round 1, central DP that a relay of the allow-list could not take part in.
+
+    Under central DP with relays each child clips its own update and its relay clips it again
+    (:func:`fedge.deploy.transport.check_private_partial`): the server never sees the children's
+    updates, so it can neither clip them nor count their clipping bits.
+    """
+    p = exp.extensions.get("privacy")
+    if getattr(p, "mode", "off") != "central" or not cfg.allow_list:
+        return
+    path = Path(cfg.allow_list)
+    if not path.is_file() or not parse_relays(path.read_text(encoding="utf-8"), str(path)):
+        return
+    if getattr(p, "clip_at", "server") != "client":
+        raise ConfigError(
+            f"{path} lists relays, whose sums this server cannot clip: central DP with relays needs "
+            "privacy.clip_at = 'client' (children clip, their relay clips again)"
+        )
+    if getattr(p, "adaptive_clip", False):
+        raise ConfigError(
+            f"{path} lists relays: privacy.adaptive_clip counts each client's clipping bit on this server, "
+            "which a relay's sum does not carry; turn it off"
+        )
 
 
 def _classes(built: Federation, svc: FedgeService) -> Classes | None:

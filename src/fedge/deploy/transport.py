@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -419,12 +418,6 @@ def check_partial(item: PartialSum, reducer: Reducer) -> None:
     influence bound of single updates (a weight capped at a multiple of the median) does not
     apply to a sum: the allow-list's ``examples=M`` bounds what a relay may claim.
     """
-    dp = sys.modules.get("fedge.privacy.transforms")  # loaded whenever this run has [privacy]
-    if dp is not None and any(isinstance(t, dp.CentralDP) for t in reducer.pipeline.transforms):
-        raise ValidationError(
-            "central DP clips and counts each client's own update on this server, which a relay's sum "
-            "skips (per-tier DP is not built)"
-        )
     spec = reducer.validator.spec
     probe = ClientUpdate(client_id=-1, delta=[np.zeros(s, np.float32) for s in spec.shapes], num_examples=1)
     want = reducer.strategy.contribution(probe)
@@ -443,6 +436,39 @@ def check_partial(item: PartialSum, reducer: Reducer) -> None:
         # 1e-4 relative: a sum masked by secure aggregation comes back through fixed point.
         if not 0 <= w <= most * (1 + 1e-4) or math.isnan(w):
             raise ValidationError(f"{who} weighs {w:g}, more than its {most:g} examples allow")
+    central = reducer.pipeline.named("central_dp")
+    if central:
+        check_private_partial(item, central[0].clip_norm, central[0].clip_at, central[0].adaptive is not None)
+
+
+def check_private_partial(item: PartialSum, clip_norm: float, clip_at: str, adaptive: bool) -> None:
+    """Check a relay's partial sum under central DP at the top of the tree.
+
+    Each child clips its own update to ``C`` (``clip_at = "client"``) and its relay clips it again
+    before summing, so the sum of ``n`` children weighs exactly ``n`` (uniform weighting) and its
+    delta's L2 norm is at most ``n C``: what this server checks. The noise is added once, here, to
+    the round's sum, and the accountant counts the round as in a flat run (one child's clipped
+    update moves the sum by at most ``C``, whichever relay carried it).
+    """
+    who = f"partial sum of clients {item.client_ids[:8]}"
+    if clip_at != "client":
+        raise ValidationError(
+            f"{who}: central DP with privacy.clip_at = 'server' clips each client's own update on this server, "
+            "which a relay's sum skips; set privacy.clip_at = 'client' (children clip, their relay checks)"
+        )
+    if adaptive:
+        raise ValidationError(
+            f"{who}: privacy.adaptive_clip counts each client's clipping bit on this server, which a relay's sum skips"
+        )
+    n = len(item.client_ids)
+    w = float(item.terms["weight"][0].reshape(-1)[0])
+    if abs(w - n) > 1e-4 * max(n, 1):
+        raise ValidationError(f"{who} weighs {w:g} under central DP, not one per client ({n})")
+    norm = math.sqrt(sum(float(np.sum(np.square(np.asarray(t, dtype=np.float64)))) for t in item.terms["delta"]))
+    if norm > n * clip_norm * (1 + 1e-4):
+        raise ValidationError(
+            f"{who} has L2 norm {norm:.6g}, more than its {n} clipped updates allow ({n} x {clip_norm:g})"
+        )
 
 
 def _reduce(reducer: Reducer, held: list[_Held]) -> Iterator[FitResult]:

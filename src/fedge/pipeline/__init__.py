@@ -93,6 +93,10 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self.transforms)
 
+    def named(self, name: str) -> list[Any]:
+        """Its transforms called ``name`` (e.g. ``"central_dp"``), found without importing their part."""
+        return [t for t in self.transforms if t.name == name]
+
     def client(self, update: ClientUpdate, ctx: ClientContext) -> ClientUpdate:
         for t in self.transforms:
             update = t.client(update, ctx)

@@ -62,6 +62,9 @@ class CentralDP(Transform):
     clip_at: str = "server"
     adaptive: AdaptiveClipping | None = None
     name: str = "central_dp"
+    noise_key: int | None = field(default=None, repr=False)
+    """The secret the noise is drawn from (a served run's, kept in its server's state); None: the
+    round's generator, derived from the run's seed, so a simulation is reproducible."""
     _counts: dict[int, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,17 @@ class CentralDP(Transform):
             for z, n in state["steps"]:
                 self.accountant.step(float(z), int(n))
 
+    def noise_rng(self, rctx: RoundContext) -> np.random.Generator:
+        """The generator of round ``rctx.round_num``'s noise.
+
+        A node knows the run's seed (its config carries it), so noise drawn from the seed could be
+        regenerated and subtracted by any node: a served run draws it from :attr:`noise_key`, a
+        secret of its server, instead (:func:`fedge.deploy.server.keep_noise_secret`).
+        """
+        if self.noise_key is None:
+            return rctx.rng
+        return np.random.default_rng([self.noise_key, rctx.round_num])
+
     def _clip(self, update: ClientUpdate) -> ClientUpdate:
         if update.extras:
             raise ConfigError(
@@ -120,7 +134,8 @@ class CentralDP(Transform):
         if unknown:
             raise ConfigError(f"central DP cannot bound the sensitivity of terms {sorted(unknown)}")
         sigma = self.update_multiplier * self.clip_norm
-        noisy = [s + rctx.rng.normal(0.0, sigma, size=s.shape) for s in sums["delta"]]
+        rng = self.noise_rng(rctx)
+        noisy = [s + rng.normal(0.0, sigma, size=s.shape) for s in sums["delta"]]
         out: Terms = {"delta": noisy, "weight": [np.asarray([self.expected_clients], dtype=np.float64)]}
         info: dict[str, Any] = {
             "noise_multiplier": self.noise_multiplier,
@@ -139,7 +154,7 @@ class CentralDP(Transform):
             )
         if self.adaptive is not None:
             a = self.adaptive
-            count = self._counts.pop(rctx.round_num, 0.0) + rctx.rng.normal(0.0, a.count_stddev)
+            count = self._counts.pop(rctx.round_num, 0.0) + rng.normal(0.0, a.count_stddev)
             frac = count / self.expected_clients
             self.clip_norm = mech.adaptive_clip_update(self.clip_norm, frac, target_quantile=a.target_quantile, lr=a.lr)
             info.update(unclipped_fraction=frac, next_clip_norm=self.clip_norm)
