@@ -21,11 +21,12 @@ from fedge.config import from_dict
 from fedge.deploy import wire
 from fedge.deploy.auth import Signer, load_private
 from fedge.deploy.node import Backoff, Node
-from fedge.deploy.relay import Relay, RelayNode, run_relay, terms_tree
+from fedge.deploy.relay import Relay, RelayNode, parent_secagg, run_relay, terms_tree
 from fedge.deploy.service import FedgeService, PushIn
 from fedge.engine.aggregator import PartialSum
 from fedge.federation import build, execute
 from fedge.secagg import client as C
+from fedge.secagg import fixedpoint
 from fedge.secagg import transform as T
 
 from .conftest import free_port
@@ -152,6 +153,11 @@ def recorded_block_sums(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Part
     return sums
 
 
+def flat(item: PartialSum) -> np.ndarray:
+    """A sum's terms in the order the secure aggregation lays them out (by name, then tensor)."""
+    return np.concatenate([np.asarray(t, dtype=np.float64).ravel() for k in sorted(item.terms) for t in item.terms[k]])
+
+
 def windows(arrays: list[np.ndarray]) -> list[bytes]:
     """16-byte slices of each array's float64 and float32 bytes (a sum as pushed, or cast down)."""
     out = []
@@ -168,8 +174,10 @@ def test_the_cloud_learns_only_the_sum_over_relays_exactly(
     """Cloud [secagg] + 2 relays x 3 children. Each session's revealed ring total equals the sum of its
     participants' encoded inputs word for word: at the cloud the two relays' inputs; with relay
     --secagg each relay's input IS its children's revealed total, so the cloud's total is the ring sum
-    of all six clients' encoded updates. The model is flat FedAvg's to the fixed-point step, and no
-    relay's clear sum (float64 or float32) is in any byte the cloud received."""
+    of all six clients' encoded updates. Decoded, the cloud's total is the sum of the relays' clear sums
+    to one fixed-point step per relay; the model is flat FedAvg's (which the plain relayed run equals to
+    1e-6, test_relay.py) to 1e-4, and no relay's clear sum (float64 or float32) is in any byte the
+    cloud received."""
     sessions = Sessions(monkeypatch)
     services, received = recorded_cloud_bytes(monkeypatch)
     sums = recorded_block_sums(monkeypatch)
@@ -189,6 +197,11 @@ def test_the_cloud_learns_only_the_sum_over_relays_exactly(
             kid_words = [sessions.session(rnd, (f, f + 1, f + 2))[2] for f in (0, 3)]
             every = sum(w.astype(np.uint64) for words in kid_words for w in words.values())
             np.testing.assert_array_equal(total, (every % RING).astype(np.uint32))
+    up = parent_secagg(from_dict(RAW))
+    for rnd in (1, 2):
+        revealed = fixedpoint.decode(sessions.session(rnd, (0, 3))[0], scale=up.scale) * up.max_weight
+        clear = sum(flat(item) for r, item in sums if r == rnd)
+        np.testing.assert_allclose(revealed, clear, rtol=0, atol=2 * up.max_weight / up.scale)
     sim = execute(build(from_dict({k: v for k, v in RAW.items() if k != "secagg"})))
     close_to(served.result.state.params, sim.state.params, atol=1e-4)
 
@@ -323,3 +336,35 @@ def test_depth_three_masks_every_tier_and_each_total_is_its_inputs_sum(
         np.testing.assert_array_equal(cloud_total, whole.astype(np.uint32))
     sim = execute(build(from_dict({k: v for k, v in raw.items() if k != "secagg"})))
     close_to(served.result.state.params, sim.state.params, atol=1e-4)
+
+
+def test_a_round_takes_a_relays_sum_masked_only_under_secure_aggregation() -> None:
+    """A masked push carries no terms; a round under [secagg] (no reducer) refuses a clear sum, a round
+    without it refuses a masked one, each as a failure of every id the relay covers."""
+    from fedge.core.params import ParamSpec
+    from fedge.deploy.auth import RelayClaim
+    from fedge.deploy.service import Relayed, _Verdict, partial_from_tree
+    from fedge.deploy.transport import _relayed
+    from fedge.deploy.wire import WireError
+    from fedge.engine.aggregator import ClientFailure, Reducer, Validator
+    from fedge.pipeline import Pipeline, RoundContext
+    from fedge.strategies.fedavg import FedAvg
+
+    covers = frozenset({4, 5})
+    clear = PartialSum({"delta": [np.ones(2)], "weight": [np.asarray([3.0])]}, [4, 5], 3, [{}, {}])
+    masked = partial_from_tree(terms_tree(clear, masked=True), covers, RelayClaim(2), participant=4)
+    assert (masked.masked_by, masked.terms, masked.num_examples) == (4, {}, 3)
+    with pytest.raises(WireError, match="carries no terms"):
+        partial_from_tree({**terms_tree(clear), "masked": True}, covers, RelayClaim(2), participant=4)
+    spec = ParamSpec(((2,),))
+    rctx = RoundContext(round_num=1, rng=np.random.default_rng(0), spec=spec, num_sampled=2)
+    reducer = Reducer(FedAvg(), Pipeline([]), rctx, Validator(spec))
+    for item, round_reducer, why in ((clear, None, "not in clear"), (masked, reducer, "without secure aggregation")):
+        verdict = _Verdict()
+        out = list(_relayed(Relayed(covers, item), verdict, round_reducer))
+        assert not verdict.accepted and why in verdict.reason
+        assert all(isinstance(f, ClientFailure) and f.stage == "rejected" for f in out) and len(out) == 2
+    verdict = _Verdict()
+    (taken,) = _relayed(Relayed(covers, masked), verdict, None)
+    assert verdict.accepted and taken is masked
+    assert taken.participant().payload == {"block": [4, 5]}
