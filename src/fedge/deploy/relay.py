@@ -299,16 +299,20 @@ class Relay:
                     {**item.metrics, "num_examples": float(item.num_examples), "uplink_bytes": float(item.uplink_bytes)}
                 ]
         try:
-            words, _, lost = cohort_sum.sum_words(updates, rctx, self.transport)
+            words, included, lost = cohort_sum.sum_words(updates, rctx, self.transport)
         except AggregationError as exc:
             return failures + [
                 ClientFailure(c, "secagg", str(exc)) for u in updates for c in blocks.get(u.client_id, [u.client_id])
             ]
-        gone = {c for ids in lost.values() for c in ids}
+        summed = set(included)
         failures += [
-            ClientFailure(c, "secagg", reason) for reason, ids in lost.items() for p in ids for c in blocks.get(p, [p])
+            ClientFailure(c, "secagg", reason)
+            for reason, ids in lost.items()
+            for p in ids
+            if p not in summed  # lost at the unmask stage, after its input was in: it counts
+            for c in blocks.get(p, [p])
         ]
-        kept = [u for u in updates if u.client_id not in gone]
+        kept = [u for u in updates if u.client_id in summed]
         if not kept:
             return failures
         up = self.up

@@ -163,10 +163,10 @@ class SecureAggregation(Transform):
         may not exceed the examples (or clients) the survivors claimed in clear, or the round
         aborts — no single input can be checked, so no single participant can be blamed.
         """
-        words, count, lost = self.sum_words(updates, rctx, transport, factors=factors)
+        words, included, lost = self.sum_words(updates, rctx, transport, factors=factors)
         terms = self.decode(words, rctx.spec)
-        gone = {c for ids in lost.values() for c in ids}
-        kept = [u for u in updates if u.client_id not in gone]
+        kept = [u for u in updates if u.client_id in set(included)]
+        count = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in kept)
         if "weight" in terms:
             w = float(np.sum(terms["weight"][0]))
             most = float(sum(max(u.num_examples, len(u.payload.get(BLOCK_KEY, ())) or 1) for u in kept))
@@ -198,16 +198,16 @@ class SecureAggregation(Transform):
         transport: Exchanger,
         *,
         factors: Mapping[int, float] | None = None,
-    ) -> tuple[npt.NDArray[Any], int, dict[str, list[int]]]:
+    ) -> tuple[npt.NDArray[Any], list[int], dict[str, list[int]]]:
         """:meth:`sum_cohort` before decoding: the unmasked total as ring words (the exact sum of the
-        survivors' encoded inputs), how many clients it holds, who dropped."""
+        encoded inputs of the participants it includes), those participants, who dropped (one that
+        drops at the unmask stage is both: its input is in the total)."""
         if factors and not self.pending and any(f != 1.0 for f in factors.values()):
             raise ConfigError("secagg: only pending (asynchronous) inputs can be scaled in the session")
         layout = self.layout(rctx.spec)
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
-        blocks = {u.client_id: max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in updates}
-        clients = sum(blocks.values())
+        clients = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in updates)
         if clients > self.max_cohort:
             raise SecAggAbort(
                 f"secure aggregation aborted in round {rctx.round_num}: {clients} clients "
@@ -243,5 +243,4 @@ class SecureAggregation(Transform):
                 "secagg_protocol_bytes": float(sum(res.client_bytes.values())),
             }
         )
-        count = sum(blocks[c] for c in res.included)
-        return res.total, count, {f"secagg {k}": v for k, v in res.dropped.items()}
+        return res.total, list(res.included), {f"secagg {k}": v for k, v in res.dropped.items()}
