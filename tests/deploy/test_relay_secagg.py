@@ -10,6 +10,9 @@ survivors.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from fedge.secagg import client as C
 from fedge.secagg import fixedpoint
 from fedge.secagg import transform as T
 
-from .conftest import free_port
+from .conftest import FEDGE, free_port
 from .test_relay import close_to, cloud, keyring, pub, relay_config
 from .test_transport import start_node, stop_nodes
 
@@ -368,3 +371,61 @@ def test_a_round_takes_a_relays_sum_masked_only_under_secure_aggregation() -> No
     (taken,) = _relayed(Relayed(covers, masked), verdict, None)
     assert verdict.accepted and taken is masked
     assert taken.participant().payload == {"block": [4, 5]}
+
+
+def test_a_fedge_relay_process_joins_the_clouds_session(tmp_path: Path) -> None:
+    """Relay r0 is a `fedge relay` process (its children in threads), r1 a relay in this process: the
+    cloud's [secagg] session has both as participants, the run ends on flat FedAvg's model and r0 exits 0."""
+    keys = keyring(tmp_path, ["r0", "r1", *(f"d{i}" for i in range(6))])
+    t, port, out = cloud(RAW, tmp_path, pub(keys["r0"], "relay=3") + pub(keys["r1"], "relay=3"))
+    r0_port = free_port()
+    (tmp_path / "allow-r0.txt").write_text("".join(pub(keys[f"d{i}"]) for i in range(3)))
+    cmd = [
+        *FEDGE,
+        "relay",
+        "--parent",
+        f"127.0.0.1:{port}",
+        "--key",
+        str(keys["r0"]),
+        "--partition",
+        "0",
+        "--insecure",
+        "--port",
+        str(r0_port),
+        "--state",
+        str(tmp_path / "r0.db"),
+        "--allow",
+        str(tmp_path / "allow-r0.txt"),
+        "--serve-insecure",
+        "--give-up",
+        "60",
+        "--set",
+        "deploy.heartbeat_s=0.2",
+        "--set",
+        "deploy.examples_cap=0",
+        "--set",
+        "deploy.norm_cap=0",
+        "-q",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        cfg1 = relay_config(tmp_path, "r1", [pub(keys[f"d{i}"]) for i in range(3, 6)], free_port())
+        relay_thread(port, keys["r1"], cfg1, 3, secagg=False)
+        for cid in range(6):
+            start_node(r0_port if cid < 3 else cfg1.port, keys[f"d{cid}"], None, cid)
+        t.join(120)
+        said, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stop_nodes()
+    assert not t.is_alive(), "the cloud did not finish"
+    assert proc.returncode == 0, err.decode()
+    assert b"relayed 2 rounds" in said
+    served = out["served"]
+    assert [(r.participants, r.failed) for r in served.history] == [(6, 0), (6, 0)]
+    assert all(r.extra["secagg_k"] == 1.0 for r in served.history)
+    sim = execute(build(from_dict({k: v for k, v in RAW.items() if k != "secagg"})))
+    close_to(served.result.state.params, sim.state.params, atol=1e-4)
