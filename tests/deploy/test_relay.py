@@ -501,21 +501,30 @@ def test_a_parent_that_goes_away_is_rejoined_while_the_children_stay_connected(t
     close_to(served.result.state.params, sim.state.params)
 
 
-def test_a_relay_refuses_a_parent_with_secure_aggregation_in_one_line(tmp_path: Path) -> None:
-    """A parent that masks its children's updates cannot take a relay's sum: the relay says so and serves nothing."""
+def test_a_relay_joins_a_masking_parents_session_and_refuses_edge_steps_it_cannot_mask(tmp_path: Path) -> None:
+    """Under a parent with [secagg] a relay keeps the parent's secure aggregation for its own input; its
+    children get the run's config with [secagg] off (the relay masks their sum) or, under --secagg, on.
+    --secagg with kappa1 > 1 is refused in one line: between edge steps it would need each child's update."""
     from fedge.config.schema import to_toml
-    from fedge.deploy.relay import SECAGG_REFUSED, Relay
+    from fedge.deploy.node import load_experiment
+    from fedge.deploy.relay import Relay
+    from fedge.secagg import SecureAggregation
 
-    exp = from_dict({**RAW, "secagg": {"enabled": True}})
+    toml = to_toml(from_dict({**RAW, "secagg": {"enabled": True, "clip": 2.0}}), commented=False)
     (key,) = keyring(tmp_path, ["d0"]).values()
-    relay = Relay(relay_config(tmp_path, "r0", [pub(key)], free_port()), kappa1=1)
-    try:
-        with pytest.raises(ConfigError, match="cannot be masked for its parent") as err:
-            relay.start(0, 2, "run", to_toml(exp, commented=False))
-        assert str(err.value) == SECAGG_REFUSED and "\n" not in SECAGG_REFUSED
-        assert relay.server is None
-    finally:
-        relay.close(linger_s=0)
+    for secagg in (False, True):
+        relay = Relay(relay_config(tmp_path, f"r{secagg}", [pub(key)], free_port()), kappa1=1, secagg=secagg)
+        try:
+            relay.start(0, 2, "run", toml)
+            assert isinstance(relay.up, SecureAggregation) and relay.up.cfg.clip == 2.0
+            assert relay.svc is not None
+            kids = load_experiment(relay.svc.config_toml).extensions["secagg"]
+            assert kids.enabled is secagg and kids.clip == 2.0
+        finally:
+            relay.close(linger_s=0)
+    with pytest.raises(ConfigError, match="--kappa1 1") as err:
+        Relay(relay_config(tmp_path, "r2", [pub(key)], free_port()), kappa1=2, secagg=True)
+    assert "\n" not in str(err.value)
 
 
 def test_fedge_relay_bad_input_exits_2_in_one_line(tmp_path: Path) -> None:

@@ -369,7 +369,10 @@ def join_cmd(
     help="A child-facing deploy.* key, e.g. --set deploy.round_deadline_s=120.",
 )
 @click.option(
-    "--secagg", is_flag=True, help="SecAgg+ among the children: this relay learns only their sum (needs --kappa1 1)."
+    "--secagg",
+    is_flag=True,
+    help="SecAgg+ among the children: this relay learns only their sum (needs --kappa1 1). "
+    "Under a parent with [secagg] the relay joins the parent's session with or without it.",
 )
 @click.option("--give-up", type=float, default=300.0, show_default=True, help="Seconds without the parent before exit.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")

@@ -16,8 +16,12 @@ one child round per edge step. It then Pushes the parent ONE :class:`~fedge.engi
 the strategy's named terms summed over its children, their example count and their reported
 metrics — never a child's update. A relay's children may be relays themselves (any depth).
 With ``secagg`` (``--secagg``, ``kappa1 = 1``) the children mask their updates and the relay runs
-SecAgg+ among them through its own transport, so it learns only their sum. See
-``docs/deployment.md`` ("Relays").
+SecAgg+ among them through its own transport, so it learns only their sum. Under a parent with
+``[secagg]`` the relay is one participant of the parent's SecAgg+ session: it Pushes its ids,
+example count and metrics without terms, and its terms go into the session masked, encoded as
+one input for its whole block (:meth:`~fedge.secagg.SecureAggregation.encode_block`; with
+``--secagg`` too, the exact ring total of its children's session), so the parent learns only the
+sum over its participants. See ``docs/deployment.md`` ("Relays") and ``docs/secagg.md``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from fedge.core.errors import ConfigError, FedgeError, TransportError
 from fedge.core.params import ParamSpec
-from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
+from fedge.core.types import ClientUpdate, EvalResult, FitInstructions, client_rng
 from fedge.deploy.auth import Signer
 from fedge.deploy.config import DeployConfig
 from fedge.deploy.node import EDGE_STEP, Backoff, Node, decode_instructions, load_experiment
@@ -50,10 +54,8 @@ from fedge.transport.base import FitResult
 from fedge.transport.inprocess import ClientRuntime, FitTask
 
 log = logging.getLogger("fedge.deploy.relay")
-SECAGG_REFUSED = (
-    "fedge relay does not run under a parent with [secagg]: a relay's sum cannot be masked for its parent; "
-    "set secagg.enabled = false there and run the relay with --secagg (SecAgg+ among its children)"
-)
+BLOCK_STREAM = 0x5EC
+"""The generator stream of a relay's fixed-point rounding of its block's sum, ``client_rng(seed, round, first, it)``."""
 
 
 class GrpcBackend:
@@ -82,14 +84,15 @@ def _remote(cid: int) -> Any:
     raise TransportError(f"client {cid} trains on its own device, not in the relay")
 
 
-def masked_config(config_toml: str) -> str:
-    """The run's config as a relay's children get it under ``--secagg``: ``[secagg]`` turned on."""
+def masked_config(config_toml: str, enabled: bool = True) -> str:
+    """The run's config as a relay's children get it: ``[secagg]`` turned on under ``--secagg``, off for
+    the clear children of a relay whose parent masks (the relay then masks their sum itself)."""
     import tomllib
 
     from fedge.config.schema import CORE_SECTIONS, from_dict, to_toml
 
     raw = tomllib.loads(config_toml)
-    raw.setdefault("secagg", {})["enabled"] = True
+    raw.setdefault("secagg", {})["enabled"] = enabled
     sections = [k for k, v in raw.items() if isinstance(v, dict) and k not in CORE_SECTIONS]
     return to_toml(from_dict(raw), commented=False, only=sections)
 
@@ -108,10 +111,30 @@ def clipped_at_relay(pipeline: Pipeline) -> Pipeline:
     )
 
 
-def terms_tree(item: PartialSum) -> dict[str, Any]:
-    """What a relay Pushes its parent: the partial sum's terms, ids, example count, metrics, failures."""
+def parent_secagg(exp: Any) -> Any:
+    """The parent's secure aggregation transform (the relay's input is encoded with its ring and scale), or
+    None when the parent's config has no ``[secagg]`` on."""
+    if not getattr(exp.extensions.get("secagg"), "enabled", False):
+        return None
+    from fedge.federation import client_side
+    from fedge.transport.exchange import CohortSum
+
+    _, pipeline = client_side(exp)
+    return next((t for t in pipeline.transforms if isinstance(t, CohortSum)), None)
+
+
+def terms_tree(item: PartialSum, *, masked: bool = False) -> dict[str, Any]:
+    """What a relay Pushes its parent: the partial sum's terms, ids, example count, metrics, failures.
+
+    ``masked`` (a parent with ``[secagg]``): everything but the terms, which go to the parent only
+    masked, in its secure aggregation session."""
+    head: dict[str, Any] = (
+        {"masked": True}
+        if masked
+        else {"terms": {k: [np.asarray(t, dtype=np.float64) for t in v] for k, v in item.terms.items()}}
+    )
     return {
-        "terms": {k: [np.asarray(t, dtype=np.float64) for t in v] for k, v in item.terms.items()},
+        **head,
         "client_ids": [int(c) for c in item.client_ids],
         "num_examples": int(item.num_examples),
         "metrics": [{k: float(v) for k, v in m.items()} for m in item.metrics],
@@ -126,6 +149,8 @@ class Relay:
     state file, deadlines); ``kappa1`` the edge steps per parent round. With ``secagg`` the
     children mask their updates (the run's config reaches them with ``[secagg]`` on) and the
     relay runs SecAgg+ among them through its own transport, so it learns only their sum.
+    ``up`` is the parent's secure aggregation when the parent runs ``[secagg]`` (None otherwise):
+    the relay's sum then reaches the parent only as its masked input (:meth:`parent_input`).
     """
 
     def __init__(
@@ -148,6 +173,10 @@ class Relay:
         """Parent rounds this process relayed (the last one of the relay's life is the store's ``last_round``)."""
         self._bound: InfluenceBound | None = None
         self._experiment: Any = None
+        self.up: Any = None
+        self._seed = self._first = 0
+        self._block_words: tuple[int, Any] | None = None
+        """(round, ring total) of the children's session under ``--secagg``: the block's input, exactly."""
 
     # -- the parent's word --------------------------------------------------------
     def start(self, first: int, clients: int, parent_run: str, config_toml: str) -> None:
@@ -161,10 +190,9 @@ class Relay:
                 f"gives {first} (+{clients}): start this relay with a new --state"
             )
         exp = load_experiment(config_toml)
-        if getattr(exp.extensions.get("secagg"), "enabled", False):
-            raise ConfigError(SECAGG_REFUSED)
-        if self.secagg:
-            config_toml = masked_config(config_toml)
+        self.up, self._seed, self._first = parent_secagg(exp), exp.seed, first
+        if self.secagg or self.up is not None:
+            config_toml = masked_config(config_toml, enabled=self.secagg)
             exp = load_experiment(config_toml)
         if self.kappa1 > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
             raise ConfigError(
@@ -253,33 +281,64 @@ class Relay:
         from fedge.core.errors import AggregationError
 
         assert self.transport is not None
-        updates, metrics = [], {}
+        updates: list[ClientUpdate] = []
+        metrics: dict[int, list[dict[str, float]]] = {}
+        blocks: dict[int, list[int]] = {}
+        """A child relay's participant id -> its client ids (its input, masked, sums them)."""
         for item in self.transport.fit(ins.round_num, chosen, params, ins, None):
             if isinstance(item, ClientFailure):
                 failures.append(item)
+            elif isinstance(item, PartialSum) and item.masked_by is not None:
+                updates.append(item.participant())
+                blocks[item.masked_by] = list(item.client_ids)
+                metrics[item.masked_by] = list(item.metrics)
+                failures += item.failures
             elif isinstance(item, ClientUpdate):
                 updates.append(pipeline.server(item, rctx))
-                metrics[item.client_id] = {
-                    **item.metrics,
-                    "num_examples": float(item.num_examples),
-                    "uplink_bytes": float(item.uplink_bytes),
-                }
+                metrics[item.client_id] = [
+                    {**item.metrics, "num_examples": float(item.num_examples), "uplink_bytes": float(item.uplink_bytes)}
+                ]
         try:
-            terms, _, lost = cohort_sum.sum_cohort(updates, rctx, self.transport)
+            words, included, lost = cohort_sum.sum_words(updates, rctx, self.transport)
         except AggregationError as exc:
-            return failures + [ClientFailure(u.client_id, "secagg", str(exc)) for u in updates]
-        gone = {c for ids in lost.values() for c in ids}
-        failures += [ClientFailure(c, "secagg", reason) for reason, ids in lost.items() for c in ids]
-        kept = [u for u in updates if u.client_id not in gone]
+            return failures + [
+                ClientFailure(c, "secagg", str(exc)) for u in updates for c in blocks.get(u.client_id, [u.client_id])
+            ]
+        summed = set(included)
+        failures += [
+            ClientFailure(c, "secagg", reason)
+            for reason, ids in lost.items()
+            for p in ids
+            if p not in summed  # lost at the unmask stage, after its input was in: it counts
+            for c in blocks.get(p, [p])
+        ]
+        kept = [u for u in updates if u.client_id in summed]
         if not kept:
             return failures
+        up = self.up
+        if up is not None and (up.scale, up.cfg.bits, up.max_weight) == (
+            cohort_sum.scale,
+            cohort_sum.cfg.bits,
+            cohort_sum.max_weight,
+        ):
+            self._block_words = (ins.round_num, words)
         return PartialSum(
-            terms=terms,
-            client_ids=[u.client_id for u in kept],
+            terms=cohort_sum.decode(words, rctx.spec),
+            client_ids=[c for u in kept for c in blocks.get(u.client_id, [u.client_id])],
             num_examples=int(sum(u.num_examples for u in kept)),
-            metrics=[metrics[u.client_id] for u in kept],
+            metrics=[m for u in kept for m in metrics[u.client_id]],
             failures=failures,
         )
+
+    def parent_input(self, item: PartialSum, round_num: int) -> Any:
+        """The block's input for the parent's secure aggregation: under ``--secagg`` the exact ring total of
+        the children's session (same ring and scale), else ``item``'s terms encoded as one block of its clients."""
+        assert self.up is not None
+        held, self._block_words = self._block_words, None
+        if held is not None and held[0] == round_num:
+            return held[1]
+        rng = client_rng(self._seed, round_num, self._first, BLOCK_STREAM)
+        return self.up.encode_block(item.terms, len(item.client_ids), rng)
 
     def evaluate(self, params: Any, round_num: int, cohort: list[int]) -> EvalResult | None:
         """The connected cohort's evaluation of ``params``, as one example-weighted result (None: none answered)."""
@@ -333,6 +392,8 @@ class RelayNode(Node):
         self.exp = load_experiment(rep.config_toml)
         self.first, self.clients = int(rep.client_id), int(rep.clients)
         self.relay.start(self.first, self.clients, rep.run_id, rep.config_toml)
+        self.pipeline = Pipeline([] if self.relay.up is None else [self.relay.up])
+        """Answers the parent's secure aggregation stages (:meth:`Node.secagg`) when the parent masks."""
 
     def _cohort(self, tree: Any) -> list[int]:
         block = range(self.first, self.first + self.clients)
@@ -347,12 +408,18 @@ class RelayNode(Node):
             log.warning("event=task_lost round=%d reason=%r", reply.round, str(exc))
             return
         out, error = None, ""
+        self._exchange_state, self._secagg_sent = {}, None
         try:
             got = self.relay.edge_round(params, ins, self._cohort(tree))
+            if isinstance(got, PartialSum) and self.relay.up is not None:
+                from fedge.secagg.client import hold_input
+
+                # The parent masks: the block's words wait here for its session, like a node's own.
+                hold_input(self._exchange_state, ins.round_num, self.relay.parent_input(got, ins.round_num))
         except (FedgeError, ValueError) as exc:
             got, error = [], f"{type(exc).__name__}: {exc}"
         if isinstance(got, PartialSum):
-            out = terms_tree(got)
+            out = terms_tree(got, masked=self.relay.up is not None)
         elif not error:
             why = "; ".join(sorted({f"{f.stage}: {f.reason}" for f in got})) or "no child selected"
             error = f"no child of relay {self.signer.node_id} delivered ({why[:250]})"

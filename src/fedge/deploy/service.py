@@ -275,18 +275,22 @@ def eval_from_tree(tree: Any, client_id: int) -> EvalResult:
     return EvalResult(client_id, n, float(loss), float(acc), {k: float(v) for k, v in metrics.items()})
 
 
-def partial_from_tree(tree: Any, covers: frozenset[int], claim: RelayClaim) -> PartialSum:
+def partial_from_tree(tree: Any, covers: frozenset[int], claim: RelayClaim, participant: int = -1) -> PartialSum:
     """Build a relay's :class:`PartialSum` from its decoded push, checking its structure and claims.
 
     Its client ids must be selected ids of the relay's block (each once), its example count
     within what the allow-list lets it claim (``examples=M`` per client). Whether its terms
     are the ones the strategy sums, finite, and weighted no more than its examples, is the
     round's to check (:func:`fedge.deploy.transport.check_partial`): the service does not
-    know the strategy.
+    know the strategy. A masked push (``"masked": true``, no terms: a relay under ``[secagg]``)
+    holds its terms in the round's secure aggregation, where the relay is ``participant``.
     """
-    if not isinstance(tree, dict) or not isinstance(tree.get("terms"), dict):
+    masked = isinstance(tree, dict) and tree.get("masked") is True
+    if masked and "terms" in tree:
+        raise wire.WireError("a masked partial sum carries no terms: they go masked into the round's session")
+    if not isinstance(tree, dict) or not isinstance(tree.get("terms", {} if masked else None), dict):
         raise wire.WireError("partial sum is not a map with terms")
-    terms = tree["terms"]
+    terms = tree.get("terms", {})
     if not all(
         isinstance(v, list) and all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in v)
         for v in terms.values()
@@ -323,6 +327,7 @@ def partial_from_tree(tree: Any, covers: frozenset[int], claim: RelayClaim) -> P
         num_examples=n,
         metrics=[{k: float(v) for k, v in m.items()} for m in metrics],
         failures=failures,
+        masked_by=participant if masked else None,
     )
 
 
@@ -510,7 +515,7 @@ class PushIn:
             with self.svc._decoding:
                 tree = self.inc.value()
                 if task.kind == "fit" and claim is not None:
-                    partial = partial_from_tree(tree, covers, claim)
+                    partial = partial_from_tree(tree, covers, claim, self.node.client_id)
                     partial.uplink_bytes = self.size
                     result = partial
                 elif task.kind == "fit":

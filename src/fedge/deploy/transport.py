@@ -381,7 +381,8 @@ class _Held:
 
 def _relayed(got: Relayed, verdict: _Verdict, reducer: Reducer | None) -> Iterator[FitResult]:
     """A relay's push: its partial sum, once checked against the round (:func:`check_partial`), or a
-    failure for each selected client id it answers for."""
+    failure for each selected client id it answers for. A masked sum (a round under secure
+    aggregation, which has no reducer) has no terms to check: its input joins the round's session."""
     item = got.result
     if isinstance(item, ClientFailure):
         verdict.set(True)
@@ -389,12 +390,15 @@ def _relayed(got: Relayed, verdict: _Verdict, reducer: Reducer | None) -> Iterat
         return
     assert isinstance(item, PartialSum)
     try:
-        if reducer is None:
+        if item.masked_by is not None and reducer is not None:
+            raise ValidationError("a masked partial sum in a round without secure aggregation")
+        if item.masked_by is None and reducer is None:
             raise ValidationError(
-                "this round needs every client's own update (a strategy that needs individual updates, or "
-                "secure aggregation), which a relay sums away"
+                "this round needs every client's own update (a strategy that needs individual updates), or "
+                "the relay's sum masked in its secure aggregation, not in clear"
             )
-        check_partial(item, reducer)
+        if reducer is not None:
+            check_partial(item, reducer)
     except FedgeError as exc:
         verdict.set(False, str(exc))
         yield from (ClientFailure(c, "rejected", str(exc)) for c in sorted(got.covers))

@@ -6,7 +6,8 @@ its execution backend) yields, for each selected client, one of:
 
 * :class:`~fedge.core.types.ClientUpdate` — one client's (pipeline-encoded) update;
 * :class:`PartialSum` — several clients' contributions already summed where they ran
-  (a worker process, a Ray actor), through the picklable :class:`Reducer`;
+  (a worker process, a Ray actor, a relay), through the picklable :class:`Reducer`; a relay
+  under secure aggregation sends its sum only masked (``masked_by``), into the round's session;
 * :class:`ClientFailure` — a client that was selected but delivered nothing usable.
 """
 
@@ -22,6 +23,10 @@ from fedge.pipeline import Pipeline, RoundContext
 from fedge.strategies.aggregate import Terms
 from fedge.strategies.base import Strategy
 from fedge.strategies.influence import InfluenceBound
+
+BLOCK_KEY = "block"
+"""The payload entry of a participant that stands for several clients (a relay's block of client
+ids): a :class:`~fedge.transport.exchange.CohortSum` counts it as that many clients."""
 
 
 @dataclass
@@ -41,6 +46,20 @@ class PartialSum:
     metrics: list[Metrics] = field(default_factory=list)
     uplink_bytes: int = 0
     failures: list[ClientFailure] = field(default_factory=list)
+    masked_by: int | None = None
+    """The participant id whose masked input in the round's secure aggregation holds these terms
+    (a relay under a parent with ``[secagg]``; ``terms`` is then empty); None: the terms are here."""
+
+    def participant(self) -> ClientUpdate:
+        """A masked sum as the one participant it is in the round's session: no delta, its examples,
+        and its block of client ids (:data:`BLOCK_KEY`), which it counts for."""
+        assert self.masked_by is not None
+        return ClientUpdate(
+            client_id=self.masked_by,
+            delta=[],
+            num_examples=self.num_examples,
+            payload={BLOCK_KEY: list(self.client_ids)},
+        )
 
 
 @dataclass

@@ -160,6 +160,8 @@ def run_round(
     losses: list[tuple[float, float]] = []
     client_metrics: dict[int, Metrics] = {}
     uplink = 0
+    blocks: dict[int, list[int]] = {}
+    """A masked relay's participant id -> the client ids its input sums."""
 
     def drop(cid: int, reason: str) -> None:
         dropped.setdefault(reason, []).append(cid)
@@ -178,7 +180,16 @@ def run_round(
         if isinstance(item, ClientFailure):
             drop(item.client_id, f"{item.stage}: {item.reason}")
         elif isinstance(item, PartialSum):
-            acc.add(item.terms, count=len(item.client_ids))
+            if item.masked_by is not None and cohort is None:
+                for c in item.client_ids:
+                    drop(c, "rejected: a masked relay sum in a round without secure aggregation")
+                continue
+            if item.masked_by is not None:
+                # A relay's sum, masked: one participant of the session, counting for its block.
+                updates.append(item.participant())
+                blocks[item.masked_by] = list(item.client_ids)
+            else:
+                acc.add(item.terms, count=len(item.client_ids))
             uplink += item.uplink_bytes
             for f in item.failures:
                 drop(f.client_id, f"{f.stage}: {f.reason}")
@@ -212,7 +223,8 @@ def run_round(
             acc.add(terms, count=count)
             for reason, ids in lost.items():
                 for cid in ids:
-                    drop(cid, reason)
+                    for c in blocks.get(cid, [cid]):
+                        drop(c, reason)
         except AggregationError as exc:
             aborted = str(exc)
         updates = []

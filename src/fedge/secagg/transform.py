@@ -26,6 +26,7 @@ from fedge.config.schema import opt
 from fedge.core.errors import ConfigError
 from fedge.core.params import ParamSpec, zeros_like
 from fedge.core.types import ClientContext, ClientUpdate
+from fedge.engine.aggregator import BLOCK_KEY
 from fedge.pipeline import RoundContext, Transform
 from fedge.secagg import client as C
 from fedge.secagg import fixedpoint
@@ -131,6 +132,19 @@ class SecureAggregation(Transform):
         """The client's answer to one stage message (:func:`fedge.secagg.client.respond`)."""
         return C.respond(stage, request, client_id=client_id, state=state)
 
+    def encode_block(self, terms: Terms, clients: int, rng: np.random.Generator) -> npt.NDArray[Any]:
+        """A relay's one input for its parent's session: the summed ``terms`` of its ``clients``
+        children, encoded as one update's are but clipped to ``clients`` times the per-update range.
+
+        The ring holds ``max_cohort`` clipped updates, so a block of ``clients`` of them counts as
+        that many in the session (:data:`BLOCK_KEY`) and the total still cannot wrap."""
+        if clients < 1:
+            raise ConfigError(f"secagg: a relay's block sums at least one client, got {clients}")
+        flat = [np.asarray(t, dtype=np.float64).ravel() for k in sorted(terms) for t in terms[k]]
+        values = np.concatenate(flat) / self.max_weight
+        reach = clients * self.range
+        return fixedpoint.encode(values, clip=reach, scale=self.scale, rng=rng, bits=self.cfg.bits)
+
     def sum_cohort(
         self,
         updates: list[ClientUpdate],
@@ -144,15 +158,59 @@ class SecureAggregation(Transform):
 
         ``factors[cid]`` in ``[0, 1]`` is sent to that client, which scales its pending input
         by it before masking, so the total is ``Σ factor_i · terms_i`` (asynchronous buffers).
+        A participant whose update names a block (:data:`BLOCK_KEY`, a relay) counts as its
+        block's clients. The one check left on masked inputs is made on the total: its weight
+        may not exceed the examples (or clients) the survivors claimed in clear, or the round
+        aborts — no single input can be checked, so no single participant can be blamed.
         """
+        words, included, lost = self.sum_words(updates, rctx, transport, factors=factors)
+        terms = self.decode(words, rctx.spec)
+        kept = [u for u in updates if u.client_id in set(included)]
+        count = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in kept)
+        if "weight" in terms:
+            w = float(np.sum(terms["weight"][0]))
+            most = float(sum(max(u.num_examples, len(u.payload.get(BLOCK_KEY, ())) or 1) for u in kept))
+            slack = len(kept) * self.max_weight / self.scale
+            if not -slack <= w <= most * (1 + 1e-6) + slack:
+                raise SecAggAbort(
+                    f"secure aggregation aborted in round {rctx.round_num}: the unmasked sum weighs {w:g}, "
+                    f"outside the 0..{most:g} its {len(kept)} participants claimed"
+                )
+        return terms, count, lost
+
+    def decode(self, words: npt.NDArray[Any], spec: ParamSpec) -> Terms:
+        """The summed terms a total of ring words stands for, in the layout of ``spec``'s updates."""
+        values = fixedpoint.decode(words, scale=self.scale, bits=self.cfg.bits) * self.max_weight
+        terms: Terms = {}
+        at = 0
+        for name, shapes in self.layout(spec):
+            terms[name] = []
+            for shape in shapes:
+                size = int(np.prod(shape))
+                terms[name].append(values[at : at + size].reshape(shape))
+                at += size
+        return terms
+
+    def sum_words(
+        self,
+        updates: list[ClientUpdate],
+        rctx: RoundContext,
+        transport: Exchanger,
+        *,
+        factors: Mapping[int, float] | None = None,
+    ) -> tuple[npt.NDArray[Any], list[int], dict[str, list[int]]]:
+        """:meth:`sum_cohort` before decoding: the unmasked total as ring words (the exact sum of the
+        encoded inputs of the participants it includes), those participants, who dropped (one that
+        drops at the unmask stage is both: its input is in the total)."""
         if factors and not self.pending and any(f != 1.0 for f in factors.values()):
             raise ConfigError("secagg: only pending (asynchronous) inputs can be scaled in the session")
         layout = self.layout(rctx.spec)
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
-        if len(cohort) > self.max_cohort:
+        clients = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in updates)
+        if clients > self.max_cohort:
             raise SecAggAbort(
-                f"secure aggregation aborted in round {rctx.round_num}: {len(cohort)} clients "
+                f"secure aggregation aborted in round {rctx.round_num}: {clients} clients "
                 f"exceed the {self.max_cohort} the fixed-point scale was sized for"
             )
         if len(cohort) < 2:
@@ -177,15 +235,6 @@ class SecureAggregation(Transform):
             if isinstance(transport, InProcessTransport):  # a deployment's nodes drop on their own
                 drop[self.cfg.dropout_stage] = {int(i) for i in ids}
         res = run_round(setup, transport, deadline_s=self.stage_s, drop=drop, factors=factors)
-        values = fixedpoint.decode(res.total, scale=self.scale, bits=self.cfg.bits) * self.max_weight
-        terms: Terms = {}
-        at = 0
-        for name, shapes in layout:
-            terms[name] = []
-            for shape in shapes:
-                size = int(np.prod(shape))
-                terms[name].append(values[at : at + size].reshape(shape))
-                at += size
         rctx.info.update(
             {
                 "secagg_k": float(p.k),
@@ -194,4 +243,4 @@ class SecureAggregation(Transform):
                 "secagg_protocol_bytes": float(sum(res.client_bytes.values())),
             }
         )
-        return terms, len(res.included), {f"secagg {k}": v for k, v in res.dropped.items()}
+        return res.total, list(res.included), {f"secagg {k}": v for k, v in res.dropped.items()}
