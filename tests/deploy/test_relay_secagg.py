@@ -187,6 +187,10 @@ def test_the_cloud_learns_only_the_sum_over_relays_exactly(
     served = two_relays_of_three(tmp_path, secagg=children_masked)
     assert [(r.participants, r.failed) for r in served.history] == [(6, 0), (6, 0)]
     assert all(r.extra["secagg_k"] == 1.0 for r in served.history)
+    # A masked relay sum is noted in the round's record as a clear one is (name, block, children).
+    assert [sorted((v["first"], v["children"]) for v in r.extra["relay_sums"].values()) for r in served.history] == [
+        [(0, 3), (3, 3)]
+    ] * 2
     sessions.exact()
     for rnd in (1, 2):
         total, included, inputs = sessions.session(rnd, (0, 3))

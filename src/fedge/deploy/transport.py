@@ -406,15 +406,16 @@ def _relayed(got: Relayed, verdict: _Verdict, reducer: Reducer | None) -> Iterat
     verdict.set(True)
     lost = got.covers - set(item.client_ids) - {f.client_id for f in item.failures}
     item.failures += [ClientFailure(c, "fit", "the relay sent nothing for it") for c in sorted(lost)]
-    record_relay(reducer.rctx.info, got, item)
+    record_relay(got, item)
     yield item
 
 
-def record_relay(info: dict[str, Any], got: Relayed, item: PartialSum) -> None:
-    """Note in the round's ``info`` (its record's ``extra["relay_sums"]``) which relay answered for
-    which children and what its push cost: a few numbers per relay, however many children it has."""
+def record_relay(got: Relayed, item: PartialSum) -> None:
+    """Note on the sum which relay answered for which children and what its push cost, for the
+    round's record (``extra["relay_sums"]``): a few numbers per relay, however many children it has."""
     ids = item.client_ids
-    info.setdefault("relay_sums", {})[got.node] = {
+    item.relay = {
+        "node": got.node,
         "name": got.name,
         "first": got.block.start,
         "clients": len(got.block),

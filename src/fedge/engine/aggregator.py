@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedge.core.errors import ValidationError
 from fedge.core.params import ParamSpec, all_finite, l2_norm
@@ -46,6 +47,9 @@ class PartialSum:
     metrics: list[Metrics] = field(default_factory=list)
     uplink_bytes: int = 0
     failures: list[ClientFailure] = field(default_factory=list)
+    relay: dict[str, Any] | None = None
+    """What the round's record notes of the relay that sent this sum (``extra["relay_sums"]``, by
+    node id: its name, block, children and push bytes); None for a sum made in this process."""
     masked_by: int | None = None
     """The participant id whose masked input in the round's secure aggregation holds these terms
     (a relay under a parent with ``[secagg]``; ``terms`` is then empty); None: the terms are here."""

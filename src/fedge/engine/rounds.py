@@ -191,6 +191,8 @@ def run_round(
             else:
                 acc.add(item.terms, count=len(item.client_ids))
             uplink += item.uplink_bytes
+            if item.relay is not None:
+                rctx.info.setdefault("relay_sums", {})[item.relay["node"]] = item.relay
             for f in item.failures:
                 drop(f.client_id, f"{f.stage}: {f.reason}")
             losses += [(m.get("train_loss", math.nan), m.get("num_examples", 1.0)) for m in item.metrics]
