@@ -82,7 +82,9 @@ def relay_config(tmp_path: Path, name: str, children: list[str], port: int, **kw
     )
 
 
-def start_relay(parent: int, key: Path, cfg: DeployConfig, kappa1: int = 1, partition: int = -1) -> threading.Thread:
+def start_relay(
+    parent: int, key: Path, cfg: DeployConfig, kappa1: int | None = 1, partition: int = -1
+) -> threading.Thread:
     """Relay ``key`` to the parent on port ``parent``; ``partition`` is the first client id of its block
     (-1: the parent's first free block), so that its children keep their dataset partitions."""
     t = threading.Thread(
@@ -107,7 +109,7 @@ def close_to(a: list[np.ndarray], b: list[np.ndarray], atol: float = 1e-6) -> No
         np.testing.assert_allclose(x, y, atol=atol)
 
 
-def two_relays(tmp_path: Path, raw: dict[str, Any], kappa1: int = 1) -> Any:
+def two_relays(tmp_path: Path, raw: dict[str, Any], kappa1: int | None = 1) -> Any:
     """Cloud <- relays r0, r1 (relay=2 each) <- devices 0, 1 and 2, 3: the cloud's ``Served``."""
     keys = keyring(tmp_path, ["r0", "r1", "d0", "d1", "d2", "d3"])
     t, port, out = cloud(raw, tmp_path, pub(keys["r0"], "relay=2") + pub(keys["r1"], "relay=2"))

@@ -54,9 +54,16 @@ def test_impossible_combinations_are_refused_in_one_line(
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_served_run_refuses_the_section_and_points_to_fedge_relay() -> None:
-    with pytest.raises(ConfigError, match=r"fedge serve does not read \[hierarchy\]: .* `fedge relay` processes"):
-        build(_exp({}), deployed=True)
+def test_a_served_run_builds_with_the_section_and_refuses_only_what_relays_cannot_serve() -> None:
+    """Served, the section describes the `fedge relay` processes: no in-process relays, no cost model."""
+    from fedge.hierarchy import hierarchy_policy
+
+    fed = build(_exp({}), deployed=True)
+    assert fed.deployed and hierarchy_policy(fed.config, fed) is None
+    with pytest.raises(ConfigError, match=r"relay = 'forward' is flat FL"):
+        build(_exp({"relay": "forward", "kappa1": 1}), deployed=True)
+    with pytest.raises(ConfigError, match=r"does not run with \[async\]"):
+        build(_exp({}, **{"async": {"enabled": True, "buffer_size": 2, "concurrency": 4}}), deployed=True)
 
 
 def test_a_disabled_section_leaves_the_run_flat() -> None:

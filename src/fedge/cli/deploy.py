@@ -338,7 +338,12 @@ def join_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="This relay's node key towards its parent (its .pub line, marked relay=N, is in the parent's allow-list).",
 )
-@click.option("--kappa1", type=int, default=1, show_default=True, help="Edge steps with the children per parent round.")
+@click.option(
+    "--kappa1",
+    type=int,
+    default=None,
+    help="Edge steps with the children per parent round [default: the parent's [hierarchy] kappa1, else 1].",
+)
 @click.option("--partition", type=int, default=-1, show_default=True, help="First client id of this relay's block.")
 @click.option("--ca", type=click.Path(dir_okay=False, path_type=Path), help="PEM CA of the parent's certificate: TLS.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM client certificate to the parent.")
@@ -379,7 +384,7 @@ def join_cmd(
 def relay_cmd(
     parent: str,
     key_path: Path,
-    kappa1: int,
+    kappa1: int | None,
     partition: int,
     ca: Path | None,
     cert: Path | None,
@@ -418,7 +423,7 @@ def relay_cmd(
         raise ConfigError(f"fedge relay takes only deploy.* settings, not --set {other[0]}")
     if (cert is None) != (cert_key is None):
         raise ConfigError("--cert and --cert-key go together")
-    if kappa1 < 1:
+    if kappa1 is not None and kappa1 < 1:
         raise ConfigError(f"--kappa1 must be >= 1, got {kappa1}")
     _plaintext_choice(ca, insecure, "relay")
     options = {

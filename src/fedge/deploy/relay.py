@@ -154,11 +154,16 @@ class Relay:
     """
 
     def __init__(
-        self, cfg: DeployConfig, kappa1: int, on_ready: Callable[[int], None] | None = None, *, secagg: bool = False
+        self,
+        cfg: DeployConfig,
+        kappa1: int | None,
+        on_ready: Callable[[int], None] | None = None,
+        *,
+        secagg: bool = False,
     ) -> None:
-        if kappa1 < 1:
+        if kappa1 is not None and kappa1 < 1:
             raise ConfigError(f"--kappa1 must be >= 1, got {kappa1}")
-        if secagg and kappa1 > 1:
+        if secagg and (kappa1 or 1) > 1:
             raise ConfigError(
                 "fedge relay --secagg runs with --kappa1 1: between edge steps the relay would need its "
                 "children's individual updates, which masking hides"
@@ -194,7 +199,7 @@ class Relay:
         if self.secagg or self.up is not None:
             config_toml = masked_config(config_toml, enabled=self.secagg)
             exp = load_experiment(config_toml)
-        if self.kappa1 > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
+        if (self.kappa1 or 1) > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
             raise ConfigError(
                 "fedge relay --kappa1 > 1 does not run with [privacy]: each child's update is released kappa1 "
                 "times per parent round, which the accountant does not count (per-tier DP is not built); use --kappa1 1"
@@ -225,8 +230,27 @@ class Relay:
         if self.on_ready is not None:
             self.on_ready(self.port)
 
-    def edge_round(self, params: Any, ins: FitInstructions, cohort: list[int]) -> PartialSum | list[ClientFailure]:
-        """``kappa1`` edge steps with the cohort's connected children: their one partial sum, or why there is none."""
+    def steps(self, asked: int | None) -> int:
+        """The edge steps of a parent round: those the parent asks for (its ``[hierarchy] kappa1``),
+        which a ``--kappa1`` given to this relay must agree with; else ``--kappa1``, else 1."""
+        if asked is None:
+            return self.kappa1 or 1
+        if asked < 1 or (self.kappa1 is not None and asked != self.kappa1):
+            raise ConfigError(
+                f"the parent's [hierarchy] asks for kappa1 = {asked} edge steps, this relay was started with "
+                f"--kappa1 {self.kappa1}: start it without --kappa1"
+            )
+        if asked > 1 and self.secagg:
+            raise ConfigError(f"the parent's [hierarchy] asks for kappa1 = {asked}, which --secagg cannot run")
+        if asked > 1 and getattr(self._experiment.extensions.get("privacy"), "mode", "off") != "off":
+            raise ConfigError(f"the parent's [hierarchy] asks for kappa1 = {asked} edge steps, which [privacy] refuses")
+        return asked
+
+    def edge_round(
+        self, params: Any, ins: FitInstructions, cohort: list[int], kappa1: int | None = None
+    ) -> PartialSum | list[ClientFailure]:
+        """``kappa1`` edge steps (:meth:`steps`) with the cohort's connected children: their one
+        partial sum, or why there is none."""
         from fedge.engine.rounds import round_rng
         from fedge.federation import client_side
         from fedge.hierarchy.relays import HierarchyBackend, Topology
@@ -234,6 +258,7 @@ class Relay:
 
         svc, transport, exp = self.svc, self.transport, self._experiment
         assert svc is not None and transport is not None
+        steps = self.steps(kappa1)
         try:
             live = set(transport.available(ins.round_num))
         except TransportError as exc:
@@ -256,7 +281,7 @@ class Relay:
             return self._masked_round(cohort_sum, pipeline, rctx, params, ins, chosen, failures)
         pipeline = clipped_at_relay(pipeline)
         runtime = ClientRuntime(_remote, strategy, pipeline, exp.seed)
-        backend = HierarchyBackend(GrpcBackend(transport), Topology(len(chosen), len(chosen)), self.kappa1)
+        backend = HierarchyBackend(GrpcBackend(transport), Topology(len(chosen), len(chosen)), steps)
         task = FitTask(runtime, ins.round_num, chosen, params, ins, {}, aggregator.reducer(rctx, len(chosen)))
         for item in backend.edge_round(task):
             if isinstance(item, PartialSum):
@@ -410,7 +435,8 @@ class RelayNode(Node):
         out, error = None, ""
         self._exchange_state, self._secagg_sent = {}, None
         try:
-            got = self.relay.edge_round(params, ins, self._cohort(tree))
+            asked = tree.get("kappa1") if isinstance(tree, dict) else None
+            got = self.relay.edge_round(params, ins, self._cohort(tree), asked if isinstance(asked, int) else None)
             if isinstance(got, PartialSum) and self.relay.up is not None:
                 from fedge.secagg.client import hold_input
 
@@ -459,7 +485,7 @@ def run_relay(
     signer: Signer,
     cfg: DeployConfig,
     *,
-    kappa1: int = 1,
+    kappa1: int | None = None,
     partition: int = -1,
     root_ca: bytes | None = None,
     cert_chain: tuple[bytes, bytes] | None = None,

@@ -547,6 +547,9 @@ def _run_served(
         num_clients=built.ctx.population,
         rounds=exp.rounds,
     )
+    tree: Any = exp.extensions.get("hierarchy")
+    if getattr(tree, "enabled", False):  # the simulation's [hierarchy], served by `fedge relay` processes
+        svc.fanout, svc.kappa1 = int(tree.zones_per_vehicle), int(tree.kappa1)
     transport = deploy_transport(cfg, svc, classes=_classes(built, svc))
     if transport_hook is not None:
         transport_hook(transport)

@@ -581,6 +581,12 @@ class FedgeService:
         self.num_clients, self.rounds, self.min_nodes = num_clients, rounds, min_nodes
         self.clients = range(first_client, first_client + num_clients)
         """The client ids this service hands out (a relay's: the block its parent gave it)."""
+        self.kappa1 = 0
+        """Set by a run with ``[hierarchy]``: the edge steps its relays run per round (sent in each TRAIN)."""
+        self.fanout = 0
+        """Set by a run with ``[hierarchy]``: every node must be a relay of this many client ids
+        (``zones_per_vehicle``), at a block that starts at a multiple of it (vehicle ``v`` is
+        clients ``v n .. v n + n - 1``, as the simulation groups them); 0: any node."""
         self._opened: dict[tuple[int, str], int] = {}
         self.heartbeat_s, self.node_timeout_s = heartbeat_s, node_timeout_s
         self.chunk_size, self.max_update_bytes = chunk_size, max_update_bytes
@@ -653,6 +659,14 @@ class FedgeService:
         claim = self.verifier.relay(node_id)
         span = claim.clients if claim else 1
         first, last = self.clients.start, self.clients.stop - 1
+        n = self.fanout
+        if n and (claim is None or claim.clients != n):
+            marked = f"is marked relay={claim.clients}" if claim else "is not marked relay=N"
+            raise Refused(
+                "PERMISSION_DENIED",
+                f"this run's [hierarchy] serves vehicle relays of zones_per_vehicle = {n} clients; node {node_id} "
+                f"{marked} in the allow-list (a zone joins its vehicle's `fedge relay`)",
+            )
         with self._lock:
             known = self.store.client_of(node_id)
             blocks = self._relay_blocks(node_id)
@@ -670,6 +684,12 @@ class FedgeService:
                         raise Refused("ALREADY_EXISTS", f"client {c} belongs to node {owner}")
                 if known is not None and known != cid:
                     raise Refused("ALREADY_EXISTS", f"node {node_id} is registered as client {known}")
+                if n and (cid - first) % n:
+                    raise Refused(
+                        "INVALID_ARGUMENT",
+                        f"partition {cid} is not a vehicle's first zone: [hierarchy] puts vehicle v at clients "
+                        f"v*{n} .. v*{n}+{n - 1}",
+                    )
             elif known is not None:
                 cid = known
             else:
@@ -681,7 +701,7 @@ class FedgeService:
                     for c in n.ids
                 }
                 taken = self.store.used_clients() | live | {c for r in blocks.values() for c in r}
-                free = [c for c in range(first, last - span + 2) if not taken.intersection(range(c, c + span))]
+                free = [c for c in range(first, last - span + 2, n or 1) if not taken.intersection(range(c, c + span))]
                 if not free:
                     what = f"{span} consecutive client slots" if claim else "client slots"
                     raise Refused("RESOURCE_EXHAUSTED", f"no {what} left of {self.num_clients}")
@@ -1023,6 +1043,8 @@ class FedgeService:
             opened = self._opened[round_num, kind] = self._opened.get((round_num, kind), 0) + 1
         if relays:
             tree = {**tree, "cohort": sorted(int(c) for c in client_ids)}  # a relay trains its selected children
+            if self.kappa1 and kind == "fit":
+                tree["kappa1"] = self.kappa1  # [hierarchy]'s edge steps, which every relay runs
         # A round opened again in this process (a relay's edge steps) gets its own task id.
         suffix = ("" if kind == "fit" else f":{kind}") + ("" if opened == 1 else f".{opened}")
         task_id = f"{self.run_id}:{self.session}:{round_num}{suffix}"

@@ -111,10 +111,10 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
     cfg = hierarchy_config(exp)
     if cfg is None:
         return
-    if ctx.deployed:
+    if ctx.deployed and cfg.relay != "aggregate":
         raise ConfigError(
-            "fedge serve does not read [hierarchy]: a served hierarchy is built from `fedge relay` processes "
-            "(mark each relay's key relay=N in the allow-list, see docs/hierarchy.md); set hierarchy.enabled = false"
+            "hierarchy.relay = 'forward' is flat FL over the vehicles' links: serve it without [hierarchy], "
+            "each zone joining the server itself"
         )
     topology(cfg, ctx.population)
     cat = catalog(cfg.profiles or None)
@@ -138,7 +138,7 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
             f"hierarchy.kappa1 > 1 averages plain deltas at the relay, which strategy {exp.strategy.name!r} "
             f"does not send; use kappa1 = 1 or one of {', '.join(EDGE_STRATEGIES)}"
         )
-    if cfg.kappa1 > 1 and exp.training.backend not in EDGE_BACKENDS:
+    if cfg.kappa1 > 1 and exp.training.backend not in EDGE_BACKENDS and not ctx.deployed:
         raise ConfigError(
             f"hierarchy.kappa1 > 1 runs the edge steps in this process; set training.backend to one of "
             f"{', '.join(EDGE_BACKENDS)}"
@@ -151,6 +151,8 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
             "(per-tier DP is not built); use kappa1 = 1"
         )
     for name in ("secagg", "async", "devices"):
+        if name == "secagg" and ctx.deployed:
+            continue  # served relays take part in the cloud's secure aggregation, each as one participant
         if getattr(exp.extensions.get(name), "enabled", False):
             why = {
                 "secagg": "per-tier secure aggregation runs over gRPC (fedge relay --secagg), not in the "
