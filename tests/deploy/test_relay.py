@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,31 @@ def cloud(raw: dict[str, Any], tmp_path: Path, allow_lines: str, **deploy: Any) 
 def close_to(a: list[np.ndarray], b: list[np.ndarray], atol: float = 1e-6) -> None:
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=atol)
+
+
+def start_children(
+    keys: dict[str, Path],
+    ports: dict[int, int],
+    *,
+    kind: Callable[[int], type[Node]] = lambda cid: Node,
+    factory: Callable[[int], Any] = lambda cid: None,
+    give_up_s: float = 30.0,
+) -> list[Node]:
+    """Node threads for client ids ``ports`` (id -> the port of its relay or server), each with key
+    ``d<id>``, of class ``kind(id)`` and client factory ``factory(id)``; the caller stops them."""
+    nodes = []
+    for cid, port in ports.items():
+        node = kind(cid)(
+            f"127.0.0.1:{port}",
+            Signer(load_private(keys[f"d{cid}"])),
+            partition=cid,
+            client_factory=factory(cid),
+            backoff=Backoff(give_up_s=give_up_s),
+            insecure=True,
+        )
+        nodes.append(node)
+        threading.Thread(target=node.run, daemon=True).start()
+    return nodes
 
 
 def two_relays(tmp_path: Path, raw: dict[str, Any], kappa1: int | None = 1) -> Any:
@@ -286,18 +312,8 @@ def killed_relay(tmp_path: Path, raw: dict[str, Any], node_timeout_s: float, wai
         client.train = late_train  # type: ignore[method-assign]
         return client
 
-    nodes = []
-    for cid, port_ in ((0, r0_port), (1, r0_port), (2, cfg1.port), (3, cfg1.port)):
-        node = Node(
-            f"127.0.0.1:{port_}",
-            Signer(load_private(keys[f"d{cid}"])),
-            partition=cid,
-            client_factory=slow if cid == 1 else None,
-            backoff=Backoff(give_up_s=60),
-            insecure=True,
-        )
-        nodes.append(node)
-        threading.Thread(target=node.run, daemon=True).start()
+    ports = {0: r0_port, 1: r0_port, 2: cfg1.port, 3: cfg1.port}
+    nodes = start_children(keys, ports, factory=lambda cid: slow if cid == 1 else None, give_up_s=60)
     try:
         if not in_round_two.wait(60):
             proc.kill()
@@ -580,20 +596,12 @@ def one_relay_of_four(tmp_path: Path, raw: dict[str, Any], *, secagg: bool) -> A
         kwargs={"partition": 0, "insecure": True, "backoff": Backoff(give_up_s=30), "secagg": secagg},
         daemon=True,
     ).start()
-    nodes = []
-    for cid in range(4):
-        kind = WithdrawingNode if secagg and cid == 3 else Node
-        factory = failing_in_round_one if not secagg and cid == 3 else None
-        node = kind(
-            f"127.0.0.1:{cfg.port}",
-            Signer(load_private(keys[f"d{cid}"])),
-            partition=cid,
-            client_factory=factory,
-            backoff=Backoff(give_up_s=30),
-            insecure=True,
-        )
-        nodes.append(node)
-        threading.Thread(target=node.run, daemon=True).start()
+    nodes = start_children(
+        keys,
+        dict.fromkeys(range(4), cfg.port),
+        kind=lambda cid: WithdrawingNode if secagg and cid == 3 else Node,
+        factory=lambda cid: failing_in_round_one if not secagg and cid == 3 else None,
+    )
     t.join(120)
     for node in nodes:
         node.stop()

@@ -33,7 +33,7 @@ from fedge.secagg import fixedpoint
 from fedge.secagg import transform as T
 
 from .conftest import FEDGE, free_port
-from .test_relay import close_to, cloud, keyring, pub, relay_config
+from .test_relay import close_to, cloud, keyring, pub, relay_config, start_children
 from .test_transport import start_node, stop_nodes
 
 pytestmark = pytest.mark.integration
@@ -274,18 +274,8 @@ def test_dropouts_at_both_tiers_leave_the_sum_exact_over_the_survivors(
             r1.close()
 
     threading.Thread(target=run_r1, daemon=True).start()
-    nodes: list[Node] = []
-    for cid in range(8):
-        at = cfg0.port if cid < 4 else cfg1.port if cid < 6 else port
-        node = (WithdrawingNode if cid == 3 else Node)(
-            f"127.0.0.1:{at}",
-            Signer(load_private(keys[f"d{cid}"])),
-            partition=cid,
-            backoff=Backoff(give_up_s=30),
-            insecure=True,
-        )
-        nodes.append(node)
-        threading.Thread(target=node.run, daemon=True).start()
+    ports = {cid: cfg0.port if cid < 4 else cfg1.port if cid < 6 else port for cid in range(8)}
+    nodes = start_children(keys, ports, kind=lambda cid: WithdrawingNode if cid == 3 else Node)
     t.join(120)
     for node in nodes:
         node.stop()
