@@ -252,27 +252,42 @@ class DenseKernel:
         mu: F32 | None,
         corr: list[F32] | None,
     ) -> tuple[list[F32], npt.NDArray[np.float64]]:
+        # Weights are kept transposed, (in, out), so that both the forward product and the
+        # weight gradient are contiguous batched matmuls. Until a client's first update every
+        # client holds the same model: those layers stay one shared (in, out) matrix, and the
+        # product of the whole bucket's batch with it is one large GEMM; the first update
+        # makes the per-client copies (no np.repeat of the model beforehand).
         k, steps = idx.shape[0], idx.shape[1]
         start = self._views(self._flat(params))
-        ws = [np.repeat(p[None], k, axis=0) for p in start]
-        xf = np.asarray(x, dtype=np.float32).reshape(k, x.shape[1], self.sizes[0])
-        yl = np.asarray(y, dtype=np.int64)
-        self._check_labels(yl.ravel())
-        eye = np.eye(self.num_classes, dtype=np.float32)
         layers = len(self.sizes) - 1
-        rows = np.arange(k)[:, None]
+        base: list[F32] = []
+        for i in range(layers):
+            base += [np.ascontiguousarray(start[2 * i].T), start[2 * i + 1]]
+        ws: list[F32] = list(base)
+        shared = [True] * len(ws)
+        n = x.shape[1]
+        xf = np.asarray(x, dtype=np.float32).reshape(k * n, self.sizes[0])  # client i's row r is row i n + r
+        yl = np.asarray(y, dtype=np.int64).reshape(k * n)
+        self._check_labels(yl)
+        eye = np.eye(self.num_classes, dtype=np.float32)
+        offsets = (np.arange(k, dtype=np.int64) * n)[:, None]
         loss = np.zeros(k, np.float64)
         prox = mu is not None and bool(np.any(mu))
+        corr_t = None
+        if corr is not None:
+            corr_t = [c.transpose(0, 2, 1) if j % 2 == 0 else c for j, c in enumerate(corr)]
         for t in range(steps):
             m = mask[:, t]
             count = m.sum(axis=1)
-            ib = idx[:, t]
-            a = xf[rows, ib]
-            yb = eye[yl[rows, ib]]
+            flat = (idx[:, t] + offsets).ravel()  # one take of whole rows: far cheaper than a 2-D fancy index
+            b = idx.shape[2]
+            a = np.take(xf, flat, axis=0).reshape(k, b, -1)
+            yb = eye[np.take(yl, flat)].reshape(k, b, -1)
             acts = [a]
             for i in range(layers):
-                z = np.matmul(a, ws[2 * i].transpose(0, 2, 1))
-                z += ws[2 * i + 1][:, None, :]
+                w, bias = ws[2 * i], ws[2 * i + 1]
+                z = (a.reshape(k * b, -1) @ w).reshape(k, b, -1) if shared[2 * i] else np.matmul(a, w)
+                z += bias if shared[2 * i + 1] else bias[:, None, :]
                 if i < layers - 1:
                     np.maximum(z, 0.0, out=z)
                     if self.scale != 1:
@@ -291,23 +306,38 @@ class DenseKernel:
             grads: list[F32] = [np.empty(0, np.float32)] * len(ws)
             for i in reversed(range(layers)):
                 a_in = acts[i]
-                grads[2 * i] = np.matmul(g.transpose(0, 2, 1), a_in)
+                grads[2 * i] = np.matmul(a_in.transpose(0, 2, 1), g)  # (k, in, out)
                 grads[2 * i + 1] = g.sum(axis=1)
                 if i > 0:
-                    gh = np.matmul(g, ws[2 * i])
+                    w = ws[2 * i]
+                    if shared[2 * i]:
+                        gh = (g.reshape(k * b, -1) @ w.T).reshape(k, b, -1)
+                    else:
+                        gh = np.matmul(g, w.transpose(0, 2, 1))
                     if self.scale != 1:
                         gh *= self.scale
                     gh *= a_in > 0
                     g = gh
             step = (lr * (count > 0)).astype(np.float32)
-            for j, (w, gr) in enumerate(zip(ws, grads, strict=True)):
+            for j, gr in enumerate(grads):
+                w = ws[j]
                 if prox:
                     assert mu is not None
-                    gr += mu.reshape((k,) + (1,) * (w.ndim - 1)) * (w - start[j])
-                if corr is not None:
-                    gr += corr[j]
-                w -= step.reshape((k,) + (1,) * (w.ndim - 1)) * gr
-        return ws, loss
+                    gr += mu.reshape((k,) + (1,) * (gr.ndim - 1)) * (w - base[j])
+                if corr_t is not None:
+                    gr += corr_t[j]
+                gr *= step.reshape((k,) + (1,) * (gr.ndim - 1))
+                if shared[j]:
+                    ws[j] = w[None] - gr  # the clients' own copies, made by their first update
+                    shared[j] = False
+                else:
+                    w -= gr
+        out: list[F32] = []
+        for j, w in enumerate(ws):
+            if shared[j]:
+                w = np.repeat(w[None], k, axis=0)
+            out.append(w.transpose(0, 2, 1) if j % 2 == 0 else w)  # (k, out, in) views of the (in, out) arrays
+        return out, loss
 
     def logits(self, params: Params, x: npt.NDArray[np.generic]) -> F32:
         """The model's outputs on ``x`` (one row per example)."""

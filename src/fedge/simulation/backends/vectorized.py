@@ -435,6 +435,16 @@ def summable(runtime: ClientRuntime, reducer: Reducer, ins: FitInstructions) -> 
     )
 
 
+def weighted_sum(weights: npt.NDArray[np.float64], d: npt.NDArray[np.float32], chunk: int = 64) -> Any:
+    """``sum_i weights[i] * d[i]`` in float64, as the per-client path accumulates it, converting
+    ``chunk`` clients at a time rather than the whole stack (its float64 copy would be twice its size)."""
+    acc = np.zeros(d.shape[1:], dtype=np.float64)
+    for lo in range(0, len(weights), chunk):
+        part = d[lo : lo + chunk].astype(np.float64)
+        acc += np.tensordot(weights[lo : lo + chunk], part, axes=1)
+    return acc
+
+
 def sum_bucket(
     runtime: ClientRuntime,
     reducer: Reducer,
@@ -452,13 +462,14 @@ def sum_bucket(
     update, so the round's reducer rejects it with the usual reason.
     """
     k = len(jobs)
-    deltas = [np.asarray(w - p[None], dtype=np.float32) for w, p in zip(stacked, params, strict=True)]
+    deltas = [np.subtract(w, p[None], dtype=np.float32) for w, p in zip(stacked, params, strict=True)]
+    per_client = [tuple(range(1, d.ndim)) for d in deltas]  # any memory layout: no reshape, no copy
     ok = np.ones(k, dtype=bool)
-    for d in deltas:
-        ok &= np.isfinite(d.reshape(k, -1)).all(axis=1)
+    for d, axes in zip(deltas, per_client, strict=True):
+        ok &= np.isfinite(d).all(axis=axes)
     max_norm = reducer.validator.max_norm
     if max_norm is not None:
-        sq = sum(np.square(d.reshape(k, -1), dtype=np.float64).sum(axis=1) for d in deltas)
+        sq = sum(np.square(d, dtype=np.float64).sum(axis=axes) for d, axes in zip(deltas, per_client, strict=True))
         ok &= np.sqrt(sq) <= max_norm
     mean_loss = loss / np.maximum(packed.mask.sum(axis=(1, 2)), 1.0)
     for i in np.flatnonzero(~ok):
@@ -476,7 +487,8 @@ def sum_bucket(
     examples = np.asarray(packed.sizes, dtype=np.float64)[keep]
     weights = examples if runtime.strategy.weighting == "examples" else np.ones(len(keep))
     nbytes = sum(int(np.prod(p.shape)) * 4 for p in params)
-    sums = [np.tensordot(weights, d[keep].astype(np.float64), axes=1) for d in deltas]
+    every = len(keep) == k
+    sums = [weighted_sum(weights, d if every else d[keep]) for d in deltas]
     yield PartialSum(
         terms={"delta": sums, "weight": [np.asarray([weights.sum()], dtype=np.float64)]},
         client_ids=[jobs[int(i)].client.client_id for i in keep],
