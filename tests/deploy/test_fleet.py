@@ -1,5 +1,5 @@
-"""A server that carries a fleet: thousands of real nodes from the load generator, churn, a cut
-transfer that resumes, work pushed on the Subscribe stream, federated evaluation over gRPC.
+"""A server that carries a fleet: thousands of real nodes from the load generator, churn, cut
+transfers (Fetch and Push) that resume, work pushed on the Subscribe stream, federated evaluation over gRPC.
 
 Every node is a real gRPC client on loopback with its own key and signatures
 (:mod:`fedge.deploy.loadgen`); the server is the event-driven one ``fedge serve`` runs.
@@ -184,6 +184,49 @@ def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path
     assert starts == [0, 5]  # the second Fetch asked for the first chunk it did not have
     assert result.history.rounds[0].participants == 1
     np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+
+
+def test_a_push_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path: Path, make_keys: Any) -> None:
+    """A 3 MiB update in 256 KiB chunks; the server's link cuts the first Push after 5 chunks."""
+    from fedge.deploy import wire
+    from fedge.deploy.proto import pb
+
+    keys, allow = make_keys(1)
+    chunk = 256 * 1024
+    svc = service(tmp_path, allow, 1, 1, heartbeat_s=0.2, node_timeout_s=5.0, chunk_size=chunk)
+    heads: list[tuple[bool, int]] = []
+    received: list[int] = []
+    held_at_ask: list[int] = []
+    original = svc.push_open
+
+    def cutting_open(first: bytes, md: Any) -> Any:
+        head = wire.parse(pb.PushMessage, first).header
+        heads.append((head.resume, head.start))
+        if head.resume:
+            held_at_ask.append(svc.budget.used)
+        opened = original(first, md)
+        if isinstance(opened, bytes):
+            return opened
+        add, pushes = opened.add, len(heads)
+
+        def add_until_cut(raw: bytes, held: Any) -> None:
+            if pushes == 1 and len(received) == 5:
+                raise Refused("UNAVAILABLE", "link cut")
+            add(raw, held)
+            received.append(wire.parse(pb.PushMessage, raw).chunk.index)
+
+        opened.add = add_until_cut  # type: ignore[method-assign]
+        return opened
+
+    svc.push_open = cutting_open  # type: ignore[method-assign]
+    initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks each way
+    result = federate_nodes(svc, keys, initial, 1, 0.5)
+    assert heads == [(False, 0), (True, 0), (False, 5)]  # pushed, asked where to resume, resumed at chunk 5
+    assert received == list(range(12))  # 12 chunks in all: none sent twice
+    assert held_at_ask == [5 * chunk]  # the kept chunks stayed counted in the byte budget
+    assert result.history.rounds[0].participants == 1
+    np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+    assert svc.budget.used == 0 and svc.kept_chunks() == {}
 
 
 def test_a_node_hears_of_a_round_on_its_stream_and_never_polls(tmp_path: Path, make_keys: Any) -> None:

@@ -315,8 +315,14 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                 with svc.budget.reserve(node_id) as held:
                     try:
                         opened.take_inline(held)
-                        while (raw := await call.next(requests)) is not None:
-                            opened.add(raw, held)
+                        try:
+                            while (raw := await call.next(requests)) is not None:
+                                opened.add(raw, held)
+                        except BaseException as exc:  # cut, stalled or cancelled: its verified chunks are kept
+                            opened.cut(exc, held)
+                            raise
+                        if (short := opened.ended(held)) is not None:
+                            return short
                         small = opened.inc is None or opened.inc.received_bytes <= INLINE_DECODE
                         result = opened.finish() if small else await self._blocking(opened.finish)
                     except (Refused, Cut):
