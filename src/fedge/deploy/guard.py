@@ -12,6 +12,8 @@ refusal at once. Every handler reads its requests as a stream (a node's unary ca
 on the wire) with a stall limit: a call that waits longer than ``stall_s`` for its next
 message (or for a node to take the next message it is sent) is cut, and so is any call older
 than ``call_deadline_s`` (a Subscribe stream then ends cleanly and its node opens another).
+A Push that ends before its last chunk, however it ends, leaves its verified chunks with the
+service for its node to resume (:meth:`~fedge.deploy.service.FedgeService.keep`).
 :class:`Slots` bounds what is in flight: one Push, one Fetch and two short calls per node,
 ``max_streams`` Push and Fetch streams in all, two Status calls, one Subscribe per node (a new
 one replaces the old); beyond that a call is refused RESOURCE_EXHAUSTED, which nodes retry with
