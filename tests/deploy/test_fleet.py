@@ -187,7 +187,8 @@ def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path
 
 
 def test_a_push_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path: Path, make_keys: Any) -> None:
-    """A 3 MiB update in 256 KiB chunks; the server's link cuts the first Push after 5 chunks."""
+    """A 3 MiB update in 256 KiB chunks; the server's link cuts the first Push after 5 chunks, the resumed one
+    after 4 more."""
     from fedge.deploy import wire
     from fedge.deploy.proto import pb
 
@@ -210,7 +211,7 @@ def test_a_push_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path:
         add, pushes = opened.add, len(heads)
 
         def add_until_cut(raw: bytes, held: Any) -> None:
-            if pushes == 1 and len(received) == 5:
+            if {1: 5, 3: 9}.get(pushes) == len(received):
                 raise Refused("UNAVAILABLE", "link cut")
             add(raw, held)
             received.append(wire.parse(pb.PushMessage, raw).chunk.index)
@@ -221,9 +222,10 @@ def test_a_push_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path:
     svc.push_open = cutting_open  # type: ignore[method-assign]
     initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks each way
     result = federate_nodes(svc, keys, initial, 1, 0.5)
-    assert heads == [(False, 0), (True, 0), (False, 5)]  # pushed, asked where to resume, resumed at chunk 5
+    # pushed, asked where to resume, resumed at chunk 5, cut again, asked, resumed at chunk 9
+    assert heads == [(False, 0), (True, 0), (False, 5), (True, 0), (False, 9)]
     assert received == list(range(12))  # 12 chunks in all: none sent twice
-    assert held_at_ask == [5 * chunk]  # the kept chunks stayed counted in the byte budget
+    assert held_at_ask == [5 * chunk, 9 * chunk]  # the kept chunks stayed counted in the byte budget
     assert result.history.rounds[0].participants == 1
     np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
     assert svc.budget.used == 0 and svc.kept_chunks() == {}

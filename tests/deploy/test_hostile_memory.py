@@ -342,6 +342,15 @@ def test_a_cancelled_push_keeps_its_verified_chunks_counted_until_its_round_clos
         assert not rep.accepted and "no round is open" in rep.reason
 
 
+def test_a_node_that_joins_again_starts_its_push_over_and_frees_what_was_kept(tmp_path: Path) -> None:
+    with a_cut_push(tmp_path) as (svc, channel, signers, task, update):
+        assert svc.budget.used == 3 * 256 * 1024
+        call(channel, signers[0], "Join", pb.JoinRequest(partition=0))
+        assert svc.kept_chunks() == {} and svc.budget.used == 0
+        ask = pb.PushHeader(task_id=task.task_id, round=1, update=update.header, resume=True)
+        assert one_push(channel, signers[0], ask).held == 0
+
+
 def test_a_forged_resume_is_refused_in_one_line_and_loses_nothing(tmp_path: Path) -> None:
     with a_cut_push(tmp_path) as (svc, channel, signers, task, update):
         kept = svc.kept_chunks()
