@@ -381,3 +381,44 @@ def test_a_forged_resume_is_refused_in_one_line_and_loses_nothing(tmp_path: Path
         assert one_push(channel, signers[0], head, chunks[3:]).accepted
         reader.join(20)
         assert svc.kept_chunks() == {} and svc.budget.used == 0
+
+
+def test_the_threaded_push_path_keeps_a_cut_push_and_resumes_it(tmp_path: Path) -> None:
+    """``FedgeService.push`` (the front without an event loop) keeps and resumes as the gRPC gate does."""
+    key, pub = new_keys(tmp_path, "n")
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r", config_toml="", num_clients=1, rounds=1
+    )
+    signer = Signer(load_private(key))
+    join = pb.JoinRequest(partition=0).SerializeToString()
+    svc.join(join, signer.metadata("Join", join))
+    task = svc.open_round(1, [0], [np.zeros(64, np.float32)], FitInstructions(round_num=1, train=TrainConfig()))
+    out = wire.encode({"delta": [np.ones(64, np.float32)], "num_examples": 1}, chunk_size=32)
+    chunks = [wire.dump(pb.PushMessage(chunk=c)) for c in out.chunks()]
+
+    def pushed(header: Any, body: list[bytes], cut_after: int = -1) -> Iterator[bytes]:
+        yield wire.dump(pb.PushMessage(header=header))
+        for i, c in enumerate(body):
+            if i == cut_after:
+                raise ConnectionResetError("link cut")
+            yield c
+
+    def push(header: Any, body: list[bytes], cut_after: int = -1) -> Any:
+        head = wire.dump(pb.PushMessage(header=header))
+        return pb.PushReply.FromString(svc.push(pushed(header, body, cut_after), signer.metadata("Push", head)))
+
+    with pytest.raises(ConnectionResetError):
+        push(pb.PushHeader(task_id=task.task_id, round=1, update=out.header), chunks, cut_after=5)
+    assert list(svc.kept_chunks().values()) == [5] and svc.budget.used == 5 * 32
+
+    def answer() -> None:
+        got, verdict = task.results.get(timeout=20)
+        np.testing.assert_array_equal(got.delta[0], np.ones(64, np.float32))
+        verdict.set(True)
+
+    reader = threading.Thread(target=answer)
+    reader.start()
+    assert push(pb.PushHeader(task_id=task.task_id, round=1, update=out.header, start=5), chunks[5:]).accepted
+    reader.join(20)
+    assert svc.kept_chunks() == {} and svc.budget.used == 0
+    svc.store.close()

@@ -922,7 +922,7 @@ class FedgeService:
         key = (node_id, task.task_id)
         if head.resume or head.start:
             return self._resumed(first, node_id, node, task, head)
-        self.drop_kept(lambda k: k == key)  # the node pushes this task again from its start
+        self._release(key)  # the node pushes this task again from its start
         inc = None if head.error else wire.Incoming(head.update, max_bytes=self.max_update_bytes)
         return PushIn(self, node_id, node, task, head, inc, len(first))
 
@@ -982,14 +982,22 @@ class FedgeService:
         for (node_id, _), kept in gone:
             self.budget.give(node_id, kept.nbytes)
 
+    def _release(self, key: tuple[str, str]) -> bool:
+        """Release the kept chunks of one cut push; whether there were any."""
+        with self._lock:
+            kept = self._kept.pop(key, None)
+        if kept is not None:
+            self.budget.give(key[0], kept.nbytes)
+        return kept is not None
+
     def _drop_oldest_kept(self) -> bool:
         """Release the longest-kept cut push (so a push being received fits); False when none is kept."""
         with self._lock:
             oldest = next(iter(self._kept), None)
         if oldest is None:
             return False
-        self.drop_kept(lambda k: k == oldest)
-        log.info("event=push_kept_dropped node=%s reason=budget", oldest[0])
+        if self._release(oldest):
+            log.info("event=push_kept_dropped node=%s reason=budget", oldest[0])
         return True
 
     def kept_chunks(self) -> dict[tuple[str, str], int]:
