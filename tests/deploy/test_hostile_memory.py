@@ -364,8 +364,10 @@ def test_a_forged_resume_is_refused_in_one_line_and_loses_nothing(tmp_path: Path
         ]
         for who, header, start, rest, why in forged:
             head = pb.PushHeader(task_id=task.task_id, round=1, update=header, start=start)
-            rep = one_push(channel, signers[who], head, rest)
-            assert not rep.accepted and why in rep.reason and "\n" not in rep.reason, rep.reason
+            with pytest.raises(grpc.RpcError) as err:
+                one_push(channel, signers[who], head, rest)
+            reason = err.value.details() or ""
+            assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and why in reason and "\n" not in reason, reason
             assert svc.kept_chunks() == kept and svc.budget.used == 3 * 256 * 1024
         ask = pb.PushHeader(task_id=task.task_id, round=1, update=other.header, resume=True)
         assert one_push(channel, signers[0], ask).held == 0  # another update: nothing of it is held

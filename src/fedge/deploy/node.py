@@ -507,7 +507,8 @@ class Node:
 
         A push cut after some of its chunks went out asks the server how many of them it holds
         (a header with ``resume``) and sends only the rest, from ``start``; each chunk's SHA-256 in
-        the signed header still checks every chunk of the update the server assembles.
+        the signed header still checks every chunk of the update the server assembles. A resume
+        the server refuses (it dropped what it held meanwhile) is followed by the whole push.
         """
         if error:
             out = wire.encode([])
@@ -541,7 +542,13 @@ class Node:
                     return wire.dump(rep)  # the server no longer takes this update
                 start = rep.held
                 log.info("event=push_resume round=%d chunk=%d", round_num, start)
-            return call(_head(header, start=start), start)
+            try:
+                return call(_head(header, start=start), start)
+            except grpc.RpcError as exc:
+                if not start or exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                log.info("event=push_restart round=%d reason=%r", round_num, exc.details())
+                return call(_head(header))  # what the server held is gone (its budget needed room)
 
         try:
             return wire.parse(pb.PushReply, self._retrying("push", attempt))

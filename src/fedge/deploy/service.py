@@ -930,7 +930,8 @@ class FedgeService:
         """A Push that asks where to resume (``resume``: the reply's ``held``), or resumes at chunk ``start``.
 
         A resume is taken only for the update whose verified chunks are kept and only at the chunk
-        after them; anything else is refused and the kept chunks stay as they were.
+        after them; anything else is refused OUT_OF_RANGE (as a Fetch past its task's chunks is) and
+        the kept chunks stay as they were.
         """
         key, digest = (node_id, task.task_id), _update_digest(head)
         with self._lock:
@@ -948,10 +949,7 @@ class FedgeService:
                 reason = ""
                 del self._kept[key]
         if reason:
-            self.refusals.refused(
-                "Push", "REFUSED", reason, event="resume_refused", node=node_id, client=node.client_id
-            )
-            return wire.dump(pb.PushReply(accepted=False, reason=reason, held=held))
+            raise Refused("OUT_OF_RANGE", reason)
         assert kept is not None
         log.info("event=push_resumed node=%s client=%d chunk=%d", node_id, node.client_id, held)
         return PushIn(self, node_id, node, task, head, kept.inc, kept.size + len(first), adopted=kept.nbytes)
