@@ -1,5 +1,5 @@
-"""A server that carries a fleet: thousands of real nodes from the load generator, churn, a cut
-transfer that resumes, work pushed on the Subscribe stream, federated evaluation over gRPC.
+"""A server that carries a fleet: thousands of real nodes from the load generator, churn, cut
+transfers (Fetch and Push) that resume, work pushed on the Subscribe stream, federated evaluation over gRPC.
 
 Every node is a real gRPC client on loopback with its own key and signatures
 (:mod:`fedge.deploy.loadgen`); the server is the event-driven one ``fedge serve`` runs.
@@ -184,6 +184,75 @@ def test_a_fetch_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path
     assert starts == [0, 5]  # the second Fetch asked for the first chunk it did not have
     assert result.history.rounds[0].participants == 1
     np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+
+
+class CutPushes:
+    """Wraps ``svc.push_open``: Push number ``n`` (1-based, asks included) is cut once ``cuts[n]`` chunks in
+    all have been received; records each Push's (resume, start), each chunk received and the budget at each ask."""
+
+    def __init__(self, svc: FedgeService, cuts: dict[int, int], on_ask: Any = None) -> None:
+        self.svc, self.cuts, self.on_ask = svc, cuts, on_ask
+        self.heads: list[tuple[bool, int]] = []
+        self.received: list[int] = []
+        self.held_at_ask: list[int] = []
+        self.original = svc.push_open
+        svc.push_open = self.open  # type: ignore[method-assign]
+
+    def open(self, first: bytes, md: Any) -> Any:
+        from fedge.deploy import wire
+        from fedge.deploy.proto import pb
+
+        head = wire.parse(pb.PushMessage, first).header
+        self.heads.append((head.resume, head.start))
+        if head.resume:
+            self.held_at_ask.append(self.svc.budget.used)
+        opened = self.original(first, md)
+        if head.resume and self.on_ask is not None:
+            self.on_ask()
+        if isinstance(opened, bytes):
+            return opened
+        add, cut = opened.add, self.cuts.get(len(self.heads))
+
+        def add_until_cut(raw: bytes, held: Any) -> None:
+            if cut == len(self.received):
+                raise Refused("UNAVAILABLE", "link cut")
+            add(raw, held)
+            self.received.append(wire.parse(pb.PushMessage, raw).chunk.index)
+
+        opened.add = add_until_cut  # type: ignore[method-assign]
+        return opened
+
+
+def test_a_push_cut_in_the_middle_resumes_from_the_last_verified_chunk(tmp_path: Path, make_keys: Any) -> None:
+    """A 3 MiB update in 256 KiB chunks; the server's link cuts the first Push after 5 chunks, the resumed one
+    after 4 more."""
+    keys, allow = make_keys(1)
+    chunk = 256 * 1024
+    svc = service(tmp_path, allow, 1, 1, heartbeat_s=0.2, node_timeout_s=5.0, chunk_size=chunk)
+    pushes = CutPushes(svc, {1: 5, 3: 9})
+    initial = [np.arange(3 * 2**18, dtype=np.float32)]  # 3 MiB: 12 chunks each way
+    result = federate_nodes(svc, keys, initial, 1, 0.5)
+    # pushed, asked where to resume, resumed at chunk 5, cut again, asked, resumed at chunk 9
+    assert pushes.heads == [(False, 0), (True, 0), (False, 5), (True, 0), (False, 9)]
+    assert pushes.received == list(range(12))  # 12 chunks in all: none sent twice
+    assert pushes.held_at_ask == [5 * chunk, 9 * chunk]  # the kept chunks stayed counted in the byte budget
+    assert result.history.rounds[0].participants == 1
+    np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+    assert svc.budget.used == 0 and svc.kept_chunks() == {}
+
+
+def test_a_node_whose_kept_chunks_were_reclaimed_pushes_its_whole_update(tmp_path: Path, make_keys: Any) -> None:
+    """The server drops what it held right after telling the node: the resume is refused and the node starts over."""
+    keys, allow = make_keys(1)
+    svc = service(tmp_path, allow, 1, 1, heartbeat_s=0.2, node_timeout_s=5.0, chunk_size=256 * 1024)
+    pushes = CutPushes(svc, {1: 5}, on_ask=lambda: svc.drop_kept(lambda k: True))
+    initial = [np.arange(3 * 2**18, dtype=np.float32)]
+    result = federate_nodes(svc, keys, initial, 1, 0.5)
+    assert pushes.heads == [(False, 0), (True, 0), (False, 5), (False, 0)]
+    assert pushes.received == [*range(5), *range(12)]
+    assert result.history.rounds[0].participants == 1
+    np.testing.assert_array_equal(result.state.params[0], initial[0] + np.float32(0.5))
+    assert svc.budget.used == 0 and svc.kept_chunks() == {}
 
 
 def test_a_node_hears_of_a_round_on_its_stream_and_never_polls(tmp_path: Path, make_keys: Any) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -235,9 +235,11 @@ def test_a_push_beyond_the_budget_is_refused_and_the_server_keeps_serving(tmp_pa
         assert fetch_status(f"127.0.0.1:{port}", timeout=5, insecure=True).round == 1
         hold.set()
         slow.cancel()
-        while svc.budget.used and time.monotonic() < end:
+        while len(svc.kept_chunks()) < 2 and time.monotonic() < end:
             time.sleep(0.02)
-        assert svc.budget.used == 0, "a cancelled stream gives its bytes back"
+        # the cancelled stream's verified chunks, and the refused one's first, are kept to resume, and stay counted
+        assert sorted(svc.kept_chunks().values()) == [1, 3]
+        assert svc.budget.used == 4 * 256 * 1024
 
         def answer() -> None:
             got, verdict = task.results.get(timeout=20)
@@ -248,9 +250,9 @@ def test_a_push_beyond_the_budget_is_refused_and_the_server_keeps_serving(tmp_pa
         reader.start()
         retried = open_push(channel, b, task.task_id, update.header, chunks, done)
         done.set()
-        assert pb.PushReply.FromString(retried.result(timeout=20)).accepted
+        assert pb.PushReply.FromString(retried.result(timeout=20)).accepted  # the kept chunks gave way
         reader.join(20)
-        assert svc.budget.used == 0
+        assert svc.budget.used == 0 and svc.kept_chunks() == {}
     finally:
         hold.set()
         if svc.task is not None:
@@ -275,4 +277,150 @@ def test_a_spec_mismatch_after_all_chunks_frees_the_budget(tmp_path: Path) -> No
     rep = pb.PushReply.FromString(svc.push(iter(msgs), signer.metadata("Push", head)))
     assert not rep.accepted and "shape" in rep.reason
     assert svc.budget.used == 0
+    svc.store.close()
+
+
+def one_push(channel: grpc.Channel, signer: Signer, header: Any, chunks: list[Any] = ()) -> Any:  # type: ignore[assignment]
+    """One whole Push call: the header message, then ``chunks``; its PushReply."""
+    head = wire.dump(pb.PushMessage(header=header))
+    msgs = [head, *(wire.dump(pb.PushMessage(chunk=c)) for c in chunks)]
+    stub = channel.stream_unary(PREFIX + "Push")
+    return pb.PushReply.FromString(stub(iter(msgs), metadata=signer.metadata("Push", head), timeout=20))
+
+
+@contextmanager
+def a_cut_push(tmp_path: Path) -> Iterator[tuple[FedgeService, grpc.Channel, list[Signer], Any, Any]]:
+    """A round of 1 MiB updates in four 256 KiB chunks whose node 0 cancelled its Push after 3 of them."""
+    keys = [new_keys(tmp_path, name) for name in ("a", "b")]
+    allow = tmp_path / "allow.txt"
+    allow.write_text("".join(pub.read_text() for _, pub in keys))
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"), verifier=Verifier(allow), run_id="cut", config_toml="", num_clients=2, rounds=1
+    )
+    srv, port = start_grpc(svc, DeployConfig(port=0, insecure=True))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    signers = [Signer(load_private(key)) for key, _ in keys]
+    hold = threading.Event()
+    try:
+        for i, s in enumerate(signers):
+            call(channel, s, "Join", pb.JoinRequest(partition=i))
+        task = svc.open_round(1, [0, 1], [np.zeros(MiB // 4, np.float32)], FitInstructions(1, TrainConfig()))
+        update = wire.encode(
+            {"delta": [np.ones(MiB // 4, np.float32)], "num_examples": 3, "metrics": {}, "extras": {}, "payload": {}},
+            chunk_size=256 * 1024,
+        )
+        cut = open_push(channel, signers[0], task.task_id, update.header, list(update.chunks())[:3], hold)
+        end = time.monotonic() + 20
+        while svc.budget.used < 3 * 256 * 1024 and time.monotonic() < end:
+            time.sleep(0.02)
+        cut.cancel()
+        while not svc.kept_chunks() and time.monotonic() < end:
+            time.sleep(0.02)
+        yield svc, channel, signers, task, update
+    finally:
+        hold.set()
+        if svc.task is not None:
+            svc.close_round(svc.task)
+        channel.close()
+        srv.stop(0.5).wait()
+        svc.store.close()
+
+
+def test_a_cancelled_push_keeps_its_verified_chunks_counted_until_its_round_closes(tmp_path: Path) -> None:
+    with a_cut_push(tmp_path) as (svc, channel, signers, task, update):
+        [(node, task_id)] = svc.kept_chunks()
+        assert task_id == task.task_id and svc.kept_chunks()[node, task_id] == 3
+        assert svc.budget.used == 3 * 256 * 1024  # the kept chunks are what the budget holds, no more
+        head = pb.PushHeader(task_id=task.task_id, round=1, update=update.header, resume=True)
+        assert one_push(channel, signers[0], head).held == 3
+        svc.close_round(task)
+        assert svc.kept_chunks() == {} and svc.budget.used == 0
+        rep = one_push(channel, signers[0], head)
+        assert not rep.accepted and rep.held == 0 and "no round is open" in rep.reason
+        resumed = pb.PushHeader(task_id=task.task_id, round=1, update=update.header, start=3)
+        rep = one_push(channel, signers[0], resumed, list(update.chunks(3)))
+        assert not rep.accepted and "no round is open" in rep.reason
+
+
+def test_a_node_that_joins_again_starts_its_push_over_and_frees_what_was_kept(tmp_path: Path) -> None:
+    with a_cut_push(tmp_path) as (svc, channel, signers, task, update):
+        assert svc.budget.used == 3 * 256 * 1024
+        call(channel, signers[0], "Join", pb.JoinRequest(partition=0))
+        assert svc.kept_chunks() == {} and svc.budget.used == 0
+        ask = pb.PushHeader(task_id=task.task_id, round=1, update=update.header, resume=True)
+        assert one_push(channel, signers[0], ask).held == 0
+
+
+def test_a_forged_resume_is_refused_in_one_line_and_loses_nothing(tmp_path: Path) -> None:
+    with a_cut_push(tmp_path) as (svc, channel, signers, task, update):
+        kept = svc.kept_chunks()
+        chunks = list(update.chunks())
+        tree = {"delta": [np.full(MiB // 4, 9, np.float32)], "num_examples": 3, "metrics": {}, "extras": {}}
+        other = wire.encode({**tree, "payload": {}}, chunk_size=256 * 1024)
+        forged = [  # more chunks than were sent; another update's digest; another node
+            (0, update.header, 4, [], "holds 3 chunks"),
+            (0, other.header, 3, chunks[3:], "another update"),
+            (1, update.header, 3, chunks[3:], "holds no chunks"),
+        ]
+        for who, header, start, rest, why in forged:
+            head = pb.PushHeader(task_id=task.task_id, round=1, update=header, start=start)
+            with pytest.raises(grpc.RpcError) as err:
+                one_push(channel, signers[who], head, rest)
+            reason = err.value.details() or ""
+            assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and why in reason and "\n" not in reason, reason
+            assert svc.kept_chunks() == kept and svc.budget.used == 3 * 256 * 1024
+        ask = pb.PushHeader(task_id=task.task_id, round=1, update=other.header, resume=True)
+        assert one_push(channel, signers[0], ask).held == 0  # another update: nothing of it is held
+
+        def answer() -> None:
+            got, verdict = task.results.get(timeout=20)
+            np.testing.assert_array_equal(got.delta[0], np.ones(MiB // 4, np.float32))
+            verdict.set(True)
+
+        reader = threading.Thread(target=answer)
+        reader.start()
+        head = pb.PushHeader(task_id=task.task_id, round=1, update=update.header, start=3)
+        assert one_push(channel, signers[0], head, chunks[3:]).accepted
+        reader.join(20)
+        assert svc.kept_chunks() == {} and svc.budget.used == 0
+
+
+def test_the_threaded_push_path_keeps_a_cut_push_and_resumes_it(tmp_path: Path) -> None:
+    """``FedgeService.push`` (the front without an event loop) keeps and resumes as the gRPC gate does."""
+    key, pub = new_keys(tmp_path, "n")
+    svc = FedgeService(
+        store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r", config_toml="", num_clients=1, rounds=1
+    )
+    signer = Signer(load_private(key))
+    join = pb.JoinRequest(partition=0).SerializeToString()
+    svc.join(join, signer.metadata("Join", join))
+    task = svc.open_round(1, [0], [np.zeros(64, np.float32)], FitInstructions(round_num=1, train=TrainConfig()))
+    out = wire.encode({"delta": [np.ones(64, np.float32)], "num_examples": 1}, chunk_size=32)
+    chunks = [wire.dump(pb.PushMessage(chunk=c)) for c in out.chunks()]
+
+    def pushed(header: Any, body: list[bytes], cut_after: int = -1) -> Iterator[bytes]:
+        yield wire.dump(pb.PushMessage(header=header))
+        for i, c in enumerate(body):
+            if i == cut_after:
+                raise ConnectionResetError("link cut")
+            yield c
+
+    def push(header: Any, body: list[bytes], cut_after: int = -1) -> Any:
+        head = wire.dump(pb.PushMessage(header=header))
+        return pb.PushReply.FromString(svc.push(pushed(header, body, cut_after), signer.metadata("Push", head)))
+
+    with pytest.raises(ConnectionResetError):
+        push(pb.PushHeader(task_id=task.task_id, round=1, update=out.header), chunks, cut_after=5)
+    assert list(svc.kept_chunks().values()) == [5] and svc.budget.used == 5 * 32
+
+    def answer() -> None:
+        got, verdict = task.results.get(timeout=20)
+        np.testing.assert_array_equal(got.delta[0], np.ones(64, np.float32))
+        verdict.set(True)
+
+    reader = threading.Thread(target=answer)
+    reader.start()
+    assert push(pb.PushHeader(task_id=task.task_id, round=1, update=out.header, start=5), chunks[5:]).accepted
+    reader.join(20)
+    assert svc.kept_chunks() == {} and svc.budget.used == 0
     svc.store.close()

@@ -12,6 +12,8 @@ refusal at once. Every handler reads its requests as a stream (a node's unary ca
 on the wire) with a stall limit: a call that waits longer than ``stall_s`` for its next
 message (or for a node to take the next message it is sent) is cut, and so is any call older
 than ``call_deadline_s`` (a Subscribe stream then ends cleanly and its node opens another).
+A Push that ends before its last chunk, however it ends, leaves its verified chunks with the
+service for its node to resume (:meth:`~fedge.deploy.service.FedgeService.keep`).
 :class:`Slots` bounds what is in flight: one Push, one Fetch and two short calls per node,
 ``max_streams`` Push and Fetch streams in all, two Status calls, one Subscribe per node (a new
 one replaces the old); beyond that a call is refused RESOURCE_EXHAUSTED, which nodes retry with
@@ -315,8 +317,14 @@ class Gate(grpc.GenericRpcHandler):  # type: ignore[misc]
                 with svc.budget.reserve(node_id) as held:
                     try:
                         opened.take_inline(held)
-                        while (raw := await call.next(requests)) is not None:
-                            opened.add(raw, held)
+                        try:
+                            while (raw := await call.next(requests)) is not None:
+                                opened.add(raw, held)
+                        except BaseException as exc:  # cut, stalled or cancelled: its verified chunks are kept
+                            opened.cut(exc, held)
+                            raise
+                        if (short := opened.ended(held)) is not None:
+                            return short
                         small = opened.inc is None or opened.inc.received_bytes <= INLINE_DECODE
                         result = opened.finish() if small else await self._blocking(opened.finish)
                     except (Refused, Cut):

@@ -503,7 +503,13 @@ class Node:
         return whole
 
     def _push(self, reply: Any, round_num: int, tree: Any, error: str) -> Any:
-        """Push ``tree`` (or the failure ``error``) for the task of ``reply``; the server's PushReply, None if lost."""
+        """Push ``tree`` (or the failure ``error``) for the task of ``reply``; the server's PushReply, None if lost.
+
+        A push cut after some of its chunks went out asks the server how many of them it holds
+        (a header with ``resume``) and sends only the rest, from ``start``; each chunk's SHA-256 in
+        the signed header still checks every chunk of the update the server assembles. A resume
+        the server refuses (it dropped what it held meanwhile) is followed by the whole push.
+        """
         if error:
             out = wire.encode([])
             header = pb.PushHeader(task_id=reply.task_id, round=round_num, error=error)
@@ -512,18 +518,37 @@ class Node:
             header = pb.PushHeader(task_id=reply.task_id, round=round_num, update=out.header)
             if len(out.header.chunk_sha256) == 1 and out.header.total_bytes <= wire.INLINE_BYTES:
                 header.chunks.extend(out.chunks())  # one message: the header carries the update
-        head = wire.dump(pb.PushMessage(header=header))
+        streamed = not error and not header.chunks
+        sent = [0]
+        """Chunks handed to gRPC by the attempts so far: after a cut, some may be on the server."""
 
-        def messages() -> Iterator[bytes]:
-            yield head
-            if not error and not header.chunks:
-                for c in out.chunks():
-                    yield pb.PushMessage(chunk=c).SerializeToString()
+        def call(head: bytes, start: int = 0, body: bool = True) -> bytes:
+            def messages() -> Iterator[bytes]:
+                yield head
+                if body and streamed:
+                    for c in out.chunks(start):
+                        sent[0] += 1
+                        yield pb.PushMessage(chunk=c).SerializeToString()
 
-        def attempt() -> bytes:
             stub = self.channel.stream_unary(PREFIX + "Push")
             md = self.signer.metadata("Push", head)
             return stub(messages(), metadata=md, timeout=self.stream_deadline_s)  # type: ignore[no-any-return]
+
+        def attempt() -> bytes:
+            start = 0
+            if streamed and sent[0]:
+                rep = wire.parse(pb.PushReply, call(_head(header, resume=True), body=False))
+                if rep.reason:
+                    return wire.dump(rep)  # the server no longer takes this update
+                start = rep.held
+                log.info("event=push_resume round=%d chunk=%d", round_num, start)
+            try:
+                return call(_head(header, start=start), start)
+            except grpc.RpcError as exc:
+                if not start or exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                log.info("event=push_restart round=%d reason=%r", round_num, exc.details())
+                return call(_head(header))  # what the server held is gone (its budget needed room)
 
         try:
             return wire.parse(pb.PushReply, self._retrying("push", attempt))
@@ -596,6 +621,15 @@ class Node:
             self.state.save(round_num, before, after)
         except (wire.WireError, OSError) as exc:
             log.warning("event=state_not_saved reason=%r", str(exc))
+
+
+def _head(header: Any, **fields: Any) -> bytes:
+    """The first message of one Push call: ``header`` with ``fields`` set (``start``, ``resume``)."""
+    h = pb.PushHeader()
+    h.CopyFrom(header)
+    for k, v in fields.items():
+        setattr(h, k, v)
+    return wire.dump(pb.PushMessage(header=h))
 
 
 def _copy(state: dict[str, Any]) -> dict[str, Any]:

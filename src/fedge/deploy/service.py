@@ -6,7 +6,8 @@ bytes, or raises :class:`Refused` with the gRPC status to answer. The event-driv
 subscription asks :meth:`FedgeService.next_for` what to send a node whenever the service
 calls ``on_change`` (a round, an evaluation or a protocol stage opened, the run ended), and
 a Push is :meth:`FedgeService.push_open`, then :meth:`PushIn.add` per chunk, then
-:meth:`PushIn.finish` and :meth:`FedgeService.deliver`. Nothing a node sends
+:meth:`PushIn.finish` and :meth:`FedgeService.deliver`; a Push cut before its last chunk leaves
+its verified chunks with the service (:class:`KeptPush`) for the node to resume. Nothing a node sends
 can stop the server: malformed bytes, bad signatures, updates for another run or round,
 wrong shapes or dtypes are refused with a reason that is logged and returned.
 """
@@ -404,7 +405,9 @@ class ByteBudget:
     Reserved chunk by chunk as chunks arrive — never from a size a header claims —
     and released when the update has been reduced or refused, so a stream that stalls holds
     only what it has really sent. It never blocks: a chunk that does not fit is refused and
-    the node retries later, so a full budget cannot hang a worker thread.
+    the node retries later, so a full budget cannot hang a worker thread. The chunks kept
+    from cut pushes stay counted, but give way to a push being received: before a chunk is
+    refused, ``reclaim`` may release some of them (it answers whether it did).
     """
 
     def __init__(self, total: int, per_node: int) -> None:
@@ -412,6 +415,7 @@ class ByteBudget:
         self.used = 0
         self._by_node: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.reclaim: Callable[[], bool] = lambda: False
 
     def take(self, node: str, n: int) -> str:
         """Reserve ``n`` bytes for ``node``: '' when granted, otherwise why not."""
@@ -447,8 +451,14 @@ class Reservation:
 
     def take(self, n: int) -> None:
         reason = self.budget.take(self.node, n)
+        while reason and self.budget.reclaim():
+            reason = self.budget.take(self.node, n)
         if reason:
             raise Refused("RESOURCE_EXHAUSTED", reason)
+        self.bytes += n
+
+    def adopt(self, n: int) -> None:
+        """Answer for ``n`` bytes already taken from the budget (a resumed push's kept chunks)."""
         self.bytes += n
 
     def __enter__(self) -> Reservation:
@@ -457,6 +467,26 @@ class Reservation:
     def __exit__(self, *exc: object) -> None:
         self.budget.give(self.node, self.bytes)
         self.bytes = 0
+
+
+@dataclass
+class KeptPush:
+    """The verified chunks of a cut Push, kept so that its node resumes at the next one.
+
+    Only chunks that passed their checksum are held, and their bytes stay reserved in the
+    :class:`ByteBudget` (``nbytes``, against the node's limit too) until the push is resumed,
+    the node pushes that task again from its start, joins again, or the task closes.
+    """
+
+    digest: bytes
+    """SHA-256 of the update's header: a resume must name the same update."""
+    inc: wire.Incoming
+    size: int
+    nbytes: int
+
+
+def _update_digest(head: Any) -> bytes:
+    return hashlib.sha256(wire.dump(head.update)).digest()
 
 
 @dataclass
@@ -476,6 +506,8 @@ class PushIn:
     inc: wire.Incoming | None
     """None for a node that reports a failure instead of a result."""
     size: int
+    adopted: int = 0
+    """Budget bytes of the kept chunks a resumed push carries on from."""
 
     @property
     def cid(self) -> int:
@@ -483,6 +515,9 @@ class PushIn:
 
     def take_inline(self, held: Reservation) -> None:
         """Keep the chunks that came inside the header (a small update), each reserved like any other."""
+        if self.adopted:
+            held.adopt(self.adopted)
+            self.adopted = 0
         chunks = self.head.chunks
         if chunks and self.inc is None:
             raise wire.WireError("a failure report carries chunks")
@@ -501,6 +536,25 @@ class PushIn:
         held.take(len(m.chunk.data))
         self.inc.add(m.chunk)
         self.size += len(raw)
+
+    def cut(self, exc: BaseException, held: Reservation) -> None:
+        """The push ended before its end for ``exc``: unless its data was refused, keep its verified chunks."""
+        if not isinstance(exc, wire.WireError):
+            self.svc.keep(self, held)
+
+    def ended(self, held: Reservation) -> bytes | None:
+        """The stream ended: None when the update is whole, else the reply to a push cut short (its
+        node gone, as a cancelled call ends, or a caller that stopped early), whose verified chunks are kept."""
+        inc = self.inc
+        if inc is None or inc.complete:
+            return None
+        received, total = inc.received, len(inc.header.chunk_sha256)
+        reason = f"push ended after {received} of {total} chunks"
+        if self.svc.keep(self, held):
+            reason += f": resume at chunk {received}"
+            return wire.dump(pb.PushReply(accepted=False, reason=reason, held=received))
+        self.svc.refusals.refused("Push", "REFUSED", reason, event="update_refused", node=self.node_id)
+        return wire.dump(pb.PushReply(accepted=False, reason=reason))
 
     def finish(self) -> Result:
         """Decode and check the whole push (under a decode slot), then mark its client done for the round."""
@@ -596,9 +650,12 @@ class FedgeService:
                 f"({max_update_bytes / 2**20:g}): an update of the largest allowed size could never be received"
             )
         self.budget = ByteBudget(max_inflight_bytes, max_update_bytes)
+        self.budget.reclaim = self._drop_oldest_kept
         self._decoding = threading.BoundedSemaphore(max_decoding)
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
+        self._kept: dict[tuple[str, str], KeptPush] = {}
+        """Cut pushes' verified chunks by (node id, task id), for their nodes to resume (:meth:`keep`)."""
         self.task: RoundTask | None = None
         """The task opened last (what the status reports); :attr:`tasks` holds every open one."""
         self.tasks: dict[str, RoundTask] = {}
@@ -709,6 +766,7 @@ class FedgeService:
             self.store.register(node_id, cid, profile)
             session = uuid.uuid4().hex[:12]
             self._nodes[node_id] = _Node(node_id, cid, profile, session, time.time(), relay=claim)
+        self.drop_kept(lambda k: k[0] == node_id)  # a node that joins again starts its work over
         log.info("event=join node=%s client=%d clients=%d profile=%r", node_id, cid, span, profile)
         return wire.dump(
             pb.JoinReply(
@@ -820,8 +878,14 @@ class FedgeService:
         with self.budget.reserve(opened.node_id) as held:
             try:
                 opened.take_inline(held)
-                for raw in it:
-                    opened.add(raw, held)
+                try:
+                    for raw in it:
+                        opened.add(raw, held)
+                except BaseException as exc:
+                    opened.cut(exc, held)
+                    raise
+                if (short := opened.ended(held)) is not None:
+                    return short
                 result = opened.finish()
             except Refused:
                 raise
@@ -855,8 +919,89 @@ class FedgeService:
             )
             return wire.dump(pb.PushReply(accepted=False, reason=reason))
         assert task is not None
+        key = (node_id, task.task_id)
+        if head.resume or head.start:
+            return self._resumed(first, node_id, node, task, head)
+        self._release(key)  # the node pushes this task again from its start
         inc = None if head.error else wire.Incoming(head.update, max_bytes=self.max_update_bytes)
         return PushIn(self, node_id, node, task, head, inc, len(first))
+
+    def _resumed(self, first: bytes, node_id: str, node: _Node, task: RoundTask, head: Any) -> PushIn | bytes:
+        """A Push that asks where to resume (``resume``: the reply's ``held``), or resumes at chunk ``start``.
+
+        A resume is taken only for the update whose verified chunks are kept and only at the chunk
+        after them; anything else is refused OUT_OF_RANGE (as a Fetch past its task's chunks is) and
+        the kept chunks stay as they were.
+        """
+        key, digest = (node_id, task.task_id), _update_digest(head)
+        with self._lock:
+            kept = self._kept.get(key)
+            held = kept.inc.received if kept is not None and kept.digest == digest else 0
+            if head.resume:
+                return wire.dump(pb.PushReply(accepted=False, held=held))
+            if kept is None:
+                reason = f"push resumes at chunk {head.start} but the server holds no chunks of it: push from chunk 0"
+            elif kept.digest != digest or head.error or head.chunks:
+                reason = f"push resumes at chunk {head.start} of another update than the one the server holds"
+            elif head.start != held:
+                reason = f"push resumes at chunk {head.start}, the server holds {held} chunks of this update"
+            else:
+                reason = ""
+                del self._kept[key]
+        if reason:
+            raise Refused("OUT_OF_RANGE", reason)
+        assert kept is not None
+        log.info("event=push_resumed node=%s client=%d chunk=%d", node_id, node.client_id, held)
+        return PushIn(self, node_id, node, task, head, kept.inc, kept.size + len(first), adopted=kept.nbytes)
+
+    def keep(self, opened: PushIn, held: Reservation) -> bool:
+        """Keep the verified chunks of a cut push, with their budget reservation, for its node to resume;
+        whether they were kept (not when there are none, or its round closed, or its node joined again)."""
+        inc = opened.inc
+        if inc is None or inc.complete or not inc.received:
+            return False
+        key = (opened.node_id, opened.task.task_id)
+        with self._lock:
+            if opened.task.closed or self._nodes.get(opened.node_id) is not opened.node:
+                return False
+            old = self._kept.pop(key, None)
+            self._kept[key] = KeptPush(_update_digest(opened.head), inc, opened.size, held.bytes)
+            held.bytes = 0
+        if old is not None:
+            self.budget.give(key[0], old.nbytes)
+        opened.inc = None
+        log.info("event=push_kept node=%s client=%d chunks=%d", key[0], opened.cid, inc.received)
+        return True
+
+    def drop_kept(self, which: Callable[[tuple[str, str]], bool]) -> None:
+        """Release the kept chunks of the cut pushes whose (node id, task id) ``which`` selects."""
+        with self._lock:
+            gone = [(k, self._kept.pop(k)) for k in [k for k in self._kept if which(k)]]
+        for (node_id, _), kept in gone:
+            self.budget.give(node_id, kept.nbytes)
+
+    def _release(self, key: tuple[str, str]) -> bool:
+        """Release the kept chunks of one cut push; whether there were any."""
+        with self._lock:
+            kept = self._kept.pop(key, None)
+        if kept is not None:
+            self.budget.give(key[0], kept.nbytes)
+        return kept is not None
+
+    def _drop_oldest_kept(self) -> bool:
+        """Release the longest-kept cut push (so a push being received fits); False when none is kept."""
+        with self._lock:
+            oldest = next(iter(self._kept), None)
+        if oldest is None:
+            return False
+        if self._release(oldest):
+            log.info("event=push_kept_dropped node=%s reason=budget", oldest[0])
+        return True
+
+    def kept_chunks(self) -> dict[tuple[str, str], int]:
+        """Verified chunks kept from cut pushes, by (node id, task id)."""
+        with self._lock:
+            return {k: v.inc.received for k, v in self._kept.items()}
 
     def deliver(self, task: RoundTask, result: Result, on_set: Callable[[], None] | None = None) -> _Verdict | None:
         """Hand a received result to the round; the verdict its node waits on, None when the round has closed."""
@@ -1078,6 +1223,7 @@ class FedgeService:
     def close_round(self, task: RoundTask) -> None:
         task.closed = True
         self.tasks.pop(task.task_id, None)
+        self.drop_kept(lambda k: k[1] == task.task_id)
         while True:
             try:
                 _, verdict = task.results.get_nowait()
