@@ -262,7 +262,8 @@ def test_a_push_beyond_the_budget_is_refused_and_the_server_keeps_serving(tmp_pa
         svc.store.close()
 
 
-def test_a_spec_mismatch_after_all_chunks_frees_the_budget(tmp_path: Path) -> None:
+def one_node(tmp_path: Path) -> tuple[FedgeService, Signer]:
+    """A one-client service without a gRPC front, and the signer of the node joined to it as client 0."""
     key, pub = new_keys(tmp_path, "n")
     svc = FedgeService(
         store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r", config_toml="", num_clients=1, rounds=1
@@ -270,6 +271,11 @@ def test_a_spec_mismatch_after_all_chunks_frees_the_budget(tmp_path: Path) -> No
     signer = Signer(load_private(key))
     join = pb.JoinRequest(partition=0).SerializeToString()
     svc.join(join, signer.metadata("Join", join))
+    return svc, signer
+
+
+def test_a_spec_mismatch_after_all_chunks_frees_the_budget(tmp_path: Path) -> None:
+    svc, signer = one_node(tmp_path)
     task = svc.open_round(1, [0], [np.zeros(4, np.float32)], FitInstructions(round_num=1, train=TrainConfig()))
     out = wire.encode({"delta": [np.ones(5, np.float32)], "num_examples": 1}, chunk_size=8)
     head = wire.dump(pb.PushMessage(header=pb.PushHeader(task_id=task.task_id, round=1, update=out.header)))
@@ -387,13 +393,7 @@ def test_a_forged_resume_is_refused_in_one_line_and_loses_nothing(tmp_path: Path
 
 def test_the_threaded_push_path_keeps_a_cut_push_and_resumes_it(tmp_path: Path) -> None:
     """``FedgeService.push`` (the front without an event loop) keeps and resumes as the gRPC gate does."""
-    key, pub = new_keys(tmp_path, "n")
-    svc = FedgeService(
-        store=Store(tmp_path / "s.db"), verifier=Verifier(pub), run_id="r", config_toml="", num_clients=1, rounds=1
-    )
-    signer = Signer(load_private(key))
-    join = pb.JoinRequest(partition=0).SerializeToString()
-    svc.join(join, signer.metadata("Join", join))
+    svc, signer = one_node(tmp_path)
     task = svc.open_round(1, [0], [np.zeros(64, np.float32)], FitInstructions(round_num=1, train=TrainConfig()))
     out = wire.encode({"delta": [np.ones(64, np.float32)], "num_examples": 1}, chunk_size=32)
     chunks = [wire.dump(pb.PushMessage(chunk=c)) for c in out.chunks()]
