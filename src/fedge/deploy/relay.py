@@ -202,7 +202,7 @@ class Relay:
         if (self.kappa1 or 1) > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
             raise ConfigError(
                 "fedge relay --kappa1 > 1 does not run with [privacy]: each child's update is released kappa1 "
-                "times per parent round, which the accountant does not count (per-tier DP is not built); use --kappa1 1"
+                "times per parent round, which the accountant does not count (it counts one per round); use --kappa1 1"
             )
         if self.svc is not None:
             self.svc.config_toml = config_toml

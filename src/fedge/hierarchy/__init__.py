@@ -148,7 +148,7 @@ def validate(exp: Experiment, ctx: BuildContext) -> None:
         raise ConfigError(
             "hierarchy.kappa1 > 1 with [privacy]: a client's update is released kappa1 times per cloud round "
             "and its relay's sum carries it through every edge step, which the accountant does not count "
-            "(per-tier DP is not built); use kappa1 = 1"
+            "(DP through relays counts one release per round); use kappa1 = 1"
         )
     for name in ("secagg", "async", "devices"):
         if name == "secagg" and ctx.deployed:
