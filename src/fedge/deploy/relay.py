@@ -199,11 +199,7 @@ class Relay:
         if self.secagg or self.up is not None:
             config_toml = masked_config(config_toml, enabled=self.secagg)
             exp = load_experiment(config_toml)
-        if (self.kappa1 or 1) > 1 and getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
-            raise ConfigError(
-                "fedge relay --kappa1 > 1 does not run with [privacy]: each child's update is released kappa1 "
-                "times per parent round, which the accountant does not count (it counts one per round); use --kappa1 1"
-            )
+        self._check_steps(self.kappa1 or 1, exp, "fedge relay --kappa1")
         if self.svc is not None:
             self.svc.config_toml = config_toml
             self._experiment = exp
@@ -240,11 +236,22 @@ class Relay:
                 f"the parent's [hierarchy] asks for kappa1 = {asked} edge steps, this relay was started with "
                 f"--kappa1 {self.kappa1}: start it without --kappa1"
             )
-        if asked > 1 and self.secagg:
-            raise ConfigError(f"the parent's [hierarchy] asks for kappa1 = {asked}, which --secagg cannot run")
-        if asked > 1 and getattr(self._experiment.extensions.get("privacy"), "mode", "off") != "off":
-            raise ConfigError(f"the parent's [hierarchy] asks for kappa1 = {asked} edge steps, which [privacy] refuses")
+        self._check_steps(asked, self._experiment, "the parent's [hierarchy] kappa1")
         return asked
+
+    def _check_steps(self, steps: int, exp: Any, who: str) -> None:
+        """Refuse ``steps`` > 1 edge steps (asked by ``who``) where they cannot run: under ``--secagg``
+        (the relay would need each child's update between steps) or with ``[privacy]`` (each child's
+        update would be released ``steps`` times per parent round, the accountant counts one)."""
+        if steps <= 1:
+            return
+        if self.secagg:
+            raise ConfigError(f"{who} = {steps} edge steps does not run with --secagg; use 1")
+        if getattr(exp.extensions.get("privacy"), "mode", "off") != "off":
+            raise ConfigError(
+                f"{who} = {steps} does not run with [privacy]: each child's update would be released {steps} "
+                "times per parent round, which the accountant does not count (it counts one per round); use 1"
+            )
 
     def edge_round(
         self, params: Any, ins: FitInstructions, cohort: list[int], kappa1: int | None = None

@@ -716,12 +716,12 @@ class FedgeService:
         claim = self.verifier.relay(node_id)
         span = claim.clients if claim else 1
         first, last = self.clients.start, self.clients.stop - 1
-        n = self.fanout
-        if n and (claim is None or claim.clients != n):
+        fanout = self.fanout
+        if fanout and (claim is None or claim.clients != fanout):
             marked = f"is marked relay={claim.clients}" if claim else "is not marked relay=N"
             raise Refused(
                 "PERMISSION_DENIED",
-                f"this run's [hierarchy] serves vehicle relays of zones_per_vehicle = {n} clients; node {node_id} "
+                f"this run's [hierarchy] serves vehicle relays of zones_per_vehicle = {fanout} clients; node {node_id} "
                 f"{marked} in the allow-list (a zone joins its vehicle's `fedge relay`)",
             )
         with self._lock:
@@ -741,11 +741,11 @@ class FedgeService:
                         raise Refused("ALREADY_EXISTS", f"client {c} belongs to node {owner}")
                 if known is not None and known != cid:
                     raise Refused("ALREADY_EXISTS", f"node {node_id} is registered as client {known}")
-                if n and (cid - first) % n:
+                if fanout and (cid - first) % fanout:
                     raise Refused(
                         "INVALID_ARGUMENT",
                         f"partition {cid} is not a vehicle's first zone: [hierarchy] puts vehicle v at clients "
-                        f"v*{n} .. v*{n}+{n - 1}",
+                        f"v*{fanout} .. v*{fanout}+{fanout - 1}",
                     )
             elif known is not None:
                 cid = known
@@ -758,7 +758,8 @@ class FedgeService:
                     for c in n.ids
                 }
                 taken = self.store.used_clients() | live | {c for r in blocks.values() for c in r}
-                free = [c for c in range(first, last - span + 2, n or 1) if not taken.intersection(range(c, c + span))]
+                starts = range(first, last - span + 2, fanout or 1)  # a vehicle's block starts at a multiple
+                free = [c for c in starts if not taken.intersection(range(c, c + span))]
                 if not free:
                     what = f"{span} consecutive client slots" if claim else "client slots"
                     raise Refused("RESOURCE_EXHAUSTED", f"no {what} left of {self.num_clients}")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.errors import FedgeError, TransportError, ValidationError
-from fedge.core.params import Params
+from fedge.core.params import Params, l2_norm
 from fedge.core.types import ClientUpdate, EvalResult, FitInstructions
 from fedge.deploy.classes import ModelClass
 from fedge.deploy.service import FedgeService, Relayed, Result, RoundTask, _Verdict
@@ -454,12 +454,11 @@ def check_partial(item: PartialSum, reducer: Reducer) -> None:
         # 1e-4 relative: a sum masked by secure aggregation comes back through fixed point.
         if not 0 <= w <= most * (1 + 1e-4) or math.isnan(w):
             raise ValidationError(f"{who} weighs {w:g}, more than its {most:g} examples allow")
-    central = reducer.pipeline.named("central_dp")
-    if central:
-        check_private_partial(item, central[0].clip_norm, central[0].clip_at, central[0].adaptive is not None)
+    for dp in reducer.pipeline.named("central_dp"):
+        check_private_partial(item, dp)
 
 
-def check_private_partial(item: PartialSum, clip_norm: float, clip_at: str, adaptive: bool) -> None:
+def check_private_partial(item: PartialSum, dp: Any) -> None:
     """Check a relay's partial sum under central DP at the top of the tree.
 
     Each child clips its own update to ``C`` (``clip_at = "client"``) and its relay clips it again
@@ -469,12 +468,12 @@ def check_private_partial(item: PartialSum, clip_norm: float, clip_at: str, adap
     update moves the sum by at most ``C``, whichever relay carried it).
     """
     who = f"partial sum of clients {item.client_ids[:8]}"
-    if clip_at != "client":
+    if dp.clip_at != "client":
         raise ValidationError(
             f"{who}: central DP with privacy.clip_at = 'server' clips each client's own update on this server, "
             "which a relay's sum skips; set privacy.clip_at = 'client' (children clip, their relay checks)"
         )
-    if adaptive:
+    if dp.adaptive is not None:
         raise ValidationError(
             f"{who}: privacy.adaptive_clip counts each client's clipping bit on this server, which a relay's sum skips"
         )
@@ -482,10 +481,10 @@ def check_private_partial(item: PartialSum, clip_norm: float, clip_at: str, adap
     w = float(item.terms["weight"][0].reshape(-1)[0])
     if abs(w - n) > 1e-4 * max(n, 1):
         raise ValidationError(f"{who} weighs {w:g} under central DP, not one per client ({n})")
-    norm = math.sqrt(sum(float(np.sum(np.square(np.asarray(t, dtype=np.float64)))) for t in item.terms["delta"]))
-    if norm > n * clip_norm * (1 + 1e-4):
+    norm = l2_norm(item.terms["delta"])
+    if norm > n * dp.clip_norm * (1 + 1e-4):
         raise ValidationError(
-            f"{who} has L2 norm {norm:.6g}, more than its {n} clipped updates allow ({n} x {clip_norm:g})"
+            f"{who} has L2 norm {norm:.6g}, more than its {n} clipped updates allow ({n} x {dp.clip_norm:g})"
         )
 
 
