@@ -141,11 +141,11 @@ class SharedRows(ClientData):
 
     @property
     def num_train(self) -> int:
-        return int(self.source.train.offsets[self.k + 1] - self.source.train.offsets[self.k])
+        return len(self.source.train[self.k])  # a view of the index list: nothing gathered
 
     @property
     def num_test(self) -> int:
-        return int(self.source.test.offsets[self.k + 1] - self.source.test.offsets[self.k])
+        return len(self.source.test[self.k])
 
     def __reduce__(self) -> tuple[type[ClientData], tuple[Any, ...]]:
         return ClientData, (self.x_train, self.y_train, self.x_test, self.y_test)

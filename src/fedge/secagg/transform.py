@@ -64,6 +64,11 @@ class SecAggConfig:
     dropout_stage: str = opt("masked_input", "simulation only: the stage they vanish before", choices=STAGES)
 
 
+def clients_of(update: ClientUpdate) -> int:
+    """The clients a session participant stands for: its block's (:data:`BLOCK_KEY`, a relay), else one."""
+    return max(1, len(update.payload.get(BLOCK_KEY, ())))
+
+
 class SecureAggregation(Transform):
     """Pairwise-masked secure aggregation (Bonawitz et al. 2017; SecAgg+, Bell et al. 2020)."""
 
@@ -165,11 +170,12 @@ class SecureAggregation(Transform):
         """
         words, included, lost = self.sum_words(updates, rctx, transport, factors=factors)
         terms = self.decode(words, rctx.spec)
-        kept = [u for u in updates if u.client_id in set(included)]
-        count = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in kept)
+        summed = set(included)
+        kept = [u for u in updates if u.client_id in summed]
+        count = sum(clients_of(u) for u in kept)
         if "weight" in terms:
             w = float(np.sum(terms["weight"][0]))
-            most = float(sum(max(u.num_examples, len(u.payload.get(BLOCK_KEY, ())) or 1) for u in kept))
+            most = float(sum(max(u.num_examples, clients_of(u)) for u in kept))
             slack = len(kept) * self.max_weight / self.scale
             if not -slack <= w <= most * (1 + 1e-6) + slack:
                 raise SecAggAbort(
@@ -207,7 +213,7 @@ class SecureAggregation(Transform):
         layout = self.layout(rctx.spec)
         length = sum(int(np.prod(s)) for _, shapes in layout for s in shapes)
         cohort = tuple(sorted({u.client_id for u in updates}))
-        clients = sum(max(1, len(u.payload.get(BLOCK_KEY, ()))) for u in updates)
+        clients = sum(clients_of(u) for u in updates)
         if clients > self.max_cohort:
             raise SecAggAbort(
                 f"secure aggregation aborted in round {rctx.round_num}: {clients} clients "
