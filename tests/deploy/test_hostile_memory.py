@@ -191,6 +191,16 @@ def test_streams_claiming_a_gigabyte_cost_no_memory_and_honest_updates_still_cou
             server.wait()
 
 
+def shut(svc: FedgeService, channel: grpc.Channel, srv: Any, hold: threading.Event) -> None:
+    """Release the held pushes, close the open round (freeing what it kept), stop the server."""
+    hold.set()
+    if svc.task is not None:
+        svc.close_round(svc.task)
+    channel.close()
+    srv.stop(0.5).wait()
+    svc.store.close()
+
+
 def test_a_push_beyond_the_budget_is_refused_and_the_server_keeps_serving(tmp_path: Path) -> None:
     key_a, pub_a = new_keys(tmp_path, "a")
     key_b, pub_b = new_keys(tmp_path, "b")
@@ -254,12 +264,7 @@ def test_a_push_beyond_the_budget_is_refused_and_the_server_keeps_serving(tmp_pa
         reader.join(20)
         assert svc.budget.used == 0 and svc.kept_chunks() == {}
     finally:
-        hold.set()
-        if svc.task is not None:
-            svc.close_round(svc.task)
-        channel.close()
-        srv.stop(0.5).wait()
-        svc.store.close()
+        shut(svc, channel, srv, hold)
 
 
 def one_node(tmp_path: Path) -> tuple[FedgeService, Signer]:
@@ -324,12 +329,7 @@ def a_cut_push(tmp_path: Path) -> Iterator[tuple[FedgeService, grpc.Channel, lis
             time.sleep(0.02)
         yield svc, channel, signers, task, update
     finally:
-        hold.set()
-        if svc.task is not None:
-            svc.close_round(svc.task)
-        channel.close()
-        srv.stop(0.5).wait()
-        svc.store.close()
+        shut(svc, channel, srv, hold)
 
 
 def test_a_cancelled_push_keeps_its_verified_chunks_counted_until_its_round_closes(tmp_path: Path) -> None:
