@@ -385,17 +385,7 @@ def test_a_relay_down_past_its_timeout_loses_its_round_and_rejoins_the_next(tmp_
     make = fed.client_fn
 
     def failing_in_round_two(cid: int) -> Any:
-        client = make(cid)
-        if cid in (0, 1):
-            train = client.train
-
-            def train_but_round_two(params: Any, cfg: Any, ctx: Any) -> Any:
-                if ctx.round_num == 2:
-                    raise RuntimeError("its relay is down")
-                return train(params, cfg, ctx)
-
-            client.train = train_but_round_two  # type: ignore[method-assign]
-        return client
+        return fails_in_round(make(cid), 2, "its relay is down") if cid in (0, 1) else make(cid)
 
     fed.client_fn = failing_in_round_two
     sim = execute(fed)
@@ -569,19 +559,23 @@ class WithdrawingNode(Node):
         super().secagg(reply)
 
 
+def fails_in_round(client: Any, round_num: int, why: str) -> Any:
+    """``client``, whose training raises ``why`` in round ``round_num`` (and runs as before otherwise)."""
+    train = client.train
+
+    def train_but_in_that_round(params: Any, cfg: Any, ctx: Any) -> Any:
+        if ctx.round_num == round_num:
+            raise RuntimeError(why)
+        return train(params, cfg, ctx)
+
+    client.train = train_but_in_that_round
+    return client
+
+
 def failing_in_round_one(exp: Any, cid: int) -> Any:
     from fedge.deploy.node import partition_client
 
-    client = partition_client(exp, cid)
-    train = client.train
-
-    def train_but_round_one(params: Any, cfg: Any, ctx: Any) -> Any:
-        if ctx.round_num == 1:
-            raise RuntimeError("gone in round 1")
-        return train(params, cfg, ctx)
-
-    client.train = train_but_round_one  # type: ignore[method-assign]
-    return client
+    return fails_in_round(partition_client(exp, cid), 1, "gone in round 1")
 
 
 def one_relay_of_four(tmp_path: Path, raw: dict[str, Any], *, secagg: bool) -> Any:
