@@ -140,12 +140,12 @@ class SharedRows(ClientData):
         return self.source.y[self.source.test[self.k]]
 
     @property
-    def num_train(self) -> int:
-        return len(self.source.train[self.k])  # a view of the index list: nothing gathered
+    def num_train(self) -> int:  # read several times per client in a batched round: offsets, not a view
+        return int(self.source.train.offsets[self.k + 1] - self.source.train.offsets[self.k])
 
     @property
     def num_test(self) -> int:
-        return len(self.source.test[self.k])
+        return int(self.source.test.offsets[self.k + 1] - self.source.test.offsets[self.k])
 
     def __reduce__(self) -> tuple[type[ClientData], tuple[Any, ...]]:
         return ClientData, (self.x_train, self.y_train, self.x_test, self.y_test)
